@@ -1,0 +1,1 @@
+"""Flax encoder backbones, the Gecko dual encoder, and checkpoint import."""

@@ -1,0 +1,91 @@
+"""Shared test setup: 8 fake CPU devices, the real MiniLM, tiny checkpoints written on the fly."""
+
+import os
+
+# Must precede the first `import jax` of the session.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import json  # noqa: E402
+import pathlib  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from safetensors import numpy as safetensors_numpy  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> str:
+  """The real all-MiniLM-L6-v2 weights (installed by `make test` with --no-deps)."""
+  from gecko.models import embedder
+  return embedder.resolve("all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="session")
+def minilm(minilm_dir):
+  from gecko.models import embedder
+  return embedder.load(minilm_dir)
+
+
+TINY_HF_CONFIG = {
+    "model_type": "bert", "hidden_act": "gelu", "hidden_size": 32, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 64,
+    "type_vocab_size": 2, "layer_norm_eps": 1e-12, "hidden_dropout_prob": 0.1,
+}
+TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz") + [
+    "the", "gecko", "embed", "##s", "##ing", "text", "model", ".", ",", "!", "?"]
+
+
+def hf_bert_tensors(config: dict, vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """Random tensors in Hugging Face BertModel's safetensors layout."""
+  rng = np.random.default_rng(seed)
+  h, m = config["hidden_size"], config["intermediate_size"]
+  rand = lambda *shape: rng.normal(0, 0.05, shape).astype(np.float32)  # noqa: E731
+  t = {
+      "embeddings.word_embeddings.weight": rand(vocab_size, h),
+      "embeddings.position_embeddings.weight": rand(config["max_position_embeddings"], h),
+      "embeddings.token_type_embeddings.weight": rand(config["type_vocab_size"], h),
+      "embeddings.LayerNorm.weight": 1 + rand(h), "embeddings.LayerNorm.bias": rand(h),
+      "pooler.dense.weight": rand(h, h), "pooler.dense.bias": rand(h),
+  }
+  for i in range(config["num_hidden_layers"]):
+    p = f"encoder.layer.{i}."
+    for name in ("query", "key", "value"):
+      t[f"{p}attention.self.{name}.weight"] = rand(h, h)
+      t[f"{p}attention.self.{name}.bias"] = rand(h)
+    t[f"{p}attention.output.dense.weight"] = rand(h, h)
+    t[f"{p}attention.output.dense.bias"] = rand(h)
+    t[f"{p}attention.output.LayerNorm.weight"] = 1 + rand(h)
+    t[f"{p}attention.output.LayerNorm.bias"] = rand(h)
+    t[f"{p}intermediate.dense.weight"] = rand(m, h)
+    t[f"{p}intermediate.dense.bias"] = rand(m)
+    t[f"{p}output.dense.weight"] = rand(h, m)
+    t[f"{p}output.dense.bias"] = rand(h)
+    t[f"{p}output.LayerNorm.weight"] = 1 + rand(h)
+    t[f"{p}output.LayerNorm.bias"] = rand(h)
+  return t
+
+
+def write_hf_checkpoint(directory: pathlib.Path, *, tensors=None, config=None,
+                        vocab=TINY_VOCAB, max_seq_length: int = 32) -> pathlib.Path:
+  """Writes a tiny Hugging Face / sentence-transformers BERT directory."""
+  config = dict(config or TINY_HF_CONFIG, vocab_size=len(vocab))
+  tensors = tensors if tensors is not None else hf_bert_tensors(config, len(vocab))
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / "config.json").write_text(json.dumps(config))
+  (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+  (directory / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True}))
+  (directory / "sentence_bert_config.json").write_text(
+      json.dumps({"max_seq_length": max_seq_length}))
+  safetensors_numpy.save_file(tensors, str(directory / "model.safetensors"))
+  return directory
+
+
+@pytest.fixture
+def tiny_hf_dir(tmp_path) -> pathlib.Path:
+  return write_hf_checkpoint(tmp_path / "tiny_bert")

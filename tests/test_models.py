@@ -1,0 +1,124 @@
+"""The Flax backbone and dual-encoder head: axis names, pooling, Matryoshka, gin sizes."""
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO
+from gecko.models import bert, dual_encoder, embedder
+
+TINY = bert.BertConfig(vocab_size=50, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64,
+                       max_length=32, dropout_rate=0.0)
+KNOWN_AXES = {"vocab", "embed", "heads", "kv", "mlp", "length", "type", "projection"}
+
+
+def _init(module, length=8):
+  ids = jnp.ones((2, length), jnp.int32)
+  return module.init(jax.random.key(0), ids, jnp.ones_like(ids))
+
+
+def test_every_parameter_has_logical_axis_names():
+  variables = _init(dual_encoder.DualEncoder(backbone=TINY, embed_dim=16, dims=(8, 16)))
+  leaves = jax.tree_util.tree_leaves(variables["params"],
+                                     is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  assert len(leaves) == 2 * 16 + 5 + 1  # 16 tensors per layer, 5 embedding, 1 projection
+  for leaf in leaves:
+    assert isinstance(leaf, nn.Partitioned), f"unannotated parameter of shape {leaf.shape}"
+    assert len(leaf.names) == leaf.value.ndim
+    assert set(leaf.names) <= KNOWN_AXES, leaf.names
+
+
+def test_padding_does_not_change_the_embedding():
+  module = dual_encoder.DualEncoder(backbone=TINY)
+  params = embedder.init_params(module)
+  ids = jnp.array([[2, 7, 9, 11, 3]], jnp.int32)
+  short = module.apply({"params": params}, ids, jnp.ones_like(ids))
+  padded_ids = jnp.pad(ids, ((0, 0), (0, 11)))
+  mask = (jnp.arange(16) < 5).astype(jnp.int32)[None]
+  padded = module.apply({"params": params}, padded_ids, mask)
+  np.testing.assert_allclose(short, padded, atol=1e-6)
+  np.testing.assert_allclose(np.linalg.norm(short, axis=-1), 1.0, atol=1e-6)
+
+
+def test_mean_pool_ignores_padding_and_handles_empty_rows():
+  states = jnp.arange(12, dtype=jnp.float32).reshape(2, 3, 2)
+  mask = jnp.array([[1, 1, 0], [0, 0, 0]])
+  np.testing.assert_allclose(dual_encoder.mean_pool(states, mask), [[1.0, 2.0], [0.0, 0.0]])
+
+
+def test_matryoshka_prefix_is_renormalised_first_dims():
+  module = dual_encoder.DualEncoder(backbone=TINY, embed_dim=24, dims=(8, 24))
+  params = embedder.init_params(module)
+  ids = jnp.array([[2, 5, 6, 3], [2, 8, 3, 0]], jnp.int32)
+  full = np.asarray(module.apply({"params": params}, ids, (ids > 0).astype(jnp.int32)))
+  assert full.shape == (2, 24)
+  small = np.asarray(dual_encoder.matryoshka(full, 8))
+  expected = full[:, :8] / np.linalg.norm(full[:, :8], axis=-1, keepdims=True)
+  np.testing.assert_allclose(small, expected, atol=1e-6)
+  assert not np.allclose(small, full[:, :8])  # re-normalisation actually happened
+  with pytest.raises(ValueError, match="exceeds"):
+    dual_encoder.matryoshka(full, 32)
+
+
+@pytest.mark.parametrize("dims", [(24, 8), (8, 16), (0, 24), (8, 8, 24)])
+def test_bad_matryoshka_dims_are_rejected(dims):
+  with pytest.raises(ValueError, match="dims"):
+    _init(dual_encoder.DualEncoder(backbone=TINY, embed_dim=24, dims=dims))
+
+
+def test_bad_sizes_are_rejected_with_the_value():
+  with pytest.raises(ValueError, match="num_heads=5"):
+    bert.BertConfig(hidden_size=32, num_heads=5)
+  with pytest.raises(ValueError, match="num_layers"):
+    bert.BertConfig(num_layers=0)
+  with pytest.raises(ValueError, match="exceeds the model's 32 positions"):
+    _init(dual_encoder.DualEncoder(backbone=TINY), length=40)
+
+
+def test_remat_gives_the_same_outputs_and_gradients():
+  ids = jnp.array([[2, 5, 6, 3], [2, 8, 3, 0]], jnp.int32)
+  mask = (ids > 0).astype(jnp.int32)
+  plain = dual_encoder.DualEncoder(backbone=TINY, embed_dim=16)
+  remat = dual_encoder.DualEncoder(backbone=TINY, embed_dim=16, remat=True)
+  params = embedder.init_params(plain)
+  loss = lambda m: lambda p: jnp.sum(m.apply({"params": p}, ids, mask)[:, 0])  # noqa: E731
+  np.testing.assert_allclose(jax.grad(loss(plain))(params)["projection"]["kernel"],
+                             jax.grad(loss(remat))(params)["projection"]["kernel"], atol=1e-6)
+
+
+@gin.configurable("probe")
+def _probe(model=gin.REQUIRED):
+  return model
+
+
+@pytest.fixture
+def gin_model():
+  gin.clear_config()
+  gin.add_config_file_search_path(str(REPO))
+
+  def build(files, bindings=()):
+    gin.parse_config_files_and_bindings(files, list(bindings) + ["probe.model = %MODEL"])
+    return _probe()
+
+  yield build
+  gin.clear_config()
+
+
+def test_gin_minilm_config_matches_the_real_checkpoint(gin_model, minilm_dir):
+  from gecko.models import checkpoint_import
+  model = gin_model(["gin/models/minilm_l6.gin"])
+  hf = checkpoint_import.config_from_hf(f"{minilm_dir}/config.json")
+  assert model.backbone == hf
+  assert model.embed_dim is None and model.matryoshka_dims == (384,)
+
+
+def test_gin_tiny_config_with_override_builds_a_runnable_model(gin_model):
+  model = gin_model(["gin/models/tiny.gin"], ["bert.BertConfig.num_layers = 1"])
+  assert model.backbone.hidden_size == 32 and model.backbone.num_layers == 1
+  assert model.matryoshka_dims == (16, 64)
+  params = embedder.init_params(model)
+  ids = jnp.array([[101, 7592, 102]], jnp.int32)
+  assert model.apply({"params": params}, ids, jnp.ones_like(ids)).shape == (1, 64)
