@@ -16,6 +16,7 @@ setuptools.setup(
         "optax>=0.2",
         "orbax-checkpoint>=0.11",
         "clu>=0.0.12",
+        "tensorboard>=2.16",
         "gin-config>=0.5",
         "numpy>=1.26",
         "safetensors>=0.4",

@@ -1,0 +1,123 @@
+"""Training batches from (query, positive[, negative]) text records, indexed by step.
+
+`PairBatches.batch(step)` is a pure function of (records, seed, step): epoch `e`
+visits the records in the order of a permutation seeded by (seed, e), so a resumed run
+that restarts at step k sees exactly the batches an uninterrupted run saw (the data
+position *is* the step). Each process builds only its own rows of the global batch.
+
+Records come from Python (`records=`) or a JSONL file whose lines hold the texts:
+`{"query": ..., "positive": ..., "negative": ...}` (negative optional), already in
+Gecko's format (`task: ... | query: ...`, `title: ... | text: ...`) or given a
+`query_prompt` / `passage_prompt` to format them. Batches follow `gecko.features`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+
+from gecko import features, tokenization
+from gecko.encode import apply_prompt
+
+
+def text_key(text: str) -> int:
+  """A stable int32 hash of a text (for false-negative masking)."""
+  return zlib.crc32(text.encode("utf-8")) & 0x7FFFFFFF
+
+
+def read_jsonl(path: str) -> list[dict[str, str]]:
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"Training data not found: {path!r}.")
+  records = []
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      if line.strip():
+        try:
+          records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}).") from e
+  return records
+
+
+class PairBatches:
+  """Deterministic, step-indexed, per-process batches of tokenized text pairs.
+
+  Args:
+    tokenizer: The model's WordPiece tokenizer.
+    batch_size: Global batch size (all processes together).
+    query_length, passage_length: Fixed padded lengths (<= the tokenizer's max).
+    records: Dicts with "query", "positive" and optionally "negative" strings.
+    path: Alternatively, a JSONL file of such records.
+    query_prompt, passage_prompt: Optional prefixes/templates (see `gecko.encode`).
+    seed: Shuffling seed.
+    process_index, process_count: This process's share of each global batch.
+  """
+
+  def __init__(self, *, tokenizer: tokenization.WordPieceTokenizer, batch_size: int,
+               query_length: int = 64, passage_length: int = 64,
+               records: Sequence[dict[str, str]] | None = None, path: str | None = None,
+               query_prompt: str | None = None, passage_prompt: str | None = None,
+               seed: int = 0, process_index: int = 0, process_count: int = 1):
+    if (records is None) == (path is None):
+      raise ValueError("PairBatches needs exactly one of records= or path=.")
+    records = list(records) if records is not None else read_jsonl(path)
+    if len(records) < batch_size:
+      raise ValueError(f"{len(records)} records cannot fill one batch of {batch_size}.")
+    if batch_size % process_count:
+      raise ValueError(f"batch_size={batch_size} is not divisible by {process_count} processes.")
+    for n, record in enumerate(records):
+      for field in ("query", "positive"):
+        if not isinstance(record.get(field), str):
+          raise ValueError(f"record {n} needs a string {field!r}, got {record!r:.120}.")
+    has_negative = all(isinstance(r.get("negative"), str) for r in records)
+    self.batch_size, self.seed = batch_size, seed
+    self.process_index, self.process_count = process_index, process_count
+    self.num_records = len(records)
+    self._lengths = {"query": min(query_length, tokenizer.max_length),
+                     "positive": min(passage_length, tokenizer.max_length),
+                     "negative": min(passage_length, tokenizer.max_length)}
+    texts = {
+        "query": apply_prompt([r["query"] for r in records], query_prompt),
+        "positive": apply_prompt([r["positive"] for r in records], passage_prompt),
+    }
+    if has_negative:
+      texts["negative"] = apply_prompt([r["negative"] for r in records], passage_prompt)
+    self._tokens = {}
+    for tower, values in texts.items():
+      ids, mask = tokenizer.pad(tokenizer.encode_batch(values), self._lengths[tower])
+      self._tokens[tower] = ids, mask
+    self._keys = {features.POSITIVE_KEY: np.array([text_key(t) for t in texts["positive"]],
+                                                  np.int32),
+                  features.QUERY_KEY: np.array([text_key(t) for t in texts["query"]], np.int32)}
+
+  @property
+  def feature_names(self) -> tuple[str, ...]:
+    names = features.QUERY + features.POSITIVE
+    if "negative" in self._tokens:
+      names += features.NEGATIVE
+    return names + (features.POSITIVE_KEY, features.QUERY_KEY)
+
+  def global_indices(self, step: int) -> np.ndarray:
+    """Record indices of the global batch at `step`."""
+    start = step * self.batch_size
+    out = []
+    while len(out) < self.batch_size:
+      epoch, offset = divmod(start + len(out), self.num_records)
+      order = np.random.default_rng([self.seed, epoch]).permutation(self.num_records)
+      out.extend(order[offset:offset + self.batch_size - len(out)].tolist())
+    return np.asarray(out)
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    """This process's rows of the global batch at `step` (a `gecko.features` dict)."""
+    rows = self.batch_size // self.process_count
+    idx = self.global_indices(step)[self.process_index * rows:(self.process_index + 1) * rows]
+    out = {}
+    for tower, (ids, mask) in self._tokens.items():
+      out[f"{tower}_tokens"], out[f"{tower}_mask"] = ids[idx], mask[idx]
+    for name, keys in self._keys.items():
+      out[name] = keys[idx]
+    return out
