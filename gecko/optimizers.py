@@ -9,8 +9,11 @@ import optax
 
 
 def decay_mask(params):
-  """Weight decay on matrices (kernels, embeddings) only: not on biases or LayerNorm."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  """Weight decay on kernels and embedding tables only: not on biases or LayerNorm."""
+  def decays(path, _):
+    name = getattr(path[-1], "key", str(path[-1]))
+    return name == "kernel" or name.endswith("embeddings")
+  return jax.tree_util.tree_map_with_path(decays, params)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

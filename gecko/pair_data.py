@@ -54,6 +54,8 @@ class PairBatches:
     path: Alternatively, a JSONL file of such records.
     query_prompt, passage_prompt: Optional prefixes/templates (see `gecko.encode`).
     seed: Shuffling seed.
+    shuffle: Visit records in a new random order each epoch; False keeps the file
+      order (e.g. records pre-grouped so that each batch holds one topic or task).
     process_index, process_count: This process's share of each global batch.
   """
 
@@ -61,7 +63,8 @@ class PairBatches:
                query_length: int = 64, passage_length: int = 64,
                records: Sequence[dict[str, str]] | None = None, path: str | None = None,
                query_prompt: str | None = None, passage_prompt: str | None = None,
-               seed: int = 0, process_index: int = 0, process_count: int = 1):
+               seed: int = 0, shuffle: bool = True, process_index: int = 0,
+               process_count: int = 1):
     if (records is None) == (path is None):
       raise ValueError("PairBatches needs exactly one of records= or path=.")
     records = list(records) if records is not None else read_jsonl(path)
@@ -74,7 +77,7 @@ class PairBatches:
         if not isinstance(record.get(field), str):
           raise ValueError(f"record {n} needs a string {field!r}, got {record!r:.120}.")
     has_negative = all(isinstance(r.get("negative"), str) for r in records)
-    self.batch_size, self.seed = batch_size, seed
+    self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
     self.process_index, self.process_count = process_index, process_count
     self.num_records = len(records)
     self._lengths = {"query": min(query_length, tokenizer.max_length),
@@ -107,7 +110,8 @@ class PairBatches:
     out = []
     while len(out) < self.batch_size:
       epoch, offset = divmod(start + len(out), self.num_records)
-      order = np.random.default_rng([self.seed, epoch]).permutation(self.num_records)
+      order = (np.random.default_rng([self.seed, epoch]).permutation(self.num_records)
+               if self.shuffle else np.arange(self.num_records))
       out.extend(order[offset:offset + self.batch_size - len(out)].tolist())
     return np.asarray(out)
 

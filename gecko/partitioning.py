@@ -42,6 +42,8 @@ def make_mesh(axes: Mapping[str, int] | None = None, *, devices=None) -> Mesh:
   """A mesh over all (global) devices, e.g. `{"data": -1, "fsdp": 1, "model": 2}`.
 
   One axis may be -1 (all remaining devices); missing standard axes get size 1.
+  Without -1, a mesh smaller than the device count uses the first devices (handy on
+  a CPU with fake devices; on several hosts the mesh must cover every device).
   """
   axes = dict(axes or {"data": -1})
   unknown = sorted(set(axes) - set(MESH_AXES))
@@ -56,6 +58,8 @@ def make_mesh(axes: Mapping[str, int] | None = None, *, devices=None) -> Mesh:
     if devices.size % known:
       raise ValueError(f"Mesh {axes} does not divide the {devices.size} devices.")
     sizes[sizes.index(-1)] = devices.size // known
+  if -1 not in axes.values() and int(np.prod(sizes)) < devices.size and jax.process_count() == 1:
+    devices = devices.flat[:int(np.prod(sizes))]
   if int(np.prod(sizes)) != devices.size:
     raise ValueError(f"Mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
                      f"found {devices.size}.")

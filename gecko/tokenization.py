@@ -102,10 +102,15 @@ class WordPieceTokenizer:
     return [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=True)]
 
   def pad(self, ids: Sequence[Sequence[int]], length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pads id lists to `[len(ids), length]`; returns (ids, mask) as int32."""
+    """Right-pads id lists to `[len(ids), length]`; returns (ids, mask) as int32.
+
+    Longer lists are cut to `length`, keeping their final `[SEP]`.
+    """
     out = np.full((len(ids), length), self.pad_id, dtype=np.int32)
     mask = np.zeros((len(ids), length), dtype=np.int32)
     for row, seq in enumerate(ids):
+      if len(seq) > length:
+        seq = list(seq[:length - 1]) + [seq[-1]]
       out[row, :len(seq)] = seq
       mask[row, :len(seq)] = 1
     return out, mask

@@ -16,12 +16,14 @@ On several hosts pass `--multihost` (TPU pods: coordinator found automatically) 
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tqdm
 
@@ -70,14 +72,15 @@ def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
           additional_axis_rules: Sequence[tuple] = (), grad_cache_chunk: int | None = None,
           checkpoint_every: int = 1000, keep_checkpoints: int = 3, log_every: int = 50,
           max_nonfinite_steps: int = 5, seed: int = 0, export: bool = True) -> dict[str, float]:
-  """Trains `model` with `loss` and returns the last logged metrics.
+  """Trains `model` with `loss`; returns the last logged metrics (averaged over the window).
 
   Args:
     model: The dual encoder (sizes, projection, Matryoshka dims).
     loss: The Gecko loss (Eq. 2 / Eq. 3 switches, temperature, MRL dims).
     optimizer: Optimiser and learning-rate schedule.
     data_fn: Builds the batch source given `tokenizer=, process_index=, process_count=`.
-    model_dir: Checkpoints, TensorBoard events, config.gin and the exported model.
+    model_dir: Checkpoints, TensorBoard events, metrics.jsonl, config.gin and the
+      exported model.
     train_steps: Total steps (a resumed run continues up to this).
     tokenizer_from: Model whose tokenizer the data uses (a name or directory).
     init_from: Start from this model's weights (packaged name, Hugging Face directory,
@@ -126,13 +129,14 @@ def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
   from clu import metric_writers  # TensorBoard (imports TensorFlow): training only
   writer = metric_writers.create_default_writer(model_dir, just_logging=jax.process_index() > 0)
   last: dict[str, float] = {}
-  window_start, window_steps = time.perf_counter(), 0
+  window, window_start, window_steps = None, time.perf_counter(), 0
   bar = tqdm.tqdm(total=train_steps, initial=start, desc="train", unit="step",
                   disable=jax.process_index() > 0, file=sys.stderr)
   try:
     for step in range(start, train_steps):
       batch = _global_batch(data.batch(step), batch_sharding)
       state, metrics = step_fn(state, batch)
+      window = metrics if window is None else jax.tree.map(jnp.add, window, metrics)
       window_steps += 1
       streak = int(state.nonfinite_streak)
       if streak >= max_nonfinite_steps:
@@ -142,14 +146,17 @@ def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
       done = step + 1
       if done % log_every == 0 or done == train_steps:
         elapsed = time.perf_counter() - window_start
-        last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        last = {k: float(v) / window_steps for k, v in jax.device_get(window).items()}
         last.update(learning_rate=float(schedule(step)),
                     step_time=elapsed / window_steps,
                     examples_per_second=window_steps * data.batch_size / elapsed,
                     nonfinite_total=float(state.nonfinite_total))
         writer.write_scalars(done, last)
+        if jax.process_index() == 0:
+          with open(os.path.join(model_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": done, **last}) + "\n")
         bar.set_postfix(loss=f"{last['loss']:.4f}")
-        window_start, window_steps = time.perf_counter(), 0
+        window, window_start, window_steps = None, time.perf_counter(), 0
       ckpt.save(done, state, {"step": done, "seed": seed})
       bar.update(1)
     ckpt.save(train_steps, state, {"step": train_steps, "seed": seed}, force=True)

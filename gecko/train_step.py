@@ -194,7 +194,7 @@ def make_train_step(model: DualEncoder, loss_fn: GeckoLoss, tx: optax.GradientTr
     updates, opt_state = tx.update(safe_grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads),
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
                    finite=finite.astype(jnp.float32))
     new_state = state.replace(
         step=state.step + 1, params=keep(params, state.params),

@@ -1,0 +1,142 @@
+"""The sharded train step: mesh-independence, GradCache = plain, the non-finite guard."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gecko import partitioning, train_step
+from gecko.losses import GeckoLoss
+from gecko.models import bert, embedder
+from gecko.models.dual_encoder import DualEncoder
+from gecko.optimizers import AdamW, decay_mask
+
+MODEL = DualEncoder(backbone=bert.BertConfig(vocab_size=64, hidden_size=32, num_layers=2,
+                                             num_heads=4, mlp_dim=64, max_length=16,
+                                             dropout_rate=0.0),
+                    embed_dim=16, dims=(8, 16))
+LOSS = GeckoLoss(temperature=0.1, dims=(8, 16), mask_false_negatives=True)
+
+
+def _batch(batch_size=16, length=12, seed=0):
+  rng = np.random.default_rng(seed)
+  out = {}
+  for tower in ("query", "positive", "negative"):
+    lengths = rng.integers(3, length + 1, batch_size)
+    mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
+    out[f"{tower}_tokens"] = (rng.integers(1, 64, (batch_size, length)) * mask).astype(np.int32)
+    out[f"{tower}_mask"] = mask
+  out["positive_key"] = np.arange(batch_size, dtype=np.int32) % (batch_size - 2)
+  return out
+
+
+def _loss_and_grads(mesh_axes, devices, *, grad_cache_chunk=None):
+  mesh = partitioning.make_mesh(mesh_axes, devices=devices)
+  tx = optax.sgd(0.0)
+  _, shardings = train_step.state_shardings(MODEL, tx, mesh,
+                                            partitioning.standard_logical_axis_rules())
+  state = train_step.create_state(MODEL, tx, shardings, seed=0)
+  batch = jax.device_put(_batch(), partitioning.batch_sharding(mesh))
+
+  def fn(state, batch):
+    if grad_cache_chunk:
+      return train_step.grad_cache_loss_and_grads(MODEL, LOSS, state.params, batch, state.rng,
+                                                  state.step, chunk_size=grad_cache_chunk)
+    return train_step.plain_loss_and_grads(MODEL, LOSS, state.params, batch, state.rng,
+                                           state.step)
+
+  loss, metrics, grads = jax.jit(fn)(state, batch)
+  return float(loss), jax.device_get(grads), state
+
+
+@pytest.fixture(scope="module")
+def reference():
+  return _loss_and_grads({"data": 1}, jax.devices()[:1])
+
+
+def _assert_trees_close(a, b, atol):
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_allclose(x, y, atol=atol, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
+
+
+def test_eight_fake_devices():
+  assert len(jax.devices()) == 8
+
+
+@pytest.mark.parametrize("mesh_axes", [{"data": 8}, {"data": 4, "model": 2},
+                                       {"data": 4, "fsdp": 2}, {"data": 2, "fsdp": 2, "model": 2}])
+def test_loss_and_grads_agree_across_meshes(reference, mesh_axes):
+  loss, grads, state = _loss_and_grads(mesh_axes, jax.devices())
+  np.testing.assert_allclose(loss, reference[0], atol=1e-5)
+  _assert_trees_close(grads, reference[1], atol=1e-5)
+  if mesh_axes.get("model", 1) > 1:  # tensor-parallel axes really are sharded
+    kernel = state.params["encoder"]["layer_0"]["mlp"]["intermediate"]["kernel"]
+    assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "model")
+    assert kernel.addressable_shards[0].data.shape[1] == 64 // mesh_axes["model"]
+
+
+@pytest.mark.parametrize("chunk", [4, 8])
+def test_grad_cache_equals_plain_step(reference, chunk):
+  loss, grads, _ = _loss_and_grads({"data": 8}, jax.devices(), grad_cache_chunk=chunk)
+  np.testing.assert_allclose(loss, reference[0], atol=1e-5)
+  _assert_trees_close(grads, reference[1], atol=1e-5)
+
+
+def _full_step(params=None, lr=1e-2):
+  mesh = partitioning.make_mesh({"data": 8})
+  tx = AdamW(learning_rate=lr, total_steps=10).transformation()
+  _, shardings = train_step.state_shardings(MODEL, tx, mesh,
+                                            partitioning.standard_logical_axis_rules())
+  state = train_step.create_state(MODEL, tx, shardings, seed=0, params=params)
+  step = train_step.jit_train_step(train_step.make_train_step(MODEL, LOSS, tx), shardings, mesh)
+  return state, step, jax.device_put(_batch(), partitioning.batch_sharding(mesh))
+
+
+def test_a_finite_step_updates_and_counts_nothing():
+  state, step, batch = _full_step()
+  before = jax.device_get(state.params)
+  state, metrics = step(state, batch)
+  assert int(state.step) == 1 and float(metrics["finite"]) == 1.0
+  assert int(state.nonfinite_streak) == 0 and int(state.nonfinite_total) == 0
+  assert not np.allclose(before["projection"]["kernel"], state.params["projection"]["kernel"])
+
+
+def test_non_finite_loss_skips_the_update_and_is_counted():
+  params = embedder.init_params(MODEL)
+  params["encoder"]["embeddings"]["word_embeddings"] = (
+      params["encoder"]["embeddings"]["word_embeddings"].at[5].set(jnp.inf))
+  state, step, batch = _full_step(params=params)
+  before = jax.device_get(state.params)
+  for expected in (1, 2):
+    state, metrics = step(state, batch)
+    assert float(metrics["finite"]) == 0.0
+    assert int(state.nonfinite_streak) == expected and int(state.nonfinite_total) == expected
+  assert int(state.step) == 2
+  _assert_trees_close(jax.device_get(state.params), before, atol=0)
+
+
+def test_weight_decay_mask_excludes_biases_and_norms():
+  mask = decay_mask(embedder.init_params(MODEL))
+  layer = mask["encoder"]["layer_0"]
+  assert layer["mlp"]["intermediate"]["kernel"] and not layer["mlp"]["intermediate"]["bias"]
+  assert not layer["attention_layer_norm"]["LayerNorm_0"]["scale"]
+  assert layer["attention"]["query"]["kernel"] and not layer["attention"]["query"]["bias"]
+  assert mask["encoder"]["embeddings"]["word_embeddings"] and mask["projection"]["kernel"]
+
+
+def test_schedules():
+  linear = AdamW(learning_rate=1.0, warmup_steps=10, total_steps=110).schedule()
+  np.testing.assert_allclose([linear(0), linear(5), linear(10), linear(60), linear(110)],
+                             [0.0, 0.5, 1.0, 0.5, 0.0], atol=1e-6)
+  cosine = AdamW(learning_rate=1.0, decay="cosine", total_steps=100).schedule()
+  np.testing.assert_allclose([cosine(0), cosine(50), cosine(100)], [1.0, 0.5, 0.0], atol=1e-6)
+  with pytest.raises(ValueError, match="decay='step'"):
+    AdamW(decay="step")
+
+
+def test_mesh_errors_name_the_problem():
+  with pytest.raises(ValueError, match="needs 6 devices, found 4"):
+    partitioning.make_mesh({"data": 3, "model": 2}, devices=jax.devices()[:4])
+  with pytest.raises(ValueError, match=r"Unknown mesh axes \['tensor'\]"):
+    partitioning.make_mesh({"tensor": 8})
