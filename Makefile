@@ -1,4 +1,4 @@
-# The two commands: `make test` (CPU test suite) and `make bench` (benchmarks).
+# The two commands: `make test` (CPU test suite) and `make bench` (all benchmarks).
 # Both create .venv on first use and install the project from its own files.
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -27,6 +27,8 @@ $(VENV)/.bench-installed: $(VENV)/.installed benchmarks/requirements.txt
 
 bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/encode_throughput.py
+	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/grad_cache_memory.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -44,11 +44,15 @@ def _timed(fn) -> float:
 
 
 def triples(tokenizer, n: int, length: int) -> list[tuple[str, str, str]]:
-  """Texts of at least `length` tokens, as (query, positive, negative)."""
-  texts = [t for t in stdlib_paragraphs(20 * n)
-           if len(tokenizer.encode_batch([t])[0]) >= length][:3 * n]
+  """Texts of at least `length` tokens (consecutive paragraphs joined), as triples."""
+  texts, current = [], ""
+  for para in stdlib_paragraphs(4000):
+    current = f"{current} {para}".strip()
+    if len(tokenizer.encode_batch([current])[0]) >= length:
+      texts.append(current)
+      current = ""
   if len(texts) < 3 * n:
-    raise RuntimeError(f"only {len(texts)} paragraphs of >= {length} tokens")
+    raise RuntimeError(f"only {len(texts)} texts of >= {length} tokens, need {3 * n}")
   return [(texts[3 * i], texts[3 * i + 1], texts[3 * i + 2]) for i in range(n)]
 
 
@@ -126,7 +130,7 @@ def main() -> None:
 
   from gecko.models import embedder
   tokenizer = embedder.load("all-MiniLM-L6-v2").tokenizer
-  data = triples(tokenizer, args.batch_size * (args.steps + 1), args.length)
+  data = triples(tokenizer, min(args.batch_size * (args.steps + 1), 384), args.length)
   print(f"machine: {os.cpu_count()} cores; jax {jax.__version__}, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads); batch {args.batch_size} triples x "
         f"{args.length} tokens, {args.steps} timed steps after warm-up")
