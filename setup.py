@@ -22,6 +22,8 @@ setuptools.setup(
         "safetensors>=0.4",
         "tokenizers>=0.15",
         "tqdm>=4.60",
+        "scikit-learn>=1.3",
+        "scipy>=1.10",
         # Data pipelines (imported lazily: `import gecko` stays free of TensorFlow).
         "seqio>=0.0.20",
         "tensorflow>=2.16",

@@ -1,0 +1,113 @@
+r"""Evaluate an embedding model on MTEB task families: `python -m gecko.eval --gin_file=...`.
+
+  python -m gecko.eval --gin_file=gin/runs/eval.gin \
+    --gin.CHECKPOINT="'all-MiniLM-L6-v2'" --gin.DATA_DIR="'../shared/data'" \
+    --gin.EVAL_TASKS="['stsb', 'scifact', 'banking77']" --gin.OUTPUT_DIR="'/tmp/eval'"
+
+CHECKPOINT is anything `gecko.models.embedder.load` accepts: a packaged model name, a
+Hugging Face directory, or a saved model such as a training run's `MODEL_DIR/export`.
+Writes per-task JSON in mteb's result layout under OUTPUT_DIR/results/<model>/ and a
+Markdown table OUTPUT_DIR/results.md (task, metric, score, dim, model).
+`evaluate()` itself is a plain keyword-only function, callable without gin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from gecko.encode import encode
+from gecko.evaluation import tasks as tasks_lib
+from gecko.models import embedder as embedder_lib
+
+
+def _model_name(checkpoint: str) -> str:
+  path = os.path.normpath(os.fspath(checkpoint))
+  parts = [p for p in path.split(os.sep) if p and p not in (".", "..")]
+  name = "__".join(parts[-2:]) if parts and parts[-1] == "export" else (parts[-1] if parts else path)
+  return name.replace("/", "__")
+
+
+def evaluate(*, checkpoint: str, tasks: Sequence[str | object], output_dir: str,
+             data_dir: str | None = None, dims: Sequence[int] | None = None,
+             gecko_format: bool = False, batch_size: int = 64,
+             model_name: str | None = None) -> dict[str, dict[int, dict[str, float]]]:
+  """Evaluates a model and writes the reports; returns {task: {dim: scores}}.
+
+  Args:
+    checkpoint: Model to evaluate (name, Hugging Face directory or saved model).
+    tasks: Task objects (`gecko.evaluation.tasks`), or short names of
+      `standard_tasks(data_dir)` ("stsb", "scifact", "banking77").
+    output_dir: Where results/ and results.md go.
+    data_dir: Directory holding the standard tasks' folders.
+    dims: Matryoshka dims to score (default: all of the model's).
+    gecko_format: Format inputs as `task: ... | query: ...` / `title: ... | text: ...`
+      (for Gecko-trained models); False for imported models.
+    batch_size: Encoding batch size.
+    model_name: Name in the reports (default: from the checkpoint path).
+  """
+  model = embedder_lib.load(checkpoint)
+  dims = tuple(dims or model.dims)
+  bad = [d for d in dims if d not in model.dims]
+  if bad:
+    raise ValueError(f"dims {bad} are not Matryoshka dims of {checkpoint!r} {model.dims}.")
+  resolved = []
+  for task in tasks:
+    if isinstance(task, str):
+      known = tasks_lib.standard_tasks(data_dir) if data_dir else {}
+      if task not in known:
+        raise ValueError(f"Unknown task {task!r}: use one of {sorted(known) or ['stsb', 'scifact', 'banking77']} "
+                         "with data_dir set, or pass task objects.")
+      task = known[task]
+    resolved.append(task)
+  fmt = tasks_lib.InputFormat(gecko=gecko_format)
+  name = model_name or _model_name(os.fspath(checkpoint))
+
+  def embed(texts: list[str]) -> np.ndarray:
+    return encode(texts, model=model, batch_size=batch_size, show_progress=True)
+
+  results = {}
+  result_dir = os.path.join(output_dir, "results", name)
+  os.makedirs(result_dir, exist_ok=True)
+  for task in resolved:
+    start = time.perf_counter()
+    print(f"gecko.eval: {task.name} ({task.type})", file=sys.stderr)
+    scores = task.evaluate(embed, dims=dims, fmt=fmt)
+    results[task.name] = scores
+    report = {
+        "task_name": task.name, "model_name": name, "evaluation_time": time.perf_counter() - start,
+        "scores": {getattr(task, "split", "test"): [
+            dict(s, hf_subset="default", languages=["eng-Latn"], dim=dim)
+            for dim, s in scores.items()]},
+    }
+    with open(os.path.join(result_dir, f"{task.name}.json"), "w", encoding="utf-8") as f:
+      json.dump(report, f, indent=2)
+  write_markdown(os.path.join(output_dir, "results.md"), {name: results}, resolved)
+  return results
+
+
+def write_markdown(path: str, results: dict[str, dict], tasks: Sequence[object]) -> None:
+  """One row per (model, task, dim): the task's main metric and its score."""
+  lines = ["| model | task | metric | dim | score |", "|---|---|---|---|---|"]
+  main = {t.name: t.main_score for t in tasks}
+  for model, per_task in results.items():
+    for task, per_dim in per_task.items():
+      for dim, scores in sorted(per_dim.items()):
+        lines.append(f"| {model} | {task} | {main[task]} | {dim} | {scores['main_score']:.4f} |")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+
+
+def main(argv: Sequence[str]) -> int:
+  from gecko import gin_flags
+  return gin_flags.run(evaluate, argv, prog="python -m gecko.eval", doc=__doc__)
+
+
+if __name__ == "__main__":
+  from gecko import eval as _eval_module  # gin binds the importable module, not __main__
+  sys.exit(_eval_module.main(sys.argv[1:]))

@@ -1,0 +1,159 @@
+"""Evaluation: metrics on hand-made cases, loaders' bad input, reports, published scores."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, SHARED_DATA, write_hf_checkpoint
+from gecko import eval as eval_lib
+from gecko.evaluation import datasets, metrics, tasks
+from gecko.models import embedder
+
+
+def test_ndcg_with_graded_relevance_by_hand():
+  relevant = {"a": 3, "b": 1, "c": 2}
+  ranking = ["b", "x", "a", "c"]
+  dcg = 1 / math.log2(2) + 0 + 3 / math.log2(4) + 2 / math.log2(5)
+  idcg = 3 / math.log2(2) + 2 / math.log2(3) + 1 / math.log2(4)
+  assert metrics.ndcg_at_k(relevant, ranking, 10) == pytest.approx(dcg / idcg)
+  assert metrics.ndcg_at_k(relevant, ranking, 1) == pytest.approx(1 / 3)
+  assert metrics.ndcg_at_k({"a": 1}, ["a"], 10) == 1.0
+
+
+def test_map_recall_mrr_by_hand():
+  relevant = {"a": 1, "b": 1, "c": 1}
+  ranking = ["x", "a", "y", "b"]
+  assert metrics.average_precision_at_k(relevant, ranking, 10) == pytest.approx((1 / 2 + 2 / 4) / 3)
+  assert metrics.average_precision_at_k(relevant, ranking, 2) == pytest.approx((1 / 2) / 3)
+  assert metrics.recall_at_k(relevant, ranking, 10) == pytest.approx(2 / 3)
+  assert metrics.recall_at_k(relevant, ranking, 1) == 0.0
+  assert metrics.mrr_at_k(relevant, ranking, 10) == 0.5
+  assert metrics.mrr_at_k(relevant, ranking, 1) == 0.0
+
+
+def test_spearman_with_ties_uses_average_ranks():
+  predicted = [1.0, 2.0, 2.0, 3.0]   # ranks 1, 2.5, 2.5, 4
+  gold = [1.0, 3.0, 2.0, 4.0]        # ranks 1, 3, 2, 4
+  rp, rg = np.array([1, 2.5, 2.5, 4]), np.array([1, 3, 2, 4])
+  expected = np.corrcoef(rp, rg)[0, 1]
+  assert metrics.spearman(predicted, gold) == pytest.approx(expected)
+  with pytest.raises(ValueError, match="equal-length"):
+    metrics.spearman([1.0], [1.0, 2.0])
+
+
+def test_average_precision_and_v_measure_by_hand():
+  # scores ranked: 0.9(1) 0.8(0) 0.7(1) 0.1(0): AP = (1/1 + 2/3) / 2
+  assert metrics.average_precision([0.9, 0.8, 0.7, 0.1], [1, 0, 1, 0]) == pytest.approx(5 / 6)
+  assert metrics.v_measure([0, 0, 1, 1], [5, 5, 7, 7]) == pytest.approx(1.0)
+  assert metrics.v_measure([0, 0, 1, 1], [1, 2, 1, 2]) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_blocked_top_k_equals_brute_force():
+  rng = np.random.default_rng(0)
+  q, c = rng.normal(size=(7, 5)), rng.normal(size=(50, 5))
+  idx, val = tasks.top_k(q, c, 6, block=8)
+  brute = np.argsort(-(q @ c.T), axis=1)[:, :6]
+  np.testing.assert_array_equal(idx, brute)
+  np.testing.assert_allclose(val, np.take_along_axis(q @ c.T, brute, 1), rtol=1e-6)
+  with pytest.raises(ValueError, match="query dim 5 != corpus dim 4"):
+    tasks.top_k(q, c[:, :4], 3)
+
+
+def _write_beir(directory, qrels_rows, corpus=None):
+  directory.mkdir(parents=True, exist_ok=True)
+  corpus = corpus if corpus is not None else [
+      {"_id": "d1", "title": "gecko", "text": "the gecko climbs"},
+      {"_id": "d2", "title": "", "text": "embed text model"},
+      {"_id": "d3", "title": "music", "text": "a piano"}]
+  (directory / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus))
+  (directory / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in
+                                                   [("q1", "gecko"), ("q2", "embed model"), ("q3", "piano")]))
+  (directory / "qrels").mkdir(exist_ok=True)
+  (directory / "qrels" / "test.tsv").write_text(
+      "query-id\tcorpus-id\tscore\n" + "".join("\t".join(map(str, r)) + "\n" for r in qrels_rows))
+  return directory
+
+
+def test_beir_loader_counts_what_it_drops(tmp_path):
+  data = datasets.load_beir(str(_write_beir(tmp_path / "b", [
+      ("q1", "d1", 1), ("q1", "ghost", 1), ("q2", "d2", 1), ("q9", "d3", 1), ("q3", "d3", 0)])))
+  assert data.qrels == {"q1": {"d1": 1}, "q2": {"d2": 1}}
+  assert data.dropped == {"qrels_unknown_document": 1, "qrels_unknown_query": 1,
+                          "queries_without_judgements": 1}
+  with pytest.raises(ValueError, match="holds no documents"):
+    datasets.load_beir(str(_write_beir(tmp_path / "empty", [("q1", "d1", 1)], corpus=[])))
+  with pytest.raises(ValueError, match="no usable judgements"):
+    datasets.load_beir(str(_write_beir(tmp_path / "none", [("q1", "ghost", 1)])))
+  with pytest.raises(FileNotFoundError, match="corpus.jsonl"):
+    datasets.load_beir(str(tmp_path / "missing"))
+
+
+def test_classification_draws_follow_mteb_protocol():
+  labels = [i % 5 for i in range(200)]
+  task = tasks.ClassificationTask(name="x", path="unused", samples_per_label=3, n_experiments=4)
+  draws = task.training_draws(labels)
+  assert len(draws) == 4 and all(len(d) == 15 for d in draws)
+  for d in draws:
+    assert sorted(np.bincount([labels[i] for i in d]).tolist()) == [3] * 5
+  assert draws == task.training_draws(labels)  # deterministic
+  assert len({tuple(d) for d in draws}) == 4  # each experiment re-shuffles
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+  directory = write_hf_checkpoint(tmp_path_factory.mktemp("m") / "hf")
+  model = embedder.from_huggingface(directory, embed_dim=24, dims=(8, 24))
+  return embedder.save(model, tmp_path_factory.mktemp("m") / "tiny")
+
+
+def test_evaluate_writes_mteb_layout_and_markdown_for_every_dim(tmp_path, tiny_model_dir):
+  beir = _write_beir(tmp_path / "beir", [("q1", "d1", 1), ("q2", "d2", 1), ("q3", "d3", 1)])
+  (tmp_path / "sts").mkdir()
+  (tmp_path / "sts" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+      {"sentence1": "the gecko", "sentence2": "the gecko climbs", "score": 4.5},
+      {"sentence1": "a piano", "sentence2": "embed text", "score": 0.5},
+      {"sentence1": "the model", "sentence2": "the text model", "score": 3.0}]))
+  task_list = [tasks.RetrievalTask(name="TinyRetrieval", path=str(beir)),
+               tasks.STSTask(name="TinySTS", path=str(tmp_path / "sts"))]
+  results = eval_lib.evaluate(checkpoint=tiny_model_dir, tasks=task_list,
+                              output_dir=str(tmp_path / "out"), gecko_format=True)
+  assert set(results) == {"TinyRetrieval", "TinySTS"}
+  assert set(results["TinyRetrieval"]) == {8, 24}
+  report = json.loads((tmp_path / "out" / "results" / "tiny" / "TinyRetrieval.json").read_text())
+  rows = report["scores"]["test"]
+  assert [r["dim"] for r in rows] == [8, 24] and 0 <= rows[0]["ndcg_at_10"] <= 1
+  assert rows[0]["main_score"] == rows[0]["ndcg_at_10"]
+  table = (tmp_path / "out" / "results.md").read_text().splitlines()
+  assert len(table) == 2 + 4 and "| tiny | TinySTS | cosine_spearman | 24 |" in table[-1]
+  with pytest.raises(ValueError, match=r"dims \[100\]"):
+    eval_lib.evaluate(checkpoint=tiny_model_dir, tasks=task_list, output_dir=str(tmp_path), dims=(100,))
+  with pytest.raises(ValueError, match="Unknown task 'nope'"):
+    eval_lib.evaluate(checkpoint=tiny_model_dir, tasks=["nope"], output_dir=str(tmp_path))
+
+
+def test_eval_cli_requires_its_macros(tmp_path):
+  result = subprocess.run([sys.executable, "-m", "gecko.eval", "--gin_file=gin/runs/eval.gin",
+                           f"--gin.OUTPUT_DIR='{tmp_path}'"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 2 and "CHECKPOINT" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+PUBLISHED = {"STSBenchmark": (0.8203, 0.002), "SciFact": (0.6451, 0.003),
+             "Banking77Classification": (0.8004, 0.01)}
+
+
+@pytest.mark.skipif(not SHARED_DATA.exists(),
+                    reason=f"published-score data not available at {SHARED_DATA}")
+def test_imported_minilm_reproduces_published_mteb_scores(tmp_path, minilm):
+  results = eval_lib.evaluate(checkpoint=minilm, tasks=["stsb", "scifact", "banking77"],
+                              data_dir=str(SHARED_DATA), output_dir=str(tmp_path),
+                              model_name="all-MiniLM-L6-v2")
+  for task, (published, tolerance) in PUBLISHED.items():
+    score = results[task][384]["main_score"]
+    assert abs(score - published) <= tolerance, (task, score, published)
+  assert results["SciFact"][384]["recall_at_100"] == pytest.approx(0.925, abs=0.005)
