@@ -57,6 +57,21 @@ def _global_batch(local: Mapping[str, np.ndarray], sharding) -> dict[str, jax.Ar
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
 
 
+def _host_params(state) -> dict:
+  """The full parameters as NumPy on every process (gathers FSDP/model shards)."""
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(state.params, tiled=True)
+
+
+def _evaluate(eval_fn, model, state, tokenizer, model_dir: str, step: int) -> dict[str, float]:
+  current = embedder_lib.Embedder(module=model, params=_host_params(state),
+                                  tokenizer=tokenizer)
+  results = eval_fn(checkpoint=current, output_dir=os.path.join(model_dir, "eval", str(step)),
+                    model_name=f"step_{step}")
+  return {f"eval/{task}/{dim}": scores["main_score"]
+          for task, per_dim in results.items() for dim, scores in per_dim.items()}
+
+
 def _write_operative_config(model_dir: str) -> None:
   import gin
   config = gin.operative_config_str()
@@ -71,7 +86,8 @@ def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
           mesh_axes: Mapping[str, int] | None = None,
           additional_axis_rules: Sequence[tuple] = (), grad_cache_chunk: int | None = None,
           checkpoint_every: int = 1000, keep_checkpoints: int = 3, log_every: int = 50,
-          max_nonfinite_steps: int = 5, seed: int = 0, export: bool = True) -> dict[str, float]:
+          max_nonfinite_steps: int = 5, seed: int = 0, export: bool = True,
+          eval_every: int = 0, eval_fn: Callable[..., dict] | None = None) -> dict[str, float]:
   """Trains `model` with `loss`; returns the last logged metrics (averaged over the window).
 
   Args:
@@ -94,6 +110,11 @@ def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
     max_nonfinite_steps: Abort after this many consecutive non-finite steps.
     seed: Parameter-init and dropout seed.
     export: Write the final model to `model_dir/export` (loadable by `gecko.encode`).
+    eval_every: Evaluate every this many steps (0: never) with `eval_fn`.
+    eval_fn: Called as `eval_fn(checkpoint=<Embedder>, output_dir=..., model_name=...)`
+      returning {task: {dim: {"main_score": ...}}} (e.g. gin's
+      `@train_eval/eval.evaluate`); main scores go to the same TensorBoard as
+      `eval/<task>/<dim>`.
   """
   if train_steps < 1:
     raise ValueError(f"train_steps must be >= 1, got {train_steps}.")
@@ -128,6 +149,13 @@ def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
 
   from clu import metric_writers  # TensorBoard (imports TensorFlow): training only
   writer = metric_writers.create_default_writer(model_dir, just_logging=jax.process_index() > 0)
+
+  def log(step: int, scalars: dict[str, float]) -> None:  # TensorBoard + metrics.jsonl
+    writer.write_scalars(step, scalars)
+    if jax.process_index() == 0:
+      with open(os.path.join(model_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
+        f.write(json.dumps({"step": step, **scalars}) + "\n")
+
   last: dict[str, float] = {}
   window, window_start, window_steps = None, time.perf_counter(), 0
   bar = tqdm.tqdm(total=train_steps, initial=start, desc="train", unit="step",
@@ -151,13 +179,12 @@ def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
                     step_time=elapsed / window_steps,
                     examples_per_second=window_steps * data.batch_size / elapsed,
                     nonfinite_total=float(state.nonfinite_total))
-        writer.write_scalars(done, last)
-        if jax.process_index() == 0:
-          with open(os.path.join(model_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": done, **last}) + "\n")
+        log(done, last)
         bar.set_postfix(loss=f"{last['loss']:.4f}")
         window, window_start, window_steps = None, time.perf_counter(), 0
       ckpt.save(done, state, {"step": done, "seed": seed})
+      if eval_fn is not None and eval_every and (done % eval_every == 0 or done == train_steps):
+        log(done, _evaluate(eval_fn, model, state, tokenizer, model_dir, done))
       bar.update(1)
     ckpt.save(train_steps, state, {"step": train_steps, "seed": seed}, force=True)
   finally:
@@ -165,8 +192,8 @@ def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
     writer.flush()
     ckpt.close()
   if export:
-    params = jax.device_get(state.params)
-    embedder_lib.save(embedder_lib.Embedder(module=model, params=params, tokenizer=tokenizer),
+    embedder_lib.save(embedder_lib.Embedder(module=model, params=_host_params(state),
+                                            tokenizer=tokenizer),
                       os.path.join(model_dir, "export"), overwrite=True)
   return last
 

@@ -143,15 +143,23 @@ def test_help_explains_the_flags():
 
 
 def test_too_many_non_finite_steps_abort_and_write_no_checkpoint(tmp_path, triples):
-  bad = tmp_path / "bad_model"
-  model = embedder.from_huggingface(embedder.resolve("all-MiniLM-L6-v2"))
-  model.params["encoder"]["layer_0"]["mlp"]["output"]["bias"][:] = np.nan
-  embedder.save(model, bad)
-  cmd = [sys.executable, "-m", "gecko.train", "--gin_file=gin/models/minilm_l6.gin",
-         "--gin_file=gin/runs/finetune.gin", "--gin_file=gin/local_tiny.gin",
-         f"--gin.MODEL_DIR='{tmp_path / 'run'}'", f"--gin.TRAIN_DATA='{triples}'",
-         "--gin.TRAIN_STEPS=20", f"--gin.INIT_FROM='{bad}'", "--gin.CHECKPOINT_EVERY=1",
-         "--gin.train.train.max_nonfinite_steps=3"]
+  import gin
+  from gecko.models import bert
+  from gecko.models.dual_encoder import DualEncoder
+  gin.clear_config()
+  gin.parse_config_files_and_bindings([str(REPO / "gin/models/tiny.gin")], [])
+  backbone = bert.BertConfig(**{f: gin.query_parameter(f"bert.BertConfig.{f}")
+                                for f in ("hidden_size", "num_layers", "num_heads", "mlp_dim",
+                                          "max_length", "dropout_rate")})
+  gin.clear_config()
+  module = DualEncoder(backbone=backbone, embed_dim=64, dims=(16, 64))
+  params = embedder.init_params(module)
+  params["encoder"]["layer_0"]["mlp"]["output"]["bias"] = np.full((32,), np.nan, np.float32)
+  tokenizer = embedder.load("all-MiniLM-L6-v2").tokenizer
+  bad = embedder.save(embedder.Embedder(module=module, params=params, tokenizer=tokenizer),
+                      tmp_path / "bad_model")
+  cmd = _train_cmd(tmp_path / "run", triples, 20, f"--gin.INIT_FROM='{bad}'",
+                   "--gin.CHECKPOINT_EVERY=1", "--gin.train.train.max_nonfinite_steps=3")
   result = _run(cmd)
   assert result.returncode != 0
   assert "3 consecutive non-finite steps" in result.stderr
@@ -187,8 +195,8 @@ def test_minilm_fine_tunes_on_stsb_with_falling_loss(tmp_path):
 
   def data_fn(**kwargs):
     # File order keeps neighbouring (same-topic) pairs together: harder in-batch negatives.
-    return pair_data.PairBatches(records=records, batch_size=16, query_length=32,
-                                 passage_length=32, shuffle=False, **kwargs)
+    return pair_data.PairBatches(records=records, batch_size=16, query_length=24,
+                                 passage_length=24, shuffle=False, **kwargs)
 
   train.train(model=model, loss=GeckoLoss(temperature=0.02, dims=(256, 768)),
               optimizer=optimizers.AdamW(learning_rate=3e-5, warmup_steps=10, total_steps=200),
@@ -200,3 +208,35 @@ def test_minilm_fine_tunes_on_stsb_with_falling_loss(tmp_path):
   assert all(r["finite"] == 1.0 for r in rows)
   losses = [r["loss"] for r in rows]
   assert np.mean(losses[-3:]) < 0.5 * losses[0], losses
+
+
+def test_periodic_evaluation_logs_scores_to_the_run(tmp_path, triples):
+  import functools
+
+  from gecko import eval as eval_lib
+  from gecko import optimizers, pair_data, train
+  from gecko.evaluation.tasks import STSTask
+  from gecko.losses import GeckoLoss
+  from gecko.models import bert
+  from gecko.models.dual_encoder import DualEncoder
+  (tmp_path / "sts").mkdir()
+  (tmp_path / "sts" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+      {"sentence1": "gecko wall", "sentence2": "a gecko on a wall", "score": 4.5},
+      {"sentence1": "piano music", "sentence2": "kernel memory", "score": 0.5},
+      {"sentence1": "python code", "sentence2": "rust code", "score": 3.0}]))
+  model = DualEncoder(backbone=bert.BertConfig(hidden_size=32, num_layers=1, num_heads=2,
+                                               mlp_dim=64, max_length=32, dropout_rate=0.0),
+                      embed_dim=16, dims=(8, 16))
+  eval_fn = functools.partial(eval_lib.evaluate, gecko_format=True,
+                              tasks=[STSTask(name="TinySTS", path=str(tmp_path / "sts"))])
+  train.train(model=model, loss=GeckoLoss(dims=(8, 16)),
+              optimizer=optimizers.AdamW(learning_rate=1e-3, total_steps=4),
+              data_fn=functools.partial(pair_data.PairBatches, path=triples, batch_size=8,
+                                        query_length=16, passage_length=16),
+              model_dir=str(tmp_path / "run"), train_steps=4, log_every=2,
+              mesh_axes={"data": 1}, eval_every=2, eval_fn=eval_fn)
+  rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  evals = [r for r in rows if "eval/TinySTS/16" in r]
+  assert [r["step"] for r in evals] == [2, 4]
+  assert all(-1 <= r["eval/TinySTS/8"] <= 1 for r in evals)
+  assert (tmp_path / "run" / "eval" / "4" / "results.md").exists()
