@@ -22,6 +22,7 @@ setuptools.setup(
         "safetensors>=0.4",
         "tokenizers>=0.15",
         "tqdm>=4.60",
+        "matplotlib>=3.7",
         "scikit-learn>=1.3",
         "scipy>=1.10",
         # Data pipelines (imported lazily: `import gecko` stays free of TensorFlow).

@@ -7,7 +7,8 @@ r"""Evaluate an embedding model on MTEB task families: `python -m gecko.eval --g
 CHECKPOINT is anything `gecko.models.embedder.load` accepts: a packaged model name, a
 Hugging Face directory, or a saved model such as a training run's `MODEL_DIR/export`.
 Writes per-task JSON in mteb's result layout under OUTPUT_DIR/results/<model>/ and a
-Markdown table OUTPUT_DIR/results.md (task, metric, score, dim, model).
+Markdown table OUTPUT_DIR/results.md (task, metric, score, dim, model) and a
+bar chart OUTPUT_DIR/results.png.
 `evaluate()` itself is a plain keyword-only function, callable without gin.
 """
 
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from gecko.encode import encode
+from gecko.evaluation import reports
 from gecko.evaluation import tasks as tasks_lib
 from gecko.models import embedder as embedder_lib
 
@@ -43,7 +45,7 @@ def evaluate(*, checkpoint: str, tasks: Sequence[str | object], output_dir: str,
     checkpoint: Model to evaluate (name, Hugging Face directory or saved model).
     tasks: Task objects (`gecko.evaluation.tasks`), or short names of
       `standard_tasks(data_dir)` ("stsb", "scifact", "banking77").
-    output_dir: Where results/ and results.md go.
+    output_dir: Where results/, results.md and results.png go.
     data_dir: Directory holding the standard tasks' folders.
     dims: Matryoshka dims to score (default: all of the model's).
     gecko_format: Format inputs as `task: ... | query: ...` / `title: ... | text: ...`
@@ -87,20 +89,10 @@ def evaluate(*, checkpoint: str, tasks: Sequence[str | object], output_dir: str,
     }
     with open(os.path.join(result_dir, f"{task.name}.json"), "w", encoding="utf-8") as f:
       json.dump(report, f, indent=2)
-  write_markdown(os.path.join(output_dir, "results.md"), {name: results}, resolved)
+  main_metrics = {t.name: t.main_score for t in resolved}
+  reports.write_markdown(os.path.join(output_dir, "results.md"), {name: results}, main_metrics)
+  reports.plot_scores(os.path.join(output_dir, "results.png"), {name: results}, main_metrics)
   return results
-
-
-def write_markdown(path: str, results: dict[str, dict], tasks: Sequence[object]) -> None:
-  """One row per (model, task, dim): the task's main metric and its score."""
-  lines = ["| model | task | metric | dim | score |", "|---|---|---|---|---|"]
-  main = {t.name: t.main_score for t in tasks}
-  for model, per_task in results.items():
-    for task, per_dim in per_task.items():
-      for dim, scores in sorted(per_dim.items()):
-        lines.append(f"| {model} | {task} | {main[task]} | {dim} | {scores['main_score']:.4f} |")
-  with open(path, "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
 
 
 def main(argv: Sequence[str]) -> int:

@@ -129,6 +129,8 @@ def test_evaluate_writes_mteb_layout_and_markdown_for_every_dim(tmp_path, tiny_m
   assert rows[0]["main_score"] == rows[0]["ndcg_at_10"]
   table = (tmp_path / "out" / "results.md").read_text().splitlines()
   assert len(table) == 2 + 4 and "| tiny | TinySTS | cosine_spearman | 24 |" in table[-1]
+  png = (tmp_path / "out" / "results.png").read_bytes()
+  assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
   with pytest.raises(ValueError, match=r"dims \[100\]"):
     eval_lib.evaluate(checkpoint=tiny_model_dir, tasks=task_list, output_dir=str(tmp_path), dims=(100,))
   with pytest.raises(ValueError, match="Unknown task 'nope'"):
