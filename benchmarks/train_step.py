@@ -21,7 +21,6 @@ import os
 import sys
 import time
 
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from encode_throughput import stdlib_paragraphs  # noqa: E402

@@ -86,6 +86,17 @@ def write_hf_checkpoint(directory: pathlib.Path, *, tensors=None, config=None,
   return directory
 
 
+def assert_trees_close(actual, expected, *, atol: float, rtol: float = 0.0) -> None:
+  """Leaf-by-leaf allclose of two pytrees with the same structure (path in the message)."""
+  import jax
+  leaves = jax.tree_util.tree_leaves_with_path(actual)
+  others = jax.tree_util.tree_leaves(expected)
+  assert len(leaves) == len(others), (len(leaves), len(others))
+  for (path, x), y in zip(leaves, others):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=rtol,
+                               err_msg=jax.tree_util.keystr(path))
+
+
 @pytest.fixture
 def tiny_hf_dir(tmp_path) -> pathlib.Path:
   return write_hf_checkpoint(tmp_path / "tiny_bert")

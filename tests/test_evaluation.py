@@ -137,6 +137,75 @@ def test_evaluate_writes_mteb_layout_and_markdown_for_every_dim(tmp_path, tiny_m
     eval_lib.evaluate(checkpoint=tiny_model_dir, tasks=["nope"], output_dir=str(tmp_path))
 
 
+def test_pair_classification_scores_ap_and_rejects_bad_labels(tmp_path, tiny_model_dir):
+  rows = [{"sentence1": "the gecko", "sentence2": "the gecko climbs", "label": 1},
+          {"sentence1": "a piano", "sentence2": "embed text", "label": 0},
+          {"sentence1": "the model", "sentence2": "the text model", "label": 1},
+          {"sentence1": "music", "sentence2": "kernel", "label": 0}]
+  (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  task = tasks.PairClassificationTask(name="TinyPairs", path=str(tmp_path))
+  model = embedder.load(tiny_model_dir)
+  results = eval_lib.evaluate(checkpoint=model, tasks=[task], output_dir=str(tmp_path / "o"),
+                              model_name="tiny")
+  scores = results["TinyPairs"][24]
+  assert scores["cosine_ap"] == scores["dot_ap"]  # unit-norm embeddings
+  assert scores["max_ap"] == max(v for k, v in scores.items() if k.endswith("_ap"))
+  assert 5 / 12 - 1e-9 <= scores["main_score"] <= 1.0  # 2 of 4 positive: AP >= (1/3 + 2/4) / 2
+  (tmp_path / "bad").mkdir()
+  (tmp_path / "bad" / "test.jsonl").write_text(json.dumps(dict(rows[0], label=2)) + "\n")
+  with pytest.raises(ValueError, match="label must be 0 or 1, got 2"):
+    datasets.load_labelled_pairs(str(tmp_path / "bad"))
+
+
+class _OneHot:
+  """An embedder whose vector for a text is the one-hot of its first word's group."""
+
+  groups = {"gecko": 0, "lizard": 0, "piano": 1, "guitar": 1, "kernel": 2, "cache": 2}
+
+  def __call__(self, texts):
+    out = np.zeros((len(texts), 4), np.float32)
+    for i, text in enumerate(texts):
+      out[i, self.groups.get(text.split()[0], 3)] = 1.0
+    return out
+
+
+def _jsonl_file(path, rows):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return str(path.parent)
+
+
+def test_clustering_reranking_summarization_on_exact_embeddings(tmp_path):
+  fmt = tasks.InputFormat()
+  clusters = _jsonl_file(tmp_path / "clu" / "test.jsonl", [
+      {"sentences": ["gecko a", "lizard b", "piano c", "guitar d", "kernel e", "cache f"],
+       "labels": [0, 0, 1, 1, 2, 2]}])
+  result = tasks.ClusteringTask(name="c", path=clusters).evaluate(_OneHot(), dims=(4,), fmt=fmt)
+  assert result[4]["v_measure"] == pytest.approx(1.0)
+
+  rerank = _jsonl_file(tmp_path / "rr" / "test.jsonl", [
+      {"query": "gecko q", "positive": ["lizard x"], "negative": ["piano y", "cache z"]},
+      {"query": "piano q", "positive": ["kernel x"], "negative": ["guitar y"]}])
+  result = tasks.RerankingTask(name="r", path=rerank).evaluate(_OneHot(), dims=(4,), fmt=fmt)
+  assert result[4]["map"] == pytest.approx((1.0 + 0.5) / 2)
+  assert result[4]["mrr_at_10"] == pytest.approx((1.0 + 0.5) / 2)
+
+  summ = _jsonl_file(tmp_path / "sum" / "test.jsonl", [
+      {"human_summaries": ["gecko h"], "machine_summaries": ["lizard m", "piano m", "gecko n"],
+       "relevance": [5.0, 1.0, 4.0]},
+      {"human_summaries": ["piano h"], "machine_summaries": ["piano m", "kernel m"],
+       "relevance": [3.0, 3.0]}])
+  result = tasks.SummarizationTask(name="s", path=summ).evaluate(_OneHot(), dims=(4,), fmt=fmt)
+  # predicted [1, 0, 1] vs relevance [5, 1, 4]: ranks [2.5, 1, 2.5] vs [3, 1, 2]
+  assert result[4]["cosine_spearman"] == pytest.approx(np.corrcoef([2.5, 1, 2.5], [3, 1, 2])[0, 1])
+  assert result[4]["skipped_texts"] == 1.0
+
+  bad = _jsonl_file(tmp_path / "bad" / "test.jsonl", [
+      {"human_summaries": ["a"], "machine_summaries": ["b", "c"], "relevance": [1.0]}])
+  with pytest.raises(ValueError, match="2 machine summaries but 1 relevance"):
+    tasks.SummarizationTask(name="s", path=bad).evaluate(_OneHot(), dims=(4,), fmt=fmt)
+
+
 def test_eval_cli_requires_its_macros(tmp_path):
   result = subprocess.run([sys.executable, "-m", "gecko.eval", "--gin_file=gin/runs/eval.gin",
                            f"--gin.OUTPUT_DIR='{tmp_path}'"], cwd=REPO, capture_output=True,

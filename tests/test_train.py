@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED_DATA
+from conftest import REPO, SHARED_DATA, assert_trees_close
 from gecko.models import embedder
 
 WORDS = ("gecko lizard wall climb tree forest river ocean mountain city music piano guitar "
@@ -54,11 +54,6 @@ def _exported(model_dir):
   return jax.device_get(embedder.load(os.path.join(model_dir, "export")).params)
 
 
-def _assert_params_close(a, b, atol):
-  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)):
-    np.testing.assert_allclose(x, y, atol=atol, err_msg=jax.tree_util.keystr(path))
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, triples):
   model_dir = tmp_path_factory.mktemp("runs") / "full"
@@ -94,7 +89,7 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path, triples,
   resumed = _run(cmd)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resuming from step" in resumed.stderr
-  _assert_params_close(_exported(model_dir), _exported(uninterrupted), atol=1e-6)
+  assert_trees_close(_exported(model_dir), _exported(uninterrupted), atol=1e-6)
 
 
 def _free_port():
@@ -117,7 +112,7 @@ def test_two_processes_agree_with_one(tmp_path, triples, uninterrupted):
   rows = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
   single = [json.loads(line) for line in (uninterrupted / "metrics.jsonl").read_text().splitlines()]
   np.testing.assert_allclose([r["loss"] for r in rows], [r["loss"] for r in single], atol=1e-5)
-  _assert_params_close(_exported(model_dir), _exported(uninterrupted), atol=1e-5)
+  assert_trees_close(_exported(model_dir), _exported(uninterrupted), atol=1e-5)
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -3,6 +3,7 @@
   load_beir(dir)            BEIR layout: corpus.jsonl, queries.jsonl, qrels/{split}.tsv
   load_sts(dir | file)      STS-B tab-separated (score in column 4, texts in 5 and 6), or
                             JSONL {"sentence1", "sentence2", "score"}
+  load_labelled_pairs(dir)  JSONL {"sentence1", "sentence2", "label" 0/1}
   load_classification(dir)  CSV (text + integer label columns, header or not) or JSONL
                             {"text", "label"}, as {split}.csv / {split}.jsonl or the
                             Banking77 file names
@@ -106,6 +107,23 @@ def load_sts(path: str, *, split: str = "test") -> PairData:
         data.sentence2.append(row[6])
   if len(data.scores) < 2:
     raise ValueError(f"{path} holds fewer than two sentence pairs.")
+  return data
+
+
+def load_labelled_pairs(path: str, *, split: str = "test") -> PairData:
+  """Binary-labelled pairs (pair classification): JSONL {"sentence1", "sentence2",
+  "label"} with label 0/1, given as a file or a directory holding `{split}.jsonl`."""
+  if os.path.isdir(path):
+    path = os.path.join(path, f"{split}.jsonl")
+  data = PairData([], [], [])
+  for n, row in enumerate(_jsonl(path), 1):
+    if row.get("label") not in (0, 1):
+      raise ValueError(f"{path}:{n}: label must be 0 or 1, got {row.get('label')!r}.")
+    data.sentence1.append(row["sentence1"])
+    data.sentence2.append(row["sentence2"])
+    data.scores.append(float(row["label"]))
+  if len(set(data.scores)) < 2:
+    raise ValueError(f"{path} needs both positive (1) and negative (0) pairs.")
   return data
 
 

@@ -1,4 +1,5 @@
-"""MTEB task families over local data: retrieval, STS, classification.
+"""MTEB task families over local data: retrieval, STS, pair classification,
+classification, clustering, reranking, summarization.
 
 Each task formats its inputs (`InputFormat`), embeds them once at full size through
 the given `embed` function, and scores every requested Matryoshka dim from prefixes
@@ -129,6 +130,36 @@ class STSTask:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class PairClassificationTask:
+  """Binary pair classification; main score max AP over cosine, dot product, and
+  (negated) Euclidean and Manhattan distances, as MTEB reports `max_ap`."""
+
+  name: str
+  path: str
+  split: str = "test"
+  task: str = "semantic similarity"
+  main_score: str = "max_ap"
+  type: str = "PairClassification"
+
+  def evaluate(self, embed: Embed, *, dims: Sequence[int], fmt: InputFormat) -> Scores:
+    data = datasets.load_labelled_pairs(self.path, split=self.split)
+    a = embed(fmt.query(data.sentence1, self.task))
+    b = embed(fmt.query(data.sentence2, self.task))
+    labels = [int(x) for x in data.scores]
+    out: Scores = {}
+    for dim in dims:
+      x, y = _prefix(a, dim), _prefix(b, dim)
+      similarity = {"cosine": np.sum(x * y, axis=1), "dot": np.sum(x * y, axis=1),
+                    "euclidean": -np.linalg.norm(x - y, axis=1),
+                    "manhattan": -np.sum(np.abs(x - y), axis=1)}
+      scores = {f"{k}_ap": metrics.average_precision(v, labels) for k, v in similarity.items()}
+      scores["max_ap"] = max(scores.values())
+      scores["main_score"] = scores[self.main_score]
+      out[dim] = scores
+    return out
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ClassificationTask:
   """Logistic-regression probe, MTEB's protocol: `n_experiments` draws of
   `samples_per_label` training texts per label (numpy RandomState(seed) re-shuffling
@@ -179,6 +210,122 @@ class ClassificationTask:
         f1.append(f1_score(test.labels, predicted, average="macro"))
       out[dim] = {"accuracy": float(np.mean(accuracy)), "f1": float(np.mean(f1)),
                   "accuracy_std": float(np.std(accuracy))}
+      out[dim]["main_score"] = out[dim][self.main_score]
+    return out
+
+
+def _jsonl_rows(path: str, split: str, fields: Sequence[str]) -> list[dict]:
+  import os
+  if os.path.isdir(path):
+    path = os.path.join(path, f"{split}.jsonl")
+  rows = list(datasets._jsonl(path))  # noqa: SLF001 - same package
+  if not rows:
+    raise ValueError(f"{path} holds no rows.")
+  for n, row in enumerate(rows, 1):
+    missing = [f for f in fields if f not in row]
+    if missing:
+      raise ValueError(f"{path}: row {n} lacks {missing}.")
+  return rows
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ClusteringTask:
+  """Clustering (MTEB's legacy protocol): per set of texts, MiniBatchKMeans with as many
+  clusters as labels (batch 500, n_init="auto"), V-measure; mean over sets. Data: JSONL
+  rows {"sentences": [...], "labels": [...]}."""
+
+  name: str
+  path: str
+  split: str = "test"
+  task: str = "clustering"
+  seed: int = 42
+  main_score: str = "v_measure"
+  type: str = "Clustering"
+
+  def evaluate(self, embed: Embed, *, dims: Sequence[int], fmt: InputFormat) -> Scores:
+    from sklearn.cluster import MiniBatchKMeans
+    sets = _jsonl_rows(self.path, self.split, ("sentences", "labels"))
+    vectors = [embed(fmt.query(row["sentences"], self.task)) for row in sets]
+    out: Scores = {}
+    for dim in dims:
+      values = []
+      for row, x in zip(sets, vectors):
+        kmeans = MiniBatchKMeans(n_clusters=len(set(row["labels"])), batch_size=500,
+                                 n_init="auto", random_state=self.seed)
+        values.append(metrics.v_measure(row["labels"], kmeans.fit_predict(_prefix(x, dim))))
+      out[dim] = {"v_measure": float(np.mean(values)), "v_measure_std": float(np.std(values))}
+      out[dim]["main_score"] = out[dim][self.main_score]
+    return out
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RerankingTask:
+  """Reranking: each query's candidates (positives + negatives) ordered by cosine; MAP
+  over all candidates and MRR@10. Data: JSONL {"query", "positive": [...], "negative": [...]}."""
+
+  name: str
+  path: str
+  split: str = "test"
+  task: str = "search result"
+  main_score: str = "map"
+  type: str = "Reranking"
+
+  def evaluate(self, embed: Embed, *, dims: Sequence[int], fmt: InputFormat) -> Scores:
+    rows = _jsonl_rows(self.path, self.split, ("query", "positive", "negative"))
+    queries = embed(fmt.query([r["query"] for r in rows], self.task))
+    candidates = [r["positive"] + r["negative"] for r in rows]
+    flat = embed(fmt.document([{"text": c} for cs in candidates for c in cs]))
+    bounds = np.cumsum([0] + [len(cs) for cs in candidates])
+    out: Scores = {}
+    for dim in dims:
+      q, docs = _prefix(queries, dim), _prefix(flat, dim)
+      ap, rr = [], []
+      for i, row in enumerate(rows):
+        scores = docs[bounds[i]:bounds[i + 1]] @ q[i]
+        ranking = [str(j) for j in np.argsort(-scores, kind="stable")]
+        relevant = {str(j): 1 for j in range(len(row["positive"]))}
+        ap.append(metrics.average_precision_at_k(relevant, ranking, len(ranking)))
+        rr.append(metrics.mrr_at_k(relevant, ranking, 10))
+      out[dim] = {"map": float(np.mean(ap)), "mrr_at_10": float(np.mean(rr))}
+      out[dim]["main_score"] = out[dim][self.main_score]
+    return out
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SummarizationTask:
+  """Summarization (SummEval style): each machine summary is scored by its highest cosine
+  to the human summaries; Spearman with the human relevance scores per text, averaged.
+  Texts whose relevance scores are all equal cannot be ranked and are counted, not used.
+  Data: JSONL {"human_summaries": [...], "machine_summaries": [...], "relevance": [...]}."""
+
+  name: str
+  path: str
+  split: str = "test"
+  task: str = "semantic similarity"
+  main_score: str = "cosine_spearman"
+  type: str = "Summarization"
+
+  def evaluate(self, embed: Embed, *, dims: Sequence[int], fmt: InputFormat) -> Scores:
+    rows = _jsonl_rows(self.path, self.split,
+                       ("human_summaries", "machine_summaries", "relevance"))
+    for n, row in enumerate(rows, 1):
+      if len(row["relevance"]) != len(row["machine_summaries"]):
+        raise ValueError(f"{self.path}: row {n} has {len(row['machine_summaries'])} machine "
+                         f"summaries but {len(row['relevance'])} relevance scores.")
+    human = [embed(fmt.query(r["human_summaries"], self.task)) for r in rows]
+    machine = [embed(fmt.query(r["machine_summaries"], self.task)) for r in rows]
+    out: Scores = {}
+    for dim in dims:
+      values, skipped = [], 0
+      for row, h, m in zip(rows, human, machine):
+        if len(set(row["relevance"])) < 2:
+          skipped += 1
+          continue
+        predicted = np.max(_prefix(m, dim) @ _prefix(h, dim).T, axis=1)
+        values.append(metrics.spearman(predicted, row["relevance"]))
+      if not values:
+        raise ValueError(f"{self.path}: no text has varying relevance scores.")
+      out[dim] = {"cosine_spearman": float(np.mean(values)), "skipped_texts": float(skipped)}
       out[dim]["main_score"] = out[dim][self.main_score]
     return out
 
