@@ -206,6 +206,22 @@ def test_clustering_reranking_summarization_on_exact_embeddings(tmp_path):
     tasks.SummarizationTask(name="s", path=bad).evaluate(_OneHot(), dims=(4,), fmt=fmt)
 
 
+def test_eval_cli_with_a_gin_task_object(tmp_path, tiny_model_dir):
+  sts = _jsonl_file(tmp_path / "sts" / "test.jsonl", [
+      {"sentence1": "the gecko", "sentence2": "the gecko climbs", "score": 4.5},
+      {"sentence1": "a piano", "sentence2": "embed text", "score": 0.5},
+      {"sentence1": "the model", "sentence2": "the text model", "score": 3.0}])
+  result = subprocess.run(
+      [sys.executable, "-m", "gecko.eval", "--gin_file=gin/runs/eval.gin",
+       f"--gin.CHECKPOINT='{tiny_model_dir}'", f"--gin.OUTPUT_DIR='{tmp_path / 'out'}'",
+       "--gin.EVAL_TASKS=[@tasks.STSTask()]", "--gin.tasks.STSTask.name='TinySTS'",
+       f"--gin.tasks.STSTask.path='{sts}'", "--gin.GECKO_FORMAT=True"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  table = (tmp_path / "out" / "results.md").read_text()
+  assert "| tiny | TinySTS | cosine_spearman | 8 |" in table and "| 24 |" in table
+
+
 def test_eval_cli_requires_its_macros(tmp_path):
   result = subprocess.run([sys.executable, "-m", "gecko.eval", "--gin_file=gin/runs/eval.gin",
                            f"--gin.OUTPUT_DIR='{tmp_path}'"], cwd=REPO, capture_output=True,
