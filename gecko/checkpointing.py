@@ -19,9 +19,13 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 
+@jax.jit
+def _all_finite(params) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(params)]))
+
+
 def params_are_finite(params) -> bool:
-  leaves = jax.tree_util.tree_leaves(params)
-  return bool(jax.jit(lambda xs: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs])))(leaves))
+  return bool(_all_finite(params))
 
 
 class Checkpointer:

@@ -76,7 +76,12 @@ class PairBatches:
       for field in ("query", "positive"):
         if not isinstance(record.get(field), str):
           raise ValueError(f"record {n} needs a string {field!r}, got {record!r:.120}.")
-    has_negative = all(isinstance(r.get("negative"), str) for r in records)
+    with_negative = [isinstance(r.get("negative"), str) for r in records]
+    has_negative = all(with_negative)
+    if any(with_negative) and not has_negative:
+      n = with_negative.index(False)
+      raise ValueError(f"record {n} has no string 'negative' while others do; give every "
+                       "record a hard negative, or none (Eq. 2).")
     self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
     self.process_index, self.process_count = process_index, process_count
     self.num_records = len(records)
