@@ -74,12 +74,27 @@ def top_k(queries: np.ndarray, corpus: np.ndarray, k: int, *, block: int = 65536
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class RetrievalTask:
-  """BEIR-layout retrieval; main score nDCG@10 (also MAP@10, recall@100, MRR@10)."""
+class Task:
+  """What every task has: a report name, its data (a directory or file), a split.
+
+  Subclasses add `task` (the Gecko task string), `main_score` and `type` (the MTEB
+  family) and implement `evaluate(embed, *, dims, fmt) -> {dim: scores}`.
+  """
 
   name: str
   path: str
   split: str = "test"
+  main_score: str = "main_score"
+
+  def scored(self, scores: dict[str, float]) -> dict[str, float]:
+    """`scores` plus `main_score`, the value of this task's main metric."""
+    return dict(scores, main_score=scores[self.main_score])
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RetrievalTask(Task):
+  """BEIR-layout retrieval; main score nDCG@10 (also MAP@10, recall@100, MRR@10)."""
+
   task: str = "search result"
   main_score: str = "ndcg_at_10"
   type: str = "Retrieval"
@@ -100,18 +115,15 @@ class RetrievalTask:
       scores = {name: float(np.mean([fn(data.qrels[q], rankings[q], k) for q in query_ids]))
                 for name, (fn, k) in per_metric.items()}
       scores.update({f"dropped_{k}": float(v) for k, v in data.dropped.items()},
-                    num_queries=float(len(query_ids)), main_score=scores[self.main_score])
-      out[dim] = scores
+                    num_queries=float(len(query_ids)))
+      out[dim] = self.scored(scores)
     return out
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class STSTask:
+class STSTask(Task):
   """Semantic similarity; main score Spearman of cosine vs gold (symmetric format)."""
 
-  name: str
-  path: str
-  split: str = "test"
   task: str = "semantic similarity"
   main_score: str = "cosine_spearman"
   type: str = "STS"
@@ -123,20 +135,16 @@ class STSTask:
     out: Scores = {}
     for dim in dims:
       cosine = np.sum(_prefix(a, dim) * _prefix(b, dim), axis=1)
-      out[dim] = {"cosine_spearman": metrics.spearman(cosine, data.scores),
-                  "cosine_pearson": metrics.pearson(cosine, data.scores)}
-      out[dim]["main_score"] = out[dim][self.main_score]
+      out[dim] = self.scored({"cosine_spearman": metrics.spearman(cosine, data.scores),
+                              "cosine_pearson": metrics.pearson(cosine, data.scores)})
     return out
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class PairClassificationTask:
+class PairClassificationTask(Task):
   """Binary pair classification; main score max AP over cosine, dot product, and
   (negated) Euclidean and Manhattan distances, as MTEB reports `max_ap`."""
 
-  name: str
-  path: str
-  split: str = "test"
   task: str = "semantic similarity"
   main_score: str = "max_ap"
   type: str = "PairClassification"
@@ -154,20 +162,17 @@ class PairClassificationTask:
                     "manhattan": -np.sum(np.abs(x - y), axis=1)}
       scores = {f"{k}_ap": metrics.average_precision(v, labels) for k, v in similarity.items()}
       scores["max_ap"] = max(scores.values())
-      scores["main_score"] = scores[self.main_score]
-      out[dim] = scores
+      out[dim] = self.scored(scores)
     return out
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ClassificationTask:
+class ClassificationTask(Task):
   """Logistic-regression probe, MTEB's protocol: `n_experiments` draws of
   `samples_per_label` training texts per label (numpy RandomState(seed) re-shuffling
   the same index list each experiment), LogisticRegression(max_iter=100), mean
   accuracy on the test split."""
 
-  name: str
-  path: str
   task: str = "classification"
   samples_per_label: int = 8
   n_experiments: int = 10
@@ -208,9 +213,8 @@ class ClassificationTask:
         predicted = clf.predict(x_test)
         accuracy.append(accuracy_score(test.labels, predicted))
         f1.append(f1_score(test.labels, predicted, average="macro"))
-      out[dim] = {"accuracy": float(np.mean(accuracy)), "f1": float(np.mean(f1)),
-                  "accuracy_std": float(np.std(accuracy))}
-      out[dim]["main_score"] = out[dim][self.main_score]
+      out[dim] = self.scored({"accuracy": float(np.mean(accuracy)), "f1": float(np.mean(f1)),
+                              "accuracy_std": float(np.std(accuracy))})
     return out
 
 
@@ -229,14 +233,11 @@ def _jsonl_rows(path: str, split: str, fields: Sequence[str]) -> list[dict]:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ClusteringTask:
+class ClusteringTask(Task):
   """Clustering (MTEB's legacy protocol): per set of texts, MiniBatchKMeans with as many
   clusters as labels (batch 500, n_init="auto"), V-measure; mean over sets. Data: JSONL
   rows {"sentences": [...], "labels": [...]}."""
 
-  name: str
-  path: str
-  split: str = "test"
   task: str = "clustering"
   seed: int = 42
   main_score: str = "v_measure"
@@ -253,19 +254,16 @@ class ClusteringTask:
         kmeans = MiniBatchKMeans(n_clusters=len(set(row["labels"])), batch_size=500,
                                  n_init="auto", random_state=self.seed)
         values.append(metrics.v_measure(row["labels"], kmeans.fit_predict(_prefix(x, dim))))
-      out[dim] = {"v_measure": float(np.mean(values)), "v_measure_std": float(np.std(values))}
-      out[dim]["main_score"] = out[dim][self.main_score]
+      out[dim] = self.scored({"v_measure": float(np.mean(values)),
+                              "v_measure_std": float(np.std(values))})
     return out
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class RerankingTask:
+class RerankingTask(Task):
   """Reranking: each query's candidates (positives + negatives) ordered by cosine; MAP
   over all candidates and MRR@10. Data: JSONL {"query", "positive": [...], "negative": [...]}."""
 
-  name: str
-  path: str
-  split: str = "test"
   task: str = "search result"
   main_score: str = "map"
   type: str = "Reranking"
@@ -286,21 +284,17 @@ class RerankingTask:
         relevant = {str(j): 1 for j in range(len(row["positive"]))}
         ap.append(metrics.average_precision_at_k(relevant, ranking, len(ranking)))
         rr.append(metrics.mrr_at_k(relevant, ranking, 10))
-      out[dim] = {"map": float(np.mean(ap)), "mrr_at_10": float(np.mean(rr))}
-      out[dim]["main_score"] = out[dim][self.main_score]
+      out[dim] = self.scored({"map": float(np.mean(ap)), "mrr_at_10": float(np.mean(rr))})
     return out
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class SummarizationTask:
+class SummarizationTask(Task):
   """Summarization (SummEval style): each machine summary is scored by its highest cosine
   to the human summaries; Spearman with the human relevance scores per text, averaged.
   Texts whose relevance scores are all equal cannot be ranked and are counted, not used.
   Data: JSONL {"human_summaries": [...], "machine_summaries": [...], "relevance": [...]}."""
 
-  name: str
-  path: str
-  split: str = "test"
   task: str = "semantic similarity"
   main_score: str = "cosine_spearman"
   type: str = "Summarization"
@@ -325,8 +319,8 @@ class SummarizationTask:
         values.append(metrics.spearman(predicted, row["relevance"]))
       if not values:
         raise ValueError(f"{self.path}: no text has varying relevance scores.")
-      out[dim] = {"cosine_spearman": float(np.mean(values)), "skipped_texts": float(skipped)}
-      out[dim]["main_score"] = out[dim][self.main_score]
+      out[dim] = self.scored({"cosine_spearman": float(np.mean(values)),
+                              "skipped_texts": float(skipped)})
     return out
 
 
