@@ -69,7 +69,8 @@ def configure(gin_files: Sequence[str], bindings: Sequence[str], search_paths=()
     gin.add_config_file_search_path(path)
   if not gin_files:
     raise ConfigError("no --gin_file given; e.g. --gin_file=gin/models/tiny.gin "
-                      "--gin_file=gin/runs/finetune.gin")
+                      "--gin_file=gin/runs/finetune.gin (training) or "
+                      "--gin_file=gin/runs/eval.gin (evaluation)")
   try:
     gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
   except Exception as e:  # gin raises many types (IOError, ValueError, ParserError, ...)
@@ -88,8 +89,9 @@ def call_configured(fn: Callable):
   try:
     bound = gin.get_bindings(fn)
   except ValueError as e:
-    raise ConfigError(f"nothing configures {fn.__module__}.{fn.__name__}; add a run file such "
-                      "as --gin_file=gin/runs/finetune.gin") from e
+    raise ConfigError(f"nothing configures {fn.__module__}.{fn.__name__}; add the run file that "
+                      "binds it (gin/runs/finetune.gin for training, gin/runs/eval.gin for "
+                      "evaluation)") from e
   missing = [name for name, p in inspect.signature(fn).parameters.items()
              if p.default is inspect.Parameter.empty and name not in bound]
   if missing:
