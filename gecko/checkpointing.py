@@ -15,13 +15,11 @@ import sys
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from gecko.train_step import all_finite
 
-@jax.jit
-def _all_finite(params) -> jax.Array:
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(params)]))
+_all_finite = jax.jit(all_finite)
 
 
 def params_are_finite(params) -> bool:

@@ -44,6 +44,14 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
   return texts
 
 
+def matryoshka_prefix(embeddings: np.ndarray, dim: int) -> np.ndarray:
+  """The `dim`-dim Matryoshka embeddings of unit-norm rows: truncate, re-normalise (NumPy)."""
+  if dim > embeddings.shape[1]:
+    raise ValueError(f"Matryoshka dim {dim} exceeds the embedding size {embeddings.shape[1]}.")
+  x = embeddings[:, :dim]
+  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def apply_prompt(texts: Sequence[str], prompt: str | None) -> list[str]:
   """`prompt` with `{text}` is a template; otherwise it is a prefix."""
   if prompt is None:
@@ -115,8 +123,7 @@ def encode(texts: Sequence[str], *, model: str | os.PathLike | embedder_lib.Embe
       result[idx] = np.asarray(embeddings)[:len(idx)]
       bar.update(len(idx))
   if dim is not None and dim != model.output_dim:
-    result = result[:, :dim]
-    result /= np.maximum(np.linalg.norm(result, axis=-1, keepdims=True), 1e-12)
+    result = matryoshka_prefix(result, dim)
   return result
 
 

@@ -169,7 +169,8 @@ def grad_cache_loss_and_grads(model, loss_fn, params, batch, rng, step, *, chunk
   return loss, metrics, grads
 
 
-def _all_finite(tree) -> jax.Array:
+def all_finite(tree) -> jax.Array:
+  """True when every leaf of `tree` is finite (a traced scalar)."""
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
   return functools.reduce(jnp.logical_and, leaves)
 
@@ -189,7 +190,7 @@ def make_train_step(model: DualEncoder, loss_fn: GeckoLoss, tx: optax.GradientTr
     else:
       loss, metrics, grads = plain_loss_and_grads(model, loss_fn, state.params, batch,
                                                   state.rng, state.step)
-    finite = jnp.isfinite(loss) & _all_finite(grads)
+    finite = jnp.isfinite(loss) & all_finite(grads)
     safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
     updates, opt_state = tx.update(safe_grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

@@ -19,7 +19,7 @@ import csv
 import dataclasses
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 
 def _require(path: str) -> str:
@@ -36,6 +36,20 @@ def _jsonl(path: str) -> Iterator[dict]:
           yield json.loads(line)
         except json.JSONDecodeError as e:
           raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}).") from e
+
+
+def load_rows(path: str, split: str, fields: Sequence[str]) -> list[dict]:
+  """JSONL rows from a file or a directory's `{split}.jsonl`, each holding `fields`."""
+  if os.path.isdir(path):
+    path = os.path.join(path, f"{split}.jsonl")
+  rows = list(_jsonl(path))
+  if not rows:
+    raise ValueError(f"{path} holds no rows.")
+  for n, row in enumerate(rows, 1):
+    missing = [f for f in fields if f not in row]
+    if missing:
+      raise ValueError(f"{path}: row {n} lacks {missing}.")
+  return rows
 
 
 @dataclasses.dataclass

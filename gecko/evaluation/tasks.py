@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from gecko.encode import matryoshka_prefix
 from gecko.evaluation import datasets, metrics
 
 Embed = Callable[[list[str]], np.ndarray]  # texts -> [n, D] unit-norm rows
@@ -44,13 +45,6 @@ class InputFormat:
       return [f"{d.get('title', '')} {d['text']}".strip() for d in docs]
     return [self.document_template.format(title=d.get("title") or "none", text=d["text"])
             for d in docs]
-
-
-def _prefix(embeddings: np.ndarray, dim: int) -> np.ndarray:
-  if dim > embeddings.shape[1]:
-    raise ValueError(f"Matryoshka dim {dim} exceeds the embedding size {embeddings.shape[1]}.")
-  x = embeddings[:, :dim]
-  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def top_k(queries: np.ndarray, corpus: np.ndarray, k: int, *, block: int = 65536
@@ -107,7 +101,7 @@ class RetrievalTask(Task):
     queries = embed(fmt.query([data.queries[q] for q in query_ids], self.task))
     out: Scores = {}
     for dim in dims:
-      idx, _ = top_k(_prefix(queries, dim), _prefix(corpus, dim), 100)
+      idx, _ = top_k(matryoshka_prefix(queries, dim), matryoshka_prefix(corpus, dim), 100)
       rankings = {q: [doc_ids[i] for i in row] for q, row in zip(query_ids, idx)}
       per_metric = {
           "ndcg_at_10": (metrics.ndcg_at_k, 10), "map_at_10": (metrics.average_precision_at_k, 10),
@@ -134,7 +128,7 @@ class STSTask(Task):
     b = embed(fmt.query(data.sentence2, self.task))
     out: Scores = {}
     for dim in dims:
-      cosine = np.sum(_prefix(a, dim) * _prefix(b, dim), axis=1)
+      cosine = np.sum(matryoshka_prefix(a, dim) * matryoshka_prefix(b, dim), axis=1)
       out[dim] = self.scored({"cosine_spearman": metrics.spearman(cosine, data.scores),
                               "cosine_pearson": metrics.pearson(cosine, data.scores)})
     return out
@@ -156,7 +150,7 @@ class PairClassificationTask(Task):
     labels = [int(x) for x in data.scores]
     out: Scores = {}
     for dim in dims:
-      x, y = _prefix(a, dim), _prefix(b, dim)
+      x, y = matryoshka_prefix(a, dim), matryoshka_prefix(b, dim)
       similarity = {"cosine": np.sum(x * y, axis=1), "dot": np.sum(x * y, axis=1),
                     "euclidean": -np.linalg.norm(x - y, axis=1),
                     "manhattan": -np.sum(np.abs(x - y), axis=1)}
@@ -205,7 +199,7 @@ class ClassificationTask(Task):
     test_emb = embed(fmt.query(test.texts, self.task))
     out: Scores = {}
     for dim in dims:
-      x_train, x_test = _prefix(train_emb, dim), _prefix(test_emb, dim)
+      x_train, x_test = matryoshka_prefix(train_emb, dim), matryoshka_prefix(test_emb, dim)
       accuracy, f1 = [], []
       for chosen in draws:
         clf = LogisticRegression(max_iter=100)
@@ -216,20 +210,6 @@ class ClassificationTask(Task):
       out[dim] = self.scored({"accuracy": float(np.mean(accuracy)), "f1": float(np.mean(f1)),
                               "accuracy_std": float(np.std(accuracy))})
     return out
-
-
-def _jsonl_rows(path: str, split: str, fields: Sequence[str]) -> list[dict]:
-  import os
-  if os.path.isdir(path):
-    path = os.path.join(path, f"{split}.jsonl")
-  rows = list(datasets._jsonl(path))  # noqa: SLF001 - same package
-  if not rows:
-    raise ValueError(f"{path} holds no rows.")
-  for n, row in enumerate(rows, 1):
-    missing = [f for f in fields if f not in row]
-    if missing:
-      raise ValueError(f"{path}: row {n} lacks {missing}.")
-  return rows
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -245,7 +225,7 @@ class ClusteringTask(Task):
 
   def evaluate(self, embed: Embed, *, dims: Sequence[int], fmt: InputFormat) -> Scores:
     from sklearn.cluster import MiniBatchKMeans
-    sets = _jsonl_rows(self.path, self.split, ("sentences", "labels"))
+    sets = datasets.load_rows(self.path, self.split, ("sentences", "labels"))
     vectors = [embed(fmt.query(row["sentences"], self.task)) for row in sets]
     out: Scores = {}
     for dim in dims:
@@ -253,7 +233,7 @@ class ClusteringTask(Task):
       for row, x in zip(sets, vectors):
         kmeans = MiniBatchKMeans(n_clusters=len(set(row["labels"])), batch_size=500,
                                  n_init="auto", random_state=self.seed)
-        values.append(metrics.v_measure(row["labels"], kmeans.fit_predict(_prefix(x, dim))))
+        values.append(metrics.v_measure(row["labels"], kmeans.fit_predict(matryoshka_prefix(x, dim))))
       out[dim] = self.scored({"v_measure": float(np.mean(values)),
                               "v_measure_std": float(np.std(values))})
     return out
@@ -269,14 +249,14 @@ class RerankingTask(Task):
   type: str = "Reranking"
 
   def evaluate(self, embed: Embed, *, dims: Sequence[int], fmt: InputFormat) -> Scores:
-    rows = _jsonl_rows(self.path, self.split, ("query", "positive", "negative"))
+    rows = datasets.load_rows(self.path, self.split, ("query", "positive", "negative"))
     queries = embed(fmt.query([r["query"] for r in rows], self.task))
     candidates = [r["positive"] + r["negative"] for r in rows]
     flat = embed(fmt.document([{"text": c} for cs in candidates for c in cs]))
     bounds = np.cumsum([0] + [len(cs) for cs in candidates])
     out: Scores = {}
     for dim in dims:
-      q, docs = _prefix(queries, dim), _prefix(flat, dim)
+      q, docs = matryoshka_prefix(queries, dim), matryoshka_prefix(flat, dim)
       ap, rr = [], []
       for i, row in enumerate(rows):
         scores = docs[bounds[i]:bounds[i + 1]] @ q[i]
@@ -300,7 +280,7 @@ class SummarizationTask(Task):
   type: str = "Summarization"
 
   def evaluate(self, embed: Embed, *, dims: Sequence[int], fmt: InputFormat) -> Scores:
-    rows = _jsonl_rows(self.path, self.split,
+    rows = datasets.load_rows(self.path, self.split,
                        ("human_summaries", "machine_summaries", "relevance"))
     for n, row in enumerate(rows, 1):
       if len(row["relevance"]) != len(row["machine_summaries"]):
@@ -315,7 +295,7 @@ class SummarizationTask(Task):
         if len(set(row["relevance"])) < 2:
           skipped += 1
           continue
-        predicted = np.max(_prefix(m, dim) @ _prefix(h, dim).T, axis=1)
+        predicted = np.max(matryoshka_prefix(m, dim) @ matryoshka_prefix(h, dim).T, axis=1)
         values.append(metrics.spearman(predicted, row["relevance"]))
       if not values:
         raise ValueError(f"{self.path}: no text has varying relevance scores.")
