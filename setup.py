@@ -37,5 +37,8 @@ setuptools.setup(
         "local": ["llama-cpp-python[server]>=0.3.7"],
         "tpu": ["jax[tpu]"],
         "beam": ["apache-beam>=2.60"],
+        # The adapter for the `mteb` package (gecko/evaluation/mteb_adapter.py). mteb needs
+        # torch: install a CPU build first (`make test` installs torch==2.13.0).
+        "mteb": ["mteb>=2.20,<3"],
     },
 )

@@ -70,19 +70,28 @@ def evaluate(*, checkpoint: str, tasks: Sequence[str | object], output_dir: str,
   fmt = tasks_lib.InputFormat(gecko=gecko_format)
   name = model_name or _model_name(os.fspath(checkpoint))
 
+  encode_time = [0.0]  # seconds spent encoding, per task
+
   def embed(texts: list[str]) -> np.ndarray:
-    return encode(texts, model=model, batch_size=batch_size, show_progress=True)
+    start = time.perf_counter()
+    out = encode(texts, model=model, batch_size=batch_size, show_progress=True)
+    encode_time[0] += time.perf_counter() - start
+    return out
 
   results = {}
   result_dir = os.path.join(output_dir, "results", name)
   os.makedirs(result_dir, exist_ok=True)
   for task in resolved:
-    start = time.perf_counter()
+    start, encode_time[0] = time.perf_counter(), 0.0
     print(f"gecko.eval: {task.name} ({task.type})", file=sys.stderr)
     scores = task.evaluate(embed, dims=dims, fmt=fmt)
     results[task.name] = scores
+    total = time.perf_counter() - start
+    print(f"gecko.eval: {task.name}: {total:.1f} s, of which encoding {encode_time[0]:.1f} s, "
+          f"loading and scoring {total - encode_time[0]:.1f} s", file=sys.stderr)
     report = {
-        "task_name": task.name, "model_name": name, "evaluation_time": time.perf_counter() - start,
+        "task_name": task.name, "model_name": name, "evaluation_time": total,
+        "encode_time": encode_time[0], "scoring_time": total - encode_time[0],
         "scores": {getattr(task, "split", "test"): [
             dict(s, hf_subset="default", languages=["eng-Latn"], dim=dim)
             for dim, s in scores.items()]},

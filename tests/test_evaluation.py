@@ -127,6 +127,8 @@ def test_evaluate_writes_mteb_layout_and_markdown_for_every_dim(tmp_path, tiny_m
   rows = report["scores"]["test"]
   assert [r["dim"] for r in rows] == [8, 24] and 0 <= rows[0]["ndcg_at_10"] <= 1
   assert rows[0]["main_score"] == rows[0]["ndcg_at_10"]
+  assert 0 < report["encode_time"] <= report["evaluation_time"]
+  assert report["scoring_time"] == pytest.approx(report["evaluation_time"] - report["encode_time"])
   table = (tmp_path / "out" / "results.md").read_text().splitlines()
   assert len(table) == 2 + 4 and "| tiny | TinySTS | cosine_spearman | 24 |" in table[-1]
   png = (tmp_path / "out" / "results.png").read_bytes()

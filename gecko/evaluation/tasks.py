@@ -304,6 +304,18 @@ class SummarizationTask(Task):
     return out
 
 
+# The Gecko task string of each MTEB task type (the families' defaults above, plus mteb
+# types without a local family here); `DEFAULT_TASK_STRING` for any other type.
+TASK_STRINGS: dict[str, str] = {
+    cls.type: cls.task for cls in (RetrievalTask, STSTask, PairClassificationTask,
+                                   ClassificationTask, ClusteringTask, RerankingTask,
+                                   SummarizationTask)}
+TASK_STRINGS.update({"InstructionRetrieval": "search result",
+                     "MultilabelClassification": "classification",
+                     "BitextMining": "semantic similarity"})
+DEFAULT_TASK_STRING = "search result"
+
+
 def standard_tasks(data_dir: str) -> dict[str, object]:
   """The tasks of the layout in `../shared/data` (STS-B, SciFact, Banking77) by short name."""
   import os
