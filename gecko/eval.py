@@ -28,13 +28,6 @@ from gecko.evaluation import tasks as tasks_lib
 from gecko.models import embedder as embedder_lib
 
 
-def _model_name(checkpoint: str) -> str:
-  path = os.path.normpath(os.fspath(checkpoint))
-  parts = [p for p in path.split(os.sep) if p and p not in (".", "..")]
-  name = "__".join(parts[-2:]) if parts and parts[-1] == "export" else (parts[-1] if parts else path)
-  return name.replace("/", "__")
-
-
 def evaluate(*, checkpoint: str, tasks: Sequence[str | object], output_dir: str,
              data_dir: str | None = None, dims: Sequence[int] | None = None,
              gecko_format: bool = False, batch_size: int = 64,
@@ -68,7 +61,7 @@ def evaluate(*, checkpoint: str, tasks: Sequence[str | object], output_dir: str,
       task = known[task]
     resolved.append(task)
   fmt = tasks_lib.InputFormat(gecko=gecko_format)
-  name = model_name or _model_name(os.fspath(checkpoint))
+  name = model_name or embedder_lib.model_name(checkpoint)
 
   encode_time = [0.0]  # seconds spent encoding, per task
 

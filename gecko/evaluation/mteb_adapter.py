@@ -29,7 +29,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-import mteb
 from mteb.models.model_meta import ModelMeta
 import numpy as np
 from datasets import Dataset, DatasetDict
@@ -46,12 +45,6 @@ from gecko.evaluation import tasks as local_tasks
 from gecko.models import embedder as embedder_lib
 
 REFERENCE = "https://arxiv.org/abs/2403.20327"
-
-
-def _name_from(model: embedder_lib.PathLike | embedder_lib.Embedder) -> str:
-  if isinstance(model, embedder_lib.Embedder):
-    return "gecko"
-  return os.path.basename(os.path.normpath(os.fspath(model))) or "gecko"
 
 
 class GeckoEncoder(AbsEncoder):
@@ -86,7 +79,8 @@ class GeckoEncoder(AbsEncoder):
     self.task_strings = dict(task_strings or {})
     self.batch_size = batch_size
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(self.model.params))
-    name = model_name or f"gecko/{_name_from(model)}"
+    name = model_name or "gecko/" + (
+        "gecko" if isinstance(model, embedder_lib.Embedder) else embedder_lib.model_name(model))
     if dim is not None and model_name is None:
       name += f"-{dim}"
     self.mteb_model_meta = ModelMeta(

@@ -71,6 +71,14 @@ class Embedder:
     return self._apply(self.params, ids, mask)
 
 
+def model_name(model: PathLike) -> str:
+  """A report name for a model path: its directory name, `<run>__export` for a run's export."""
+  path = os.path.normpath(os.fspath(model))
+  parts = [p for p in path.split(os.sep) if p and p not in (".", "..")]
+  name = "__".join(parts[-2:]) if parts and parts[-1] == "export" else (parts[-1] if parts else path)
+  return name.replace("/", "__")
+
+
 def resolve(model: PathLike) -> str:
   """The directory of a model given by packaged name or path."""
   name = os.fspath(model)
