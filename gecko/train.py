@@ -2,7 +2,7 @@ r"""Train a Gecko dual encoder: `python -m gecko.train --gin_file=... --gin.X=Y`
 
   python -m gecko.train \
     --gin_file=gin/models/minilm_l6.gin --gin_file=gin/runs/finetune.gin \
-    --gin.MODEL_DIR="'/tmp/gecko_run'" --gin.TRAIN_DATA="'triples.jsonl'" \
+    --gin.MODEL_DIR="'/tmp/gecko_run'" --gin.TASK_DATA_DIR="'/data/gecko'" \
     --gin.TRAIN_STEPS=1000 --gin.BATCH_SIZE=64
 
 `--gin_file` may be repeated (later files override earlier ones); `--gin.NAME=VALUE`
@@ -33,6 +33,7 @@ from gecko.models import embedder as embedder_lib
 from gecko.models.dual_encoder import DualEncoder
 from gecko.optimizers import AdamW
 from gecko.pair_data import PairBatches
+from gecko.seqio_data import SeqioBatches
 
 
 class NonFiniteLossError(RuntimeError):
@@ -81,7 +82,7 @@ def _write_operative_config(model_dir: str) -> None:
 
 
 def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
-          data_fn: Callable[..., PairBatches], model_dir: str, train_steps: int,
+          data_fn: Callable[..., PairBatches | SeqioBatches], model_dir: str, train_steps: int,
           tokenizer_from: str = "all-MiniLM-L6-v2", init_from: str | None = None,
           mesh_axes: Mapping[str, int] | None = None,
           additional_axis_rules: Sequence[tuple] = (), grad_cache_chunk: int | None = None,

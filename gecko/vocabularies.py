@@ -26,20 +26,32 @@ class WordPieceVocabulary(seqio.Vocabulary):
 
   Args:
     model_dir: A directory with `vocab.txt` or `tokenizer.json` (a Hugging Face BERT
-      checkpoint, or a saved gecko model).
+      checkpoint, or a saved gecko model), read now; or a packaged model's name
+      (e.g. "all-MiniLM-L6-v2"), resolved on first use, so that tasks can be
+      registered at import time on a machine that has not installed the model yet.
     max_length: Maximum ids per text including `[CLS]` and `[SEP]`.
   """
 
   def __init__(self, model_dir: str | os.PathLike, *, max_length: int = 256):
     self._model_dir = os.fspath(model_dir)
-    self.tokenizer = tokenization.WordPieceTokenizer.from_pretrained(
-        self._model_dir, max_length=max_length)
+    self._max_length = max_length
+    self._tokenizer = None
     self._tf_tokenizer = None
     super().__init__(extra_ids=0)
+    if os.path.isdir(self._model_dir):
+      self.tokenizer  # noqa: B018  (fail early on a directory without a vocabulary)
+
+  @property
+  def tokenizer(self) -> tokenization.WordPieceTokenizer:
+    if self._tokenizer is None:
+      from gecko.models import embedder
+      self._tokenizer = tokenization.WordPieceTokenizer.from_pretrained(
+          embedder.resolve(self._model_dir), max_length=self._max_length)
+    return self._tokenizer
 
   @property
   def max_length(self) -> int:
-    return self.tokenizer.max_length
+    return self._max_length
 
   @property
   def eos_id(self) -> int:
@@ -71,11 +83,15 @@ class WordPieceVocabulary(seqio.Vocabulary):
 
   def _fast_bert(self) -> tf_text.FastBertTokenizer:
     if self._tf_tokenizer is None:
-      self._tf_tokenizer = tf_text.FastBertTokenizer(
-          vocab=self.tokenizer.vocab, suffix_indicator="##", max_bytes_per_word=100,
-          token_out_type=tf.int32, unknown_token="[UNK]", no_pretokenization=False,
-          lower_case_nfd_strip_accents=False)
+      with tf.init_scope():  # built eagerly: later tf.data traces capture no stale graph
+        self._tf_tokenizer = self._make_fast_bert()
     return self._tf_tokenizer
+
+  def _make_fast_bert(self) -> tf_text.FastBertTokenizer:
+    return tf_text.FastBertTokenizer(
+        vocab=self.tokenizer.vocab, suffix_indicator="##", max_bytes_per_word=100,
+        token_out_type=tf.int32, unknown_token="[UNK]", no_pretokenization=False,
+        lower_case_nfd_strip_accents=False)
 
   def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
     """ids for a scalar string (or a ragged batch for a vector of strings)."""

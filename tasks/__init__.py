@@ -1,1 +1,29 @@
-"""SeqIO task and mixture registrations (import name `gecko_tasks`), imported from gin files."""
+"""Gecko's SeqIO tasks and mixtures (import name `gecko_tasks`; import it from gin files).
+
+  import gecko_tasks      # registers everything below
+
+File sources live under <root> = TASK_DATA_DIR (gin; SeqioBatches.data_dir) or
+$GECKO_DATA_DIR, local or gs://; JSONL may be gzipped (README: "SeqIO tasks").
+
+Pre-finetuning (Eq. 2 data: query + positive):
+  gecko_pft_qa            <root>/prefinetune/qa/*.jsonl          {"question", "answer", "title"?}
+  gecko_pft_title_body    <root>/prefinetune/title_body/*.jsonl  {"title", "body"}
+  gecko_pft_squad         TFDS squad (question -> title + context)
+Fine-tuning (Eq. 3 data: query + positive + hard negative):
+  gecko_fret              <root>/fret/*.jsonl | *.tfrecord*  (gecko.fret.schema)
+  gecko_nq, gecko_hotpotqa, gecko_fever, gecko_medmcqa, gecko_miracl
+                          <root>/<name>/*.jsonl  {"query", "positive_text", "negative_text",
+                                                    "positive_title"?, "negative_title"?}
+  gecko_snli, gecko_mnli  TFDS snli / multi_nli, grouped by premise (symmetric)
+  gecko_ag_news, gecko_imdb
+                          TFDS ag_news_subset / imdb_reviews as classification triples
+  gecko_classification    <root>/classification/*.jsonl  {"text", "label", "task"?}
+  gecko_stsb              <root>/stsb/sts-train.csv (STS-B), symmetric
+Mixtures (rates: `gecko_tasks.mixtures`, overridable per task with SeqioBatches.rates):
+  gecko_prefinetune, gecko_finetune, gecko_fret_only, gecko_qa, gecko_nli,
+  gecko_classification_mix, gecko_multilingual
+"""
+
+# Tasks before the mixtures that name them.
+from gecko_tasks import prefinetune, finetune  # noqa: F401,I001  (registrations)
+from gecko_tasks import mixtures  # noqa: F401

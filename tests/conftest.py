@@ -10,6 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json  # noqa: E402
 import pathlib  # noqa: E402
+import subprocess  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -100,3 +101,15 @@ def assert_trees_close(actual, expected, *, atol: float, rtol: float = 0.0) -> N
 @pytest.fixture
 def tiny_hf_dir(tmp_path) -> pathlib.Path:
   return write_hf_checkpoint(tmp_path / "tiny_bert")
+
+
+def cli_env(devices: int = 8) -> dict[str, str]:
+  """Environment for a `python -m gecko.*` subprocess on `devices` fake CPU devices."""
+  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+              JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+
+
+def run_cli(cmd, devices: int = 8, timeout: int = 600) -> subprocess.CompletedProcess:
+  """Runs `cmd` from the repository root, capturing its output."""
+  return subprocess.run(cmd, cwd=REPO, env=cli_env(devices), capture_output=True, text=True,
+                        timeout=timeout)

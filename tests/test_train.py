@@ -1,6 +1,5 @@
 """The training entrypoint: gin CLI, kill-and-resume, two real processes, real MiniLM."""
 
-import csv
 import json
 import os
 import signal
@@ -13,12 +12,13 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED_DATA, assert_trees_close
+from conftest import REPO, SHARED_DATA, assert_trees_close, cli_env, run_cli
 from gecko.models import embedder
 
 WORDS = ("gecko lizard wall climb tree forest river ocean mountain city music piano guitar "
          "code python java rust compiler kernel memory cache network packet router").split()
 TINY_RUN = ["--gin_file=gin/models/tiny.gin", "--gin_file=gin/runs/finetune.gin",
+            "--gin_file=gin/data/jsonl.gin",
             "--gin_file=gin/local_tiny.gin"]
 
 
@@ -34,20 +34,9 @@ def triples(tmp_path_factory):
   return str(path)
 
 
-def _env(devices=8):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-  return env
-
-
 def _train_cmd(model_dir, data, steps, *extra):
   return [sys.executable, "-m", "gecko.train", *TINY_RUN, f"--gin.MODEL_DIR='{model_dir}'",
           f"--gin.TRAIN_DATA='{data}'", f"--gin.TRAIN_STEPS={steps}", *extra]
-
-
-def _run(cmd, devices=8, timeout=600):
-  return subprocess.run(cmd, cwd=REPO, env=_env(devices), capture_output=True, text=True,
-                        timeout=timeout)
 
 
 def _exported(model_dir):
@@ -57,7 +46,7 @@ def _exported(model_dir):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, triples):
   model_dir = tmp_path_factory.mktemp("runs") / "full"
-  result = _run(_train_cmd(model_dir, triples, 12))
+  result = run_cli(_train_cmd(model_dir, triples, 12))
   assert result.returncode == 0, result.stderr[-3000:]
   return model_dir
 
@@ -78,7 +67,7 @@ def test_run_writes_config_metrics_checkpoints_and_export(uninterrupted):
 def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path, triples, uninterrupted):
   model_dir = tmp_path / "killed"
   cmd = _train_cmd(model_dir, triples, 12)
-  proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+  proc = subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
   while time.time() < deadline and not (model_dir / "checkpoints" / "4").exists():
@@ -86,7 +75,7 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path, triples,
   proc.send_signal(signal.SIGKILL)
   assert proc.wait() == -signal.SIGKILL
   assert not (model_dir / "export").exists(), "the run finished before it could be killed"
-  resumed = _run(cmd)
+  resumed = run_cli(cmd)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resuming from step" in resumed.stderr
   assert_trees_close(_exported(model_dir), _exported(uninterrupted), atol=1e-6)
@@ -104,7 +93,7 @@ def test_two_processes_agree_with_one(tmp_path, triples, uninterrupted):
   procs = [subprocess.Popen(
       _train_cmd(model_dir, triples, 12, f"--coordinator_address=127.0.0.1:{port}",
                  "--num_processes=2", f"--process_id={i}"),
-      cwd=REPO, env=_env(devices=4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      cwd=REPO, env=cli_env(devices=4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
   outputs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outputs):
@@ -123,7 +112,7 @@ def test_two_processes_agree_with_one(tmp_path, triples, uninterrupted):
 def test_configuration_mistakes_exit_with_one_line(tmp_path, triples, extra, message):
   cmd = [sys.executable, "-m", "gecko.train", *TINY_RUN, f"--gin.MODEL_DIR='{tmp_path}'",
          f"--gin.TRAIN_DATA='{triples}'", *extra]
-  result = _run(cmd, timeout=120)
+  result = run_cli(cmd, timeout=120)
   assert result.returncode == 2
   lines = [line for line in result.stderr.splitlines() if "configuration error" in line]
   assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
@@ -131,7 +120,7 @@ def test_configuration_mistakes_exit_with_one_line(tmp_path, triples, extra, mes
 
 
 def test_help_explains_the_flags():
-  result = _run([sys.executable, "-m", "gecko.train", "--help"], timeout=120)
+  result = run_cli([sys.executable, "-m", "gecko.train", "--help"], timeout=120)
   assert result.returncode == 0
   for flag in ("--gin_file", "--gin.", "--coordinator_address", "config.gin"):
     assert flag in result.stdout
@@ -155,54 +144,38 @@ def test_too_many_non_finite_steps_abort_and_write_no_checkpoint(tmp_path, tripl
                       tmp_path / "bad_model")
   cmd = _train_cmd(tmp_path / "run", triples, 20, f"--gin.INIT_FROM='{bad}'",
                    "--gin.CHECKPOINT_EVERY=1", "--gin.train.train.max_nonfinite_steps=3")
-  result = _run(cmd)
+  result = run_cli(cmd)
   assert result.returncode != 0
   assert "3 consecutive non-finite steps" in result.stderr
   assert os.listdir(tmp_path / "run" / "checkpoints") == []
 
 
-def _stsb_triples(limit=1600):
-  """STS-B train pairs scored >= 4 as (query, positive); the hard negative is a sentence
-  from a pair scored <= 1.5 in the same genre."""
-  path = SHARED_DATA / "stsb" / "sts-train.csv"
-  if not path.exists():
-    pytest.skip(f"STS-B not available at {path} (a fresh clone has no ../shared/data)")
-  with open(path, encoding="utf-8") as f:
-    rows = [r for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if len(r) >= 7]
-  unrelated = {}
-  for r in rows:
-    if float(r[4]) <= 1.5:
-      unrelated.setdefault(r[0], []).append(r[6])
-  rng = np.random.default_rng(0)
-  return [{"query": r[5], "positive": r[6],
-           "negative": unrelated[r[0]][rng.integers(len(unrelated[r[0]]))]}
-          for r in rows if float(r[4]) >= 4.0 and r[0] in unrelated][:limit]
+def test_minilm_fine_tunes_on_the_stsb_seqio_task_with_falling_loss(tmp_path):
+  """The gecko_stsb task read from the STS-B directory given as TASK_DATA_DIR (gin)."""
+  import gin
 
-
-def test_minilm_fine_tunes_on_stsb_with_falling_loss(tmp_path):
-  from gecko import optimizers, pair_data, train
-  from gecko.losses import GeckoLoss
-  from gecko.models.dual_encoder import DualEncoder
-  records = _stsb_triples()
-  minilm = embedder.load("all-MiniLM-L6-v2")
+  from gecko import gin_flags, train
+  if not (SHARED_DATA / "stsb" / "sts-train.csv").exists():
+    pytest.skip(f"STS-B not available under {SHARED_DATA} (a fresh clone has no ../shared/data)")
   # Gecko's head on MiniLM: a new (random) 768-d projection with Matryoshka 256/768.
-  model = DualEncoder(backbone=minilm.module.backbone, embed_dim=768, dims=(256, 768))
-
-  def data_fn(**kwargs):
-    # File order keeps neighbouring (same-topic) pairs together: harder in-batch negatives.
-    return pair_data.PairBatches(records=records, batch_size=16, query_length=24,
-                                 passage_length=24, shuffle=False, **kwargs)
-
-  train.train(model=model, loss=GeckoLoss(temperature=0.02, dims=(256, 768)),
-              optimizer=optimizers.AdamW(learning_rate=3e-5, warmup_steps=10, total_steps=200),
-              data_fn=data_fn, model_dir=str(tmp_path), train_steps=200,
-              init_from="all-MiniLM-L6-v2", log_every=20, checkpoint_every=100,
-              mesh_axes={"data": 1})
+  bindings = [f"MODEL_DIR = '{tmp_path}'", f"TASK_DATA_DIR = '{SHARED_DATA}'",
+              "MIXTURE_OR_TASK_NAME = 'gecko_stsb'", "TRAIN_STEPS = 40", "BATCH_SIZE = 16",
+              "QUERY_LENGTH = 24", "PASSAGE_LENGTH = 24", "EMBED_DIM = 768",
+              "MATRYOSHKA_DIMS = (256, 768)", "TEMPERATURE = 0.02", "LEARNING_RATE = 5e-5",
+              "WARMUP_STEPS = 5", "MESH_AXES = {'data': 1}", "CHECKPOINT_EVERY = 40",
+              "train.train.log_every = 10", "seqio_data.SeqioBatches.shuffle_buffer = 256"]
+  gin.clear_config()
+  try:
+    gin_flags.configure(["gin/models/minilm_l6.gin", "gin/runs/finetune.gin"], bindings)
+    gin_flags.call_configured(train.train)
+  finally:
+    gin.clear_config()
+  assert "MIXTURE_OR_TASK_NAME = 'gecko_stsb'" in (tmp_path / "config.gin").read_text()
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert [r["step"] for r in rows] == list(range(20, 201, 20))
+  assert [r["step"] for r in rows] == list(range(10, 41, 10))
   assert all(r["finite"] == 1.0 for r in rows)
-  losses = [r["loss"] for r in rows]
-  assert np.mean(losses[-3:]) < 0.5 * losses[0], losses
+  losses = [r["loss"] for r in rows]  # batch-to-batch noise is large: compare windows
+  assert np.mean(losses[1:]) < 0.8 * losses[0], losses
 
 
 def test_periodic_evaluation_logs_scores_to_the_run(tmp_path, triples):

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from gecko import input_format
 from gecko.encode import matryoshka_prefix
 from gecko.evaluation import datasets, metrics
 
@@ -32,8 +33,8 @@ class InputFormat:
   """
 
   gecko: bool = False
-  query_template: str = "task: {task} | query: {text}"
-  document_template: str = "title: {title} | text: {text}"
+  query_template: str = input_format.GECKO.query_template
+  document_template: str = input_format.GECKO.document_template
 
   def query(self, texts: Sequence[str], task: str) -> list[str]:
     if not self.gecko:
@@ -43,7 +44,8 @@ class InputFormat:
   def document(self, docs: Sequence[dict[str, str]]) -> list[str]:
     if not self.gecko:
       return [f"{d.get('title', '')} {d['text']}".strip() for d in docs]
-    return [self.document_template.format(title=d.get("title") or "none", text=d["text"])
+    return [self.document_template.format(
+        title=d.get("title") or input_format.GECKO.empty_title, text=d["text"])
             for d in docs]
 
 

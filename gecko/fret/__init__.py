@@ -1,0 +1,1 @@
+"""The FRet pipeline (LLM-generated queries, LLM-relabelled positives and negatives)."""

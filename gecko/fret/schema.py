@@ -1,0 +1,57 @@
+"""The FRet record: the one schema the FRet pipeline writes and the FRet SeqIO task reads.
+
+A FRet shard is JSONL (one record per line) or TFRecord (one `tf.train.Example` per
+record, with the same feature names). Example record:
+
+  {"id": "wiki-000123", "task_type": "question answering",
+   "task": "Given a question, retrieve a passage that answers it",
+   "query": "how do geckos climb walls",
+   "seed_id": "d17", "seed_title": "Gecko", "seed_text": "Geckos climb using ...",
+   "positive_id": "d17", "positive_title": "Gecko", "positive_text": "Geckos climb using ...",
+   "negative_id": "d902", "negative_title": "Wall", "negative_text": "A wall is ...",
+   "positive_is_seed": true, "positive_ql": -12.3, "positive_rc": -0.11,
+   "negative_ql": -40.2, "negative_rc": -3.9, "llm": "llama_cpp:SmolLM2-135M-Instruct"}
+
+Titles may be empty strings. Training reads `TRAINING_FIELDS`; the rest documents
+how the record was made (scores are log-probabilities from the LLM: QL = log P(query |
+passage), RC = log P(relevant label | query, passage)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+# name -> Python type of the value
+FIELDS: dict[str, type] = {
+    "id": str, "task_type": str, "task": str, "query": str,
+    "seed_id": str, "seed_title": str, "seed_text": str,
+    "positive_id": str, "positive_title": str, "positive_text": str,
+    "negative_id": str, "negative_title": str, "negative_text": str,
+    "positive_is_seed": bool,
+    "positive_ql": float, "positive_rc": float, "negative_ql": float, "negative_rc": float,
+    "llm": str,
+}
+
+# What the FRet SeqIO task needs (the seed passage serves the "seed-labelled" ablation).
+TRAINING_FIELDS = ("task", "query", "seed_title", "seed_text", "positive_title",
+                   "positive_text", "negative_title", "negative_text")
+
+
+def problems(record: Mapping[str, object], *, fields=tuple(FIELDS)) -> list[str]:
+  """What is wrong with `record` for `fields` (missing or mistyped); empty when valid."""
+  out = []
+  for name in fields:
+    if name not in record:
+      out.append(f"missing field {name!r}")
+    elif FIELDS[name] is float and isinstance(record[name], (int, float)):
+      continue
+    elif not isinstance(record[name], FIELDS[name]):
+      out.append(f"field {name!r} should be {FIELDS[name].__name__}, got {record[name]!r:.60}")
+  return out
+
+
+def tf_feature_spec(fields=TRAINING_FIELDS) -> dict:
+  """`tf.io.parse_single_example` spec for TFRecord shards (booleans stored as int64)."""
+  import tensorflow as tf
+  dtypes = {str: tf.string, bool: tf.int64, float: tf.float32}
+  return {name: tf.io.FixedLenFeature([], dtypes[FIELDS[name]]) for name in fields}

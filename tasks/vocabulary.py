@@ -1,0 +1,24 @@
+"""The output features every Gecko task shares (mixtures need identical features)."""
+
+import seqio
+import tensorflow as tf
+
+from gecko.vocabularies import WordPieceVocabulary
+
+# The MiniLM / BERT-base uncased WordPiece vocabulary (also the tiny test model's),
+# resolved when first used. Ids are cut at 512 here; SeqioBatches truncates further.
+VOCABULARY = WordPieceVocabulary("all-MiniLM-L6-v2", max_length=512)
+
+
+def _feature(vocabulary) -> seqio.Feature:
+  return seqio.Feature(vocabulary=vocabulary, add_eos=False, dtype=tf.int32)
+
+
+def pair_features(vocabulary=VOCABULARY) -> dict[str, seqio.Feature]:
+  """query + positive (pre-finetuning, Eq. 2)."""
+  return {"query": _feature(vocabulary), "positive": _feature(vocabulary)}
+
+
+def triple_features(vocabulary=VOCABULARY) -> dict[str, seqio.Feature]:
+  """query + positive + hard negative (fine-tuning, Eq. 3)."""
+  return {**pair_features(vocabulary), "negative": _feature(vocabulary)}

@@ -1,0 +1,487 @@
+"""SeqIO tasks and mixtures: every task's formatted, tokenized examples from tiny fake
+sources (files written here, TFDS through `tfds.testing.mock_data`), the NLI and
+classification conversions, mixing rates, homogeneous batches, bad records."""
+
+import collections
+import gzip
+import json
+import re
+
+import numpy as np
+import pytest
+import seqio
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+import gecko_tasks  # noqa: F401  (registers the tasks)
+from gecko import input_format, seqio_sources
+from gecko import seqio_preprocessors as pp
+from gecko.feature_converters import DualEncoderFeatureConverter
+from gecko.seqio_data import SeqioBatches
+from gecko_tasks.finetune import NLI_TASK, RETRIEVAL_TASKS
+from gecko_tasks.vocabulary import VOCABULARY
+
+FMT = input_format.GECKO
+
+
+def norm(text: str) -> str:
+  """What a text looks like after tokenizing and decoding."""
+  return VOCABULARY.decode(VOCABULARY.encode(text))
+
+
+def write_jsonl(path, records, *, gz=False):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  lines = "".join(json.dumps(r) + "\n" for r in records).encode("utf-8")
+  path.write_bytes(gzip.compress(lines) if gz else lines)
+
+
+def fret_record(i):
+  seed = {"seed_title": f"Seed {i}", "seed_text": f"the seed passage number {i}"}
+  moved = i % 3 == 0  # the LLM preferred a neighbour over the seed
+  positive = ({"positive_title": "", "positive_text": f"a better passage {i}"} if moved else
+              {"positive_title": seed["seed_title"], "positive_text": seed["seed_text"]})
+  return {"id": f"f{i}", "task_type": "question answering",
+          "task": "Given a question, retrieve a passage that answers it",
+          "query": f"which passage is number {i}", **seed, **positive,
+          "negative_title": "", "negative_text": f"an unrelated passage {i}",
+          "positive_is_seed": not moved}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  """A DATA_DIR with every file task's layout; returns (dir, expected examples by task)."""
+  root = tmp_path_factory.mktemp("gecko_data")
+  expected = {}
+  qa = [{"question": f"what is item {i}", "answer": f"item {i} is a kind of gecko",
+         "title": f"Item {i}" if i % 2 else None} for i in range(12)]
+  write_jsonl(root / "prefinetune" / "qa" / "part-0.jsonl", qa)
+  expected["gecko_pft_qa"] = [
+      (FMT.query(r["question"], task="question answering"),
+       FMT.document(r["answer"], title=r["title"])) for r in qa]
+  tb = [{"title": f"how to climb wall {i}", "body": f"geckos climb walls with setae {i}"}
+        for i in range(12)]
+  write_jsonl(root / "prefinetune" / "title_body" / "part-0.jsonl.gz", tb, gz=True)
+  expected["gecko_pft_title_body"] = [
+      (FMT.query(r["title"], task="search result"), FMT.document(r["body"])) for r in tb]
+
+  fret = [fret_record(i) for i in range(15)]
+  write_jsonl(root / "fret" / "shard-00000-of-00002.jsonl", fret[:10])
+  with tf.io.TFRecordWriter(str(root / "fret" / "shard-00001-of-00002.tfrecord")) as w:
+    for r in fret[10:]:
+      feats = {k: tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode()]))
+               for k, v in r.items() if isinstance(v, str)}
+      w.write(tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString())
+  expected["gecko_fret"] = [
+      (FMT.query(r["query"], task=r["task"]),
+       FMT.document(r["positive_text"], title=r["positive_title"]),
+       FMT.document(r["negative_text"])) for r in fret]
+
+  for name, task in RETRIEVAL_TASKS.items():
+    rows = [{"query": f"{name} question {i}", "positive_title": "Doc", "positive_text":
+             f"{name} answer {i}", "negative_text": f"{name} distractor {i}"} for i in range(6)]
+    write_jsonl(root / name / "train.jsonl", rows)
+    expected[f"gecko_{name}"] = [
+        (FMT.query(r["query"], task=task), FMT.document(r["positive_text"], title="Doc"),
+         FMT.document(r["negative_text"])) for r in rows]
+
+  write_jsonl(root / "classification" / "intents.jsonl",
+              [{"text": f"intent {label} example {i}", "label": label, "task": "Classify intents"}
+               for label in ("card", "loan") for i in range(4)])
+  write_jsonl(root / "classification" / "topics.jsonl",
+              [{"text": f"topic {label} text {i}", "label": label} for label in (0, 1, 2)
+               for i in range(3)])
+
+  (root / "stsb").mkdir()
+  lines = [f"main-captions\tMSRvid\t2012test\t{i:04d}\t{score}\t{a}\t{b}"
+           for i, (score, a, b) in enumerate([
+               (5.0, "a man plays a guitar", "a man is playing a guitar"),
+               (4.2, "a cat sleeps", "a cat is sleeping"),
+               (0.5, "a dog runs", "a woman cooks rice"),
+               (3.0, "kids play", "children run")])]
+  (root / "stsb" / "sts-train.csv").write_text("\n".join(lines) + "\n")
+  return root, expected
+
+
+def task_examples(name, options):
+  """One pass over a task's train split, decoded, in source order."""
+  task = seqio.get_mixture_or_task(name)
+  with seqio_sources.using(options):
+    ds = task.get_dataset(sequence_length=None, split="train", shuffle=False)
+  out = []
+  for example in ds.as_numpy_iterator():
+    out.append(tuple(VOCABULARY.decode(example[k].tolist())
+                     for k in ("query", "positive", "negative") if k in example))
+  return out
+
+
+FILE_TASKS = ["gecko_pft_qa", "gecko_pft_title_body", "gecko_fret"] + [
+    f"gecko_{name}" for name in RETRIEVAL_TASKS]
+
+
+@pytest.mark.parametrize("name", FILE_TASKS)
+def test_file_tasks_yield_formatted_tokenized_examples(data_dir, name):
+  root, expected = data_dir
+  got = task_examples(name, seqio_sources.DataOptions(data_dir=str(root)))
+  assert sorted(got) == sorted(tuple(norm(t) for t in example) for example in expected[name])
+  assert got[0][0].startswith("task : ")  # the unified format, tokenized
+
+
+def test_fret_seed_positive_ablation_labels_with_the_seed(data_dir):
+  root, _ = data_dir
+  got = task_examples("gecko_fret", seqio_sources.DataOptions(data_dir=str(root),
+                                                              fret_positive="seed"))
+  want = [norm(FMT.document(r["seed_text"], title=r["seed_title"]))
+          for r in map(fret_record, range(15))]
+  assert sorted(g[1] for g in got) == sorted(want)
+
+
+def test_plain_format_ablation(data_dir):
+  root, _ = data_dir
+  got = task_examples("gecko_pft_qa", seqio_sources.DataOptions(
+      data_dir=str(root), input_format=input_format.PLAIN))
+  assert (norm("question answering what is item 1"), norm("Item 1 item 1 is a kind of gecko")) in got
+  assert (norm("question answering what is item 0"), norm("item 0 is a kind of gecko")) in got
+
+
+def test_input_format_is_the_same_in_python_and_tensorflow():
+  for fmt in (input_format.GECKO, input_format.PLAIN):
+    texts, titles = ["geckos climb", "walls"], ["Gecko", ""]
+    q = fmt.query_tf(tf.constant(texts), task="search result").numpy()
+    d = fmt.document_tf(tf.constant(texts), title=tf.constant(titles)).numpy()
+    assert [x.decode() for x in q] == [fmt.query(t, task="search result") for t in texts]
+    assert [x.decode() for x in d] == [fmt.document(t, title=s) for t, s in zip(texts, titles)]
+  assert input_format.GECKO.document("walls", title="") == "title: none | text: walls"
+  with pytest.raises(ValueError, match="query_template='{query}'"):
+    input_format.InputFormat(query_template="{query}")
+
+
+# --- TFDS-backed tasks, on hand-made examples served by tfds.testing.mock_data.
+TFDS_EXAMPLES = {
+    "snli": {"premise": ["a man plays a guitar", "a man plays a guitar", "a man plays a guitar",
+                         "a dog runs", "a dog runs"],
+             "hypothesis": ["a person makes music", "a man sleeps", "the man is famous",
+                            "an animal moves", "the dog is happy"],
+             "label": [0, 2, 1, 0, 1]},  # the dog has no contradiction: dropped
+    "ag_news_subset": {"title": [f"story {i}" for i in range(6)],
+                       "description": [f"{topic} news {i}" for i, topic in
+                                       enumerate(["sports"] * 3 + ["business"] * 3)],
+                       "label": [1, 1, 1, 2, 2, 2]},
+    "squad": {"question": ["who climbs walls", "what is a gecko"], "title": ["Gecko", "Gecko"],
+              "context": ["geckos climb walls", "a gecko is a lizard"]},
+}
+TFDS_EXAMPLES["multi_nli"] = TFDS_EXAMPLES["snli"]
+TFDS_EXAMPLES["imdb_reviews"] = {"text": [f"{s} film {i}" for i, s in
+                                          enumerate(["great"] * 3 + ["awful"] * 3)],
+                                 "label": [1, 1, 1, 0, 0, 0]}
+
+
+@pytest.fixture
+def mock_tfds():
+  def as_dataset(builder, split, decoders=None, read_config=None, **kwargs):
+    return tf.data.Dataset.from_tensor_slices(TFDS_EXAMPLES[builder.name])
+  with tfds.testing.mock_data(as_dataset_fn=as_dataset, policy=tfds.testing.MockPolicy.USE_CODE):
+    yield
+
+
+@pytest.mark.parametrize("name", ["gecko_snli", "gecko_mnli"])
+def test_nli_tasks_pair_entailment_with_contradiction(mock_tfds, name):
+  got = task_examples(name, seqio_sources.DataOptions())
+  sym = lambda t: norm(FMT.query(t, task=NLI_TASK))  # noqa: E731  symmetric: query format
+  assert got == [(sym("a man plays a guitar"), sym("a person makes music"), sym("a man sleeps"))]
+
+
+def _strip(decoded: str) -> tuple[str, str]:
+  """'task : ... | query : text ( id 3 )' -> ('text', '3')."""
+  body = decoded.split(" | query : ", 1)[1]
+  match = re.fullmatch(r"(.*) \( id (\d+) \)", body)
+  assert match, decoded
+  return match.group(1), match.group(2)
+
+
+@pytest.mark.parametrize("name, texts, labels", [
+    ("gecko_ag_news", [f"story {i} {t} news {i}" for i, t in
+                       enumerate(["sports"] * 3 + ["business"] * 3)], [1, 1, 1, 2, 2, 2]),
+    ("gecko_imdb", TFDS_EXAMPLES["imdb_reviews"]["text"], [1, 1, 1, 0, 0, 0]),
+])
+def test_classification_tasks_use_same_label_positives_and_unique_ids(mock_tfds, name, texts,
+                                                                      labels):
+  label_of = {norm(t): y for t, y in zip(texts, labels)}
+  got = task_examples(name, seqio_sources.DataOptions())
+  assert len(got) == len(texts)
+  ids = set()
+  for query, positive, negative in got:
+    (q, qid), (p, pid), (n, nid) = map(_strip, (query, positive, negative))
+    assert qid == pid == nid and qid not in ids  # one id per triple, on all three
+    ids.add(qid)
+    assert q != p and label_of[q] == label_of[p] and label_of[n] != label_of[q]
+
+
+def test_squad_prefinetune_task(mock_tfds):
+  got = task_examples("gecko_pft_squad", seqio_sources.DataOptions())
+  assert got[0] == (norm(FMT.query("who climbs walls", task="question answering")),
+                    norm(FMT.document("geckos climb walls", title="Gecko")))
+
+
+def test_classification_files_keep_datasets_apart(data_dir):
+  root, _ = data_dir
+  got = task_examples("gecko_classification", seqio_sources.DataOptions(data_dir=str(root)))
+  assert len(got) == 8 + 9
+  for example in got:
+    kinds = {("intent" if "intent" in side else "topic") for side in example}
+    assert len(kinds) == 1  # positives and negatives come from the same dataset
+    task = "classify intents" if kinds == {"intent"} else "classification"
+    assert all(side.startswith(f"task : {task} | query : ") for side in example)
+
+
+def test_stsb_task_from_a_data_dir(data_dir):
+  root, _ = data_dir
+  got = task_examples("gecko_stsb", seqio_sources.DataOptions(data_dir=str(root)))
+  sym = lambda t: norm(FMT.query(t, task="semantic similarity"))  # noqa: E731
+  assert sorted((q, p) for q, p, _ in got) == sorted([
+      (sym("a man plays a guitar"), sym("a man is playing a guitar")),
+      (sym("a man is playing a guitar"), sym("a man plays a guitar")),
+      (sym("a cat sleeps"), sym("a cat is sleeping")),
+      (sym("a cat is sleeping"), sym("a cat sleeps"))])
+  assert {n for _, _, n in got} == {sym("a woman cooks rice")}
+
+
+# --- The conversions themselves, on hand-made rows.
+def test_nli_triples_by_hand():
+  rows = [{"premise": "p1", "hypothesis": "e1", "label": 0},
+          {"premise": "p1", "hypothesis": "c1", "label": 2},
+          {"premise": "p1", "hypothesis": "e2", "label": 0},
+          {"premise": "p1", "hypothesis": "n1", "label": 1},
+          {"premise": "p2", "hypothesis": "e3", "label": 0},
+          {"premise": "p3", "hypothesis": "c3", "label": 2},
+          {"premise": "p3", "hypothesis": "x", "label": -1}]
+  assert pp.nli_triples(rows) == [
+      {"query": "p1", "positive": "e1", "negative": "c1"},
+      {"query": "p1", "positive": "e2", "negative": "c1"}]
+
+
+def test_classification_triples_by_hand():
+  rows = [{"text": f"{label}{i}", "label": label} for label in "ab" for i in range(3)]
+  rows.append({"text": "c0", "label": "c"})  # a label with a single text: no positive
+  triples = pp.classification_triples(rows, seed=1)
+  assert len(triples) == 6
+  for n, t in enumerate(triples):
+    assert t["query"].endswith(f" (id {n})") and t["positive"].endswith(f" (id {n})")
+    q, p, neg = (t[k].rsplit(" (id", 1)[0] for k in ("query", "positive", "negative"))
+    assert q != p and q[0] == p[0] and neg[0] != q[0]
+  assert pp.classification_triples(rows, seed=1) == triples  # deterministic per seed
+  with pytest.raises(ValueError, match="at least two labels"):
+    pp.classification_triples([{"text": "x", "label": 1}, {"text": "y", "label": 1}])
+
+
+def test_feature_converter_truncates_keeping_sep_and_keys_duplicates():
+  ds = tf.data.Dataset.from_tensor_slices({
+      "query": tf.ragged.constant([[101, 5, 6, 7, 8, 102], [101, 5, 102], [101, 5, 102]]),
+      "positive": tf.ragged.constant([[101, 9, 102], [101, 9, 9, 102], [101, 10, 102]])})
+  ds = ds.map(lambda x: {k: v for k, v in x.items()})
+  out = list(DualEncoderFeatureConverter(with_negative=False)(
+      ds, {"query": 4, "positive": 5}).as_numpy_iterator())
+  assert out[0]["query_tokens"].tolist() == [101, 5, 6, 102]
+  assert out[1]["query_tokens"].tolist() == [101, 5, 102, 0]
+  assert out[1]["query_mask"].tolist() == [1, 1, 1, 0]
+  assert out[1]["positive_tokens"].tolist() == [101, 9, 9, 102, 0]
+  assert out[1]["query_key"] == out[2]["query_key"] != out[0]["query_key"]
+  assert len({o["positive_key"] for o in out}) == 3
+  assert "negative_tokens" not in out[0]
+
+
+def test_the_loss_checks_the_features_of_the_mixture(minilm):
+  from gecko.losses import GeckoLoss
+  pairs = SeqioBatches(mixture_or_task_name="gecko_prefinetune", tokenizer=minilm.tokenizer,
+                       batch_size=4)
+  GeckoLoss(same_tower_negatives=False, hard_negatives=False,
+            mask_false_negatives=True).validate_features(pairs.feature_names)
+  with pytest.raises(ValueError, match=r"needs the model features \['negative_tokens'"):
+    GeckoLoss().validate_features(pairs.feature_names)
+
+
+# --- Batches: mixing rates, homogeneous batches, determinism, process shards.
+def _is_qa(query_tokens: np.ndarray) -> np.ndarray:
+  """Row-wise: does the query say 'task: question answering' (vs 'search result')?"""
+  return query_tokens[:, 3] == VOCABULARY.encode("question")[1]
+
+
+def test_mixture_rates_hold_over_10000_examples(data_dir, minilm):
+  root, _ = data_dir
+  batches = SeqioBatches(mixture_or_task_name="gecko_prefinetune", tokenizer=minilm.tokenizer,
+                         batch_size=500, query_length=8, passage_length=8, data_dir=str(root),
+                         shuffle_buffer=64,
+                         rates={"gecko_pft_qa": 0.7, "gecko_pft_title_body": 0.3})
+  # gecko_pft_squad (default rate 0) is not even opened: no TFDS data is needed.
+  assert batches.rates == pytest.approx({"gecko_pft_qa": 0.7, "gecko_pft_title_body": 0.3})
+  qa = np.concatenate([_is_qa(batches.batch(s)["query_tokens"]) for s in range(20)])
+  assert qa.size == 10_000 and abs(qa.mean() - 0.7) < 0.02
+
+
+def test_homogeneous_batches_hold_one_task(data_dir, minilm):
+  root, _ = data_dir
+  batches = SeqioBatches(mixture_or_task_name="gecko_prefinetune", tokenizer=minilm.tokenizer,
+                         batch_size=6, query_length=8, passage_length=8, data_dir=str(root),
+                         homogeneous=True, shuffle_buffer=64)
+  kinds = [_is_qa(batches.batch(s)["query_tokens"]) for s in range(30)]
+  assert all(k.all() or not k.any() for k in kinds)
+  assert 5 < sum(k.all() for k in kinds) < 25  # both tasks, about half each
+
+
+def test_batches_are_deterministic_resumable_and_sharded(data_dir, minilm):
+  root, _ = data_dir
+  make = lambda **kw: SeqioBatches(  # noqa: E731
+      mixture_or_task_name="gecko_fret_only", tokenizer=minilm.tokenizer, batch_size=4,
+      query_length=32, passage_length=12, data_dir=str(root), shuffle_buffer=16, **kw)
+  run = make()
+  sequential = [run.batch(s) for s in range(5)]
+  resumed = make().batch(3)
+  for key, value in resumed.items():
+    np.testing.assert_array_equal(value, sequential[3][key])
+  parts = [make(process_index=i, process_count=2) for i in range(2)]
+  keys = [{int(k) for s in range(3) for k in p.batch(s)["query_key"]} for p in parts]
+  assert parts[0].batch(0)["query_tokens"].shape == (2, 32)
+  assert not keys[0] & keys[1]  # each process reads its own shard of the examples
+
+
+# --- Bad input.
+@pytest.fixture
+def bad_data(tmp_path):
+  path = tmp_path / "prefinetune" / "qa" / "bad.jsonl"
+  path.parent.mkdir(parents=True)
+  path.write_text('{"question": "q1", "answer": "a1"}\n{"question": "q2", "answer": \n'
+                  '{"question": "q3"}\n{"question": "q4", "answer": "a4"}\n')
+  return tmp_path, path
+
+
+def test_malformed_jsonl_line_names_file_and_line(bad_data):
+  root, path = bad_data
+  with pytest.raises(tf.errors.OpError, match=re.escape(f"{path}:2: not valid JSON")):
+    task_examples("gecko_pft_qa", seqio_sources.DataOptions(data_dir=str(root)))
+
+
+def test_missing_field_names_file_and_line(bad_data):
+  root, path = bad_data
+  path.write_text('{"question": "q1", "answer": "a1"}\n{"question": "q3"}\n')
+  with pytest.raises(tf.errors.OpError, match=re.escape(f"{path}:2: missing field 'answer'")):
+    task_examples("gecko_pft_qa", seqio_sources.DataOptions(data_dir=str(root)))
+
+
+def test_bad_records_can_be_skipped_and_counted(bad_data):
+  root, path = bad_data
+  before = seqio_sources.SKIPPED[str(path)]
+  got = task_examples("gecko_pft_qa", seqio_sources.DataOptions(data_dir=str(root),
+                                                                skip_bad_records=True))
+  assert len(got) == 2 and seqio_sources.SKIPPED[str(path)] - before == 2
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"mixture_or_task_name": "gecko_nope"}, "unknown SeqIO task or mixture 'gecko_nope'"),
+    ({"rates": {"gecko_snli": 1.0}}, r"rates name tasks not in 'gecko_prefinetune'"),
+    ({"fret_positive": "top1"}, "fret_positive='top1'"),
+    ({"rates": {"gecko_pft_qa": 0, "gecko_pft_title_body": 0}}, "every task"),
+])
+def test_bad_options_are_named(minilm, kwargs, message):
+  kwargs = {"mixture_or_task_name": "gecko_prefinetune", **kwargs}
+  with pytest.raises(ValueError, match=message):
+    SeqioBatches(tokenizer=minilm.tokenizer, batch_size=4, **kwargs)
+
+
+def test_missing_data_dir_is_explained(monkeypatch, tmp_path):
+  monkeypatch.delenv("GECKO_DATA_DIR", raising=False)
+  with pytest.raises(ValueError, match="GECKO_DATA_DIR"):
+    task_examples("gecko_fret", seqio_sources.DataOptions())
+  with pytest.raises(FileNotFoundError, match="no files match"):
+    task_examples("gecko_fret", seqio_sources.DataOptions(data_dir=str(tmp_path)))
+
+
+def test_vocabulary_must_match_the_model(tiny_hf_dir):
+  from gecko import tokenization
+  other = tokenization.WordPieceTokenizer.from_pretrained(tiny_hf_dir, max_length=32)
+  with pytest.raises(ValueError, match="not the model's tokenizer"):
+    SeqioBatches(mixture_or_task_name="gecko_fret_only", tokenizer=other, batch_size=4)
+
+
+def test_every_task_is_in_a_mixture_and_mixtures_share_features():
+  names = [n for n in seqio.TaskRegistry.names() if n.startswith("gecko_")]
+  mixed = collections.Counter(t.name for m in seqio.MixtureRegistry.names() if m.startswith("gecko")
+                              for t in seqio.get_mixture_or_task(m).tasks)
+  assert set(names) <= set(mixed)
+  finetune = seqio.get_mixture_or_task("gecko_finetune")
+  assert {tuple(sorted(t.output_features)) for t in finetune.tasks} == {
+      ("negative", "positive", "query")}
+
+
+# --- Gin: each ablation file changes exactly what it says; the two-stage run.
+ABLATIONS = {
+    "no_same_tower": ({"losses.GeckoLoss.same_tower_negatives = False"},
+                      {"losses.GeckoLoss.same_tower_negatives = True"}),
+    "no_hard_negative": ({"losses.GeckoLoss.hard_negatives = False"},
+                         {"losses.GeckoLoss.hard_negatives = True"}),
+    "fret_seed_positive": ({"seqio_data.SeqioBatches.fret_positive = 'seed'"},
+                           {"seqio_data.SeqioBatches.fret_positive = 'llm'"}),
+    "fret_only": ({"MIXTURE_OR_TASK_NAME = 'gecko_fret_only'"},
+                  {"MIXTURE_OR_TASK_NAME = 'gecko_finetune'"}),
+    "no_mrl": ({"losses.GeckoLoss.dims = ()"},
+               {"losses.GeckoLoss.dims = %MATRYOSHKA_DIMS", "MATRYOSHKA_DIMS = (16, 64)"}),
+    "plain_format": ({"seqio_data.SeqioBatches.input_format = @input_format.InputFormat()",
+                      "input_format.InputFormat.query_template = '{task} {text}'",
+                      "input_format.InputFormat.document_template = '{title} {text}'",
+                      "input_format.InputFormat.empty_title = ''"}, set()),
+}
+
+
+def _operative_bindings(files, tokenizer) -> set[str]:
+  """The operative config's binding lines once the loss and the data are built."""
+  import gin
+
+  from gecko import gin_flags
+  from gecko.losses import GeckoLoss
+  gin.clear_config()
+  try:
+    gin_flags.configure(files, ["MODEL_DIR = '/tmp/unused'", "TASK_DATA_DIR = '/tmp/unused'",
+                                "TRAIN_STEPS = 1"])
+    gin.get_configurable(GeckoLoss)()
+    gin.get_configurable(SeqioBatches)(tokenizer=tokenizer)
+    lines = gin.operative_config_str().splitlines()
+  finally:
+    gin.clear_config()
+  return {line for line in lines if " = " in line and not line.startswith(("#", "from"))}
+
+
+@pytest.mark.parametrize("ablation", sorted(ABLATIONS))
+def test_each_ablation_changes_exactly_what_it_says(minilm, ablation):
+  run = ["gin/models/tiny.gin", "gin/runs/finetune.gin"]
+  base = _operative_bindings(run, minilm.tokenizer)
+  changed = _operative_bindings(run + [f"gin/ablations/{ablation}.gin"], minilm.tokenizer)
+  added, removed = ABLATIONS[ablation]
+  assert (changed - base, base - changed) == (added, removed)
+
+
+def _losses(model_dir):
+  return [json.loads(line)["loss"] for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_stage_run_prefinetune_then_finetune_through_seqio(data_dir, tmp_path):
+  import sys
+
+  from conftest import run_cli
+  root, _ = data_dir
+  tiny = ["--gin_file=gin/models/tiny.gin"]
+  common = ["--gin_file=gin/local_tiny.gin", f"--gin.TASK_DATA_DIR='{root}'",
+            "--gin.TRAIN_STEPS=8", "--gin.seqio_data.SeqioBatches.shuffle_buffer=32"]
+  stage1, stage2 = tmp_path / "pft", tmp_path / "ft"
+  result = run_cli([sys.executable, "-m", "gecko.train", *tiny, "--gin_file=gin/runs/prefinetune.gin",
+                    *common, f"--gin.MODEL_DIR='{stage1}'"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  result = run_cli([sys.executable, "-m", "gecko.train", *tiny, "--gin_file=gin/runs/finetune.gin",
+                    *common, "--gin.MIXTURE_OR_TASK_NAME='gecko_fret_only'",
+                    f"--gin.INIT_FROM='{stage1 / 'export'}'", f"--gin.MODEL_DIR='{stage2}'"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  config = (stage2 / "config.gin").read_text()
+  assert str(stage1 / "export") in config and "train.train.init_from = %INIT_FROM" in config
+  assert "MIXTURE_OR_TASK_NAME = 'gecko_fret_only'" in config
+  assert "losses.GeckoLoss.hard_negatives = True" in config
+  assert "losses.GeckoLoss.hard_negatives = False" in (stage1 / "config.gin").read_text()
+  for run in (stage1, stage2):
+    losses = _losses(run)
+    assert len(losses) == 8 and np.mean(losses[-3:]) < losses[0], (run, losses)
