@@ -32,6 +32,7 @@ bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/encode_throughput.py
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/grad_cache_memory.py
+	$(PY) benchmarks/input_pipeline.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -152,6 +152,20 @@ def read_jsonl(files: Sequence[str], *, fields: Mapping[str, type | tuple],
       logging.warning("skipped %d bad records in %s (first: %s)", skipped, path, first)
 
 
+def _blocks(records: Iterator[dict[str, str]], fields, size: int = 512
+            ) -> Iterator[dict[str, list[str]]]:
+  """Records regrouped as columns of up to `size` rows."""
+  block = {name: [] for name in fields}
+  for record in records:
+    for name in fields:
+      block[name].append(record[name])
+    if len(block[next(iter(fields))]) == size:
+      yield block
+      block = {name: [] for name in fields}
+  if block[next(iter(fields))]:
+    yield block
+
+
 def _is_tfrecord(path: str) -> bool:
   return ".tfrecord" in os.path.basename(path)
 
@@ -159,13 +173,13 @@ def _is_tfrecord(path: str) -> bool:
 def file_dataset(files: Sequence[str], *, fields: Mapping[str, type | tuple],
                  optional: Sequence[str] = (), skip_bad: bool = False) -> tf.data.Dataset:
   """JSONL and TFRecord files as one dataset of string `fields`."""
-  signature = {name: tf.TensorSpec((), tf.string) for name in fields}
+  signature = {name: tf.TensorSpec((None,), tf.string) for name in fields}
   parts = []
   jsonl = [f for f in files if not _is_tfrecord(f)]
-  if jsonl:
+  if jsonl:  # parsed in Python, handed over in blocks (one py_func call per block)
     parts.append(tf.data.Dataset.from_generator(
-        lambda: read_jsonl(jsonl, fields=fields, optional=optional, skip_bad=skip_bad),
-        output_signature=signature))
+        lambda: _blocks(read_jsonl(jsonl, fields=fields, optional=optional, skip_bad=skip_bad),
+                        fields), output_signature=signature).unbatch())
   tfrecords = [f for f in files if _is_tfrecord(f)]
   if tfrecords:
     spec = {name: tf.io.FixedLenFeature([], tf.string, default_value="" if name in optional

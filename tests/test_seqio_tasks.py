@@ -485,3 +485,12 @@ def test_two_stage_run_prefinetune_then_finetune_through_seqio(data_dir, tmp_pat
   for run in (stage1, stage2):
     losses = _losses(run)
     assert len(losses) == 8 and np.mean(losses[-3:]) < losses[0], (run, losses)
+
+
+def test_experiments_compose_a_model_and_a_run(minilm):
+  pft = _operative_bindings(["gin/experiments/minilm_prefinetune.gin"], minilm.tokenizer)
+  ft = _operative_bindings(["gin/experiments/minilm_finetune.gin"], minilm.tokenizer)
+  assert {"MIXTURE_OR_TASK_NAME = 'gecko_prefinetune'", "losses.GeckoLoss.hard_negatives = False",
+          "MATRYOSHKA_DIMS = (128, 256)", "BATCH_SIZE = 128"} <= pft
+  assert {"MIXTURE_OR_TASK_NAME = 'gecko_finetune'", "losses.GeckoLoss.hard_negatives = True",
+          "losses.GeckoLoss.same_tower_negatives = True", "BATCH_SIZE = 32"} <= ft

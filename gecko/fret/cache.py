@@ -1,0 +1,71 @@
+"""An on-disk cache of LLM calls, so that a killed FRet run resumes without repeating them.
+
+One SQLite file; every call's result is committed as soon as it returns (SQLite
+commits are atomic, so a kill at any point loses at most the calls in flight). Keys
+hash everything that determines the answer: backend, model, kind of call, prompt and
+sampling parameters. Safe to share between the threads of one process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Callable
+from typing import Any
+
+
+def call_key(*, backend: str, model: str, kind: str, prompt: Any, params: dict | None = None
+             ) -> str:
+  """A stable hex key for one LLM call."""
+  blob = json.dumps([backend, model, kind, prompt, params or {}], sort_keys=True,
+                    ensure_ascii=False)
+  return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class LLMCache:
+  """`get`/`put` JSON values by key; `hits` and `misses` count lookups.
+
+  Args:
+    path: The SQLite file (created with its directory if absent).
+  """
+
+  def __init__(self, path: str | os.PathLike):
+    self.path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+    self._lock = threading.Lock()
+    self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+    self._db.execute("PRAGMA journal_mode=WAL")
+    self._db.execute("CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, value TEXT)")
+    self.hits = self.misses = 0
+
+  def get(self, key: str) -> Any | None:
+    with self._lock:
+      row = self._db.execute("SELECT value FROM calls WHERE key = ?", (key,)).fetchone()
+    if row is None:
+      self.misses += 1
+      return None
+    self.hits += 1
+    return json.loads(row[0])
+
+  def put(self, key: str, value: Any) -> None:
+    with self._lock:
+      self._db.execute("INSERT OR REPLACE INTO calls VALUES (?, ?)", (key, json.dumps(value)))
+
+  def cached(self, key: str, compute: Callable[[], Any]) -> Any:
+    """The cached value for `key`, computing and storing it on a miss."""
+    value = self.get(key)
+    if value is None:
+      value = compute()
+      self.put(key, value)
+    return value
+
+  def __len__(self) -> int:
+    with self._lock:
+      return self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+
+  def close(self) -> None:
+    with self._lock:
+      self._db.close()

@@ -1,0 +1,79 @@
+"""FRet steps 3-4: rank the neighbours two ways, fuse by reciprocal rank, pick the pair.
+
+For one query and its N retrieved neighbours the LLM gives two scores per neighbour:
+
+  QL  query likelihood, log P(query | passage)
+  RC  relevance classification, log P(relevant label | query, passage)
+
+Each is turned into ranks (1 = best), fused as R = 1/rank_QL + 1/rank_RC (the paper's
+reciprocal rank fusion, no smoothing constant), and the top fused neighbour becomes
+the positive; the hard negative is the lowest fused one ("lowest", the paper's best
+p1/p20 setting with N = 20) or a random one of the rest ("random").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+NEGATIVE_CHOICES = ("lowest", "random")
+
+
+def ranks(scores: Sequence[float]) -> np.ndarray:
+  """1-based ranks, highest score first; ties keep the earlier (better retrieved) first."""
+  scores = np.asarray(scores, np.float64)
+  if scores.ndim != 1 or not len(scores):
+    raise ValueError(f"scores must be a non-empty vector, got shape {scores.shape}.")
+  if not np.all(np.isfinite(scores)):
+    raise ValueError(f"scores must be finite, got {scores.tolist()}.")
+  order = np.argsort(-scores, kind="stable")
+  out = np.empty(len(scores), np.int64)
+  out[order] = np.arange(1, len(scores) + 1)
+  return out
+
+
+def reciprocal_rank_fusion(*score_lists: Sequence[float]) -> np.ndarray:
+  """sum over rankings of 1 / rank."""
+  if not score_lists:
+    raise ValueError("reciprocal_rank_fusion needs at least one score list.")
+  lengths = {len(s) for s in score_lists}
+  if len(lengths) != 1:
+    raise ValueError(f"score lists differ in length: {sorted(lengths)}.")
+  return sum(1.0 / ranks(s) for s in score_lists)
+
+
+@dataclasses.dataclass(frozen=True)
+class Labels:
+  """The chosen neighbours (indices into the neighbour list) and the evidence."""
+
+  positive: int
+  negative: int
+  fused: tuple[float, ...]
+  ql_ranks: tuple[int, ...]
+  rc_ranks: tuple[int, ...]
+
+
+def choose(ql: Sequence[float], rc: Sequence[float], *, negative: str = "lowest",
+           rng: np.random.Generator | None = None) -> Labels:
+  """Positive = top fused neighbour; negative = lowest fused or a random other one.
+
+  Fused ties go to the better QL rank, then to the earlier neighbour.
+  """
+  if negative not in NEGATIVE_CHOICES:
+    raise ValueError(f"negative={negative!r}; use one of {NEGATIVE_CHOICES}.")
+  if len(ql) < 2:
+    raise ValueError(f"need at least 2 neighbours to pick a positive and a negative, got {len(ql)}.")
+  fused = reciprocal_rank_fusion(ql, rc)
+  ql_ranks, rc_ranks = ranks(ql), ranks(rc)
+  order = np.lexsort((np.arange(len(fused)), ql_ranks, -fused))  # best first
+  positive = int(order[0])
+  if negative == "lowest":
+    chosen = int(order[-1])
+  else:
+    if rng is None:
+      raise ValueError("negative='random' needs an rng (np.random.default_rng(seed)).")
+    chosen = int(rng.choice(order[1:]))
+  return Labels(positive=positive, negative=chosen, fused=tuple(float(f) for f in fused),
+                ql_ranks=tuple(int(r) for r in ql_ranks), rc_ranks=tuple(int(r) for r in rc_ranks))

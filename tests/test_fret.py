@@ -1,0 +1,160 @@
+"""FRet building blocks: exact blocked top-N retrieval, rank fusion and labelling, the LLM
+call cache (surviving SIGKILL), atomic resumable shards read back by the FRet task."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from gecko.fret import label, retrieve, schema
+from gecko.fret.cache import LLMCache, call_key
+from gecko.fret.shards import ShardWriter
+
+
+@pytest.fixture(scope="module")
+def embeddings():
+  rng = np.random.default_rng(0)
+  unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+  return unit(rng.normal(size=(7, 16))).astype(np.float32), unit(
+      rng.normal(size=(1000, 16))).astype(np.float32)
+
+
+def _exact(queries, corpus, n):
+  scores = queries @ corpus.T
+  index = np.argsort(-scores, axis=1, kind="stable")[:, :n]
+  return index, np.take_along_axis(scores, index, axis=1)
+
+
+def test_top_n_equals_exact_search_over_blocks(embeddings, tmp_path):
+  queries, corpus = embeddings
+  want_index, want_scores = _exact(queries, corpus, 20)
+  memmap = np.lib.format.open_memmap(tmp_path / "corpus.npy", mode="w+", dtype=np.float32,
+                                     shape=corpus.shape)
+  memmap[:] = corpus
+  uneven = [corpus[:100], corpus[100:137], corpus[137:637], corpus[637:]]
+  for source, block_size in ((corpus, 64), (memmap, 333), (iter(uneven), 128), (corpus, 10**6)):
+    index, scores = retrieve.top_n(queries, source, 20, block_size=block_size)
+    np.testing.assert_array_equal(index, want_index)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+
+
+def test_top_n_ties_keep_the_earlier_passage_and_bad_shapes_are_named():
+  corpus = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.5, 0.5]], np.float32)
+  index, _ = retrieve.top_n(np.array([[1.0, 0.0]], np.float32), corpus, 3, block_size=2)
+  assert index.tolist() == [[0, 2, 3]]
+  with pytest.raises(ValueError, match="fewer than n=5"):
+    retrieve.top_n(corpus[:1], corpus, 5)
+  with pytest.raises(ValueError, match=r"does not match queries \[\*, 3\]"):
+    retrieve.top_n(np.ones((1, 3), np.float32), corpus, 1)
+
+
+def test_ranks_and_reciprocal_rank_fusion_by_hand():
+  assert label.ranks([-5.0, -1.0, -3.0, -1.0]).tolist() == [4, 1, 3, 2]  # tie: earlier first
+  np.testing.assert_allclose(label.reciprocal_rank_fusion([3, 2, 1], [1, 2, 3]),
+                             [1 / 3 + 1, 1 / 2 + 1 / 2, 1 + 1 / 3])
+  with pytest.raises(ValueError, match="finite"):
+    label.ranks([0.0, float("nan")])
+
+
+def test_choose_positive_and_negative_by_hand():
+  # QL ranks [3, 1, 2], RC ranks [1, 3, 2]: fused [4/3, 4/3, 1]; the tie goes to the
+  # better QL rank (neighbour 1), the lowest fused is neighbour 2.
+  ql, rc = [-5.0, -1.0, -3.0], [-0.1, -2.0, -0.5]
+  chosen = label.choose(ql, rc)
+  assert (chosen.positive, chosen.negative) == (1, 2)
+  assert chosen.ql_ranks == (3, 1, 2) and chosen.rc_ranks == (1, 3, 2)
+  rng = np.random.default_rng(0)
+  negatives = {label.choose(ql, rc, negative="random", rng=rng).negative for _ in range(50)}
+  assert negatives == {0, 2}  # any but the positive
+  with pytest.raises(ValueError, match="negative='worst'"):
+    label.choose(ql, rc, negative="worst")
+  with pytest.raises(ValueError, match="at least 2 neighbours"):
+    label.choose([1.0], [1.0])
+
+
+def test_cache_round_trip_keys_and_counts(tmp_path):
+  key = call_key(backend="llama_cpp", model="m", kind="generate", prompt="p",
+                 params={"temperature": 0.0})
+  assert key != call_key(backend="llama_cpp", model="m", kind="generate", prompt="p",
+                         params={"temperature": 0.7})
+  cache = LLMCache(tmp_path / "sub" / "calls.sqlite")
+  calls = []
+  compute = lambda: calls.append(1) or {"text": "answer"}  # noqa: E731
+  assert cache.cached(key, compute) == {"text": "answer"}
+  assert cache.cached(key, compute) == {"text": "answer"} and len(calls) == 1
+  assert (cache.hits, cache.misses) == (1, 1)
+  cache.close()
+  assert LLMCache(tmp_path / "sub" / "calls.sqlite").get(key) == {"text": "answer"}
+
+
+def test_cache_keeps_every_committed_call_through_sigkill(tmp_path):
+  path = tmp_path / "calls.sqlite"
+  code = textwrap.dedent(f"""
+      import sys
+      from gecko.fret.cache import LLMCache
+      cache = LLMCache({str(path)!r})
+      for i in range(100000):
+        cache.put(f"k{{i}}", {{"i": i}})
+        print(i, flush=True)
+  """)
+  proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+  done = [int(proc.stdout.readline()) for _ in range(200)]
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  cache = LLMCache(path)
+  assert all(cache.get(f"k{i}") == {"i": i} for i in done)
+  assert len(cache) >= len(done)
+
+
+def _record(i):
+  return {"id": f"r{i}", "task_type": "question answering", "task": "Find the passage",
+          "query": f"query number {i}", "seed_id": f"d{i}", "seed_title": "", "seed_text":
+          f"seed text {i}", "positive_id": f"d{i}", "positive_title": "Title",
+          "positive_text": f"seed text {i}", "negative_id": f"d{i + 1}", "negative_title": "",
+          "negative_text": f"other text {i}", "positive_is_seed": True, "positive_ql": -3.5,
+          "positive_rc": -0.2, "negative_ql": -9.0, "negative_rc": -4.0, "llm": "test"}
+
+
+def test_shards_are_atomic_and_resume_without_loss_or_duplicates(tmp_path):
+  out = tmp_path / "fret"
+  writer = ShardWriter(str(out), shard_size=10, tfrecord=True)
+  for i in range(25):
+    writer.add(_record(i))
+  # "Crash": the last 5 records were never flushed; no partial file is left visible.
+  assert [os.path.basename(p) for p in writer.shards()] == ["fret-00000.jsonl", "fret-00001.jsonl"]
+  resumed = ShardWriter(str(out), shard_size=10, tfrecord=True)
+  done = resumed.done_ids()
+  assert done == {f"r{i}" for i in range(20)}
+  for i in range(25):
+    if f"r{i}" not in done:
+      resumed.add(_record(i))
+  resumed.close()
+  assert len(resumed.shards()) == 3 and resumed.done_ids() == {f"r{i}" for i in range(25)}
+  assert not [f for f in os.listdir(out) if "partial" in f]
+  with pytest.raises(ValueError, match="missing field 'query'"):
+    resumed.add({k: v for k, v in _record(99).items() if k != "query"})
+
+
+def test_the_fret_task_reads_the_shards(tmp_path):
+  import seqio
+
+  import gecko_tasks  # noqa: F401
+  from gecko import seqio_sources
+  from gecko_tasks.vocabulary import VOCABULARY
+  writer = ShardWriter(str(tmp_path / "fret"), shard_size=4, tfrecord=True)
+  for i in range(6):
+    writer.add(_record(i))
+  writer.close()
+  os.remove(writer.shards()[0])  # the first shard's 4 records now come only from TFRecord
+  task = seqio.get_mixture_or_task("gecko_fret")
+  with seqio_sources.using(seqio_sources.DataOptions(data_dir=str(tmp_path))):
+    examples = list(task.get_dataset(sequence_length=None, split="train", shuffle=False)
+                    .as_numpy_iterator())
+  queries = sorted(VOCABULARY.decode(e["query"].tolist()) for e in examples)
+  assert len(queries) == 6 + 2  # TFRecord shards 0 and 1 (6) + JSONL shard 1 (2)
+  assert queries[0] == "task : find the passage | query : query number 0"
+  assert set(schema.TRAINING_FIELDS) <= set(_record(0))
