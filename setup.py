@@ -9,7 +9,7 @@ setuptools.setup(
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["gecko", "gecko.*"]) + ["gecko_tasks"],
     package_dir={"gecko_tasks": "tasks"},
-    package_data={"gecko": ["py.typed"]},
+    package_data={"gecko": ["py.typed"], "gecko.fret": ["prompts/*.txt"]},
     install_requires=[
         "jax>=0.6",
         "flax>=0.10",

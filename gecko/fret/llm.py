@@ -96,12 +96,12 @@ class LlamaCpp:
     return os.path.basename(self.model_path)
 
   def generate(self, prompts: Sequence[str], *, max_tokens: int = 128, temperature: float = 0.0,
-               stop: Sequence[str] = ()) -> list[str]:
+               stop: Sequence[str] = (), seed: int | None = None) -> list[str]:
     out = []
     for prompt in prompts:
       result = self._llm.create_completion(prompt, max_tokens=max_tokens,
                                            temperature=temperature, stop=list(stop) or None,
-                                           seed=self.seed)
+                                           seed=self.seed if seed is None else seed)
       out.append(result["choices"][0]["text"])
     return out
 
@@ -206,11 +206,13 @@ class OpenAICompatible:
       return list(pool.map(fn, items))
 
   def generate(self, prompts: Sequence[str], *, max_tokens: int = 128, temperature: float = 0.0,
-               stop: Sequence[str] = ()) -> list[str]:
+               stop: Sequence[str] = (), seed: int | None = None) -> list[str]:
     def one(prompt):
       body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": temperature}
       if stop:
         body["stop"] = list(stop)
+      if seed is not None:
+        body["seed"] = seed
       return self._post("/completions", body)["choices"][0]["text"]
     return self._map(one, prompts)
 

@@ -1,0 +1,168 @@
+"""FRet step 1: the LLM reads a seed passage and writes a task description and a query.
+
+A few-shot prompt (`gecko/fret/prompts/generate.txt`, or any file with `{passage}` and
+`{task_type}`) ends in "Task:"; the completion must be exactly
+
+  <task description>
+  Query: <query>
+
+`parse` is strict (both lines present, non-empty, bounded length, the query neither a
+copy of the passage nor of a few-shot example). A malformed completion is retried with a new sampling seed, up
+to `attempts` times, then recorded as a `Failure` (with every raw output), never as
+data. Each passage gets a task type drawn from `task_types` by a hash of (seed, id),
+so the mix is diverse and the same on every run. LLM calls go through the cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import zlib
+from collections.abc import Mapping, Sequence
+
+from gecko.fret import cache as cache_lib
+
+TASK_TYPES = ("question answering", "search result", "fact checking", "sentence similarity")
+PROMPTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prompts")
+STOP = ("\n\n", "\nPassage:", "\nTask type:")
+
+
+class ParseError(ValueError):
+  """A completion that is not a task line followed by a query line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Generated:
+  id: str
+  task_type: str
+  task: str
+  query: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+  id: str
+  task_type: str
+  reason: str
+  outputs: tuple[str, ...]
+
+
+def load_prompt(name: str) -> str:
+  """A packaged prompt by name ("generate") or a prompt file's path."""
+  path = name if os.path.sep in name or name.endswith(".txt") else os.path.join(
+      PROMPTS_DIR, f"{name}.txt")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"prompt {name!r} not found (looked at {path!r}); packaged: "
+                            f"{sorted(f[:-4] for f in os.listdir(PROMPTS_DIR))}.")
+  with open(path, encoding="utf-8") as f:
+    template = f.read().rstrip()  # the completion starts right after the final "Task:"
+  for field in ("{passage}", "{task_type}"):
+    if field not in template:
+      raise ValueError(f"prompt {path!r} lacks the placeholder {field}.")
+  return template
+
+
+_QUERY_LINE = re.compile(r"^\s*query\s*:\s*(.*)$", re.IGNORECASE)
+
+
+def parse(text: str, *, passage: str = "", examples: Sequence[str] = (), max_chars: int = 300
+          ) -> tuple[str, str]:
+  """(task, query) from a completion of a prompt ending in "Task:"; ParseError otherwise.
+
+  `examples` are the prompt's few-shot queries, which a small model sometimes repeats.
+  """
+  lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+  if len(lines) < 2:
+    raise ParseError(f"expected a task line and a query line, got {len(lines)} line(s)")
+  task, match = lines[0], _QUERY_LINE.match(lines[1])
+  if match is None:
+    raise ParseError(f"second line does not start with 'Query:': {lines[1][:80]!r}")
+  query = match.group(1).strip()
+  if not task or not query:
+    raise ParseError("empty task or query")
+  if max(len(task), len(query)) > max_chars:
+    raise ParseError(f"task or query longer than {max_chars} characters")
+  if passage and query.lower() == passage.strip().lower():
+    raise ParseError("the query copies the passage")
+  if query.lower() in {e.lower() for e in examples}:
+    raise ParseError(f"the query repeats a few-shot example: {query[:80]!r}")
+  return task, query
+
+
+def task_type_for(passage_id: str, *, seed: int, task_types: Sequence[str] = TASK_TYPES) -> str:
+  return task_types[zlib.crc32(f"{seed}:{passage_id}".encode("utf-8")) % len(task_types)]
+
+
+@dataclasses.dataclass(kw_only=True)
+class Generator:
+  """Writes (task, query) for passages with an LLM backend (see `gecko.fret.llm`).
+
+  Attributes:
+    llm: A backend with `generate`.
+    cache: LLM-call cache (None: no caching).
+    prompt: Packaged prompt name or file path.
+    task_types: The task types to draw from.
+    attempts: Completions tried per passage before it is recorded as a failure.
+    max_tokens: Completion budget.
+    temperature: Sampling temperature for retries (the first attempt is greedy).
+    max_passage_chars: Passages are cut to this many characters in the prompt.
+    seed: Seeds the task-type draw and the retry sampling.
+  """
+
+  llm: object
+  cache: cache_lib.LLMCache | None = None
+  prompt: str = "generate"
+  task_types: Sequence[str] = TASK_TYPES
+  attempts: int = 3
+  max_tokens: int = 96
+  temperature: float = 0.8
+  max_passage_chars: int = 1500
+  seed: int = 0
+
+  def __post_init__(self):
+    self.template = load_prompt(self.prompt)
+    self.examples = tuple(m.group(1).strip() for m in map(_QUERY_LINE.match,
+                                                          self.template.splitlines()) if m)
+    if self.attempts < 1:
+      raise ValueError(f"attempts must be >= 1, got {self.attempts}.")
+    self.llm_calls = 0
+
+  def _complete(self, prompt: str, attempt: int) -> str:
+    params = {"max_tokens": self.max_tokens, "stop": list(STOP),
+              "temperature": 0.0 if attempt == 0 else self.temperature,
+              "seed": self.seed * 1000 + attempt}
+
+    def call():
+      self.llm_calls += 1
+      return self.llm.generate([prompt], **params)[0]
+    if self.cache is None:
+      return call()
+    key = cache_lib.call_key(backend=self.llm.name, model=self.llm.model, kind="generate",
+                             prompt=prompt, params=params)
+    return self.cache.cached(key, call)
+
+  def __call__(self, passages: Sequence[Mapping[str, str]]) -> list[Generated | Failure]:
+    """For each {"id", "text", "title"?} passage: a `Generated` or a `Failure`."""
+    out = []
+    for passage in passages:
+      task_type = task_type_for(passage["id"], seed=self.seed, task_types=self.task_types)
+      text = passage["text"][:self.max_passage_chars]
+      title = passage.get("title") or ""
+      prompt = self.template.format(passage=f"{title}. {text}" if title else text,
+                                    task_type=task_type)
+      outputs, reason = [], ""
+      for attempt in range(self.attempts):
+        completion = self._complete(prompt, attempt)
+        outputs.append(completion)
+        try:
+          task, query = parse(completion, passage=text, examples=self.examples)
+        except ParseError as e:
+          reason = str(e)
+          continue
+        out.append(Generated(id=passage["id"], task_type=task_type, task=task, query=query))
+        break
+      else:
+        out.append(Failure(id=passage["id"], task_type=task_type, reason=reason,
+                           outputs=tuple(outputs)))
+    return out
