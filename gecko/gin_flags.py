@@ -100,6 +100,18 @@ def call_configured(fn: Callable):
   return gin.get_configurable(fn)()
 
 
+def write_operative_config(directory: str) -> None:
+  """Writes gin's operative config to `directory/config.gin` (process 0; nothing without gin)."""
+  import gin
+  config = gin.operative_config_str()
+  if not config:
+    return
+  import jax
+  if jax.process_index() == 0:
+    with open(os.path.join(directory, "config.gin"), "w", encoding="utf-8") as f:
+      f.write(config)
+
+
 def run(fn: Callable, argv: Sequence[str], *, prog: str, doc: str) -> int:
   """Parses flags, configures gin, and calls `fn` with its bindings; returns an exit status."""
   args = parse_args(argv, prog=prog, doc=doc)

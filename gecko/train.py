@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from gecko import checkpointing, partitioning, train_step
+from gecko import checkpointing, gin_flags, partitioning, train_step
 from gecko.losses import GeckoLoss
 from gecko.models import embedder as embedder_lib
 from gecko.models.dual_encoder import DualEncoder
@@ -71,14 +71,6 @@ def _evaluate(eval_fn, model, state, tokenizer, model_dir: str, step: int) -> di
                     model_name=f"step_{step}")
   return {f"eval/{task}/{dim}": scores["main_score"]
           for task, per_dim in results.items() for dim, scores in per_dim.items()}
-
-
-def _write_operative_config(model_dir: str) -> None:
-  import gin
-  config = gin.operative_config_str()
-  if config and jax.process_index() == 0:
-    with open(os.path.join(model_dir, "config.gin"), "w", encoding="utf-8") as f:
-      f.write(config)
 
 
 def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
@@ -142,7 +134,7 @@ def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
     params = _initial_params(model, init_from, seed) if init_from else None
     state = train_step.create_state(model, tx, shardings, seed=seed, params=params)
     start = 0
-  _write_operative_config(model_dir)
+  gin_flags.write_operative_config(model_dir)
   step_fn = train_step.jit_train_step(
       train_step.make_train_step(model, loss, tx, grad_cache_chunk=grad_cache_chunk),
       shardings, mesh)
@@ -200,7 +192,6 @@ def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
 
 
 def main(argv: Sequence[str]) -> int:
-  from gecko import gin_flags
   return gin_flags.run(train, argv, prog="python -m gecko.train", doc=__doc__)
 
 

@@ -55,7 +55,7 @@ def test_prompts_are_checked(tmp_path):
   bad.write_text("Passage: {passage}\nTask:")
   with pytest.raises(ValueError, match="lacks the placeholder {task_type}"):
     generate.load_prompt(str(bad))
-  with pytest.raises(FileNotFoundError, match="packaged: \\['generate'\\]"):
+  with pytest.raises(FileNotFoundError, match="packaged: .*'generate'"):
     generate.load_prompt("nope")
 
 

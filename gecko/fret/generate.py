@@ -48,8 +48,8 @@ class Failure:
   outputs: tuple[str, ...]
 
 
-def load_prompt(name: str) -> str:
-  """A packaged prompt by name ("generate") or a prompt file's path."""
+def load_prompt(name: str, *, fields: Sequence[str] = ("{passage}", "{task_type}")) -> str:
+  """A packaged prompt by name ("generate") or a prompt file's path, checked for `fields`."""
   path = name if os.path.sep in name or name.endswith(".txt") else os.path.join(
       PROMPTS_DIR, f"{name}.txt")
   if not os.path.exists(path):
@@ -57,7 +57,7 @@ def load_prompt(name: str) -> str:
                             f"{sorted(f[:-4] for f in os.listdir(PROMPTS_DIR))}.")
   with open(path, encoding="utf-8") as f:
     template = f.read().rstrip()  # the completion starts right after the final "Task:"
-  for field in ("{passage}", "{task_type}"):
+  for field in fields:
     if field not in template:
       raise ValueError(f"prompt {path!r} lacks the placeholder {field}.")
   return template
