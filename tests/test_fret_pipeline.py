@@ -91,3 +91,30 @@ def test_bad_corpus_is_named(tmp_path):
   path.write_text('{"id": 1}\n')
   with pytest.raises(ValueError, match="record 1 needs a string 'text'"):
     read_corpus(str(path))
+
+
+def test_a_killed_run_resumes_without_losing_or_duplicating_records(corpus, tmp_path):
+  import signal
+  import subprocess
+  import time
+
+  from conftest import cli_env, REPO
+  out = tmp_path / "fret"
+  cmd = [sys.executable, "-m", "gecko.fret.pipeline", "--gin_file=gin/runs/fret.gin",
+         f"--gin.CORPUS='{corpus}'", f"--gin.OUTPUT_DIR='{out}'", "--gin.NUM_SEEDS=6",
+         "--gin.NUM_NEIGHBORS=3", "--gin.SHARD_SIZE=2", "--gin.llm.LlamaCpp.n_ctx=1024"]
+  proc = subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not (out / "fret-00000.jsonl").exists() and time.time() < deadline:
+    assert proc.poll() is None, "the run ended before it could be killed"
+    time.sleep(0.05)
+  os.kill(proc.pid, signal.SIGKILL)  # mid-run: one shard written, the next in progress
+  proc.wait()
+  assert len(_records(out)) == 2
+  result = run_cli(cmd, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads((out / "summary.json").read_text())
+  ids = [r["id"] for r in _records(out)]
+  assert len(ids) == len(set(ids)) == summary["records"] == 6 - summary["failures_this_run"]
+  assert summary["skipped_already_written"] == 2 and summary["llm_cache_hits_this_run"] > 0
