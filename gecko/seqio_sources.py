@@ -193,14 +193,21 @@ def file_dataset(files: Sequence[str], *, fields: Mapping[str, type | tuple],
 
 
 def file_source(patterns: str | Sequence[str], *, fields: Mapping[str, type | tuple],
-                optional: Sequence[str] = (), splits: Sequence[str] = ("train",)
-                ) -> seqio.FunctionDataSource:
-  """A streaming source over the files matching `DATA_DIR/pattern` (`{split}` filled in)."""
+                optional: Sequence[str] = (), splits: Sequence[str] = ("train",),
+                alternatives: bool = False) -> seqio.FunctionDataSource:
+  """A streaming source over the files matching `DATA_DIR/pattern` (`{split}` filled in).
+
+  `alternatives=True`: the patterns are encodings of the same records (e.g. TFRecord
+  and JSONL copies of FRet shards); only the first pattern that matches is read.
+  """
   patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
 
   def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
     options = active()
-    files = glob([options.path(p.format(split=split)) for p in patterns])
+    paths = [options.path(p.format(split=split)) for p in patterns]
+    if alternatives:
+      paths = next(([p] for p in paths if tf.io.gfile.glob(p)), paths)
+    files = glob(paths)
     if shuffle_files:
       random.Random(seed).shuffle(files)
     return file_dataset(files, fields=fields, optional=optional, skip_bad=options.skip_bad_records)

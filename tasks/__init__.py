@@ -10,7 +10,7 @@ Pre-finetuning (Eq. 2 data: query + positive):
   gecko_pft_title_body    <root>/prefinetune/title_body/*.jsonl  {"title", "body"}
   gecko_pft_squad         TFDS squad (question -> title + context)
 Fine-tuning (Eq. 3 data: query + positive + hard negative):
-  gecko_fret              <root>/fret/*.jsonl | *.tfrecord*  (gecko.fret.schema)
+  gecko_fret              <root>/fret/fret-*.tfrecord, else fret-*.jsonl  (gecko.fret.schema)
   gecko_nq, gecko_hotpotqa, gecko_fever, gecko_medmcqa, gecko_miracl
                           <root>/<name>/*.jsonl  {"query", "positive_text", "negative_text",
                                                     "positive_title"?, "negative_title"?}

@@ -17,8 +17,9 @@ from gecko_tasks.vocabulary import triple_features
 # --- FRet: the LLM-distilled data (gecko.fret writes it, gecko.fret.schema defines it).
 seqio.TaskRegistry.add(
     "gecko_fret",
-    source=sources.file_source(
-        ("fret/*.jsonl*", "fret/*.tfrecord*"), fields={name: str for name in fret_schema.TRAINING_FIELDS}),
+    source=sources.file_source(  # TFRecord copies when written, else the JSONL shards
+        ("fret/fret-*.tfrecord*", "fret/fret-*.jsonl*"), alternatives=True,
+        fields={name: str for name in fret_schema.TRAINING_FIELDS}),
     preprocessors=[pp.fret_fields, pp.format_asymmetric, seqio.preprocessors.tokenize],
     output_features=triple_features())
 

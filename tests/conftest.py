@@ -113,3 +113,42 @@ def run_cli(cmd, devices: int = 8, timeout: int = 600) -> subprocess.CompletedPr
   """Runs `cmd` from the repository root, capturing its output."""
   return subprocess.run(cmd, cwd=REPO, env=cli_env(devices), capture_output=True, text=True,
                         timeout=timeout)
+
+
+# A small FRet corpus: four topics of three passages, so neighbours are meaningful.
+FRET_TOPICS = {
+    "gecko": ["Geckos are lizards whose toe pads carry millions of tiny hairs.",
+              "The tiny hairs on gecko feet stick to walls by van der Waals forces.",
+              "Many geckos have no eyelids and lick their eyes to clean them."],
+    "moon": ["The Moon orbits the Earth about every 27 days.",
+             "Tides are caused mostly by the gravity of the Moon.",
+             "The far side of the Moon was first photographed in 1959."],
+    "bread": ["Yeast ferments sugars in dough and makes carbon dioxide bubbles.",
+              "Sourdough bread is leavened by wild yeast and lactic acid bacteria.",
+              "Kneading develops gluten, which traps the gas in the dough."],
+    "python": ["A Python dictionary maps hashable keys to values.",
+               "Lists in Python are mutable sequences of items.",
+               "Tuples are immutable sequences, often used as dictionary keys."],
+}
+
+
+@pytest.fixture(scope="module")
+def fret_corpus(tmp_path_factory) -> pathlib.Path:
+  """The FRET_TOPICS passages as JSONL (ids gecko0 ... python2); needs the embedded LLM."""
+  pytest.importorskip("llama_cpp", reason="the embedded LLM needs the [local] extra")
+  path = tmp_path_factory.mktemp("corpus") / "passages.jsonl"
+  with open(path, "w") as f:
+    for topic, texts in FRET_TOPICS.items():
+      for i, text in enumerate(texts):
+        f.write(json.dumps({"id": f"{topic}{i}", "title": topic.title(), "text": text}) + "\n")
+  return path
+
+
+def fret_records(directory: pathlib.Path) -> list[dict]:
+  """The records of the FRet JSONL shards in `directory`, in file order."""
+  records = []
+  for name in sorted(os.listdir(directory)):
+    if name.startswith("fret-") and name.endswith(".jsonl"):
+      with open(directory / name) as f:
+        records.extend(json.loads(line) for line in f)
+  return records

@@ -74,6 +74,12 @@ def test_choose_positive_and_negative_by_hand():
     label.choose(ql, rc, negative="worst")
   with pytest.raises(ValueError, match="at least 2 neighbours"):
     label.choose([1.0], [1.0])
+  # The ranking ablation: one score alone.
+  by_ql, by_rc = label.choose(ql, rc, ranking="ql"), label.choose(ql, rc, ranking="rc")
+  assert (by_ql.positive, by_ql.negative) == (1, 0)
+  assert (by_rc.positive, by_rc.negative) == (0, 1)
+  with pytest.raises(ValueError, match="ranking='bm25'"):
+    label.choose(ql, rc, ranking="bm25")
 
 
 def test_cache_round_trip_keys_and_counts(tmp_path):
@@ -149,12 +155,18 @@ def test_the_fret_task_reads_the_shards(tmp_path):
   for i in range(6):
     writer.add(_record(i))
   writer.close()
-  os.remove(writer.shards()[0])  # the first shard's 4 records now come only from TFRecord
+  (tmp_path / "fret" / "failures.jsonl").write_text('{"id": "r9", "reason": "no query"}\n')
   task = seqio.get_mixture_or_task("gecko_fret")
-  with seqio_sources.using(seqio_sources.DataOptions(data_dir=str(tmp_path))):
-    examples = list(task.get_dataset(sequence_length=None, split="train", shuffle=False)
-                    .as_numpy_iterator())
-  queries = sorted(VOCABULARY.decode(e["query"].tolist()) for e in examples)
-  assert len(queries) == 6 + 2  # TFRecord shards 0 and 1 (6) + JSONL shard 1 (2)
-  assert queries[0] == "task : find the passage | query : query number 0"
+
+  def queries():
+    with seqio_sources.using(seqio_sources.DataOptions(data_dir=str(tmp_path))):
+      examples = task.get_dataset(sequence_length=None, split="train", shuffle=False)
+      return sorted(VOCABULARY.decode(e["query"].tolist()) for e in examples.as_numpy_iterator())
+  from_tfrecord = queries()  # each record once: TFRecord and JSONL are copies
+  assert len(from_tfrecord) == 6  # and failures.jsonl is not a shard
+  assert from_tfrecord[0] == "task : find the passage | query : query number 0"
+  for name in os.listdir(tmp_path / "fret"):
+    if name.endswith(".tfrecord"):
+      os.remove(tmp_path / "fret" / name)
+  assert queries() == from_tfrecord  # the JSONL shards alone
   assert set(schema.TRAINING_FIELDS) <= set(_record(0))

@@ -67,6 +67,9 @@ class _Garbling:
   def generate(self, prompts, **kwargs):
     return ["I cannot do that." for _ in prompts]
 
+  def truncate(self, text, max_tokens):
+    return text
+
 
 def test_malformed_outputs_are_retried_then_recorded_as_failures():
   generator = generate.Generator(llm=_Garbling(), attempts=3)
@@ -76,17 +79,22 @@ def test_malformed_outputs_are_retried_then_recorded_as_failures():
 
 
 def test_smollm2_generates_tasks_and_queries_and_a_rerun_hits_the_cache(tmp_path):
+  """20 real passages: Python standard-library docstrings."""
   pytest.importorskip("llama_cpp", reason="the embedded LLM needs the [local] extra")
+  from gecko.fret import docstrings
   from gecko.fret.llm import LlamaCpp
   model = LlamaCpp(n_ctx=1024)
   cache = LLMCache(tmp_path / "calls.sqlite")
-  first = generate.Generator(llm=model, cache=cache)
-  results = first(PASSAGES)
-  assert [r.id for r in results] == [p["id"] for p in PASSAGES]
+  first = generate.Generator(llm=model, cache=cache, max_passage_tokens=192)
+  passages = docstrings.passages(limit=200)[::10]
+  assert len(passages) == 20
+  results = first(passages)
+  assert [r.id for r in results] == [p["id"] for p in passages]
   made = [r for r in results if isinstance(r, generate.Generated)]
-  assert len(made) >= 3, results
+  assert len(made) >= 15, results
+  assert len({r.task_type for r in made}) >= 3
   for r in made:
     assert r.task and r.query and r.task_type in generate.TASK_TYPES
     assert r.query.lower() not in {e.lower() for e in first.examples}
-  again = generate.Generator(llm=model, cache=cache)
-  assert again(PASSAGES) == results and again.llm_calls == 0
+  again = generate.Generator(llm=model, cache=cache, max_passage_tokens=192)
+  assert again(passages) == results and again.llm_calls == 0

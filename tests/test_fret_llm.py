@@ -160,3 +160,16 @@ def test_gives_up_after_retries_and_fails_fast_on_client_errors(faulty, monkeypa
   monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
   with pytest.raises(llm.LLMError, match="NO_SUCH_KEY_VAR"):
     llm.OpenAICompatible(base_url=faulty, model="m", api_key_env="NO_SUCH_KEY_VAR").generate(["x"])
+
+
+def test_local_truncates_to_a_token_budget_and_pickles_as_its_settings(local):
+  import pickle
+  huge = "Geckos shed their skin and eat it. " * 30_000  # ~1 MB
+  head = local.truncate(huge, 50)
+  assert huge.startswith(head) and 100 < len(head) < 400
+  assert len(local._tokens(head)) <= 50
+  assert local.truncate("short text", 50) == "short text"
+  clone = pickle.loads(pickle.dumps(local))  # what a Beam worker receives
+  assert clone._handle is None and clone.model_path == local.model_path
+  assert clone.generate([COUNTING], max_tokens=4, stop=["\n"]) == local.generate(
+      [COUNTING], max_tokens=4, stop=["\n"])

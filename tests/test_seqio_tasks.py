@@ -65,12 +65,8 @@ def data_dir(tmp_path_factory):
       (FMT.query(r["title"], task="search result"), FMT.document(r["body"])) for r in tb]
 
   fret = [fret_record(i) for i in range(15)]
-  write_jsonl(root / "fret" / "shard-00000-of-00002.jsonl", fret[:10])
-  with tf.io.TFRecordWriter(str(root / "fret" / "shard-00001-of-00002.tfrecord")) as w:
-    for r in fret[10:]:
-      feats = {k: tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode()]))
-               for k, v in r.items() if isinstance(v, str)}
-      w.write(tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString())
+  write_jsonl(root / "fret" / "fret-00000.jsonl", fret[:10])  # TFRecord: see test_fret.py
+  write_jsonl(root / "fret" / "fret-00001.jsonl", fret[10:])
   expected["gecko_fret"] = [
       (FMT.query(r["query"], task=r["task"]),
        FMT.document(r["positive_text"], title=r["positive_title"]),

@@ -13,7 +13,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -69,3 +69,17 @@ class LLMCache:
   def close(self) -> None:
     with self._lock:
       self._db.close()
+
+
+def through(cache: LLMCache | None, keys: Sequence[str],
+            compute: Callable[[list[int]], Sequence[Any]]) -> list[Any]:
+  """Values for `keys`: cached ones read, the others computed together by
+  `compute(missing_indices)` (one batched LLM call) and stored; no cache: all computed."""
+  values = [cache.get(key) if cache is not None else None for key in keys]
+  missing = [i for i, value in enumerate(values) if value is None]
+  if missing:
+    for i, value in zip(missing, compute(missing), strict=True):
+      values[i] = value
+      if cache is not None:
+        cache.put(keys[i], value)
+  return values

@@ -94,19 +94,26 @@ def task_type_for(passage_id: str, *, seed: int, task_types: Sequence[str] = TAS
   return task_types[zlib.crc32(f"{seed}:{passage_id}".encode("utf-8")) % len(task_types)]
 
 
+def passage_text(passage: Mapping[str, str], *, llm, max_tokens: int) -> str:
+  """"title. text" (or the text) cut to `max_tokens` of the LLM's tokens for a prompt."""
+  title = (passage.get("title") or "")[:300]
+  text = f"{title}. {passage['text']}" if title else passage["text"]
+  return llm.truncate(text, max_tokens)
+
+
 @dataclasses.dataclass(kw_only=True)
 class Generator:
   """Writes (task, query) for passages with an LLM backend (see `gecko.fret.llm`).
 
   Attributes:
-    llm: A backend with `generate`.
+    llm: A backend with `generate` and `truncate`.
     cache: LLM-call cache (None: no caching).
     prompt: Packaged prompt name or file path.
     task_types: The task types to draw from.
     attempts: Completions tried per passage before it is recorded as a failure.
     max_tokens: Completion budget.
     temperature: Sampling temperature for retries (the first attempt is greedy).
-    max_passage_chars: Passages are cut to this many characters in the prompt.
+    max_passage_tokens: Passages are cut to this many LLM tokens in the prompt.
     seed: Seeds the task-type draw and the retry sampling.
   """
 
@@ -117,7 +124,7 @@ class Generator:
   attempts: int = 3
   max_tokens: int = 96
   temperature: float = 0.8
-  max_passage_chars: int = 1500
+  max_passage_tokens: int = 384
   seed: int = 0
 
   def __post_init__(self):
@@ -128,41 +135,49 @@ class Generator:
       raise ValueError(f"attempts must be >= 1, got {self.attempts}.")
     self.llm_calls = 0
 
-  def _complete(self, prompt: str, attempt: int) -> str:
+  def _complete(self, prompts: Sequence[str], attempt: int) -> list[str]:
     params = {"max_tokens": self.max_tokens, "stop": list(STOP),
               "temperature": 0.0 if attempt == 0 else self.temperature,
               "seed": self.seed * 1000 + attempt}
+    keys = [cache_lib.call_key(backend=self.llm.name, model=self.llm.model, kind="generate",
+                               prompt=prompt, params=params) for prompt in prompts]
 
-    def call():
-      self.llm_calls += 1
-      return self.llm.generate([prompt], **params)[0]
-    if self.cache is None:
-      return call()
-    key = cache_lib.call_key(backend=self.llm.name, model=self.llm.model, kind="generate",
-                             prompt=prompt, params=params)
-    return self.cache.cached(key, call)
+    def call(missing):
+      self.llm_calls += len(missing)
+      return self.llm.generate([prompts[i] for i in missing], **params)
+    return cache_lib.through(self.cache, keys, call)
 
   def __call__(self, passages: Sequence[Mapping[str, str]]) -> list[Generated | Failure]:
-    """For each {"id", "text", "title"?} passage: a `Generated` or a `Failure`."""
-    out = []
-    for passage in passages:
-      task_type = task_type_for(passage["id"], seed=self.seed, task_types=self.task_types)
-      text = passage["text"][:self.max_passage_chars]
-      title = passage.get("title") or ""
-      prompt = self.template.format(passage=f"{title}. {text}" if title else text,
-                                    task_type=task_type)
-      outputs, reason = [], ""
-      for attempt in range(self.attempts):
-        completion = self._complete(prompt, attempt)
-        outputs.append(completion)
-        try:
-          task, query = parse(completion, passage=text, examples=self.examples)
-        except ParseError as e:
-          reason = str(e)
-          continue
-        out.append(Generated(id=passage["id"], task_type=task_type, task=task, query=query))
+    """For each {"id", "text", "title"?} passage, in order: a `Generated` or a `Failure`.
+
+    Each attempt is one batched LLM call for the passages still unparsed (a server
+    backend answers them concurrently); give a few passages at a time (the batch is
+    the unit of work a kill can lose)."""
+    task_types = [task_type_for(p["id"], seed=self.seed, task_types=self.task_types)
+                  for p in passages]
+    texts = [passage_text(p, llm=self.llm, max_tokens=self.max_passage_tokens) for p in passages]
+    prompts = [self.template.format(passage=text, task_type=task_type)
+               for text, task_type in zip(texts, task_types)]
+    results: dict[int, Generated] = {}
+    outputs = [[] for _ in passages]
+    reasons = [""] * len(passages)
+    pending = list(range(len(passages)))
+    for attempt in range(self.attempts):
+      if not pending:
         break
-      else:
-        out.append(Failure(id=passage["id"], task_type=task_type, reason=reason,
-                           outputs=tuple(outputs)))
-    return out
+      completions = self._complete([prompts[i] for i in pending], attempt)
+      unparsed = []
+      for i, completion in zip(pending, completions, strict=True):
+        outputs[i].append(completion)
+        try:
+          task, query = parse(completion, passage=passages[i]["text"], examples=self.examples)
+        except ParseError as e:
+          reasons[i] = str(e)
+          unparsed.append(i)
+          continue
+        results[i] = Generated(id=passages[i]["id"], task_type=task_types[i], task=task,
+                               query=query)
+      pending = unparsed
+    return [results[i] if i in results else
+            Failure(id=p["id"], task_type=task_types[i], reason=reasons[i],
+                    outputs=tuple(outputs[i])) for i, p in enumerate(passages)]

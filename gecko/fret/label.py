@@ -8,7 +8,8 @@ For one query and its N retrieved neighbours the LLM gives two scores per neighb
 Each is turned into ranks (1 = best), fused as R = 1/rank_QL + 1/rank_RC (the paper's
 reciprocal rank fusion, no smoothing constant), and the top fused neighbour becomes
 the positive; the hard negative is the lowest fused one ("lowest", the paper's best
-p1/p20 setting with N = 20) or a random one of the rest ("random").
+p1/p20 setting with N = 20) or a random one of the rest ("random"). For the paper's
+ranking ablation, `ranking="ql"` or `"rc"` uses one score's ranks alone.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 NEGATIVE_CHOICES = ("lowest", "random")
+RANKINGS = ("rrf", "ql", "rc")
 
 
 def ranks(scores: Sequence[float]) -> np.ndarray:
@@ -56,17 +58,21 @@ class Labels:
 
 
 def choose(ql: Sequence[float], rc: Sequence[float], *, negative: str = "lowest",
-           rng: np.random.Generator | None = None) -> Labels:
+           rng: np.random.Generator | None = None, ranking: str = "rrf") -> Labels:
   """Positive = top fused neighbour; negative = lowest fused or a random other one.
 
-  Fused ties go to the better QL rank, then to the earlier neighbour.
+  `ranking`: "rrf" fuses both rankings; "ql" or "rc" ranks by one score alone. Ties go
+  to the better QL rank, then to the earlier neighbour.
   """
   if negative not in NEGATIVE_CHOICES:
     raise ValueError(f"negative={negative!r}; use one of {NEGATIVE_CHOICES}.")
+  if ranking not in RANKINGS:
+    raise ValueError(f"ranking={ranking!r}; use one of {RANKINGS}.")
   if len(ql) < 2:
     raise ValueError(f"need at least 2 neighbours to pick a positive and a negative, got {len(ql)}.")
-  fused = reciprocal_rank_fusion(ql, rc)
   ql_ranks, rc_ranks = ranks(ql), ranks(rc)
+  fused = {"rrf": lambda: reciprocal_rank_fusion(ql, rc), "ql": lambda: 1.0 / ql_ranks,
+           "rc": lambda: 1.0 / rc_ranks}[ranking]()
   order = np.lexsort((np.arange(len(fused)), ql_ranks, -fused))  # best first
   positive = int(order[0])
   if negative == "lowest":

@@ -1,6 +1,7 @@
 """LLM backends for FRet, behind one small interface.
 
   generate(prompts)                 -> completions (few-shot prompts: plain completion)
+  truncate(text, max_tokens)        -> a prefix of text within a token budget
   log_likelihood(contexts, conts)   -> sum log P(continuation | context)   (QL scores)
   label_logprobs(prompts, labels)   -> log P(first token = label | prompt) (RC scores)
 
@@ -84,12 +85,23 @@ class LlamaCpp:
   relevance_classification: bool = dataclasses.field(default=True, init=False)
 
   def __post_init__(self):
-    from llama_cpp import Llama
     self.model_path = self.model_path or default_gguf()
     if not os.path.exists(self.model_path):
       raise FileNotFoundError(f"GGUF model not found: {self.model_path!r}.")
-    self._llm = Llama(model_path=self.model_path, n_ctx=self.n_ctx, n_threads=self.n_threads,
-                      seed=self.seed, logits_all=True, verbose=False)
+    self._handle = None
+
+  @property
+  def _llm(self):
+    """The loaded model, on first use: a backend pickles as its settings (Beam workers)."""
+    if self._handle is None:
+      from llama_cpp import Llama
+      self._handle = Llama(model_path=self.model_path, n_ctx=self.n_ctx,
+                           n_threads=self.n_threads, seed=self.seed, logits_all=True,
+                           verbose=False)
+    return self._handle
+
+  def __getstate__(self):
+    return {**self.__dict__, "_handle": None}
 
   @property
   def model(self) -> str:
@@ -107,6 +119,14 @@ class LlamaCpp:
 
   def _tokens(self, text: str) -> list[int]:
     return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+  def truncate(self, text: str, max_tokens: int) -> str:
+    """The prefix of `text` that fits `max_tokens` of this model's tokens."""
+    head = text[:max_tokens * 16]  # bounds the tokenizer's work on huge passages
+    tokens = self._tokens(head)
+    if len(tokens) <= max_tokens:
+      return head
+    return self._llm.detokenize(tokens[:max_tokens]).decode("utf-8", errors="ignore")
 
   def _logprobs_after(self, context: list[int], extra: list[int]) -> np.ndarray:
     """Log-softmax rows predicting each token of `extra` (and the one after it)."""
@@ -200,6 +220,11 @@ class OpenAICompatible:
       except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
         last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
     raise LLMError(f"POST {url} failed after {self.max_retries + 1} attempts (last: {last}).")
+
+  def truncate(self, text: str, max_tokens: int) -> str:
+    """A prefix of about `max_tokens` tokens: 4 characters per token (the server's
+    tokenizer is not at hand; English averages about 4)."""
+    return text[:max_tokens * 4]
 
   def _map(self, fn, items) -> list:
     with concurrent.futures.ThreadPoolExecutor(self.concurrency) as pool:

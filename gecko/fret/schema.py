@@ -55,3 +55,17 @@ def tf_feature_spec(fields=TRAINING_FIELDS) -> dict:
   import tensorflow as tf
   dtypes = {str: tf.string, bool: tf.int64, float: tf.float32}
   return {name: tf.io.FixedLenFeature([], dtypes[FIELDS[name]]) for name in fields}
+
+
+def tf_example(record: Mapping[str, object]) -> bytes:
+  """A record as a serialized `tf.train.Example` (the TFRecord shard format)."""
+  import tensorflow as tf
+
+  def feature(value):
+    if isinstance(value, str):
+      return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode("utf-8")]))
+    if isinstance(value, bool):
+      return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+    return tf.train.Feature(float_list=tf.train.FloatList(value=[float(value)]))
+  return tf.train.Example(features=tf.train.Features(feature={
+      k: feature(v) for k, v in record.items() if k in FIELDS})).SerializeToString()

@@ -16,7 +16,7 @@ import math
 from collections.abc import Sequence
 
 from gecko.fret import cache as cache_lib
-from gecko.fret.generate import load_prompt
+from gecko.fret.generate import load_prompt, passage_text
 
 RC_SCORES = ("yes", "margin")
 LABELS = (" yes", " no")
@@ -29,7 +29,7 @@ class Scorer:
     cache: LLM-call cache (None: no caching).
     ql_prompt, rc_prompt: Packaged prompt names or file paths.
     rc_score: "yes" (log P(yes)) or "margin" (log P(yes) - log P(no)).
-    max_passage_chars: Passages are cut to this many characters in the prompts.
+    max_passage_tokens: Passages are cut to this many LLM tokens in the prompts.
   """
 
   llm: object
@@ -37,7 +37,7 @@ class Scorer:
   ql_prompt: str = "ql"
   rc_prompt: str = "rc"
   rc_score: str = "yes"
-  max_passage_chars: int = 1000
+  max_passage_tokens: int = 256
 
   def __post_init__(self):
     if self.rc_score not in RC_SCORES:
@@ -50,34 +50,33 @@ class Scorer:
     self.rc_template = load_prompt(self.rc_prompt, fields=("{task}", "{query}", "{passage}"))
     self.llm_calls = 0
 
-  def _cached(self, kind: str, prompt: str, extra, call):
-    def counted():
-      self.llm_calls += 1
-      return call()
-    if self.cache is None:
-      return counted()
-    key = cache_lib.call_key(backend=self.llm.name, model=self.llm.model, kind=kind,
-                             prompt=prompt, params={"extra": extra})
-    return self.cache.cached(key, counted)
+  def _scores(self, kind: str, prompts: Sequence[str], extra, compute) -> list:
+    """One batched backend call for the prompts not in the cache."""
+    keys = [cache_lib.call_key(backend=self.llm.name, model=self.llm.model, kind=kind,
+                               prompt=prompt, params={"extra": extra}) for prompt in prompts]
 
-  def _passage(self, passage) -> str:
-    text = passage["text"][:self.max_passage_chars]
-    return f"{passage['title']}. {text}" if passage.get("title") else text
+    def call(missing):
+      self.llm_calls += len(missing)
+      return compute([prompts[i] for i in missing])
+    return cache_lib.through(self.cache, keys, call)
+
+  def _prompt_passages(self, passages: Sequence[dict]) -> list[str]:
+    return [passage_text(p, llm=self.llm, max_tokens=self.max_passage_tokens) for p in passages]
 
   def ql(self, query: str, passages: Sequence[dict]) -> list[float]:
-    out = []
-    for passage in passages:
-      prompt = self.ql_template.format(passage=self._passage(passage))
-      out.append(self._cached("ql", prompt, query, lambda p=prompt: self.llm.log_likelihood(
-          [p], [" " + query.strip()])[0]))
-    return out
+    """log P(query | passage) for each passage."""
+    prompts = [self.ql_template.format(passage=p) for p in self._prompt_passages(passages)]
+    continuation = " " + query.strip()
+    return self._scores("ql", prompts, query, lambda batch: self.llm.log_likelihood(
+        batch, [continuation] * len(batch)))
 
   def rc(self, task: str, query: str, passages: Sequence[dict]) -> list[float]:
+    """log P(yes | task, query, passage) (or the yes-no margin) for each passage."""
+    prompts = [self.rc_template.format(task=task, query=query, passage=p)
+               for p in self._prompt_passages(passages)]
     out = []
-    for passage in passages:
-      prompt = self.rc_template.format(task=task, query=query, passage=self._passage(passage))
-      labels = self._cached("rc", prompt, list(LABELS),
-                            lambda p=prompt: self.llm.label_logprobs([p], list(LABELS))[0])
+    for labels in self._scores("rc", prompts, list(LABELS),
+                               lambda batch: self.llm.label_logprobs(batch, list(LABELS))):
       yes, no = (max(labels[label], -1e4) for label in LABELS)  # absent labels: very unlikely
       out.append(yes - no if self.rc_score == "margin" else yes)
     return [v if math.isfinite(v) else -1e4 for v in out]

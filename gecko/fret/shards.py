@@ -82,17 +82,8 @@ class ShardWriter:
 
 def _atomic_tfrecord(path: str, records: list[dict]) -> None:
   import tensorflow as tf
-
-  def feature(value):
-    if isinstance(value, str):
-      return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode("utf-8")]))
-    if isinstance(value, bool):
-      return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
-    return tf.train.Feature(float_list=tf.train.FloatList(value=[float(value)]))
   tmp = path.removesuffix(".tfrecord") + ".partial-tfr"
   with tf.io.TFRecordWriter(tmp) as writer:
     for record in records:
-      example = tf.train.Example(features=tf.train.Features(
-          feature={k: feature(v) for k, v in record.items() if k in schema.FIELDS}))
-      writer.write(example.SerializeToString())
+      writer.write(schema.tf_example(record))
   os.replace(tmp, path)
