@@ -23,7 +23,7 @@ install: $(VENV)/.installed
 install-models: $(VENV)/.installed
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 $(VENV)/.bench-installed: $(VENV)/.installed benchmarks/requirements.txt
 	$(PIP) install -r benchmarks/requirements.txt
@@ -34,6 +34,7 @@ bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/grad_cache_memory.py
 	$(PY) benchmarks/input_pipeline.py
+	$(PY) benchmarks/fret_pipeline.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

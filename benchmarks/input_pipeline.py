@@ -39,7 +39,7 @@ def write_fret(directory: str, n: int, shards: int = 4) -> list[dict]:
                     "negative_title": "", "negative_text": neg})
   os.makedirs(os.path.join(directory, "fret"), exist_ok=True)
   for s in range(shards):
-    with open(os.path.join(directory, "fret", f"shard-{s:05d}.jsonl"), "w") as f:
+    with open(os.path.join(directory, "fret", f"fret-{s:05d}.jsonl"), "w") as f:
       for r in records[s::shards]:
         f.write(json.dumps(r) + "\n")
   return records

@@ -173,3 +173,30 @@ def test_local_truncates_to_a_token_budget_and_pickles_as_its_settings(local):
   assert clone._handle is None and clone.model_path == local.model_path
   assert clone.generate([COUNTING], max_tokens=4, stop=["\n"]) == local.generate(
       [COUNTING], max_tokens=4, stop=["\n"])
+
+
+def test_local_scores_reuse_the_shared_prefix_without_changing_them(local):
+  few_shot = "Passage: geckos climb walls.\nRelevant: yes\n\nPassage: bread rises.\nRelevant:"
+  first = local.label_logprobs([few_shot + " no\n\nPassage: the moon.\nRelevant:"], [" yes"])
+  second = local.log_likelihood([few_shot], [" yes"])  # a prefix of the first prompt
+  fresh = llm.LlamaCpp(n_ctx=512)  # nothing evaluated before
+  assert second == pytest.approx(fresh.log_likelihood([few_shot], [" yes"]), abs=1e-3)
+  assert first[0][" yes"] == pytest.approx(fresh.label_logprobs(
+      [few_shot + " no\n\nPassage: the moon.\nRelevant:"], [" yes"])[0][" yes"], abs=1e-3)
+
+
+def test_local_query_likelihood_equals_a_hand_computed_log_softmax_sum(local):
+  """QL from raw llama.cpp logits, summed by hand, on a model that has evaluated nothing."""
+  import numpy as np
+  from llama_cpp import Llama
+  raw = Llama(model_path=llm.default_gguf(), n_ctx=512, logits_all=True, verbose=False)
+  context, continuation = "Passage: Geckos climb walls.\nQuery:", " how do geckos climb"
+  ctx = raw.tokenize(context.encode(), add_bos=False, special=False)
+  cont = raw.tokenize(continuation.encode(), add_bos=False, special=False)
+  raw.eval(ctx + cont)
+  total = 0.0
+  for i, token in enumerate(cont):
+    logits = np.asarray(raw.scores[len(ctx) - 1 + i], np.float64)  # predicts token i
+    total += logits[token] - logits.max() - math.log(np.exp(logits - logits.max()).sum())
+  (ours,) = local.log_likelihood([context], [continuation])
+  assert ours == pytest.approx(total, abs=1e-3) and total < 0

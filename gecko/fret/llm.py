@@ -59,6 +59,12 @@ def default_gguf() -> str:
   return os.path.join(list(spec.submodule_search_locations)[0], name)
 
 
+def _common_prefix(evaluated: np.ndarray, tokens: Sequence[int]) -> int:
+  n = min(len(evaluated), len(tokens))
+  differ = np.flatnonzero(np.asarray(evaluated[:n]) != np.asarray(tokens[:n]))
+  return int(differ[0]) if len(differ) else n
+
+
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
   logits = logits.astype(np.float64)
   shifted = logits - logits.max(axis=-1, keepdims=True)
@@ -134,10 +140,13 @@ class LlamaCpp:
     if len(tokens) > self.n_ctx:
       raise LLMError(f"{len(tokens)} tokens exceed n_ctx={self.n_ctx}; shorten the passage "
                      "or raise LlamaCpp.n_ctx.")
-    self._llm.reset()
-    self._llm.eval(tokens)
-    logits = np.asarray(self._llm.scores[len(context) - 1:len(tokens)])
-    return _log_softmax(logits)
+    llm = self._llm
+    # Reuse the evaluated prefix (the few-shot examples every scoring prompt shares):
+    # logits at a position depend only on the tokens up to it, so its stored row holds.
+    reuse = min(_common_prefix(llm.input_ids[:llm.n_tokens], tokens), len(tokens) - 1)
+    llm.n_tokens = reuse  # eval() drops the KV cache past this point
+    llm.eval(tokens[reuse:])
+    return _log_softmax(np.asarray(llm.scores[len(context) - 1:len(tokens)]))
 
   def log_likelihood(self, contexts: Sequence[str], continuations: Sequence[str]) -> list[float]:
     """sum log P(continuation | context); put the leading space on the continuation."""

@@ -4,7 +4,9 @@ The corpus is one array or any iterable of row blocks (e.g. slices of a `np.memm
 larger than memory, or embeddings computed block by block). Each block is scored
 against all queries under `jax.jit` and merged into a running top-N, so memory stays
 O(queries x (N + block)) whatever the corpus size. Blocks are padded to one shape so
-the merge compiles once.
+the merge compiles once. Within a block, scores are grouped 128 to a row and only the
+N groups with the best maxima go to the top-k (exact: no other group can hold one of
+the N best), which spares a top-k over every score.
 """
 
 from __future__ import annotations
@@ -17,14 +19,28 @@ import jax.numpy as jnp
 import numpy as np
 
 
+GROUP = 128  # block scores are grouped this many to a row maximum before top-k
+
+
 @functools.partial(jax.jit, static_argnames=("n",))
 def _merge(best_scores, best_index, queries, block, valid, offset, *, n: int):
   scores = queries @ block.T  # [Q, B]
   scores = jnp.where(jnp.arange(block.shape[0])[None, :] < valid, scores, -jnp.inf)
   index = offset + jnp.arange(block.shape[0], dtype=jnp.int32)
+  index = jnp.broadcast_to(index, scores.shape)
+  groups = block.shape[0] // GROUP
+  if block.shape[0] % GROUP == 0 and groups > n:
+    # Exact top-n without a top-k over all B scores: the n best scores lie in the n
+    # groups with the best maxima (n distinct elements bound the n-th best from below).
+    # Chosen groups are kept in corpus order, so ties still favour the lower index.
+    grouped = scores.reshape(scores.shape[0], groups, GROUP)
+    _, chosen = jax.lax.top_k(grouped.max(axis=2), n)
+    chosen = jnp.sort(chosen, axis=1)
+    scores = jnp.take_along_axis(grouped, chosen[:, :, None], axis=1).reshape(scores.shape[0], -1)
+    index = jnp.take_along_axis(index.reshape(grouped.shape), chosen[:, :, None],
+                                axis=1).reshape(scores.shape[0], -1)
   scores = jnp.concatenate([best_scores, scores], axis=1)
-  index = jnp.concatenate([best_index, jnp.broadcast_to(index, (queries.shape[0], block.shape[0]))],
-                          axis=1)
+  index = jnp.concatenate([best_index, index], axis=1)
   top, where = jax.lax.top_k(scores, n)
   return top, jnp.take_along_axis(index, where, axis=1)
 
@@ -55,7 +71,11 @@ def top_n(queries: np.ndarray, corpus: np.ndarray | Iterable[np.ndarray], n: int
   if n < 1:
     raise ValueError(f"n must be >= 1, got {n}.")
   if isinstance(corpus, np.ndarray):
-    block_size = max(1, min(block_size, corpus.shape[0]))
+    # Equal blocks (a multiple of GROUP when large) rather than a padded last one.
+    count = -(-corpus.shape[0] // max(1, block_size))
+    block_size = max(1, -(-corpus.shape[0] // count))
+    if block_size > GROUP:
+      block_size = -(-block_size // GROUP) * GROUP
     blocks = blocks_of(corpus, block_size)
   else:
     blocks = corpus
