@@ -12,7 +12,7 @@ pipeline's own overhead: corpus reading, embedding, retrieval, bookkeeping, writ
 with the one-time corpus embedding (cached in OUTPUT_DIR for reruns) also shown apart.
 
 Retrieval: exact top-20 by inner product of `--retrieval_queries` random unit queries
-against `--retrieval_corpus` random unit 384-d passages, `gecko.fret.retrieve.top_n`
+against `--retrieval_corpus` random unit 384-d passages, `gecko.fret.retrieval.top_n`
 (blocked JAX matmul + top-k) against faiss-cpu's `IndexFlatIP` in the same process;
 best of 3 runs after a warm-up, and the overlap of the two top-20 sets.
 """
@@ -100,7 +100,7 @@ def bench_retrieval(*, corpus_size: int, queries: int, k: int = 20, dim: int = 3
   import faiss
   import numpy as np
 
-  from gecko.fret import retrieve
+  from gecko import retrieval
   rng = np.random.default_rng(0)
   corpus = rng.standard_normal((corpus_size, dim), dtype=np.float32)
   corpus /= np.linalg.norm(corpus, axis=1, keepdims=True)
@@ -108,9 +108,9 @@ def bench_retrieval(*, corpus_size: int, queries: int, k: int = 20, dim: int = 3
   q /= np.linalg.norm(q, axis=1, keepdims=True)
   index = faiss.IndexFlatIP(dim)
   index.add(corpus)
-  ours = _best_of(lambda: retrieve.top_n(q, corpus, k))
+  ours = _best_of(lambda: retrieval.top_n(q, corpus, k))
   theirs = _best_of(lambda: index.search(q, k))
-  got, _ = retrieve.top_n(q, corpus, k)
+  got, _ = retrieval.top_n(q, corpus, k)
   _, want = index.search(q, k)
   overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(got.tolist(), want.tolist())])
   flops = 2.0 * queries * corpus_size * dim

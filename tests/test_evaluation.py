@@ -52,17 +52,6 @@ def test_average_precision_and_v_measure_by_hand():
   assert metrics.v_measure([0, 0, 1, 1], [1, 2, 1, 2]) == pytest.approx(0.0, abs=1e-12)
 
 
-def test_blocked_top_k_equals_brute_force():
-  rng = np.random.default_rng(0)
-  q, c = rng.normal(size=(7, 5)), rng.normal(size=(50, 5))
-  idx, val = tasks.top_k(q, c, 6, block=8)
-  brute = np.argsort(-(q @ c.T), axis=1)[:, :6]
-  np.testing.assert_array_equal(idx, brute)
-  np.testing.assert_allclose(val, np.take_along_axis(q @ c.T, brute, 1), rtol=1e-6)
-  with pytest.raises(ValueError, match="query dim 5 != corpus dim 4"):
-    tasks.top_k(q, c[:, :4], 3)
-
-
 def _write_beir(directory, qrels_rows, corpus=None):
   directory.mkdir(parents=True, exist_ok=True)
   corpus = corpus if corpus is not None else [

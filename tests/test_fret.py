@@ -1,4 +1,4 @@
-"""FRet building blocks: exact blocked top-N retrieval, rank fusion and labelling, the LLM
+"""FRet building blocks: rank fusion and labelling, the LLM
 call cache (surviving SIGKILL), atomic resumable shards read back by the FRet task."""
 
 import os
@@ -10,46 +10,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from gecko.fret import label, retrieve, schema
+from gecko.fret import label, schema
 from gecko.fret.cache import LLMCache, call_key
 from gecko.fret.shards import ShardWriter
-
-
-@pytest.fixture(scope="module")
-def embeddings():
-  rng = np.random.default_rng(0)
-  unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
-  return unit(rng.normal(size=(7, 16))).astype(np.float32), unit(
-      rng.normal(size=(1000, 16))).astype(np.float32)
-
-
-def _exact(queries, corpus, n):
-  scores = queries @ corpus.T
-  index = np.argsort(-scores, axis=1, kind="stable")[:, :n]
-  return index, np.take_along_axis(scores, index, axis=1)
-
-
-def test_top_n_equals_exact_search_over_blocks(embeddings, tmp_path):
-  queries, corpus = embeddings
-  want_index, want_scores = _exact(queries, corpus, 20)
-  memmap = np.lib.format.open_memmap(tmp_path / "corpus.npy", mode="w+", dtype=np.float32,
-                                     shape=corpus.shape)
-  memmap[:] = corpus
-  uneven = [corpus[:100], corpus[100:137], corpus[137:637], corpus[637:]]
-  for source, block_size in ((corpus, 64), (memmap, 333), (iter(uneven), 128), (corpus, 10**6)):
-    index, scores = retrieve.top_n(queries, source, 20, block_size=block_size)
-    np.testing.assert_array_equal(index, want_index)
-    np.testing.assert_allclose(scores, want_scores, atol=1e-5)
-
-
-def test_top_n_ties_keep_the_earlier_passage_and_bad_shapes_are_named():
-  corpus = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.5, 0.5]], np.float32)
-  index, _ = retrieve.top_n(np.array([[1.0, 0.0]], np.float32), corpus, 3, block_size=2)
-  assert index.tolist() == [[0, 2, 3]]
-  with pytest.raises(ValueError, match="fewer than n=5"):
-    retrieve.top_n(corpus[:1], corpus, 5)
-  with pytest.raises(ValueError, match=r"does not match queries \[\*, 3\]"):
-    retrieve.top_n(np.ones((1, 3), np.float32), corpus, 1)
 
 
 def test_ranks_and_reciprocal_rank_fusion_by_hand():

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from gecko import input_format
+from gecko import input_format, retrieval
 from gecko.encode import matryoshka_prefix
 from gecko.evaluation import datasets, metrics
 
@@ -47,26 +47,6 @@ class InputFormat:
     return [self.document_template.format(
         title=d.get("title") or input_format.GECKO.empty_title, text=d["text"])
             for d in docs]
-
-
-def top_k(queries: np.ndarray, corpus: np.ndarray, k: int, *, block: int = 65536
-          ) -> tuple[np.ndarray, np.ndarray]:
-  """Exact top-k by inner product, corpus processed in blocks; (indices, scores) best first."""
-  if queries.shape[1] != corpus.shape[1]:
-    raise ValueError(f"query dim {queries.shape[1]} != corpus dim {corpus.shape[1]}.")
-  k = min(k, corpus.shape[0])
-  best_idx = np.zeros((queries.shape[0], 0), np.int64)
-  best_val = np.zeros((queries.shape[0], 0), np.float32)
-  for start in range(0, corpus.shape[0], block):
-    scores = queries @ corpus[start:start + block].T
-    idx = np.concatenate([best_idx, np.arange(start, start + scores.shape[1])[None].repeat(
-        len(queries), 0)], axis=1)
-    val = np.concatenate([best_val, scores], axis=1)
-    keep = np.argpartition(-val, min(k, val.shape[1]) - 1, axis=1)[:, :k]
-    best_idx = np.take_along_axis(idx, keep, 1)
-    best_val = np.take_along_axis(val, keep, 1)
-  order = np.argsort(-best_val, axis=1, kind="stable")
-  return np.take_along_axis(best_idx, order, 1), np.take_along_axis(best_val, order, 1)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -103,7 +83,8 @@ class RetrievalTask(Task):
     queries = embed(fmt.query([data.queries[q] for q in query_ids], self.task))
     out: Scores = {}
     for dim in dims:
-      idx, _ = top_k(matryoshka_prefix(queries, dim), matryoshka_prefix(corpus, dim), 100)
+      idx, _ = retrieval.top_n(matryoshka_prefix(queries, dim), matryoshka_prefix(corpus, dim),
+                               min(100, len(doc_ids)))
       rankings = {q: [doc_ids[i] for i in row] for q, row in zip(query_ids, idx)}
       per_metric = {
           "ndcg_at_10": (metrics.ndcg_at_k, 10), "map_at_10": (metrics.average_precision_at_k, 10),

@@ -37,7 +37,7 @@ import os
 import sys
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -45,11 +45,12 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from gecko import retrieval
 from gecko.fret import corpus as corpus_lib
 from gecko.fret import generate as generate_lib
 from gecko.fret import pipeline as pipeline_lib
 from gecko.fret import relabel as relabel_lib
-from gecko.fret import retrieve, schema, score
+from gecko.fret import schema, score
 from gecko.fret.cache import LLMCache
 from gecko.input_format import GECKO
 
@@ -178,7 +179,7 @@ class _BlockTopN(beam.DoFn):
     for start in range(0, len(ids), self.block_size):
       part_ids = ids[start:start + self.block_size]
       n = min(self.n, len(part_ids))
-      index, scores = retrieve.top_n(query_vectors, [vectors[start:start + self.block_size]], n,
+      index, scores = retrieval.top_n(query_vectors, [vectors[start:start + self.block_size]], n,
                                      block_size=self.block_size)
       for row, qid in enumerate(query_ids):
         yield qid, [(float(scores[row, j]), part_ids[index[row, j]]) for j in range(n)]

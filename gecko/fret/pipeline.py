@@ -8,7 +8,7 @@ passage per line (`gecko.fret.corpus`: empty passages and repeated ids are skipp
 counted, invalid UTF-8 replaced). For each seed passage:
   1. the LLM writes a task and a query (`gecko.fret.generate`);
   2. an embedding model retrieves the top-N neighbours of "task: ... | query: ..."
-     among all passages (`gecko.fret.retrieve`; the seed is added if not retrieved);
+     among all passages (`gecko.retrieval`; the seed is added if not retrieved);
   3. the same LLM scores every neighbour by query likelihood and relevance
      classification (`gecko.fret.score`);
   4. reciprocal rank fusion picks the positive and the hard negative (`gecko.fret.label`);
@@ -34,9 +34,10 @@ from typing import BinaryIO
 import numpy as np
 import tqdm
 
+from gecko import retrieval
 from gecko.fret import generate as generate_lib
 from gecko.fret import relabel as relabel_lib
-from gecko.fret import retrieve, score
+from gecko.fret import score
 from gecko.fret.cache import LLMCache
 from gecko.fret.corpus import read_corpus
 from gecko.fret.shards import ShardWriter
@@ -108,7 +109,7 @@ def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6
   if made:
     queries = encode([GECKO.query(g.query, task=g.task) for g in made], model=encoder,
                      batch_size=batch_size)
-    neighbors, _ = retrieve.top_n(queries, vectors, num_neighbors)
+    neighbors, _ = retrieval.top_n(queries, vectors, num_neighbors)
   scores = collections.defaultdict(list)
   for g, row in tqdm.tqdm(list(zip(made, neighbors)), desc="relabel", unit="query",
                           file=sys.stderr):

@@ -1,4 +1,6 @@
-"""FRet step 2: exact top-N neighbours of each query by blocked matrix products in JAX.
+"""Exact top-N neighbours of each query by blocked matrix products in JAX.
+
+Used by FRet (step 2: the neighbours the LLM relabels) and by retrieval evaluation.
 
 The corpus is one array or any iterable of row blocks (e.g. slices of a `np.memmap`
 larger than memory, or embeddings computed block by block). Each block is scored
