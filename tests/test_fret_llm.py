@@ -102,26 +102,34 @@ def test_server_generation_and_relevance_scores_match_the_local_model(server, lo
 
 
 class _Faulty(http.server.BaseHTTPRequestHandler):
-  """Answers 429 `failures` times, then a completion; 400 for the model "bad"."""
+  """Plays `script` (one fault per request: "429", "500", "garbage", "no_choices",
+  "timeout"), then answers a completion; 400 for the model "bad"."""
 
-  failures = 0
+  script: list = []
   seen: list = []
 
   def do_POST(self):  # noqa: N802
     body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
     type(self).seen.append((body, self.headers.get("Authorization")))
+    fault = type(self).script.pop(0) if type(self).script else None
+    code, data = 200, json.dumps({"choices": [{"text": " ok"}]}).encode()
     if body["model"] == "bad":
-      code, payload = 400, {"error": "unknown model bad"}
-    elif type(self).failures > 0:
-      type(self).failures -= 1
-      code, payload = 429, {"error": "slow down"}
-    else:
-      code, payload = 200, {"choices": [{"text": " ok"}]}
-    data = json.dumps(payload).encode()
+      code, data = 400, b'{"error": "unknown model bad"}'
+    elif fault in ("429", "500"):
+      code, data = int(fault), b'{"error": "try later"}'
+    elif fault == "garbage":
+      data = b"<html>502 Bad Gateway</html>"
+    elif fault == "no_choices":
+      data = b'{"object": "error"}'
+    elif fault == "timeout":
+      time.sleep(1.0)  # past the client's timeout
     self.send_response(code)
     self.send_header("Content-Length", str(len(data)))
     self.end_headers()
-    self.wfile.write(data)
+    try:
+      self.wfile.write(data)
+    except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
+      pass
 
   def log_message(self, *args):
     pass
@@ -131,28 +139,32 @@ class _Faulty(http.server.BaseHTTPRequestHandler):
 def faulty():
   httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Faulty)
   threading.Thread(target=httpd.serve_forever, daemon=True).start()
-  _Faulty.seen = []
+  _Faulty.seen, _Faulty.script = [], []
   yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
   httpd.shutdown()
 
 
 def test_retries_with_backoff_then_succeeds_and_sends_the_key(faulty, monkeypatch):
   monkeypatch.setenv("GECKO_TEST_KEY", "s3cret")
-  _Faulty.failures = 2
+  _Faulty.script = ["429", "500", "garbage", "no_choices", "timeout"]
   backend = llm.OpenAICompatible(base_url=faulty, model="m", api_key_env="GECKO_TEST_KEY",
-                                 backoff=0.05, max_retries=3)
+                                 backoff=0.02, max_retries=5, timeout=0.3)
   start = time.perf_counter()
   assert backend.generate(["hello"]) == [" ok"]
-  assert backend.calls == 3 and time.perf_counter() - start >= 0.05 + 0.1
+  assert backend.calls == 6
+  assert time.perf_counter() - start >= 0.02 * (1 + 2 + 4 + 8 + 16) + 0.3
   assert {auth for _, auth in _Faulty.seen} == {"Bearer s3cret"}
   assert "s3cret" not in repr(backend)
 
 
 def test_gives_up_after_retries_and_fails_fast_on_client_errors(faulty, monkeypatch):
-  _Faulty.failures = 10
+  _Faulty.script = ["429"] * 3
   backend = llm.OpenAICompatible(base_url=faulty, model="m", backoff=0.01, max_retries=2)
   with pytest.raises(llm.LLMError, match="after 3 attempts .*HTTP 429"):
     backend.generate(["hello"])
+  _Faulty.script = ["garbage"] * 3
+  with pytest.raises(llm.LLMError, match="after 3 attempts .*malformed response.*Bad Gateway"):
+    backend.label_logprobs(["hello"], [" yes"])
   bad = llm.OpenAICompatible(base_url=faulty, model="bad", backoff=0.01)
   with pytest.raises(llm.LLMError, match="HTTP 400.*unknown model bad"):
     bad.generate(["hello"])

@@ -138,3 +138,52 @@ def test_a_killed_run_resumes_without_losing_or_duplicating_records(fret_corpus,
   ids = [r["id"] for r in fret_records(out)]
   assert len(ids) == len(set(ids)) == summary["records"] == 6 - summary["failures_this_run"]
   assert summary["skipped_already_written"] == 2 and summary["llm_cache_hits_this_run"] > 0
+
+
+class _FailingFor:
+  """The real SmolLM2, except that calls whose prompt contains a given text fail for good
+  (as a server would after its retries; the HTTP side is tested in test_fret_llm.py)."""
+
+  def __init__(self, llm, *, generate: str, score: str):
+    self.llm, self.needles = llm, {"generate": generate, "label_logprobs": score}
+
+  def __getattr__(self, name):
+    return getattr(self.llm, name)
+
+  def _check(self, kind, prompts):
+    from gecko.fret.llm import LLMError
+    if any(self.needles[kind] in p for p in prompts):
+      raise LLMError("POST /v1/completions failed after 6 attempts (last: HTTP 503)")
+
+  def generate(self, prompts, **kwargs):
+    self._check("generate", prompts)
+    return self.llm.generate(prompts, **kwargs)
+
+  def label_logprobs(self, prompts, labels):
+    self._check("label_logprobs", prompts)
+    return self.llm.label_logprobs(prompts, labels)
+
+
+def test_failed_llm_calls_are_reported_and_a_rerun_completes_the_run(fret_corpus, tmp_path):
+  from gecko.fret import pipeline
+  from gecko.fret.llm import LlamaCpp
+  out, real = tmp_path / "fret", LlamaCpp(n_ctx=1024)
+  seeds = [f"{t}{i}" for t in ("gecko", "moon") for i in range(3)]
+  failing = _FailingFor(real, generate="27 days", score="tiny hairs")
+  summary = pipeline.run(corpus_path=str(fret_corpus), output_dir=str(out), llm=failing,
+                         num_seeds=6, num_neighbors=3, shard_size=10)
+  failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+  reasons = {f["id"]: f["reason"] for f in failures}
+  assert reasons["moon0"].startswith("LLM call failed: POST")  # its generation
+  assert any(r.startswith("scoring failed:") for r in reasons.values())  # a gecko query
+  first = {r["id"]: r for r in fret_records(out)}
+  assert summary["failures_this_run"] == len(failures) and summary["records"] == len(first)
+  assert sorted([*first, *reasons]) == sorted(seeds)  # every seed written or reported
+
+  # The server is back: a rerun writes the missing records and keeps the others.
+  again = pipeline.run(corpus_path=str(fret_corpus), output_dir=str(out), llm=real,
+                       num_seeds=6, num_neighbors=3, shard_size=10)
+  records = fret_records(out)
+  assert again["failures_this_run"] == 0 and again["skipped_already_written"] == len(first)
+  assert sorted(r["id"] for r in records) == sorted(seeds)
+  assert all(first[r["id"]] == r for r in records if r["id"] in first)

@@ -52,6 +52,7 @@ from gecko.fret import pipeline as pipeline_lib
 from gecko.fret import relabel as relabel_lib
 from gecko.fret import schema, score
 from gecko.fret.cache import LLMCache
+from gecko.fret.llm import LLMError
 from gecko.input_format import GECKO
 
 NAMESPACE = "gecko.fret"
@@ -138,11 +139,19 @@ class _Relabel(_LLMDoFn):
     (generated,), (passages,) = joined["generated"], joined["candidates"]
     seed_passage = next(p for p in passages if p["id"] == qid)
     before = self.scorer.llm_calls
-    record, _, _ = relabel_lib.relabel(
-        generated, passages=passages, seed_passage=seed_passage, scorer=self.scorer,
-        negative=self.negative, ranking=self.ranking, seed=self.seed,
-        llm_label=f"{self.llm.name}:{self.llm.model}")
-    _count("llm_calls", self.scorer.llm_calls - before)
+    try:
+      record, _, _ = relabel_lib.relabel(
+          generated, passages=passages, seed_passage=seed_passage, scorer=self.scorer,
+          negative=self.negative, ranking=self.ranking, seed=self.seed,
+          llm_label=f"{self.llm.name}:{self.llm.model}")
+    except LLMError as e:
+      _count("failures")
+      yield beam.pvalue.TaggedOutput("failures", pipeline_lib.failure_record(
+          generate_lib.Failure(id=qid, task_type=generated.task_type,
+                               reason=f"scoring failed: {e}", outputs=())))
+      return
+    finally:
+      _count("llm_calls", self.scorer.llm_calls - before)
     _count("records")
     yield record
 
@@ -280,11 +289,13 @@ def build(root: beam.Pipeline, *, corpus_path: str, output_dir: str, llm, encode
       | "Deliver" >> beam.FlatMap(_deliver)
       | "GroupByQuery" >> beam.GroupByKey()
       | "Candidates" >> beam.Map(_candidates))
-  records = (
+  relabelled = (
       {"generated": generated.generated, "candidates": candidates}
       | "JoinQueries" >> beam.CoGroupByKey()
       | "Relabel" >> beam.ParDo(_Relabel(options=scorer_options, negative=negative,
-                                         ranking=ranking, seed=seed, **llm_args)))
+                                         ranking=ranking, seed=seed, **llm_args)
+                                ).with_outputs("failures", main="records"))
+  records = relabelled.records
   prefix = os.path.join(output_dir, "fret")
   _ = (records | "ToJson" >> beam.Map(lambda r: json.dumps(r, ensure_ascii=False))
        | "WriteJsonl" >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl",
@@ -293,7 +304,8 @@ def build(root: beam.Pipeline, *, corpus_path: str, output_dir: str, llm, encode
     _ = (records | "ToExample" >> beam.Map(schema.tf_example)
          | "WriteTFRecord" >> beam.io.WriteToTFRecord(prefix, file_name_suffix=".tfrecord",
                                                       num_shards=num_shards))
-  _ = (generated.failures | "FailuresToJson" >> beam.Map(json.dumps)
+  _ = ((generated.failures, relabelled.failures) | "AllFailures" >> beam.Flatten()
+       | "FailuresToJson" >> beam.Map(json.dumps)
        | "WriteFailures" >> beam.io.WriteToText(os.path.join(output_dir, "failures"),
                                                 file_name_suffix=".jsonl"))
 

@@ -9,7 +9,8 @@ A few-shot prompt (`gecko/fret/prompts/generate.txt`, or any file with `{passage
 `parse` is strict (both lines present, non-empty, bounded length, the query neither a
 copy of the passage nor of a few-shot example). A malformed completion is retried with a new sampling seed, up
 to `attempts` times, then recorded as a `Failure` (with every raw output), never as
-data. Each passage gets a task type drawn from `task_types` by a hash of (seed, id),
+data; so is a passage whose LLM call failed for good (`LLMError`, after the
+backend's own retries), and a rerun tries it again. Each passage gets a task type drawn from `task_types` by a hash of (seed, id),
 so the mix is diverse and the same on every run. LLM calls go through the cache.
 """
 
@@ -22,6 +23,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 
 from gecko.fret import cache as cache_lib
+from gecko.fret.llm import LLMError
 
 TASK_TYPES = ("question answering", "search result", "fact checking", "sentence similarity")
 PROMPTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prompts")
@@ -165,7 +167,12 @@ class Generator:
     for attempt in range(self.attempts):
       if not pending:
         break
-      completions = self._complete([prompts[i] for i in pending], attempt)
+      try:
+        completions = self._complete([prompts[i] for i in pending], attempt)
+      except LLMError as e:  # retried by the backend already: report, not data
+        for i in pending:
+          reasons[i] = f"LLM call failed: {e}"
+        break
       unparsed = []
       for i, completion in zip(pending, completions, strict=True):
         outputs[i].append(completion)

@@ -32,7 +32,7 @@ import os
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -203,7 +203,10 @@ class OpenAICompatible:
   def query_likelihood(self) -> bool:
     return self.prompt_logprobs
 
-  def _post(self, path: str, body: dict) -> dict:
+  def _post(self, path: str, body: dict, extract: Callable[[dict], object]):
+    """`extract(response JSON)` of one request, retried with exponential backoff on
+    timeouts, connection errors, 408/409/429/5xx and malformed bodies (not JSON, or
+    without what `extract` reads)."""
     headers = {"Content-Type": "application/json"}
     if self.api_key_env:
       key = os.environ.get(self.api_key_env)
@@ -217,10 +220,12 @@ class OpenAICompatible:
       if attempt:
         time.sleep(self.backoff * 2 ** (attempt - 1))
       self.calls += 1
+      raw = b""
       try:
         request = urllib.request.Request(url, data=data, headers=headers, method="POST")
         with urllib.request.urlopen(request, timeout=self.timeout) as response:
-          return json.loads(response.read())
+          raw = response.read()
+        return extract(json.loads(raw))
       except urllib.error.HTTPError as e:
         detail = e.read().decode("utf-8", "replace")[:300]
         if e.code not in RETRY_STATUS:
@@ -228,6 +233,8 @@ class OpenAICompatible:
         last = f"HTTP {e.code}: {detail}"
       except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
         last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+      except (ValueError, KeyError, IndexError, TypeError) as e:  # JSONDecodeError included
+        last = f"malformed response ({type(e).__name__}: {e}): {raw[:200]!r}"
     raise LLMError(f"POST {url} failed after {self.max_retries + 1} attempts (last: {last}).")
 
   def truncate(self, text: str, max_tokens: int) -> str:
@@ -247,7 +254,7 @@ class OpenAICompatible:
         body["stop"] = list(stop)
       if seed is not None:
         body["seed"] = seed
-      return self._post("/completions", body)["choices"][0]["text"]
+      return self._post("/completions", body, lambda r: str(r["choices"][0]["text"]))
     return self._map(one, prompts)
 
   def log_likelihood(self, contexts: Sequence[str], continuations: Sequence[str]) -> list[float]:
@@ -258,19 +265,21 @@ class OpenAICompatible:
 
     def one(pair):
       context, continuation = pair
-      choice = self._post("/completions", {"prompt": context + continuation, "max_tokens": 0,
-                                           "echo": True, "logprobs": 1})["choices"][0]
-      lp = choice["logprobs"]
-      return float(sum(v for v, offset in zip(lp["token_logprobs"], lp["text_offset"])
-                       if offset >= len(context) and v is not None))
+      def extract(response):
+        lp = response["choices"][0]["logprobs"]
+        return float(sum(v for v, offset in zip(lp["token_logprobs"], lp["text_offset"],
+                                                strict=True)
+                         if offset >= len(context) and v is not None))
+      return self._post("/completions", {"prompt": context + continuation, "max_tokens": 0,
+                                         "echo": True, "logprobs": 1}, extract)
     return self._map(one, list(zip(contexts, continuations, strict=True)))
 
   def label_logprobs(self, prompts: Sequence[str], labels: Sequence[str]) -> list[dict[str, float]]:
     """Labels absent from the first token's top alternatives get -inf."""
     def one(prompt):
-      choice = self._post("/completions", {"prompt": prompt, "max_tokens": 1, "temperature": 0.0,
-                                           "logprobs": self.top_logprobs})["choices"][0]
-      top = (choice["logprobs"]["top_logprobs"] or [{}])[0]
+      top = self._post("/completions", {"prompt": prompt, "max_tokens": 1, "temperature": 0.0,
+                                        "logprobs": self.top_logprobs},
+                       lambda r: dict((r["choices"][0]["logprobs"]["top_logprobs"] or [{}])[0]))
       return {label: max((v for token, v in top.items() if token.strip() == label.strip()
                           and token.startswith(" ") == label.startswith(" ")), default=-math.inf)
               for label in labels}

@@ -17,7 +17,9 @@ OUTPUT_DIR. LLM calls are cached in OUTPUT_DIR/llm_cache.sqlite and finished rec
 are skipped, so a killed run resumes where it stopped without repeating LLM calls.
 OUTPUT_DIR/summary.json (counts, task-type mix, positive != seed, failures, LLM calls,
 time, corpus counts) and summary.png (score distributions) describe the run;
-failures.jsonl lists passages whose generation failed. Each stage shows a progress bar.
+failures.jsonl lists passages whose generation failed (malformed completions, or an
+LLM call that failed after the backend's retries) or whose scoring failed; a rerun
+tries them again. Each stage shows a progress bar.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from gecko.fret import relabel as relabel_lib
 from gecko.fret import score
 from gecko.fret.cache import LLMCache
 from gecko.fret.corpus import read_corpus
+from gecko.fret.llm import LLMError
 from gecko.fret.shards import ShardWriter
 from gecko.input_format import GECKO
 
@@ -115,9 +118,14 @@ def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6
                           file=sys.stderr):
     seed_index = index_of[g.id]
     passages = [corpus[i] for i in relabel_lib.with_seed(row, seed_index)]
-    record, ql, rc = relabel_lib.relabel(
-        g, passages=passages, seed_passage=corpus[seed_index], scorer=scorer,
-        negative=negative, ranking=ranking, seed=seed, llm_label=f"{llm.name}:{llm.model}")
+    try:
+      record, ql, rc = relabel_lib.relabel(
+          g, passages=passages, seed_passage=corpus[seed_index], scorer=scorer,
+          negative=negative, ranking=ranking, seed=seed, llm_label=f"{llm.name}:{llm.model}")
+    except LLMError as e:  # a scoring call failed for good: reported; a rerun retries it
+      failures.append(generate_lib.Failure(id=g.id, task_type=g.task_type,
+                                           reason=f"scoring failed: {e}", outputs=()))
+      continue
     writer.add(record)
     _collect_scores(scores, record, ql, rc)
   writer.close()
@@ -193,7 +201,8 @@ def _plot(scores: dict[str, list[float]], file: BinaryIO) -> None:
       if values:
         ax.hist(values, bins=30, alpha=0.5, label=f"{part} ({len(values)})")
     ax.set_title({"ql": "QL: log P(query | passage)", "rc": "RC: log P(yes | query, passage)"}[name])
-    ax.legend(fontsize=7)
+    if ax.has_data():
+      ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(file, format="png", dpi=100)
   plt.close(fig)
