@@ -127,6 +127,7 @@ def run(*, output_dir: str, seeds: int, neighbors: int, steps: int, batch_size: 
   from gecko import eval as eval_lib
   from gecko.fret import pipeline
   from gecko.fret.llm import LlamaCpp
+  from gecko.fret.shards import ShardWriter
   start = time.perf_counter()
   os.makedirs(output_dir, exist_ok=True)
   corpus_path = os.path.join(output_dir, "passages.jsonl")
@@ -138,9 +139,7 @@ def run(*, output_dir: str, seeds: int, neighbors: int, steps: int, batch_size: 
   print(f"[2/5] FRet over {seeds} seed passages (N={neighbors}) -> {fret_dir}", file=sys.stderr)
   summary = pipeline.run(corpus_path=corpus_path, output_dir=fret_dir, llm=LlamaCpp(),
                          num_seeds=seeds, num_neighbors=neighbors, shard_size=1000)
-  records = pipeline.read_records(sorted(
-      os.path.join(fret_dir, f) for f in os.listdir(fret_dir)
-      if f.startswith("fret-") and f.endswith(".jsonl")))
+  records = pipeline.read_records(ShardWriter(fret_dir).shards())
 
   data_root, eval_dir = os.path.join(output_dir, "data"), os.path.join(output_dir, "heldout")
   n_train, n_test = split_records(records, data_dir=data_root, eval_dir=eval_dir, corpus=corpus)

@@ -48,6 +48,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from gecko import retrieval
 from gecko.fret import corpus as corpus_lib
 from gecko.fret import generate as generate_lib
+from gecko.fret import label
 from gecko.fret import pipeline as pipeline_lib
 from gecko.fret import relabel as relabel_lib
 from gecko.fret import schema, score
@@ -336,8 +337,8 @@ def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6
                      "convert the plain-text corpus to JSONL ({\"id\", \"text\"} per line).")
   if num_neighbors < 2:
     raise ValueError(f"num_neighbors={num_neighbors} must be at least 2.")
-  for name, value, choices in (("negative", negative, ("lowest", "random")),
-                               ("ranking", ranking, ("rrf", "ql", "rc"))):
+  for name, value, choices in (("negative", negative, label.NEGATIVE_CHOICES),
+                               ("ranking", ranking, label.RANKINGS)):
     if value not in choices:
       raise ValueError(f"{name}={value!r}; use one of {choices}.")
   start = time.perf_counter()
