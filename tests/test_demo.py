@@ -1,0 +1,40 @@
+"""The demo's data plumbing (its full run is `make demo`): the held-out split becomes a
+BEIR task that gecko.eval reads, the rest the gecko_fret task's shards."""
+
+import json
+
+import pytest
+
+from gecko import demo
+from gecko.evaluation import datasets
+
+
+def _record(i):
+  return {"id": f"q{i}", "query": f"question {i}", "seed_id": f"p{i}", "task": "t"}
+
+
+def test_split_records_writes_training_shards_and_a_held_out_beir_task(tmp_path):
+  corpus = [{"id": f"p{i}", "title": f"T{i}", "text": f"passage {i}"} for i in range(40)]
+  records = [_record(i) for i in range(40)]
+  n_train, n_test = demo.split_records(records, data_dir=str(tmp_path / "data"),
+                                       eval_dir=str(tmp_path / "heldout"), corpus=corpus)
+  held = [r["id"] for r in records if demo.held_out(r["id"])]
+  assert (n_train, n_test) == (40 - len(held), len(held)) and 0 < len(held) < 20
+  shard = tmp_path / "data" / "fret" / "fret-00000.jsonl"
+  assert [json.loads(line)["id"] for line in shard.read_text().splitlines()] == [
+      r["id"] for r in records if r["id"] not in held]
+  data = datasets.load_beir(str(tmp_path / "heldout"), split="test")
+  assert sorted(data.queries) == sorted(held) and len(data.corpus) == 40
+  assert all(data.qrels[q] == {f"p{q[1:]}": 1} for q in held)
+  with pytest.raises(ValueError, match="raise --seeds"):
+    demo.split_records(records[:1], data_dir=str(tmp_path / "d2"),
+                       eval_dir=str(tmp_path / "e2"), corpus=corpus)
+
+
+def test_train_command_fine_tunes_minilm_on_fret_with_matryoshka_heads(tmp_path):
+  command = demo.train_command(model_dir="/m", data_dir="/d", steps=30, batch_size=8)
+  assert command[1:3] == ["-m", "gecko.train"]
+  for flag in ("--gin.MIXTURE_OR_TASK_NAME='gecko_fret_only'", "--gin.TRAIN_STEPS=30",
+               "--gin.MATRYOSHKA_DIMS=(128, 384)", "--gin.INIT_FROM='all-MiniLM-L6-v2'",
+               "--gin.TASK_DATA_DIR='/d'", "--gin.BATCH_SIZE=8"):
+    assert flag in command
