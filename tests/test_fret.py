@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gecko.fret import label, schema
-from gecko.fret.cache import LLMCache, call_key
+from gecko.fret.cache import LLMCache, call_key, through
 from gecko.fret.shards import ShardWriter
 
 
@@ -52,10 +52,13 @@ def test_cache_round_trip_keys_and_counts(tmp_path):
                          params={"temperature": 0.7})
   cache = LLMCache(tmp_path / "sub" / "calls.sqlite")
   calls = []
-  compute = lambda: calls.append(1) or {"text": "answer"}  # noqa: E731
-  assert cache.cached(key, compute) == {"text": "answer"}
-  assert cache.cached(key, compute) == {"text": "answer"} and len(calls) == 1
+  compute = lambda missing: calls.append(missing) or [{"text": "answer"}] * len(missing)  # noqa: E731
+  assert through(cache, [key], compute) == [{"text": "answer"}]
+  assert through(cache, [key], compute) == [{"text": "answer"}] and calls == [[0]]
   assert (cache.hits, cache.misses) == (1, 1)
+  other = call_key(backend="llama_cpp", model="m", kind="generate", prompt="q")
+  assert through(cache, [key, other], compute) == [{"text": "answer"}] * 2
+  assert calls == [[0], [1]]  # one batched call for the one missing key
   cache.close()
   assert LLMCache(tmp_path / "sub" / "calls.sqlite").get(key) == {"text": "answer"}
 

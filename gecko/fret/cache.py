@@ -54,14 +54,6 @@ class LLMCache:
     with self._lock:
       self._db.execute("INSERT OR REPLACE INTO calls VALUES (?, ?)", (key, json.dumps(value)))
 
-  def cached(self, key: str, compute: Callable[[], Any]) -> Any:
-    """The cached value for `key`, computing and storing it on a miss."""
-    value = self.get(key)
-    if value is None:
-      value = compute()
-      self.put(key, value)
-    return value
-
   def __len__(self) -> int:
     with self._lock:
       return self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]

@@ -7,11 +7,12 @@ A few-shot prompt (`gecko/fret/prompts/generate.txt`, or any file with `{passage
   Query: <query>
 
 `parse` is strict (both lines present, non-empty, bounded length, the query neither a
-copy of the passage nor of a few-shot example). A malformed completion is retried with a new sampling seed, up
-to `attempts` times, then recorded as a `Failure` (with every raw output), never as
-data; so is a passage whose LLM call failed for good (`LLMError`, after the
-backend's own retries), and a rerun tries it again. Each passage gets a task type drawn from `task_types` by a hash of (seed, id),
-so the mix is diverse and the same on every run. LLM calls go through the cache.
+copy of the passage nor of a few-shot example). A malformed completion is retried with
+a new sampling seed, up to `attempts` times, then recorded as a `Failure` (with every
+raw output), never as data; so is a passage whose LLM call failed for good
+(`LLMError`, after the backend's own retries), and a rerun tries it again. Each
+passage gets a task type drawn from `task_types` by a hash of (seed, id), so the mix is
+diverse and the same on every run. LLM calls go through the cache.
 """
 
 from __future__ import annotations
