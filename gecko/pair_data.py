@@ -59,7 +59,7 @@ class PairBatches:
     process_index, process_count: This process's share of each global batch.
   """
 
-  def __init__(self, *, tokenizer: tokenization.WordPieceTokenizer, batch_size: int,
+  def __init__(self, *, tokenizer: tokenization.Tokenizer, batch_size: int,
                query_length: int = 64, passage_length: int = 64,
                records: Sequence[dict[str, str]] | None = None, path: str | None = None,
                query_prompt: str | None = None, passage_prompt: str | None = None,

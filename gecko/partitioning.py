@@ -1,11 +1,11 @@
 """Device mesh and logical-axis rules: parameters and batches onto named mesh axes.
 
-Logical names (on every parameter, see `gecko.models.bert`) map to mesh axes:
+Logical names (on every parameter, see `gecko.models.bert` and `gecko.models.t5`) map to mesh axes:
 
   batch -> (data, fsdp)      examples split over data-parallel and FSDP replicas
   embed -> fsdp              parameters sharded FSDP-style along the model width
   vocab, mlp, heads -> model tensor (model) parallelism
-  kv, length, type, projection -> replicated
+  kv, length, type, projection, relpos_buckets, layers -> replicated
 
 A mesh axis of size 1 costs nothing, so one rule set serves 1 CPU to a TPU pod.
 """
@@ -35,6 +35,8 @@ def standard_logical_axis_rules(additional_rules: Rules = ()) -> tuple:
       ("length", None),
       ("type", None),
       ("projection", None),
+      ("relpos_buckets", None),
+      ("layers", None),
   )
 
 

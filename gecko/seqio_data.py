@@ -51,7 +51,7 @@ class SeqioBatches:
     process_index, process_count: This process's share of each global batch.
   """
 
-  def __init__(self, *, mixture_or_task_name: str, tokenizer: tokenization.WordPieceTokenizer,
+  def __init__(self, *, mixture_or_task_name: str, tokenizer: tokenization.Tokenizer,
                batch_size: int, query_length: int = 64, passage_length: int = 64,
                data_dir: str | None = None, tfds_data_dir: str | None = None,
                input_format: InputFormat = GECKO, fret_positive: str = "llm",
@@ -149,7 +149,7 @@ class SeqioBatches:
     return next(self._iterator)
 
 
-def _check_vocabulary(task, tokenizer: tokenization.WordPieceTokenizer) -> None:
+def _check_vocabulary(task, tokenizer: tokenization.Tokenizer) -> None:
   vocabulary = task.output_features["query"].vocabulary
   theirs = getattr(vocabulary, "tokenizer", None)
   if theirs is None or theirs.vocab != tokenizer.vocab or theirs.lowercase != tokenizer.lowercase:

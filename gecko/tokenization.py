@@ -1,9 +1,12 @@
-"""The backbone's WordPiece tokenizer in plain Python (no TensorFlow).
+"""The backbones' tokenizers in plain Python (no TensorFlow).
 
-`WordPieceTokenizer` wraps the Rust `tokenizers` library with the exact BERT
+`WordPieceTokenizer` (BERT, MiniLM) wraps the Rust `tokenizers` library with the exact BERT
 normalisation of the checkpoint (lower-casing, accent stripping, CJK splitting) and
 truncates to `max_length` *including* `[CLS]` and `[SEP]`, as sentence-transformers
 does. `gecko.vocabularies.WordPieceVocabulary` gives the same ids inside `tf.data`.
+`SentencePieceTokenizer` (T5) encodes with the checkpoint's `spiece.model` and appends
+`</s>`, as Hugging Face's T5 tokenizer does. `from_pretrained` picks the one a model
+directory holds.
 """
 
 from __future__ import annotations
@@ -29,7 +32,36 @@ def read_vocab(path: PathLike) -> list[str]:
   return tokens
 
 
-class WordPieceTokenizer:
+class Tokenizer:
+  """What the models need of a tokenizer: ids ending in `eos`, padding, saving."""
+
+  max_length: int
+  pad_id: int
+  vocab: list[str]
+  lowercase: bool
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    raise NotImplementedError
+
+  def save(self, directory: PathLike) -> None:
+    raise NotImplementedError
+
+  def pad(self, ids: Sequence[Sequence[int]], length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pads id lists to `[len(ids), length]`; returns (ids, mask) as int32.
+
+    Longer lists are cut to `length`, keeping their final token (`[SEP]`, `</s>`).
+    """
+    out = np.full((len(ids), length), self.pad_id, dtype=np.int32)
+    mask = np.zeros((len(ids), length), dtype=np.int32)
+    for row, seq in enumerate(ids):
+      if len(seq) > length:
+        seq = list(seq[:length - 1]) + [seq[-1]]
+      out[row, :len(seq)] = seq
+      mask[row, :len(seq)] = 1
+    return out, mask
+
+
+class WordPieceTokenizer(Tokenizer):
   """BERT WordPiece tokenization to model-ready ids `[CLS] ... [SEP]`.
 
   Args:
@@ -101,20 +133,6 @@ class WordPieceTokenizer:
     """Token ids per text, each `[CLS] wordpieces... [SEP]`, at most `max_length` long."""
     return [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=True)]
 
-  def pad(self, ids: Sequence[Sequence[int]], length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pads id lists to `[len(ids), length]`; returns (ids, mask) as int32.
-
-    Longer lists are cut to `length`, keeping their final `[SEP]`.
-    """
-    out = np.full((len(ids), length), self.pad_id, dtype=np.int32)
-    mask = np.zeros((len(ids), length), dtype=np.int32)
-    for row, seq in enumerate(ids):
-      if len(seq) > length:
-        seq = list(seq[:length - 1]) + [seq[-1]]
-      out[row, :len(seq)] = seq
-      mask[row, :len(seq)] = 1
-    return out, mask
-
   def save(self, directory: PathLike) -> None:
     """Writes `vocab.txt` and `tokenizer_config.json` (enough to rebuild this tokenizer)."""
     os.makedirs(directory, exist_ok=True)
@@ -122,3 +140,54 @@ class WordPieceTokenizer:
       f.write("\n".join(self.vocab) + "\n")
     with open(os.path.join(directory, "tokenizer_config.json"), "w", encoding="utf-8") as f:
       json.dump({"do_lower_case": self.lowercase, "model_max_length": self.max_length}, f)
+
+
+class SentencePieceTokenizer(Tokenizer):
+  """T5's SentencePiece tokenization to model-ready ids `pieces... </s>`.
+
+  Args:
+    model_file: The checkpoint's `spiece.model`.
+    max_length: Maximum ids per text including `</s>`; longer texts are truncated.
+  """
+
+  MODEL_FILE = "spiece.model"
+
+  def __init__(self, *, model_file: PathLike, max_length: int):
+    import sentencepiece  # a seqio dependency
+
+    if max_length < 2:
+      raise ValueError(f"max_length must be at least 2 (a piece and </s>), got {max_length}.")
+    self.model_file = os.fspath(model_file)
+    if not os.path.exists(self.model_file):
+      raise FileNotFoundError(f"SentencePiece model not found: {self.model_file!r}.")
+    self._sp = sentencepiece.SentencePieceProcessor(model_file=self.model_file)
+    self.max_length = int(max_length)
+    self.lowercase = False
+    self.vocab = [self._sp.id_to_piece(i) for i in range(self._sp.get_piece_size())]
+    self.pad_id, self.eos_id, self.unk_id = self._sp.pad_id(), self._sp.eos_id(), self._sp.unk_id()
+    if self.pad_id < 0 or self.eos_id < 0:
+      raise ValueError(f"{self.model_file}: the SentencePiece model defines no pad or eos id "
+                       f"(pad={self.pad_id}, eos={self.eos_id}); T5 models use pad=0, eos=1.")
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids per text, each `pieces... </s>`, at most `max_length` long."""
+    return [ids[:self.max_length - 1] + [self.eos_id]
+            for ids in self._sp.encode(list(texts), out_type=int)]
+
+  def save(self, directory: PathLike) -> None:
+    """Copies `spiece.model` and writes `tokenizer_config.json`."""
+    import shutil
+    os.makedirs(directory, exist_ok=True)
+    target = os.path.join(directory, self.MODEL_FILE)
+    if os.path.abspath(target) != os.path.abspath(self.model_file):
+      shutil.copyfile(self.model_file, target)
+    with open(os.path.join(directory, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+      json.dump({"model_max_length": self.max_length}, f)
+
+
+def from_pretrained(model_dir: PathLike, *, max_length: int) -> Tokenizer:
+  """The tokenizer a model directory holds: `spiece.model` (T5), else WordPiece."""
+  spiece = os.path.join(os.fspath(model_dir), SentencePieceTokenizer.MODEL_FILE)
+  if os.path.exists(spiece):
+    return SentencePieceTokenizer(model_file=spiece, max_length=max_length)
+  return WordPieceTokenizer.from_pretrained(model_dir, max_length=max_length)

@@ -32,9 +32,10 @@ def test_split_records_writes_training_shards_and_a_held_out_beir_task(tmp_path)
 
 
 def test_train_command_fine_tunes_minilm_on_fret_with_matryoshka_heads(tmp_path):
-  command = demo.train_command(model_dir="/m", data_dir="/d", steps=30, batch_size=8)
+  command = demo.train_command(model_dir="/m", data_dir="/d", steps=30, batch_size=8,
+                               learning_rate=2e-5)
   assert command[1:3] == ["-m", "gecko.train"]
   for flag in ("--gin.MIXTURE_OR_TASK_NAME='gecko_fret_only'", "--gin.TRAIN_STEPS=30",
                "--gin.MATRYOSHKA_DIMS=(128, 384)", "--gin.INIT_FROM='all-MiniLM-L6-v2'",
-               "--gin.TASK_DATA_DIR='/d'", "--gin.BATCH_SIZE=8"):
+               "--gin.TASK_DATA_DIR='/d'", "--gin.BATCH_SIZE=8", "--gin.LEARNING_RATE=2e-05"):
     assert flag in command

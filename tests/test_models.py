@@ -1,5 +1,7 @@
 """The Flax backbone and dual-encoder head: axis names, pooling, Matryoshka, gin sizes."""
 
+import dataclasses
+
 import flax.linen as nn
 import gin
 import jax
@@ -8,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from gecko.models import bert, dual_encoder, embedder
+from gecko.models import bert, dual_encoder, embedder, t5
 
 TINY = bert.BertConfig(vocab_size=50, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64,
                        max_length=32, dropout_rate=0.0)
@@ -78,13 +80,21 @@ def test_bad_sizes_are_rejected_with_the_value():
     _init(dual_encoder.DualEncoder(backbone=TINY), length=40)
 
 
-def test_remat_gives_the_same_outputs_and_gradients():
+@pytest.mark.parametrize("backbone", [
+    dataclasses.replace(TINY, dropout_rate=0.1),
+    t5.T5Config(vocab_size=64, hidden_size=16, num_layers=2, num_heads=2, head_dim=8, mlp_dim=24,
+                dropout_rate=0.1)], ids=["bert", "t5"])
+def test_remat_gives_the_same_outputs_and_gradients_with_dropout(backbone):
   ids = jnp.array([[2, 5, 6, 3], [2, 8, 3, 0]], jnp.int32)
   mask = (ids > 0).astype(jnp.int32)
-  plain = dual_encoder.DualEncoder(backbone=TINY, embed_dim=16)
-  remat = dual_encoder.DualEncoder(backbone=TINY, embed_dim=16, remat=True)
+  plain = dual_encoder.DualEncoder(backbone=backbone, embed_dim=16)
+  remat = dual_encoder.DualEncoder(backbone=backbone, embed_dim=16, remat=True)
   params = embedder.init_params(plain)
-  loss = lambda m: lambda p: jnp.sum(m.apply({"params": p}, ids, mask)[:, 0])  # noqa: E731
+
+  def loss(model):
+    return lambda p: jnp.sum(model.apply({"params": p}, ids, mask, deterministic=False,
+                                         rngs={"dropout": jax.random.key(1)})[:, 0])
+
   np.testing.assert_allclose(jax.grad(loss(plain))(params)["projection"]["kernel"],
                              jax.grad(loss(remat))(params)["projection"]["kernel"], atol=1e-6)
 

@@ -208,7 +208,7 @@ class BertEncoder(nn.Module):
       token_type_ids = jnp.zeros_like(input_ids)
     x = Embeddings(cfg, name="embeddings")(input_ids, token_type_ids, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-    layer_cls = nn.remat(EncoderLayer, static_argnums=(-1,)) if self.remat else EncoderLayer
+    layer_cls = nn.remat(EncoderLayer, static_argnums=(3,)) if self.remat else EncoderLayer
     for i in range(cfg.num_layers):
       x = layer_cls(cfg, name=f"layer_{i}")(x, mask, deterministic)
     return x

@@ -1,8 +1,11 @@
-"""Import Hugging Face BERT weights (safetensors only, never pickle) into the Flax tree.
+"""Import Hugging Face encoder weights (safetensors only, never pickle) into the Flax tree.
 
-The mapping is explicit, one line per parameter (`_bert_key_map`). Every HF tensor is
+Two families: BERT (`BertModel`, e.g. MiniLM) and T5 v1.1 (`T5EncoderModel`, or the
+encoder half of `T5ForConditionalGeneration`, e.g. t5-v1_1-xl, GTR-XL). The mapping is
+explicit, one line per parameter (`_bert_key_map`, `_t5_key_map`). Every HF tensor is
 checked against the shape `jax.eval_shape` gives for our module; a mismatch names the
-key, the expected shape and the found shape.
+key, the expected shape and the found shape. Sharded checkpoints
+(`model.safetensors.index.json`) are read shard by shard.
 """
 
 from __future__ import annotations
@@ -15,15 +18,19 @@ from typing import Any
 import numpy as np
 from safetensors import numpy as safetensors_numpy
 
-from gecko.models import bert
+from gecko.models import bert, t5
 
 PathLike = str | os.PathLike
 Params = dict[str, Any]
+Config = bert.BertConfig | t5.T5Config
 # HF tensor -> Flax array, given the config (transposes and head splits).
-Transform = Callable[[np.ndarray, bert.BertConfig], np.ndarray]
+Transform = Callable[[np.ndarray, Config], np.ndarray]
+KeyMap = dict[str, tuple[tuple[str | int, ...], Transform]]
 
 # Checkpoint tensors that have no counterpart in the encoder and are skipped.
-_IGNORED_PREFIXES = ("pooler.", "embeddings.position_ids", "cls.")
+_BERT_IGNORED = ("pooler.", "embeddings.position_ids", "cls.")
+_T5_IGNORED = ("decoder.", "lm_head.", "encoder.embed_tokens.")  # embed_tokens is `shared`
+_BERT_TYPES = ("bert", "roberta", "xlm-roberta")
 
 
 def _same(w, cfg):
@@ -46,7 +53,7 @@ def _attn_out_kernel(w, cfg):  # [embed, heads*kv] -> [heads, kv, embed]
   return w.T.reshape(cfg.num_heads, cfg.head_dim, cfg.hidden_size)
 
 
-def _bert_key_map(cfg: bert.BertConfig) -> dict[str, tuple[tuple[str, ...], Transform]]:
+def _bert_key_map(cfg: bert.BertConfig) -> KeyMap:
   """HF key (without any `bert.` prefix) -> (path in our encoder tree, transform)."""
   mapping = {
       "embeddings.word_embeddings.weight": (("embeddings", "word_embeddings"), _same),
@@ -75,14 +82,56 @@ def _bert_key_map(cfg: bert.BertConfig) -> dict[str, tuple[tuple[str, ...], Tran
   return mapping
 
 
-def config_from_hf(config_path: PathLike) -> bert.BertConfig:
-  """A `BertConfig` from a Hugging Face `config.json` (BERT family only)."""
+def _t5_key_map(cfg: t5.T5Config) -> KeyMap:
+  """HF `T5EncoderModel` key -> (path in our encoder tree, transform).
+
+  Our blocks are scanned: block i's parameters are row i of arrays stacked along a
+  leading `layers` axis, so a per-block path ends in the integer index `i`
+  (`encoder_params_from_tensors` stacks them).
+  """
+  mapping = {
+      "shared.weight": (("token_embedder",), _same),
+      "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight":
+          (("relative_bias", "rel_embedding"), _same),
+      "encoder.final_layer_norm.weight": (("final_norm", "scale"), _same),
+  }
+  for i in range(cfg.num_layers):
+    hf, ours = f"encoder.block.{i}.layer.", ("layers",)
+    att = ours + ("attention",)
+    for hf_name, name in (("q", "query"), ("k", "key"), ("v", "value")):
+      mapping[f"{hf}0.SelfAttention.{hf_name}.weight"] = (att + (name, "kernel", i), _qkv_kernel)
+    mapping[f"{hf}0.SelfAttention.o.weight"] = (att + ("output", "kernel", i), _attn_out_kernel)
+    mapping[f"{hf}0.layer_norm.weight"] = (ours + ("attention_norm", "scale", i), _same)
+    for name in ("wi_0", "wi_1", "wo"):
+      mapping[f"{hf}1.DenseReluDense.{name}.weight"] = (ours + ("mlp", name, "kernel", i), _linear)
+    mapping[f"{hf}1.layer_norm.weight"] = (ours + ("mlp_norm", "scale", i), _same)
+  return mapping
+
+
+def _t5_config(hf: Mapping[str, Any], path: str) -> t5.T5Config:
+  proj = hf.get("feed_forward_proj", "relu")
+  if proj != "gated-gelu":
+    raise ValueError(f"{path}: feed_forward_proj={proj!r} is not supported; the T5 backbone is "
+                     "the v1.1 layout (gated-gelu: t5-v1_1-*, GTR, sentence-T5, Flan-T5).")
+  return t5.T5Config(
+      vocab_size=hf["vocab_size"], hidden_size=hf["d_model"], num_layers=hf["num_layers"],
+      num_heads=hf["num_heads"], head_dim=hf["d_kv"], mlp_dim=hf["d_ff"],
+      relative_buckets=hf.get("relative_attention_num_buckets", 32),
+      relative_max_distance=hf.get("relative_attention_max_distance", 128),
+      layer_norm_eps=hf.get("layer_norm_epsilon", 1e-6), dropout_rate=hf.get("dropout_rate", 0.1),
+      max_length=int(hf.get("n_positions", 512)))
+
+
+def config_from_hf(config_path: PathLike) -> Config:
+  """The backbone sizes from a Hugging Face `config.json` (BERT family or T5 v1.1)."""
   with open(config_path, encoding="utf-8") as f:
     hf = json.load(f)
   model_type = hf.get("model_type", "bert")
-  if model_type not in ("bert", "roberta", "xlm-roberta"):
-    raise ValueError(f"{os.fspath(config_path)}: model_type={model_type!r} is not a BERT-family "
-                     "encoder; only bert-style checkpoints can be imported.")
+  if model_type == "t5":
+    return _t5_config(hf, os.fspath(config_path))
+  if model_type not in _BERT_TYPES:
+    raise ValueError(f"{os.fspath(config_path)}: model_type={model_type!r} is neither a BERT-family "
+                     "encoder nor T5; only those checkpoints can be imported.")
   if hf.get("hidden_act", "gelu") != "gelu":
     raise ValueError(f"{os.fspath(config_path)}: hidden_act={hf['hidden_act']!r} is not supported "
                      "(the backbone uses exact GELU).")
@@ -104,6 +153,25 @@ def read_safetensors(path: PathLike) -> dict[str, np.ndarray]:
   return safetensors_numpy.load_file(os.fspath(path))
 
 
+def read_checkpoint(model_dir: PathLike) -> dict[str, np.ndarray]:
+  """The tensors of `model.safetensors`, or of every shard its `.index.json` names."""
+  model_dir = os.fspath(model_dir)
+  index = os.path.join(model_dir, "model.safetensors.index.json")
+  if not os.path.exists(index):
+    return read_safetensors(os.path.join(model_dir, "model.safetensors"))
+  with open(index, encoding="utf-8") as f:
+    shards = sorted(set(json.load(f)["weight_map"].values()))
+  tensors: dict[str, np.ndarray] = {}
+  for shard in shards:
+    tensors.update(read_safetensors(os.path.join(model_dir, shard)))
+  return tensors
+
+
+def has_checkpoint(model_dir: PathLike) -> bool:
+  return any(os.path.exists(os.path.join(os.fspath(model_dir), name))
+             for name in ("model.safetensors", "model.safetensors.index.json"))
+
+
 def _set(tree: Params, path: tuple[str, ...], value: np.ndarray) -> None:
   for key in path[:-1]:
     tree = tree.setdefault(key, {})
@@ -116,13 +184,14 @@ def _get(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
   return tree
 
 
-def bert_params_from_tensors(tensors: Mapping[str, np.ndarray], *, config: bert.BertConfig,
-                             expected: Mapping[str, Any]) -> Params:
-  """Maps HF BERT tensors onto the encoder's parameter tree.
+def encoder_params_from_tensors(tensors: Mapping[str, np.ndarray], *, config: Config,
+                                expected: Mapping[str, Any]) -> Params:
+  """Maps HF BERT or T5 tensors onto the encoder's parameter tree.
 
   Args:
-    tensors: HF names -> arrays (a `bert.` prefix, if present, is stripped).
-    config: The backbone sizes.
+    tensors: HF names -> arrays (a BERT `bert.` prefix, if present, is stripped; a T5
+      checkpoint's decoder and LM head are skipped).
+    config: The backbone sizes (its type selects the family).
     expected: The encoder's abstract parameter tree (from `jax.eval_shape`), used
       to check every shape.
 
@@ -132,20 +201,29 @@ def bert_params_from_tensors(tensors: Mapping[str, np.ndarray], *, config: bert.
   Raises:
     ValueError: a tensor is missing, unexpected, or has the wrong shape.
   """
-  prefix = "bert." if any(k.startswith("bert.") for k in tensors) else ""
-  tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-  mapping = _bert_key_map(config)
+  if isinstance(config, t5.T5Config):
+    family, prefix, mapping, ignored = "T5", "", _t5_key_map(config), _T5_IGNORED
+    if "shared.weight" not in tensors and "encoder.embed_tokens.weight" in tensors:
+      tensors = {**tensors, "shared.weight": tensors["encoder.embed_tokens.weight"]}
+  else:
+    family, ignored = "BERT", _BERT_IGNORED
+    prefix = "bert." if any(k.startswith("bert.") for k in tensors) else ""
+    tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    mapping = _bert_key_map(config)
   missing = sorted(set(mapping) - set(tensors))
   if missing:
-    raise ValueError(f"Checkpoint lacks {len(missing)} BERT tensors, first {prefix}{missing[0]!r}; "
-                     f"is it a {config.num_layers}-layer BERT checkpoint?")
-  unknown = sorted(k for k in set(tensors) - set(mapping) if not k.startswith(_IGNORED_PREFIXES))
+    raise ValueError(f"Checkpoint lacks {len(missing)} {family} tensors, first "
+                     f"{prefix}{missing[0]!r}; is it a {config.num_layers}-layer {family} checkpoint?")
+  unknown = sorted(k for k in set(tensors) - set(mapping) if not k.startswith(ignored))
   if unknown:
     raise ValueError(f"Checkpoint has tensors the encoder does not use, first {prefix}{unknown[0]!r}; "
                      "check the config.json matches the weights (e.g. num_hidden_layers).")
   params: Params = {}
   for key, (path, transform) in mapping.items():
-    want = tuple(_get(expected, path).shape)
+    row = path[-1] if isinstance(path[-1], int) else None  # a row of a stacked (scanned) array
+    array_path = path[:-1] if row is not None else path
+    want = tuple(_get(expected, array_path).shape)
+    want = want[1:] if row is not None else want
     found = tuple(tensors[key].shape)
     try:
       value = np.asarray(transform(tensors[key], config), dtype=np.float32)
@@ -153,6 +231,14 @@ def bert_params_from_tensors(tensors: Mapping[str, np.ndarray], *, config: bert.
       value = None
     if value is None or value.shape != want:
       raise ValueError(f"Shape mismatch for {prefix}{key}: the encoder expects {want} at "
-                       f"{'/'.join(path)} (after transform), the checkpoint has {found}.")
-    _set(params, path, value)
+                       f"{'/'.join(map(str, path))} (after transform), the checkpoint has {found}.")
+    if row is None:
+      _set(params, path, value)
+    else:
+      try:
+        stacked = _get(params, array_path)
+      except KeyError:
+        stacked = np.empty(_get(expected, array_path).shape, np.float32)
+        _set(params, array_path, stacked)
+      stacked[row] = value
   return params

@@ -15,7 +15,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gecko.models import bert
+from gecko.models import bert, t5
+
+BackboneConfig = bert.BertConfig | t5.T5Config
+# Each backbone's sizes -> the module producing its token states.
+ENCODERS = {bert.BertConfig: bert.BertEncoder, t5.T5Config: t5.T5Encoder}
 
 Array = jax.Array
 
@@ -45,7 +49,8 @@ class DualEncoder(nn.Module):
   """Shared-tower text encoder producing L2-normalised embeddings.
 
   Attributes:
-    backbone: Sizes of the BERT-family backbone.
+    backbone: Sizes of the backbone: a `bert.BertConfig` (MiniLM, BERT) or a
+      `t5.T5Config` (the paper-scale T5 v1.1 XL encoder).
     embed_dim: Output size of a bias-free projection after pooling, or None for no
       projection (an imported sentence-transformers model has none).
     dims: Matryoshka dims, ascending, the last equal to the output size; empty means
@@ -53,7 +58,7 @@ class DualEncoder(nn.Module):
     remat: Rematerialise backbone blocks in the backward pass.
   """
 
-  backbone: bert.BertConfig
+  backbone: BackboneConfig
   embed_dim: int | None = None
   dims: Sequence[int] = ()
   remat: bool = False
@@ -65,7 +70,11 @@ class DualEncoder(nn.Module):
       raise ValueError(
           f"DualEncoder.dims={tuple(self.dims)} must be strictly ascending positive ints "
           f"ending at the output size {out} (e.g. (256, {out})).")
-    self.encoder = bert.BertEncoder(self.backbone, remat=self.remat)
+    encoder_cls = ENCODERS.get(type(self.backbone))
+    if encoder_cls is None:
+      raise TypeError(f"DualEncoder.backbone must be one of {[c.__name__ for c in ENCODERS]}, "
+                      f"got {type(self.backbone).__name__}.")
+    self.encoder = encoder_cls(self.backbone, remat=self.remat)
     if self.embed_dim is not None:
       self.projection = nn.Dense(
           self.embed_dim, use_bias=False, name="projection",

