@@ -11,9 +11,13 @@ r"""The Gecko recipe end to end on one CPU: `make demo` (or `python -m gecko.dem
    query likelihood alone (`--ranking ql`): at 135M parameters SmolLM2's relevance
    classification is close to chance (BENCHMARKS.md), so fusing it in (`--ranking rrf`,
    the paper's choice with its far larger LLM) mostly adds noise and doubles the calls.
-3. The records are split by a hash of their id: a fifth is held out as evaluation
-   queries (relevant passage: the seed the query was written from), the rest is the
-   `gecko_fret` SeqIO task's training data.
+3. The records are split by a hash of their id: a third is held out as evaluation
+   queries, the rest is the `gecko_fret` SeqIO task's training data. A held-out
+   query's relevant passage is FRet's label, the LLM's top-ranked passage
+   (`DocstringQueries`: does the embedder learn the LLM's judgement of relevance on
+   queries it never saw?), and, as a second view, the seed passage the query was
+   written from (`DocstringQueries-seed`). SmolLM2-135M often writes a query that
+   does not fit its seed, so the seed view is the noisier one.
 4. Fine-tuning (`python -m gecko.train`, the command is printed): the real
    all-MiniLM-L6-v2 with the Gecko loss (in-batch + same-tower + hard negatives) and
    Matryoshka heads (128, 384) on the `gecko_fret_only` mixture, for about two
@@ -44,9 +48,10 @@ from gecko.gin_flags import REPO_ROOT
 
 START_MODEL = "all-MiniLM-L6-v2"
 HELD_OUT_TASK = "DocstringQueries"
+HELD_OUT_FRACTION = 3
 
 
-def held_out(record_id: str, *, fraction: int = 5) -> bool:
+def held_out(record_id: str, *, fraction: int = HELD_OUT_FRACTION) -> bool:
   """One record in `fraction` is held out, chosen by a hash of its id."""
   return zlib.crc32(record_id.encode("utf-8")) % fraction == 0
 
@@ -61,7 +66,10 @@ def write_corpus(path: str, *, seed: int = 0) -> list[dict[str, str]]:
 
 def split_records(records: Sequence[dict], *, data_dir: str, eval_dir: str,
                   corpus: Sequence[dict]) -> tuple[int, int]:
-  """Training shards in DATA_DIR/fret; held-out queries as a BEIR task in EVAL_DIR."""
+  """Training shards in DATA_DIR/fret; held-out queries as a BEIR task in EVAL_DIR.
+
+  The BEIR task has two qrels splits: `test` (the FRet positive) and `seed`.
+  """
   from gecko.fret import docstrings
   train = [r for r in records if not held_out(r["id"])]
   test = [r for r in records if held_out(r["id"])]
@@ -75,10 +83,11 @@ def split_records(records: Sequence[dict], *, data_dir: str, eval_dir: str,
                           for p in corpus], os.path.join(eval_dir, "corpus.jsonl"))
   docstrings.write_jsonl([{"_id": r["id"], "text": r["query"]} for r in test],
                          os.path.join(eval_dir, "queries.jsonl"))
-  with open(os.path.join(eval_dir, "qrels", "test.tsv"), "w", encoding="utf-8") as f:
-    f.write("query-id\tcorpus-id\tscore\n")
-    for r in test:
-      f.write(f"{r['id']}\t{r['seed_id']}\t1\n")
+  for split, field in (("test", "positive_id"), ("seed", "seed_id")):
+    with open(os.path.join(eval_dir, "qrels", f"{split}.tsv"), "w", encoding="utf-8") as f:
+      f.write("query-id\tcorpus-id\tscore\n")
+      for r in test:
+        f.write(f"{r['id']}\t{r[field]}\t1\n")
   return len(train), len(test)
 
 
@@ -96,7 +105,8 @@ def train_command(*, model_dir: str, data_dir: str, steps: int, batch_size: int,
 
 def evaluation_tasks(*, eval_dir: str, data_dir: str | None) -> list:
   from gecko.evaluation import tasks
-  out = [tasks.RetrievalTask(name=HELD_OUT_TASK, path=eval_dir)]
+  out = [tasks.RetrievalTask(name=HELD_OUT_TASK, path=eval_dir),
+         tasks.RetrievalTask(name=f"{HELD_OUT_TASK}-seed", path=eval_dir, split="seed")]
   if data_dir:
     standard = tasks.standard_tasks(data_dir)
     out += [standard[name] for name in ("stsb",)

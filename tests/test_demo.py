@@ -10,7 +10,8 @@ from gecko.evaluation import datasets
 
 
 def _record(i):
-  return {"id": f"q{i}", "query": f"question {i}", "seed_id": f"p{i}", "task": "t"}
+  return {"id": f"q{i}", "query": f"question {i}", "seed_id": f"p{i}",
+          "positive_id": f"p{(i + 1) % 40}", "task": "t"}
 
 
 def test_split_records_writes_training_shards_and_a_held_out_beir_task(tmp_path):
@@ -25,7 +26,9 @@ def test_split_records_writes_training_shards_and_a_held_out_beir_task(tmp_path)
       r["id"] for r in records if r["id"] not in held]
   data = datasets.load_beir(str(tmp_path / "heldout"), split="test")
   assert sorted(data.queries) == sorted(held) and len(data.corpus) == 40
-  assert all(data.qrels[q] == {f"p{q[1:]}": 1} for q in held)
+  assert all(data.qrels[q] == {f"p{(int(q[1:]) + 1) % 40}": 1} for q in held)  # FRet's label
+  seed = datasets.load_beir(str(tmp_path / "heldout"), split="seed")
+  assert all(seed.qrels[q] == {f"p{q[1:]}": 1} for q in held)
   with pytest.raises(ValueError, match="raise --seeds"):
     demo.split_records(records[:1], data_dir=str(tmp_path / "d2"),
                        eval_dir=str(tmp_path / "e2"), corpus=corpus)
