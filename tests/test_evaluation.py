@@ -128,6 +128,21 @@ def test_evaluate_writes_mteb_layout_and_markdown_for_every_dim(tmp_path, tiny_m
     eval_lib.evaluate(checkpoint=tiny_model_dir, tasks=["nope"], output_dir=str(tmp_path))
 
 
+def test_tasks_over_the_same_corpus_encode_it_once(tmp_path, tiny_model_dir, monkeypatch):
+  beir = _write_beir(tmp_path / "beir", [("q1", "d1", 1), ("q2", "d2", 1), ("q3", "d3", 1)])
+  (beir / "qrels" / "other.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td2\t1\n")
+  calls = []
+  real = eval_lib.encode
+  monkeypatch.setattr(eval_lib, "encode", lambda texts, **kw: calls.append(len(texts)) or
+                      real(texts, **kw))
+  results = eval_lib.evaluate(
+      checkpoint=tiny_model_dir, output_dir=str(tmp_path / "out"), dims=(24,),
+      tasks=[tasks.RetrievalTask(name="A", path=str(beir)),
+             tasks.RetrievalTask(name="B", path=str(beir), split="other")])
+  assert calls == [3, 3, 1]  # corpus and queries of A; B reuses the corpus, encodes its query
+  assert results["A"][24]["num_queries"] == 3 and results["B"][24]["num_queries"] == 1
+
+
 def test_pair_classification_scores_ap_and_rejects_bad_labels(tmp_path, tiny_model_dir):
   rows = [{"sentence1": "the gecko", "sentence2": "the gecko climbs", "label": 1},
           {"sentence1": "a piano", "sentence2": "embed text", "label": 0},

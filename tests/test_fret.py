@@ -43,6 +43,12 @@ def test_choose_positive_and_negative_by_hand():
   assert (by_rc.positive, by_rc.negative) == (0, 1)
   with pytest.raises(ValueError, match="ranking='bm25'"):
     label.choose(ql, rc, ranking="bm25")
+  # A score the ranking does not use need not be computed; one it uses must be.
+  alone = label.choose(ql, None, ranking="ql")
+  assert (alone.positive, alone.negative) == (1, 0) and alone.rc_ranks == ()
+  assert label.choose(None, rc, ranking="rc").positive == 0
+  with pytest.raises(ValueError, match="needs the RC scores"):
+    label.choose(ql, None, ranking="rrf")
 
 
 def test_cache_round_trip_keys_and_counts(tmp_path):

@@ -19,7 +19,7 @@ The stages are those of `gecko.fret.pipeline`, as transforms, and share its code
   Retrieve     exact top-N: each corpus block is scored against all queries (a side
                input) and the per-block top-N lists are merged per query, so the
                corpus never has to fit on one worker
-  Relabel      QL + RC scores, RRF, positive and hard negative (`gecko.fret.relabel`)
+  Relabel      QL and/or RC scores, ranking, positive and hard negative (`gecko.fret.relabel`)
   Write        fret-SSSSS-of-NNNNN.jsonl (and .tfrecord) shards in OUTPUT_DIR, which the
                `gecko_fret` SeqIO task reads; summary.json / summary.png at the end
 
@@ -359,7 +359,8 @@ def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6
   shards = [m.path for m in FileSystems.match([os.path.join(output_dir, "fret-*.jsonl")])[0]
             .metadata_list]
   records = pipeline_lib.read_records(sorted(shards), open_binary=FileSystems.open)
-  scores = {f"{name}_{part}": [r[f"{part}_{name}"] for r in records]
+  scores = {f"{name}_{part}": [r[f"{part}_{name}"] for r in records
+                                if r[f"{part}_{name}"] is not None]
             for name in ("ql", "rc") for part in ("positive", "negative")}
   summary = pipeline_lib.summarize(
       records, shards=len(shards), failures=counters.get("failures", 0), skipped=0,

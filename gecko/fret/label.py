@@ -21,6 +21,8 @@ import numpy as np
 
 NEGATIVE_CHOICES = ("lowest", "random")
 RANKINGS = ("rrf", "ql", "rc")
+# The LLM scores each ranking needs (the others are not computed).
+NEEDS = {"rrf": ("ql", "rc"), "ql": ("ql",), "rc": ("rc",)}
 
 
 def ranks(scores: Sequence[float]) -> np.ndarray:
@@ -53,27 +55,35 @@ class Labels:
   positive: int
   negative: int
   fused: tuple[float, ...]
-  ql_ranks: tuple[int, ...]
+  ql_ranks: tuple[int, ...]  # () when not computed
   rc_ranks: tuple[int, ...]
 
 
-def choose(ql: Sequence[float], rc: Sequence[float], *, negative: str = "lowest",
+def choose(ql: Sequence[float] | None, rc: Sequence[float] | None, *, negative: str = "lowest",
            rng: np.random.Generator | None = None, ranking: str = "rrf") -> Labels:
   """Positive = top fused neighbour; negative = lowest fused or a random other one.
 
-  `ranking`: "rrf" fuses both rankings; "ql" or "rc" ranks by one score alone. Ties go
-  to the better QL rank, then to the earlier neighbour.
+  `ranking`: "rrf" fuses both rankings; "ql" or "rc" ranks by one score alone (the
+  other may then be None: it is not computed). Ties go to the better QL rank (RC rank
+  when ranking by RC alone), then to the earlier neighbour.
   """
   if negative not in NEGATIVE_CHOICES:
     raise ValueError(f"negative={negative!r}; use one of {NEGATIVE_CHOICES}.")
   if ranking not in RANKINGS:
     raise ValueError(f"ranking={ranking!r}; use one of {RANKINGS}.")
-  if len(ql) < 2:
-    raise ValueError(f"need at least 2 neighbours to pick a positive and a negative, got {len(ql)}.")
-  ql_ranks, rc_ranks = ranks(ql), ranks(rc)
+  missing = [name for name, s in (("ql", ql), ("rc", rc)) if s is None and name in NEEDS[ranking]]
+  if missing:
+    raise ValueError(f"ranking={ranking!r} needs the {missing[0].upper()} scores.")
+  present = ql if ql is not None else rc
+  if len(present) < 2:
+    raise ValueError(f"need at least 2 neighbours to pick a positive and a negative, "
+                     f"got {len(present)}.")
+  ql_ranks = ranks(ql) if ql is not None else None
+  rc_ranks = ranks(rc) if rc is not None else None
   fused = {"rrf": lambda: reciprocal_rank_fusion(ql, rc), "ql": lambda: 1.0 / ql_ranks,
            "rc": lambda: 1.0 / rc_ranks}[ranking]()
-  order = np.lexsort((np.arange(len(fused)), ql_ranks, -fused))  # best first
+  tie_break = ql_ranks if ql_ranks is not None else rc_ranks
+  order = np.lexsort((np.arange(len(fused)), tie_break, -fused))  # best first
   positive = int(order[0])
   if negative == "lowest":
     chosen = int(order[-1])
@@ -81,5 +91,6 @@ def choose(ql: Sequence[float], rc: Sequence[float], *, negative: str = "lowest"
     if rng is None:
       raise ValueError("negative='random' needs an rng (np.random.default_rng(seed)).")
     chosen = int(rng.choice(order[1:]))
+  as_tuple = lambda r: () if r is None else tuple(int(x) for x in r)  # noqa: E731
   return Labels(positive=positive, negative=chosen, fused=tuple(float(f) for f in fused),
-                ql_ranks=tuple(int(r) for r in ql_ranks), rc_ranks=tuple(int(r) for r in rc_ranks))
+                ql_ranks=as_tuple(ql_ranks), rc_ranks=as_tuple(rc_ranks))

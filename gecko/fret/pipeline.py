@@ -147,9 +147,11 @@ def failure_record(failure: generate_lib.Failure) -> dict[str, object]:
           "outputs": list(failure.outputs)}
 
 
-def _collect_scores(scores: dict[str, list[float]], record: dict, ql: list[float],
-                    rc: list[float]) -> None:
+def _collect_scores(scores: dict[str, list[float]], record: dict, ql: list[float] | None,
+                    rc: list[float] | None) -> None:
   for name, values in (("ql", ql), ("rc", rc)):
+    if values is None:  # not computed under this ranking
+      continue
     scores[f"{name}_positive"].append(record[f"positive_{name}"])
     scores[f"{name}_negative"].append(record[f"negative_{name}"])
     scores[f"{name}_all"].extend(values)

@@ -30,13 +30,19 @@ def record_rng(seed: int, record_id: str) -> np.random.Generator:
   return np.random.default_rng([seed, zlib.crc32(record_id.encode("utf-8"))])
 
 
+def _at(scores: Sequence[float] | None, index: int) -> float | None:
+  return None if scores is None else scores[index]
+
+
 def relabel(generated: Generated, *, passages: Sequence[Mapping[str, str]],
             seed_passage: Mapping[str, str], scorer, negative: str, ranking: str, seed: int,
-            llm_label: str) -> tuple[dict[str, object], list[float], list[float]]:
+            llm_label: str) -> tuple[dict[str, object], list[float] | None, list[float] | None]:
   """The FRet record for `generated` over its candidate `passages` (the seed among
-  them), with every passage's QL and RC scores."""
-  ql = scorer.ql(generated.query, passages)
-  rc = scorer.rc(generated.task, generated.query, passages)
+  them), with every passage's QL and RC scores; a score the ranking does not use is
+  not computed (None, and None in the record)."""
+  needs = label_lib.NEEDS[ranking] if ranking in label_lib.NEEDS else ()
+  ql = scorer.ql(generated.query, passages) if "ql" in needs else None
+  rc = scorer.rc(generated.task, generated.query, passages) if "rc" in needs else None
   chosen = label_lib.choose(ql, rc, negative=negative, ranking=ranking,
                            rng=record_rng(seed, generated.id))
   pos, neg = passages[chosen.positive], passages[chosen.negative]
@@ -47,7 +53,7 @@ def relabel(generated: Generated, *, passages: Sequence[Mapping[str, str]],
       "positive_id": pos["id"], "positive_title": pos["title"], "positive_text": pos["text"],
       "negative_id": neg["id"], "negative_title": neg["title"], "negative_text": neg["text"],
       "positive_is_seed": pos["id"] == seed_passage["id"],
-      "positive_ql": ql[chosen.positive], "positive_rc": rc[chosen.positive],
-      "negative_ql": ql[chosen.negative], "negative_rc": rc[chosen.negative],
+      "positive_ql": _at(ql, chosen.positive), "positive_rc": _at(rc, chosen.positive),
+      "negative_ql": _at(ql, chosen.negative), "negative_rc": _at(rc, chosen.negative),
       "llm": llm_label}
   return record, ql, rc

@@ -32,6 +32,9 @@ FIELDS: dict[str, type] = {
     "llm": str,
 }
 
+# LLM scores; None when the run's ranking did not compute it (e.g. RC under ranking='ql').
+OPTIONAL = frozenset({"positive_ql", "positive_rc", "negative_ql", "negative_rc"})
+
 # What the FRet SeqIO task needs (the seed passage serves the "seed-labelled" ablation).
 TRAINING_FIELDS = ("task", "query", "seed_title", "seed_text", "positive_title",
                    "positive_text", "negative_title", "negative_text")
@@ -43,6 +46,8 @@ def problems(record: Mapping[str, object], *, fields=tuple(FIELDS)) -> list[str]
   for name in fields:
     if name not in record:
       out.append(f"missing field {name!r}")
+    elif record[name] is None and name in OPTIONAL:
+      continue
     elif FIELDS[name] is float and isinstance(record[name], (int, float)):
       continue
     elif not isinstance(record[name], FIELDS[name]):
@@ -68,4 +73,5 @@ def tf_example(record: Mapping[str, object]) -> bytes:
       return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
     return tf.train.Feature(float_list=tf.train.FloatList(value=[float(value)]))
   return tf.train.Example(features=tf.train.Features(feature={
-      k: feature(v) for k, v in record.items() if k in FIELDS})).SerializeToString()
+      k: feature(v) for k, v in record.items() if k in FIELDS and v is not None})
+  ).SerializeToString()

@@ -1,0 +1,77 @@
+"""The FRet domain-adaptation experiment end to end at toy size (real SmolLM2, real
+MiniLM, real training and evaluation), so that the script behind EXPERIMENTS.md
+cannot rot."""
+
+import json
+
+import pytest
+
+from gecko import domain_adaptation
+from gecko.evaluation import datasets
+from gecko.fret import docstrings, schema
+
+
+@pytest.fixture(scope="module")
+def beir_corpus(tmp_path_factory):
+  """A BEIR directory: 40 docstring passages, 4 test queries with their qrels."""
+  root = tmp_path_factory.mktemp("beir")
+  passages = docstrings.passages(limit=40)
+  docstrings.write_jsonl([{"_id": p["id"], "title": p["title"], "text": p["text"]}
+                          for p in passages], str(root / "corpus.jsonl"))
+  queries = [{"_id": f"t{i}", "text": f"what does {p['title']} do"}
+             for i, p in enumerate(passages[:4])]
+  docstrings.write_jsonl(queries, str(root / "queries.jsonl"))
+  (root / "qrels").mkdir()
+  (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+      f"t{i}\t{p['id']}\t1\n" for i, p in enumerate(passages[:4])))
+  return root
+
+
+def _run(corpus, out, variant, **overrides):
+  args = dict(corpus_dir=str(corpus), output_dir=str(out), variant=variant, seed=0,
+              passages=15, neighbors=3, steps=2, batch_size=4, learning_rate=2e-5,
+              sts_dir=None)
+  return domain_adaptation.run(**{**args, **overrides})
+
+
+def test_experiment_rows_and_report_end_to_end(beir_corpus, tmp_path):
+  main = _run(beir_corpus, tmp_path, "main")
+  assert main["records"] >= 10 and main["train"] + main["dev"] == main["records"]
+  assert set(main["scores"]) == {"test@256", "test@384", "dev@256", "dev@384"}
+  assert all(0.0 <= v <= 1.0 for v in main["scores"].values())
+  # The dev set is carved from the generated queries, relevant passage = FRet's label;
+  # the corpus's own test queries never reach training or dev.
+  records = {json.loads(line)["id"]: json.loads(line) for line in
+             (tmp_path / "fret_rrf_lowest" / "fret-00000.jsonl").read_text().splitlines()}
+  dev = datasets.load_beir(str(tmp_path / "dev" / "fret_rrf_lowest"), split="test")
+  assert dev.qrels and all(dev.qrels[q] == {records[q]["positive_id"]: 1} for q in dev.qrels)
+  train = (tmp_path / "data" / "fret_rrf_lowest" / "fret" / "fret-00000.jsonl").read_text()
+  assert not set(dev.qrels) & {json.loads(line)["id"] for line in train.splitlines()}
+  assert "what does" not in train
+
+  # A ranking variant relabels the same queries from the base run's cache: no LLM call.
+  ql = _run(beir_corpus, tmp_path, "ql")
+  summary = json.loads((tmp_path / "fret_ql_lowest" / "summary.json").read_text())
+  assert summary["llm_calls_this_run"] == 0 and ql["records"] == main["records"]
+  ql_records = [json.loads(line) for line in
+                (tmp_path / "fret_ql_lowest" / "fret-00000.jsonl").read_text().splitlines()]
+  assert all(r["positive_rc"] is None and isinstance(r["positive_ql"], float)  # RC unused
+             and not schema.problems(r) for r in ql_records)
+  assert "--gin_file=gin/experiments/fret_adaptation.gin" in ql["command"]
+
+  start = _run(beir_corpus, tmp_path, "start")
+  assert set(start["scores_plain_format"]) == {"test@384"}
+
+  table = domain_adaptation.report(str(tmp_path))
+  assert [line.split(" | ")[0] for line in table.splitlines()[2:]] == [
+      "| start", "| main", "| ql"]
+  assert (tmp_path / "results.md").read_text() == table and (tmp_path / "results.png").exists()
+
+
+def test_bad_inputs_are_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match="BEIR directory"):
+    domain_adaptation.write_corpus(str(tmp_path), str(tmp_path / "c.jsonl"))
+  with pytest.raises(ValueError, match="Unknown variant 'best'"):
+    _run(tmp_path, tmp_path, "best")
+  with pytest.raises(FileNotFoundError, match="run the variants first"):
+    domain_adaptation.report(str(tmp_path))
