@@ -103,10 +103,7 @@ def memory_report(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW, batc
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
   mesh = partitioning.make_mesh(mesh_axes)
-  shards = int(mesh.shape["data"] * mesh.shape["fsdp"])
-  if batch_size % shards:
-    raise ValueError(f"batch_size={batch_size} must be divisible by data x fsdp = {shards} "
-                     f"(mesh {dict(mesh.shape)}).")
+  partitioning.check_batch_size(batch_size, mesh)
   loss.check_dims(model.matryoshka_dims)
   rules = partitioning.standard_logical_axis_rules(additional_axis_rules)
   tx = optimizer.transformation()

@@ -41,9 +41,9 @@ import random
 import subprocess
 import sys
 import time
-import zlib
 from collections.abc import Sequence
 
+from gecko.fret import heldout
 from gecko.gin_flags import REPO_ROOT
 
 START_MODEL = "all-MiniLM-L6-v2"
@@ -51,9 +51,9 @@ HELD_OUT_TASK = "DocstringQueries"
 HELD_OUT_FRACTION = 3
 
 
-def held_out(record_id: str, *, fraction: int = HELD_OUT_FRACTION) -> bool:
-  """One record in `fraction` is held out, chosen by a hash of its id."""
-  return zlib.crc32(record_id.encode("utf-8")) % fraction == 0
+def held_out(record_id: str) -> bool:
+  """One record in HELD_OUT_FRACTION is held out, chosen by a hash of its id."""
+  return heldout.is_held_out(record_id, fraction=HELD_OUT_FRACTION)
 
 
 def write_corpus(path: str, *, seed: int = 0) -> list[dict[str, str]]:
@@ -70,25 +70,9 @@ def split_records(records: Sequence[dict], *, data_dir: str, eval_dir: str,
 
   The BEIR task has two qrels splits: `test` (the FRet positive) and `seed`.
   """
-  from gecko.fret import docstrings
-  train = [r for r in records if not held_out(r["id"])]
-  test = [r for r in records if held_out(r["id"])]
-  if not train or not test:
-    raise ValueError(f"{len(records)} FRet records give {len(train)} to train on and "
-                     f"{len(test)} to evaluate; raise --seeds.")
-  os.makedirs(os.path.join(data_dir, "fret"), exist_ok=True)
-  docstrings.write_jsonl(train, os.path.join(data_dir, "fret", "fret-00000.jsonl"))
-  os.makedirs(os.path.join(eval_dir, "qrels"), exist_ok=True)
-  docstrings.write_jsonl([{"_id": p["id"], "title": p["title"], "text": p["text"]}
-                          for p in corpus], os.path.join(eval_dir, "corpus.jsonl"))
-  docstrings.write_jsonl([{"_id": r["id"], "text": r["query"]} for r in test],
-                         os.path.join(eval_dir, "queries.jsonl"))
-  for split, field in (("test", "positive_id"), ("seed", "seed_id")):
-    with open(os.path.join(eval_dir, "qrels", f"{split}.tsv"), "w", encoding="utf-8") as f:
-      f.write("query-id\tcorpus-id\tscore\n")
-      for r in test:
-        f.write(f"{r['id']}\t{r[field]}\t1\n")
-  return len(train), len(test)
+  return heldout.split_records(records, fraction=HELD_OUT_FRACTION, data_dir=data_dir,
+                               eval_dir=eval_dir, corpus=corpus, hint="--seeds",
+                               qrels={"test": "positive_id", "seed": "seed_id"})
 
 
 def train_command(*, model_dir: str, data_dir: str, steps: int, batch_size: int,

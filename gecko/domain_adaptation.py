@@ -38,9 +38,9 @@ import random
 import shutil
 import subprocess
 import sys
-import zlib
 from collections.abc import Sequence
 
+from gecko.fret import heldout
 from gecko.gin_flags import REPO_ROOT
 
 START_MODEL = "all-MiniLM-L6-v2"
@@ -112,33 +112,14 @@ def run_fret(*, output_dir: str, corpus_path: str, variant: Variant, passages: i
                       negative=variant.negative)
 
 
-def dev_record(record_id: str) -> bool:
-  return zlib.crc32(record_id.encode("utf-8")) % DEV_FRACTION == 0
-
-
 def split_records(records: Sequence[dict], *, data_dir: str, dev_dir: str,
                   corpus_path: str) -> tuple[int, int]:
   """Training shards in DATA_DIR/fret; the dev records as a BEIR task (FRet's label)."""
-  from gecko.fret import docstrings
-  train = [r for r in records if not dev_record(r["id"])]
-  dev = [r for r in records if dev_record(r["id"])]
-  if not train or not dev:
-    raise ValueError(f"{len(records)} FRet records give {len(train)} to train on and "
-                     f"{len(dev)} for dev; raise --passages.")
-  os.makedirs(os.path.join(data_dir, "fret"), exist_ok=True)
-  docstrings.write_jsonl(train, os.path.join(data_dir, "fret", "fret-00000.jsonl"))
-  os.makedirs(os.path.join(dev_dir, "qrels"), exist_ok=True)
   with open(corpus_path, encoding="utf-8") as f:
     corpus = [json.loads(line) for line in f]
-  docstrings.write_jsonl([{"_id": p["id"], "title": p.get("title", ""), "text": p["text"]}
-                          for p in corpus], os.path.join(dev_dir, "corpus.jsonl"))
-  docstrings.write_jsonl([{"_id": r["id"], "text": r["query"]} for r in dev],
-                         os.path.join(dev_dir, "queries.jsonl"))
-  with open(os.path.join(dev_dir, "qrels", "test.tsv"), "w", encoding="utf-8") as f:
-    f.write("query-id\tcorpus-id\tscore\n")
-    for r in dev:
-      f.write(f"{r['id']}\t{r['positive_id']}\t1\n")
-  return len(train), len(dev)
+  return heldout.split_records(records, fraction=DEV_FRACTION, data_dir=data_dir,
+                               eval_dir=dev_dir, corpus=corpus, hint="--passages",
+                               qrels={"test": "positive_id"})
 
 
 def train_command(*, variant: Variant, model_dir: str, data_dir: str, steps: int,

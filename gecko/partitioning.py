@@ -74,6 +74,15 @@ def logical_shardings(boxed_tree, mesh: Mesh, rules: Rules):
   return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
+def check_batch_size(batch_size: int, mesh: Mesh) -> None:
+  """The global batch must split evenly over the (data, fsdp) devices."""
+  shards = int(mesh.shape["data"] * mesh.shape["fsdp"])
+  if batch_size % shards:
+    raise ValueError(f"batch_size={batch_size} must be divisible by data x fsdp = {shards}, "
+                     f"the devices the batch is split over (mesh {dict(mesh.shape)}); change "
+                     "BATCH_SIZE or MESH_AXES.")
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (example) dimension over (data, fsdp); everything else replicated."""
   return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))

@@ -148,6 +148,11 @@ class SeqioBatches:
     self._next_step = step + 1
     return next(self._iterator)
 
+  def close(self) -> None:
+    """Releases the tf.data iterator now: left to interpreter shutdown (e.g. behind an
+    exception's traceback), its threads can deadlock the exit."""
+    self._iterator, self._next_step = None, None
+
 
 def _check_vocabulary(task, tokenizer: tokenization.Tokenizer) -> None:
   vocabulary = task.output_features["query"].vocabulary

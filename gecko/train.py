@@ -117,6 +117,7 @@ def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
   tokenizer = embedder_lib.load(init_from or tokenizer_from).tokenizer
   data = data_fn(tokenizer=tokenizer, process_index=jax.process_index(),
                  process_count=jax.process_count())
+  partitioning.check_batch_size(data.batch_size, mesh)
   loss.validate_features(data.feature_names)
   loss.check_dims(model.matryoshka_dims)
   if grad_cache_chunk and data.batch_size % grad_cache_chunk:
@@ -184,6 +185,8 @@ def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
     bar.close()
     writer.flush()
     ckpt.close()
+    if hasattr(data, "close"):
+      data.close()
   if export:
     embedder_lib.save(embedder_lib.Embedder(module=model, params=_host_params(state),
                                             tokenizer=tokenizer),

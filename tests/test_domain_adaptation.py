@@ -4,6 +4,7 @@ cannot rot."""
 
 import json
 
+import jax
 import pytest
 
 from gecko import domain_adaptation
@@ -34,7 +35,12 @@ def _run(corpus, out, variant, **overrides):
   return domain_adaptation.run(**{**args, **overrides})
 
 
-def test_experiment_rows_and_report_end_to_end(beir_corpus, tmp_path):
+def test_experiment_rows_and_report_end_to_end(beir_corpus, tmp_path, monkeypatch):
+  # Training runs as a subprocess, which inherits this environment: give it one CPU
+  # device (the session's 8 fake devices would need a batch divisible by 8), after this
+  # process's JAX has started with its 8.
+  assert jax.device_count() == 8
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
   main = _run(beir_corpus, tmp_path, "main")
   assert main["records"] >= 10 and main["train"] + main["dev"] == main["records"]
   assert set(main["scores"]) == {"test@256", "test@384", "dev@256", "dev@384"}

@@ -126,6 +126,14 @@ def test_help_explains_the_flags():
     assert flag in result.stdout
 
 
+def test_a_batch_that_does_not_split_over_the_devices_is_named_and_the_run_exits(tmp_path,
+                                                                                  triples):
+  result = run_cli(_train_cmd(tmp_path, triples, 2, "--gin.BATCH_SIZE=6"), devices=8,
+                   timeout=180)
+  assert result.returncode == 1
+  assert "batch_size=6 must be divisible by data x fsdp = 8" in result.stderr
+
+
 def test_too_many_non_finite_steps_abort_and_write_no_checkpoint(tmp_path, triples):
   import gin
   from gecko.models import bert
