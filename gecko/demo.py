@@ -107,13 +107,14 @@ def plot(table: dict[str, dict[str, float]], path: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  tasks = list(next(iter(table.values())))
-  fig, ax = plt.subplots(figsize=(2 + 2 * len(tasks), 3.5))
+  tasks = list(dict.fromkeys(t for scores in table.values() for t in scores))
+  fig, ax = plt.subplots(figsize=(2 + 0.4 * len(table) * len(tasks), 3.5))
   width = 0.8 / len(table)
   for i, (model, scores) in enumerate(table.items()):
-    xs = [t + i * width for t in range(len(tasks))]
-    bars = ax.bar(xs, [scores[t] for t in tasks], width, label=model)
-    ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    present = [n for n, t in enumerate(tasks) if t in scores]  # a row may lack a column
+    bars = ax.bar([n + i * width for n in present], [scores[tasks[n]] for n in present], width,
+                  label=model)
+    ax.bar_label(bars, fmt="%.3f", fontsize=6, rotation=90, padding=2)
   ax.set_xticks([t + width * (len(table) - 1) / 2 for t in range(len(tasks))], tasks)
   ax.set_ylabel("main score (nDCG@10 / Spearman)")
   ax.legend(fontsize=8)

@@ -17,6 +17,7 @@ in input order as float32 rows of unit norm.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import sys
@@ -28,6 +29,7 @@ import tqdm
 from gecko.models import embedder as embedder_lib
 
 BUCKET = 16  # sequence lengths are rounded up to a multiple of this (one compile each)
+IN_FLIGHT = 4  # batches dispatched ahead of the one being copied back
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:
@@ -110,18 +112,25 @@ def encode(texts: Sequence[str], *, model: str | os.PathLike | embedder_lib.Embe
   tokenizer = model.tokenizer
   ids = tokenizer.encode_batch(texts)
   lengths = [len(x) for x in ids]
-  pending = []
-  for idx, length in length_buckets(lengths, batch_size=batch_size,
-                                    max_length=tokenizer.max_length):
-    rows = min(batch_size, 1 << (len(idx) - 1).bit_length())  # few distinct batch shapes
-    batch_ids, mask = tokenizer.pad([ids[i] for i in idx] + [[]] * (rows - len(idx)), length)
-    pending.append((idx, model.embed_tokens(batch_ids, mask)))  # dispatched asynchronously
   result = np.empty((len(texts), model.output_dim), np.float32)
+  pending: collections.deque = collections.deque()
+
+  def collect() -> None:
+    idx, embeddings = pending.popleft()
+    result[idx] = np.asarray(embeddings)[:len(idx)]
+    bar.update(len(idx))
+
   with tqdm.tqdm(total=len(texts), disable=not show_progress, unit="text",
                  desc="encode", file=sys.stderr) as bar:
-    for idx, embeddings in pending:
-      result[idx] = np.asarray(embeddings)[:len(idx)]
-      bar.update(len(idx))
+    for idx, length in length_buckets(lengths, batch_size=batch_size,
+                                      max_length=tokenizer.max_length):
+      rows = min(batch_size, 1 << (len(idx) - 1).bit_length())  # few distinct batch shapes
+      batch_ids, mask = tokenizer.pad([ids[i] for i in idx] + [[]] * (rows - len(idx)), length)
+      pending.append((idx, model.embed_tokens(batch_ids, mask)))  # dispatched asynchronously
+      if len(pending) > IN_FLIGHT:
+        collect()
+    while pending:
+      collect()
   if dim is not None and dim != model.output_dim:
     result = matryoshka_prefix(result, dim)
   return result

@@ -130,3 +130,8 @@ class PairBatches:
     for name, keys in self._keys.items():
       out[name] = keys[idx]
     return out
+
+  def close(self) -> None:
+    """Nothing to release (batches are built from memory); the same interface as
+    `SeqioBatches.close`."""
+

@@ -32,7 +32,8 @@ class SeqioBatches:
 
   Args:
     mixture_or_task_name: A registered name (e.g. "gecko_prefinetune").
-    tokenizer: The model's tokenizer; the tasks' vocabulary must be the same.
+    tokenizer: The model's tokenizer. The Gecko tasks tokenize with it
+      (`gecko.vocabularies.ModelVocabulary`); other tasks' vocabulary must equal it.
     batch_size: Global batch size (all processes together).
     query_length, passage_length: Fixed padded lengths of the query and passage sides.
     data_dir: Root of the tasks' file sources (None: `$GECKO_DATA_DIR`).
@@ -75,7 +76,8 @@ class SeqioBatches:
                        f"{names}") from e
     self.options = seqio_sources.DataOptions(
         data_dir=data_dir, tfds_data_dir=tfds_data_dir, input_format=input_format,
-        fret_positive=fret_positive, skip_bad_records=skip_bad_records, rates=dict(rates or {}))
+        fret_positive=fret_positive, skip_bad_records=skip_bad_records, rates=dict(rates or {}),
+        tokenizer=tokenizer)
     tasks = seqio.get_subtasks(provider)
     unknown = sorted(set(self.options.rates) - {t.name for t in tasks})
     if unknown:
@@ -155,9 +157,13 @@ class SeqioBatches:
 
 
 def _check_vocabulary(task, tokenizer: tokenization.Tokenizer) -> None:
+  from gecko.vocabularies import ModelVocabulary
   vocabulary = task.output_features["query"].vocabulary
+  if isinstance(vocabulary, ModelVocabulary):
+    return  # tokenizes with `tokenizer` itself (through DataOptions)
   theirs = getattr(vocabulary, "tokenizer", None)
   if theirs is None or theirs.vocab != tokenizer.vocab or theirs.lowercase != tokenizer.lowercase:
     raise ValueError(f"task {task.name!r} tokenizes with {vocabulary}, which is not the model's "
                      f"tokenizer ({len(tokenizer.vocab)} tokens); register the task with the "
-                     "model's vocabulary (gecko_tasks.vocabulary) or train a matching model.")
+                     "model's vocabulary (gecko.vocabularies.ModelVocabulary, as gecko_tasks does) or "
+                     "train a matching model.")

@@ -24,11 +24,15 @@ import logging
 import os
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import seqio
 import tensorflow as tf
 
 from gecko.input_format import GECKO, InputFormat
+
+if TYPE_CHECKING:
+  from gecko.tokenization import Tokenizer
 
 FRET_POSITIVES = ("llm", "seed")
 SKIPPED: collections.Counter = collections.Counter()  # file -> bad records skipped
@@ -46,6 +50,8 @@ class DataOptions:
       passage the query was generated from: the seed-labelled ablation).
     skip_bad_records: Skip (and count) malformed records instead of failing.
     rates: Mixing-rate overrides by task name (0 removes a task from a mixture).
+    tokenizer: The model's tokenizer: tasks registered with
+      `gecko.vocabularies.ModelVocabulary` tokenize with it (None: MiniLM's WordPiece).
   """
 
   data_dir: str | None = None
@@ -54,6 +60,7 @@ class DataOptions:
   fret_positive: str = "llm"
   skip_bad_records: bool = False
   rates: Mapping[str, float] = dataclasses.field(default_factory=dict)
+  tokenizer: Tokenizer | None = None
 
   def __post_init__(self):
     if self.fret_positive not in FRET_POSITIVES:

@@ -84,6 +84,7 @@ class WordPieceTokenizer(Tokenizer):
       raise ValueError(f"Vocabulary lacks the special tokens {missing}; is it a BERT vocab.txt?")
     self.cls_id, self.sep_id = index["[CLS]"], index["[SEP]"]
     self.pad_id, self.unk_id = index["[PAD]"], index["[UNK]"]
+    self.eos_id = self.sep_id  # every text ends in it
     tok = tokenizers.Tokenizer(WordPiece(index, unk_token="[UNK]", max_input_chars_per_word=100))
     tok.normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=self.lowercase,
@@ -173,6 +174,10 @@ class SentencePieceTokenizer(Tokenizer):
     """Token ids per text, each `pieces... </s>`, at most `max_length` long."""
     return [ids[:self.max_length - 1] + [self.eos_id]
             for ids in self._sp.encode(list(texts), out_type=int)]
+
+  def decode(self, ids: Sequence[int]) -> str:
+    """The text of piece ids (without `</s>` or padding)."""
+    return self._sp.decode([int(i) for i in ids])
 
   def save(self, directory: PathLike) -> None:
     """Copies `spiece.model` and writes `tokenizer_config.json`."""

@@ -17,6 +17,7 @@ On several hosts pass `--multihost` (TPU pods: coordinator found automatically) 
 from __future__ import annotations
 
 import json
+import dataclasses
 import os
 import sys
 import time
@@ -40,10 +41,15 @@ class NonFiniteLossError(RuntimeError):
   """Too many consecutive non-finite steps."""
 
 
+# Backbone fields a run chooses freely, whatever the checkpoint it starts from says.
+RUN_TIME_FIELDS = ("dtype", "dropout_rate")
+
+
 def _initial_params(model: DualEncoder, init_from: str, seed: int):
   """Params from a pretrained/saved model, random where it has nothing (e.g. the projection)."""
   loaded = embedder_lib.load(init_from)
-  if loaded.module.backbone != model.backbone:
+  run_time = {f: getattr(model.backbone, f) for f in RUN_TIME_FIELDS}  # not the checkpoint's
+  if dataclasses.replace(loaded.module.backbone, **run_time) != model.backbone:
     raise ValueError(f"init_from={init_from!r} has backbone {loaded.module.backbone}, but the "
                      f"configured model has {model.backbone}; use the matching model gin file.")
   params = embedder_lib.init_params(model, seed=seed)
@@ -185,8 +191,7 @@ def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
     bar.close()
     writer.flush()
     ckpt.close()
-    if hasattr(data, "close"):
-      data.close()
+    data.close()
   if export:
     embedder_lib.save(embedder_lib.Embedder(module=model, params=_host_params(state),
                                             tokenizer=tokenizer),

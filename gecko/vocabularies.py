@@ -1,10 +1,16 @@
-"""A `seqio.Vocabulary` for the backbone's WordPiece tokenizer.
+"""SeqIO vocabularies for the backbones' tokenizers.
 
-Encodes to model-ready ids, `[CLS] wordpieces... [SEP]`, truncated to `max_length`
-(the `[SEP]` is kept, as in BERT), both in Python (`encode`, through
-`gecko.tokenization`) and inside `tf.data` graphs (`encode_tf`, through
-`tensorflow_text.FastBertTokenizer`); both give identical ids. Because the ids
-already end in `[SEP]` (`eos_id`), tasks must not add `append_eos` on top.
+- `WordPieceVocabulary` (BERT, MiniLM): `[CLS] wordpieces... [SEP]`, truncated to
+  `max_length` (the `[SEP]` is kept).
+- `SentencePieceVocabulary` (T5): `pieces... </s>`, truncated likewise.
+- `ModelVocabulary`, what the Gecko tasks are registered with: it tokenizes with the
+  tokenizer of the model being trained (`SeqioBatches` puts it in the active
+  `seqio_sources.DataOptions`), so one registration serves every backbone; outside a
+  pipeline it is all-MiniLM-L6-v2's WordPiece.
+
+Each encodes both in Python (`encode`, through `gecko.tokenization`) and inside
+`tf.data` graphs (`encode_tf`, through `tensorflow_text`), with identical ids. Because
+the ids already end in `[SEP]` / `</s>` (`eos_id`), tasks must not add `append_eos`.
 
 Importing this module imports TensorFlow; `import gecko` does not.
 """
@@ -21,41 +27,19 @@ import tensorflow_text as tf_text
 from gecko import tokenization
 
 
-class WordPieceVocabulary(seqio.Vocabulary):
-  """BERT WordPiece as a seqio vocabulary (ids include `[CLS]`/`[SEP]`).
+class TokenizerVocabulary(seqio.Vocabulary):
+  """The Python side of a `gecko.tokenization` tokenizer as a seqio vocabulary; the
+  subclasses add the `tf.data` side. Ids are model-ready (they end in `eos_id`)."""
 
-  Args:
-    model_dir: A directory with `vocab.txt` or `tokenizer.json` (a Hugging Face BERT
-      checkpoint, or a saved gecko model), read now; or a packaged model's name
-      (e.g. "all-MiniLM-L6-v2"), resolved on first use, so that tasks can be
-      registered at import time on a machine that has not installed the model yet.
-    max_length: Maximum ids per text including `[CLS]` and `[SEP]`.
-  """
-
-  def __init__(self, model_dir: str | os.PathLike, *, max_length: int = 256):
-    self._model_dir = os.fspath(model_dir)
-    self._max_length = max_length
-    self._tokenizer = None
-    self._tf_tokenizer = None
-    super().__init__(extra_ids=0)
-    if os.path.isdir(self._model_dir):
-      self.tokenizer  # noqa: B018  (fail early on a directory without a vocabulary)
-
-  @property
-  def tokenizer(self) -> tokenization.WordPieceTokenizer:
-    if self._tokenizer is None:
-      from gecko.models import embedder
-      self._tokenizer = tokenization.WordPieceTokenizer.from_pretrained(
-          embedder.resolve(self._model_dir), max_length=self._max_length)
-    return self._tokenizer
+  tokenizer: tokenization.Tokenizer
 
   @property
   def max_length(self) -> int:
-    return self._max_length
+    return self.tokenizer.max_length
 
   @property
   def eos_id(self) -> int:
-    return self.tokenizer.sep_id
+    return self.tokenizer.eos_id
 
   @property
   def pad_id(self) -> int:
@@ -73,8 +57,45 @@ class WordPieceVocabulary(seqio.Vocabulary):
     return self.tokenizer.encode_batch([s])[0]
 
   def encode_batch(self, texts: Iterable[str]) -> list[list[int]]:
-    """Python ids for many texts at once (parallel in the Rust tokenizer)."""
+    """Python ids for many texts at once."""
     return self.tokenizer.encode_batch(list(texts))
+
+
+class WordPieceVocabulary(TokenizerVocabulary):
+  """BERT WordPiece as a seqio vocabulary (ids include `[CLS]`/`[SEP]`).
+
+  Args:
+    model_dir: A directory with `vocab.txt` or `tokenizer.json` (a Hugging Face BERT
+      checkpoint, or a saved gecko model), read now; or a packaged model's name
+      (e.g. "all-MiniLM-L6-v2"), resolved on first use, so that tasks can be
+      registered at import time on a machine that has not installed the model yet.
+    max_length: Maximum ids per text including `[CLS]` and `[SEP]`.
+    tokenizer: Instead of `model_dir`, a loaded tokenizer (its `max_length` is used).
+  """
+
+  def __init__(self, model_dir: str | os.PathLike | None = None, *, max_length: int = 256,
+               tokenizer: tokenization.WordPieceTokenizer | None = None):
+    if (model_dir is None) == (tokenizer is None):
+      raise ValueError("WordPieceVocabulary needs exactly one of model_dir= or tokenizer=.")
+    self._model_dir = os.fspath(model_dir) if model_dir is not None else None
+    self._max_length = tokenizer.max_length if tokenizer is not None else max_length
+    self._tokenizer = tokenizer
+    self._tf_tokenizer = None
+    super().__init__(extra_ids=0)
+    if self._model_dir and os.path.isdir(self._model_dir):
+      self.tokenizer  # noqa: B018  (fail early on a directory without a vocabulary)
+
+  @property
+  def tokenizer(self) -> tokenization.WordPieceTokenizer:
+    if self._tokenizer is None:
+      from gecko.models import embedder
+      self._tokenizer = tokenization.WordPieceTokenizer.from_pretrained(
+          embedder.resolve(self._model_dir), max_length=self._max_length)
+    return self._tokenizer
+
+  @property
+  def max_length(self) -> int:
+    return self._max_length  # known before the tokenizer is loaded
 
   def _decode(self, ids: Iterable[int]) -> str:
     specials = {self.tokenizer.cls_id, self.tokenizer.sep_id, self.tokenizer.pad_id}
@@ -132,3 +153,134 @@ class WordPieceVocabulary(seqio.Vocabulary):
   def __str__(self) -> str:
     return (f"WordPieceVocabulary(model_dir={self._model_dir!r}, "
             f"vocab_size={self.vocab_size}, max_length={self.max_length})")
+
+
+class SentencePieceVocabulary(TokenizerVocabulary):
+  """T5's SentencePiece as a seqio vocabulary (ids end in `</s>`, like the encoder saw in
+  pre-training and `tokenization.SentencePieceTokenizer` gives).
+
+  Args:
+    tokenizer: The model's `SentencePieceTokenizer` (its `spiece.model` and `max_length`).
+  """
+
+  def __init__(self, tokenizer: tokenization.SentencePieceTokenizer):
+    self.tokenizer = tokenizer
+    self._tf_tokenizer = None
+    super().__init__(extra_ids=0)
+
+  def _decode(self, ids: Iterable[int]) -> str:
+    ids = [int(i) for i in ids if int(i) not in (self.eos_id, self.pad_id)]
+    return self.tokenizer.decode(ids)
+
+  def _sentencepiece(self) -> tf_text.SentencepieceTokenizer:
+    if self._tf_tokenizer is None:
+      with tf.init_scope(), open(self.tokenizer.model_file, "rb") as f:
+        self._tf_tokenizer = tf_text.SentencepieceTokenizer(model=f.read(), out_type=tf.int32)
+    return self._tf_tokenizer
+
+  def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
+    """ids for a scalar string (or a ragged batch for a vector of strings)."""
+    s = tf.convert_to_tensor(s, dtype=tf.string)
+    scalar = s.shape.rank == 0
+    ids = self._sentencepiece().tokenize(tf.reshape(s, [-1]) if scalar else s)
+    ids = ids[:, : self.max_length - 1]
+    eos = tf.RaggedTensor.from_tensor(tf.fill(tf.stack([ids.nrows(), 1]), self.eos_id))
+    ids = tf.concat([ids, eos], axis=1)
+    return ids[0] if scalar else ids
+
+  def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
+    raise NotImplementedError("decode in Python (`decode`): tf decoding is not needed here.")
+
+  def __eq__(self, other) -> bool:
+    return (isinstance(other, SentencePieceVocabulary)
+            and self.tokenizer.vocab == other.tokenizer.vocab
+            and self.max_length == other.max_length)
+
+  def __hash__(self) -> int:
+    return hash((len(self.tokenizer.vocab), self.max_length))
+
+  def __str__(self) -> str:
+    return (f"SentencePieceVocabulary(model_file={self.tokenizer.model_file!r}, "
+            f"vocab_size={self.vocab_size}, max_length={self.max_length})")
+
+
+def for_tokenizer(tokenizer: tokenization.Tokenizer) -> seqio.Vocabulary:
+  """The seqio vocabulary that tokenizes exactly like `tokenizer`."""
+  if isinstance(tokenizer, tokenization.SentencePieceTokenizer):
+    return SentencePieceVocabulary(tokenizer)
+  if isinstance(tokenizer, tokenization.WordPieceTokenizer):
+    return WordPieceVocabulary(tokenizer=tokenizer)
+  raise TypeError(f"no seqio vocabulary for {type(tokenizer).__name__}; add one to "
+                  "gecko.vocabularies.")
+
+
+class ModelVocabulary(seqio.Vocabulary):
+  """The vocabulary of the model being trained (module docstring).
+
+  Args:
+    default: The model whose WordPiece is used outside a `SeqioBatches` pipeline.
+    max_length: Maximum ids per text of the default vocabulary.
+  """
+
+  def __init__(self, default: str = "all-MiniLM-L6-v2", *, max_length: int = 512):
+    self._default = WordPieceVocabulary(default, max_length=max_length)
+    self._for: dict[int, tuple[tokenization.Tokenizer, seqio.Vocabulary]] = {}
+    super().__init__(extra_ids=0)
+
+  def current(self) -> seqio.Vocabulary:
+    """The active pipeline's model vocabulary, else the default."""
+    from gecko import seqio_sources
+    tokenizer = seqio_sources.active().tokenizer
+    if tokenizer is None:
+      return self._default
+    if id(tokenizer) not in self._for:  # the tokenizer is kept, so its id stays unique
+      self._for[id(tokenizer)] = (tokenizer, for_tokenizer(tokenizer))
+    return self._for[id(tokenizer)][1]
+
+  @property
+  def tokenizer(self) -> tokenization.Tokenizer:
+    return self.current().tokenizer
+
+  @property
+  def max_length(self) -> int:
+    return self.current().max_length
+
+  @property
+  def eos_id(self) -> int:
+    return self.current().eos_id
+
+  @property
+  def pad_id(self) -> int:
+    return self.current().pad_id
+
+  @property
+  def unk_id(self) -> int:
+    return self.current().unk_id
+
+  @property
+  def _base_vocab_size(self) -> int:
+    return self.current().vocab_size
+
+  def _encode(self, s: str) -> Sequence[int]:
+    return self.current().encode(s)
+
+  def encode_batch(self, texts: Iterable[str]) -> list[list[int]]:
+    return self.current().encode_batch(texts)
+
+  def _decode(self, ids: Iterable[int]) -> str:
+    return self.current().decode(ids)
+
+  def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
+    return self.current().encode_tf(s)
+
+  def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
+    return self.current().decode_tf(ids)
+
+  def __eq__(self, other) -> bool:
+    return isinstance(other, ModelVocabulary) and self._default == other._default
+
+  def __hash__(self) -> int:
+    return hash(("model", hash(self._default)))
+
+  def __str__(self) -> str:
+    return f"ModelVocabulary(now {self.current()})"

@@ -3,11 +3,12 @@
 import seqio
 import tensorflow as tf
 
-from gecko.vocabularies import WordPieceVocabulary
+from gecko.vocabularies import ModelVocabulary
 
-# The MiniLM / BERT-base uncased WordPiece vocabulary (also the tiny test model's),
-# resolved when first used. Ids are cut at 512 here; SeqioBatches truncates further.
-VOCABULARY = WordPieceVocabulary("all-MiniLM-L6-v2", max_length=512)
+# The trained model's own tokenizer (SeqioBatches passes it: WordPiece for MiniLM/BERT,
+# SentencePiece for T5), so every task serves every backbone; outside a pipeline, the
+# MiniLM / BERT-base uncased WordPiece (ids cut at 512; SeqioBatches truncates further).
+VOCABULARY = ModelVocabulary("all-MiniLM-L6-v2", max_length=512)
 
 
 def _feature(vocabulary) -> seqio.Feature:

@@ -69,8 +69,9 @@ def test_experiment_rows_and_report_end_to_end(beir_corpus, tmp_path, monkeypatc
   assert set(start["scores_plain_format"]) == {"test@384"}
 
   table = domain_adaptation.report(str(tmp_path))
-  assert [line.split(" | ")[0] for line in table.splitlines()[2:]] == [
-      "| start", "| main", "| ql"]
+  rows = table.splitlines()[2:]
+  assert [line.split(" | ")[0] for line in rows] == ["| start_plain", "| start", "| main", "| ql"]
+  assert rows[0].split(" | ")[2] == f"{start['scores_plain_format']['test@384']:.4f}"
   assert (tmp_path / "results.md").read_text() == table and (tmp_path / "results.png").exists()
 
 

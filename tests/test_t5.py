@@ -216,3 +216,80 @@ def test_compile_step_command_line_with_fake_devices(tmp_path):
       cwd=REPO, capture_output=True, text=True, timeout=300,
       env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
   assert odd.returncode != 0 and "batch_size=6 must be divisible" in odd.stderr
+
+
+SP_TEXTS = ["", "the query returns a list", "Python module ERROR, string!", "unseen zebra ß 東京",
+            "task: search result | query: the python function returns", "file " * 100]
+
+
+def test_sentencepiece_vocabulary_gives_the_tokenizers_ids_in_python_and_tf_data(tmp_path):
+  import tensorflow as tf
+
+  from gecko import tokenization, vocabularies
+  _write_tiny_t5(tmp_path, layers=1)
+  tokenizer = tokenization.SentencePieceTokenizer(model_file=tmp_path / "spiece.model",
+                                                  max_length=16)
+  vocab = vocabularies.for_tokenizer(tokenizer)
+  assert isinstance(vocab, vocabularies.SentencePieceVocabulary)
+  want = tokenizer.encode_batch(SP_TEXTS)
+  assert all(ids[-1] == vocab.eos_id == 1 and len(ids) <= 16 for ids in want)
+  assert len(want[-1]) == 16 and want[0] == [1]  # truncated keeping </s>; "" is just </s>
+  assert [vocab.encode(t) for t in SP_TEXTS] == want
+  assert vocab.encode_tf(tf.constant(SP_TEXTS)).to_list() == want
+  ds = tf.data.Dataset.from_tensor_slices(SP_TEXTS).map(vocab.encode_tf)
+  assert [x.tolist() for x in ds.as_numpy_iterator()] == want
+  assert vocab.decode(vocab.encode("the query returns a list")) == "the query returns a list"
+
+
+def test_tiny_t5_trains_on_the_fret_seqio_task_with_its_sentencepiece_ids(tmp_path):
+  """gecko_1b.gin's architecture at toy width, started from a Hugging Face T5 directory:
+  the FRet task tokenizes with the checkpoint's spiece.model (no separate registration),
+  gecko.train runs the Gecko loss with Matryoshka heads, and the export loads back."""
+  from gecko import seqio_data, train
+  ckpt = tmp_path / "t5"
+  ckpt.mkdir()
+  _write_tiny_t5(ckpt)
+  (tmp_path / "data" / "fret").mkdir(parents=True)
+  records = [{"task": "search result", "query": f"the query {PIECES[i % 16]} {i}",
+              "seed_title": "", "seed_text": f"{PIECES[i % 16]} passage",
+              "positive_title": "", "positive_text": f"{PIECES[i % 16]} passage {i}",
+              "negative_title": "", "negative_text": f"{PIECES[(i + 5) % 16]} file"}
+             for i in range(32)]
+  (tmp_path / "data" / "fret" / "fret-00000.jsonl").write_text(
+      "".join(json.dumps(r) + "\n" for r in records))
+
+  loaded = embedder.load(str(ckpt))
+  batches = seqio_data.SeqioBatches(
+      mixture_or_task_name="gecko_fret_only", tokenizer=loaded.tokenizer, batch_size=8,
+      query_length=16, passage_length=16, data_dir=str(tmp_path / "data"))
+  batch = batches.batch(0)
+  batches.close()
+  from gecko.input_format import GECKO
+  expected = {tuple(ids if len(ids) <= 16 else ids[:15] + ids[-1:])
+              for ids in loaded.tokenizer.encode_batch(
+                  [GECKO.query(r["query"], task=r["task"]) for r in records])}
+  for row, mask in zip(batch["query_tokens"], batch["query_mask"]):
+    assert tuple(row[mask > 0].tolist()) in expected  # the checkpoint's pieces, then </s>
+
+  overrides = ["vocab_size = 96", "hidden_size = 32", "num_layers = 2", "num_heads = 4",
+               "head_dim = 8", "mlp_dim = 48", "relative_max_distance = 20"]
+  bindings = [f"t5.T5Config.{o}" for o in overrides] + [
+      f"MODEL_DIR = '{tmp_path / 'run'}'", f"TASK_DATA_DIR = '{tmp_path / 'data'}'",
+      f"INIT_FROM = '{ckpt}'", "MIXTURE_OR_TASK_NAME = 'gecko_fret_only'", "TRAIN_STEPS = 4",
+      "BATCH_SIZE = 8", "QUERY_LENGTH = 16", "PASSAGE_LENGTH = 16", "EMBED_DIM = 16",
+      "MATRYOSHKA_DIMS = (8, 16)", "DTYPE = 'float32'", "WARMUP_STEPS = 1",
+      "CHECKPOINT_EVERY = 4", "train.train.log_every = 2", "seqio_data.SeqioBatches.shuffle_buffer = 32"]
+  gin.clear_config()
+  try:
+    gin_flags.configure([f"{REPO}/gin/models/gecko_1b.gin", f"{REPO}/gin/runs/finetune.gin",
+                         f"{REPO}/gin/sharding/fsdp.gin"], bindings)
+    gin_flags.call_configured(train.train)
+  finally:
+    gin.clear_config()
+  rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [2, 4] and all(np.isfinite(r["loss"]) for r in rows)
+  export = embedder.load(str(tmp_path / "run" / "export"))
+  assert isinstance(export.module.backbone, t5.T5Config) and export.dims == (8, 16)
+  assert export.tokenizer.vocab == loaded.tokenizer.vocab
+  moved = export.params["encoder"]["token_embedder"]
+  assert not np.allclose(moved, loaded.params["encoder"]["token_embedder"])

@@ -40,7 +40,7 @@ def relabel(generated: Generated, *, passages: Sequence[Mapping[str, str]],
   """The FRet record for `generated` over its candidate `passages` (the seed among
   them), with every passage's QL and RC scores; a score the ranking does not use is
   not computed (None, and None in the record)."""
-  needs = label_lib.NEEDS[ranking] if ranking in label_lib.NEEDS else ()
+  needs = label_lib.NEEDS.get(ranking, ())
   ql = scorer.ql(generated.query, passages) if "ql" in needs else None
   rc = scorer.rc(generated.task, generated.query, passages) if "rc" in needs else None
   chosen = label_lib.choose(ql, rc, negative=negative, ranking=ranking,
