@@ -15,7 +15,6 @@ bar chart OUTPUT_DIR/results.png.
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 import os
 import sys
@@ -66,20 +65,19 @@ def evaluate(*, checkpoint: str, tasks: Sequence[str | object], output_dir: str,
   name = model_name or embedder_lib.model_name(checkpoint)
 
   encode_time = [0.0]  # seconds spent encoding, per task
-  # The last few text lists encoded, by content: tasks over the same corpus (e.g. one
-  # BEIR directory scored against two qrels splits) encode it once.
-  recent: collections.OrderedDict[bytes, np.ndarray] = collections.OrderedDict()
+  # The last few text lists encoded ({text: row}, embeddings): a task whose texts are all
+  # in one of them (the same corpus scored against another qrels split, or in another
+  # order, or a subset) takes its rows instead of encoding again.
+  recent: collections.deque[tuple[dict[str, int], np.ndarray]] = collections.deque(maxlen=4)
 
   def embed(texts: list[str]) -> np.ndarray:
-    key = hashlib.sha256("\x00".join(texts).encode("utf-8")).digest()
-    if key in recent:
-      return recent[key]
+    for rows, vectors in recent:
+      if all(t in rows for t in texts):
+        return vectors[[rows[t] for t in texts]]
     start = time.perf_counter()
     out = encode(texts, model=model, batch_size=batch_size, show_progress=True)
     encode_time[0] += time.perf_counter() - start
-    recent[key] = out
-    while len(recent) > 4:
-      recent.popitem(last=False)
+    recent.append(({t: i for i, t in enumerate(texts)}, out))
     return out
 
   results = {}

@@ -135,12 +135,22 @@ def test_tasks_over_the_same_corpus_encode_it_once(tmp_path, tiny_model_dir, mon
   real = eval_lib.encode
   monkeypatch.setattr(eval_lib, "encode", lambda texts, **kw: calls.append(len(texts)) or
                       real(texts, **kw))
+  reordered = _write_beir(tmp_path / "reordered", [("q1", "d1", 1), ("q3", "d3", 1)], corpus=[
+      {"_id": "d3", "title": "music", "text": "a piano"},
+      {"_id": "d1", "title": "gecko", "text": "the gecko climbs"}])
   results = eval_lib.evaluate(
       checkpoint=tiny_model_dir, output_dir=str(tmp_path / "out"), dims=(24,),
       tasks=[tasks.RetrievalTask(name="A", path=str(beir)),
-             tasks.RetrievalTask(name="B", path=str(beir), split="other")])
-  assert calls == [3, 3, 1]  # corpus and queries of A; B reuses the corpus, encodes its query
+             tasks.RetrievalTask(name="B", path=str(beir), split="other"),
+             tasks.RetrievalTask(name="C", path=str(reordered))])
+  # corpus and queries of A; B's corpus and query are among A's; C's corpus is a subset
+  # of A's in another order and its queries a subset of A's: nothing more to encode
+  assert calls == [3, 3]
   assert results["A"][24]["num_queries"] == 3 and results["B"][24]["num_queries"] == 1
+  alone = eval_lib.evaluate(checkpoint=tiny_model_dir, output_dir=str(tmp_path / "out2"),
+                            dims=(24,), tasks=[tasks.RetrievalTask(name="C", path=str(reordered))])
+  assert results["C"][24]["ndcg_at_10"] == pytest.approx(alone["C"][24]["ndcg_at_10"], abs=1e-6)
+  assert calls[2:] == [2, 2]
 
 
 def test_pair_classification_scores_ap_and_rejects_bad_labels(tmp_path, tiny_model_dir):
