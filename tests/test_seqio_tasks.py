@@ -17,7 +17,6 @@ import gecko_tasks  # noqa: F401  (registers the tasks)
 from gecko import input_format, seqio_sources
 from gecko import seqio_preprocessors as pp
 from gecko.feature_converters import DualEncoderFeatureConverter
-from gecko.fret import schema as fret_schema
 from gecko.seqio_data import SeqioBatches
 from gecko_tasks.finetune import NLI_TASK, RETRIEVAL_TASKS
 from gecko_tasks.vocabulary import VOCABULARY
@@ -389,33 +388,6 @@ def test_missing_data_dir_is_explained(monkeypatch, tmp_path):
     task_examples("gecko_fret", seqio_sources.DataOptions())
   with pytest.raises(FileNotFoundError, match="no files match"):
     task_examples("gecko_fret", seqio_sources.DataOptions(data_dir=str(tmp_path)))
-
-
-def test_gecko_tasks_tokenize_with_the_models_own_vocabulary(tiny_hf_dir, tmp_path):
-  """One registration serves every backbone: with another WordPiece model's tokenizer,
-  gecko_fret's ids are that tokenizer's; a task with a fixed vocabulary must match."""
-  from gecko import tokenization
-  from gecko.vocabularies import WordPieceVocabulary
-  other = tokenization.WordPieceTokenizer.from_pretrained(tiny_hf_dir, max_length=32)
-  (tmp_path / "fret").mkdir()
-  record = {name: f"{name} text" for name in fret_schema.TRAINING_FIELDS}
-  (tmp_path / "fret" / "fret-00000.jsonl").write_text(json.dumps(record) + "\n")
-  options = seqio_sources.DataOptions(data_dir=str(tmp_path), tokenizer=other)
-  with seqio_sources.using(options):
-    example = next(seqio.get_mixture_or_task("gecko_fret").get_dataset(
-        sequence_length=None, split="train", shuffle=False).as_numpy_iterator())
-  want = FMT.query("query text", task="task text")
-  assert example["query"].tolist() == other.encode_batch([want])[0]
-  assert example["query"].tolist() != VOCABULARY.encode(want)  # not MiniLM's ids
-
-  seqio.TaskRegistry.remove("fixed_vocabulary_task")
-  fixed = WordPieceVocabulary("all-MiniLM-L6-v2")
-  seqio.TaskRegistry.add("fixed_vocabulary_task", source=seqio.TaskRegistry.get("gecko_fret").source,
-                         preprocessors=[], output_features={
-                             k: seqio.Feature(vocabulary=fixed, add_eos=False)
-                             for k in ("query", "positive", "negative")})
-  with pytest.raises(ValueError, match="not the model's tokenizer"):
-    SeqioBatches(mixture_or_task_name="fixed_vocabulary_task", tokenizer=other, batch_size=4)
 
 
 def test_every_task_is_in_a_mixture_and_mixtures_share_features():

@@ -1,11 +1,21 @@
-"""The WordPiece vocabulary gives the reference tokenizer's ids in Python and in tf.data."""
+"""The WordPiece vocabulary gives the reference tokenizer's ids in Python and in tf.data;
+the Gecko tasks tokenize with the trained model's own vocabulary."""
 
 import pytest
 
 tf = pytest.importorskip("tensorflow")  # a core dependency; imported here, never by `import gecko`
 import tokenizers  # noqa: E402
 
+import json  # noqa: E402
+
+import seqio  # noqa: E402
+
+import gecko_tasks  # noqa: E402,F401  (registers the tasks)
+from gecko import input_format, seqio_sources  # noqa: E402
+from gecko.fret import schema as fret_schema  # noqa: E402
+from gecko.seqio_data import SeqioBatches  # noqa: E402
 from gecko.vocabularies import WordPieceVocabulary  # noqa: E402
+from gecko_tasks.vocabulary import VOCABULARY  # noqa: E402
 
 TEXTS = [
     "", "hello", "Hello, World!", "Héllo Wörld, naïve café — crème brûlée",
@@ -70,3 +80,30 @@ def test_seqio_properties(vocab):
 def test_missing_tokenizer_files_are_named(tmp_path):
   with pytest.raises(FileNotFoundError, match="tokenizer.json or vocab.txt"):
     WordPieceVocabulary(tmp_path)
+
+
+def test_gecko_tasks_tokenize_with_the_models_own_vocabulary(tiny_hf_dir, tmp_path):
+  """One registration serves every backbone: with another WordPiece model's tokenizer,
+  gecko_fret's ids are that tokenizer's; a task with a fixed vocabulary must match."""
+  from gecko import tokenization
+  from gecko.vocabularies import WordPieceVocabulary
+  other = tokenization.WordPieceTokenizer.from_pretrained(tiny_hf_dir, max_length=32)
+  (tmp_path / "fret").mkdir()
+  record = {name: f"{name} text" for name in fret_schema.TRAINING_FIELDS}
+  (tmp_path / "fret" / "fret-00000.jsonl").write_text(json.dumps(record) + "\n")
+  options = seqio_sources.DataOptions(data_dir=str(tmp_path), tokenizer=other)
+  with seqio_sources.using(options):
+    example = next(seqio.get_mixture_or_task("gecko_fret").get_dataset(
+        sequence_length=None, split="train", shuffle=False).as_numpy_iterator())
+  want = input_format.GECKO.query("query text", task="task text")
+  assert example["query"].tolist() == other.encode_batch([want])[0]
+  assert example["query"].tolist() != VOCABULARY.encode(want)  # not MiniLM's ids
+
+  seqio.TaskRegistry.remove("fixed_vocabulary_task")
+  fixed = WordPieceVocabulary("all-MiniLM-L6-v2")
+  seqio.TaskRegistry.add("fixed_vocabulary_task", source=seqio.TaskRegistry.get("gecko_fret").source,
+                         preprocessors=[], output_features={
+                             k: seqio.Feature(vocabulary=fixed, add_eos=False)
+                             for k in ("query", "positive", "negative")})
+  with pytest.raises(ValueError, match="not the model's tokenizer"):
+    SeqioBatches(mixture_or_task_name="fixed_vocabulary_task", tokenizer=other, batch_size=4)
