@@ -16,8 +16,8 @@ On several hosts pass `--multihost` (TPU pods: coordinator found automatically) 
 
 from __future__ import annotations
 
-import json
 import dataclasses
+import json
 import os
 import sys
 import time
