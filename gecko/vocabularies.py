@@ -214,7 +214,7 @@ def for_tokenizer(tokenizer: tokenization.Tokenizer) -> seqio.Vocabulary:
                   "gecko.vocabularies.")
 
 
-class ModelVocabulary(seqio.Vocabulary):
+class ModelVocabulary(TokenizerVocabulary):
   """The vocabulary of the model being trained (module docstring).
 
   Args:
@@ -239,33 +239,8 @@ class ModelVocabulary(seqio.Vocabulary):
 
   @property
   def tokenizer(self) -> tokenization.Tokenizer:
+    """The current vocabulary's tokenizer (the Python side of `TokenizerVocabulary`)."""
     return self.current().tokenizer
-
-  @property
-  def max_length(self) -> int:
-    return self.current().max_length
-
-  @property
-  def eos_id(self) -> int:
-    return self.current().eos_id
-
-  @property
-  def pad_id(self) -> int:
-    return self.current().pad_id
-
-  @property
-  def unk_id(self) -> int:
-    return self.current().unk_id
-
-  @property
-  def _base_vocab_size(self) -> int:
-    return self.current().vocab_size
-
-  def _encode(self, s: str) -> Sequence[int]:
-    return self.current().encode(s)
-
-  def encode_batch(self, texts: Iterable[str]) -> list[list[int]]:
-    return self.current().encode_batch(texts)
 
   def _decode(self, ids: Iterable[int]) -> str:
     return self.current().decode(ids)
