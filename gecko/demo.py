@@ -22,9 +22,9 @@ r"""The Gecko recipe end to end on one CPU: `make demo` (or `python -m gecko.dem
    all-MiniLM-L6-v2 with the Gecko loss (in-batch + same-tower + hard negatives) and
    Matryoshka heads (128, 384) on the `gecko_fret_only` mixture, for about two
    epochs (a few dozen records are easy to over-fit).
-5. Evaluation (`gecko.eval`) of the start model (in its plain input format and in the
-   Gecko `task: ... | query: ...` format) and the fine-tuned model on the held-out
-   queries (nDCG@10 over the whole corpus), and on STS-B (a check that general
+5. Evaluation (`gecko.eval`) of the start and the fine-tuned model, each in the start
+   model's plain input format and in the Gecko `task: ... | query: ...` format, on the
+   held-out queries (nDCG@10 over the whole corpus) and on STS-B (a check that general
    similarity survives) when `--data_dir` holds it; a table on stdout and
    OUTPUT_DIR/demo.png.
 
@@ -163,11 +163,12 @@ def run(*, output_dir: str, seeds: int, neighbors: int, ranking: str, steps: int
   print("[5/5] evaluating the start and the fine-tuned model", file=sys.stderr)
   tasks = evaluation_tasks(eval_dir=eval_dir, data_dir=data_dir)
   table = {}
-  # The start model in its own plain format and in the Gecko format the fine-tuning
-  # teaches: the second is the like-for-like comparison with the fine-tuned model.
-  runs = ((f"{START_MODEL} (start, plain)", "start_plain", START_MODEL, False),
-          (f"{START_MODEL} (start, gecko format)", "start_gecko_format", START_MODEL, True),
-          ("fine-tuned on FRet", "fine_tuned", export, True))
+  # Both models in the start model's own plain format and in the Gecko format the
+  # fine-tuning teaches: each format compares like for like.
+  runs = (("start, plain", "start_plain", START_MODEL, False),
+          ("fine-tuned, plain", "fine_tuned_plain", export, False),
+          ("start, Gecko format", "start_gecko_format", START_MODEL, True),
+          ("fine-tuned, Gecko format", "fine_tuned", export, True))
   for name, slug, checkpoint, gecko_format in runs:
     results = eval_lib.evaluate(checkpoint=checkpoint, tasks=tasks, gecko_format=gecko_format,
                                 output_dir=os.path.join(output_dir, "eval"), dims=(384,),
