@@ -82,3 +82,20 @@ def test_bad_inputs_are_named(tmp_path):
     _run(tmp_path, tmp_path, "best")
   with pytest.raises(FileNotFoundError, match="run the variants first"):
     domain_adaptation.report(str(tmp_path))
+
+
+def test_report_averages_seeds_and_counts_seed_positives_as_the_seed(tmp_path):
+  (tmp_path / "results").mkdir()
+  def write(variant, seed, score):
+    (tmp_path / "results" / f"{variant}_seed{seed}.json").write_text(json.dumps({
+        "variant": variant, "seed": seed, "positive_not_seed_fraction": 0.84,
+        "scores": {"test@384": score, "dev@384": score / 2}}))
+  write("main", 0, 0.60)
+  write("main", 1, 0.62)
+  write("seed_positive", 0, 0.63)
+  rows = {line.split(" | ")[0]: line.split(" | ")
+          for line in domain_adaptation.report(str(tmp_path)).splitlines()[2:]}
+  assert rows["| main"][1:3] == ["2", "0.6100 ± 0.0100"] and rows["| main"][-1] == "84% |"
+  # FRet moved 84% of the positives, but this row trains on the seed passages.
+  assert rows["| seed_positive"][2] == "0.6300" and rows["| seed_positive"][-1] == "0% |"
+  assert rows["| main"][3] == "—"  # no test@256 in these results
