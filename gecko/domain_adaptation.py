@@ -45,11 +45,9 @@ from gecko.gin_flags import REPO_ROOT
 
 START_MODEL = "all-MiniLM-L6-v2"
 EXPERIMENT_GIN = "gin/experiments/fret_adaptation.gin"
+SEED_POSITIVE_GIN = "gin/ablations/fret_seed_positive.gin"
 DIMS = (256, 384)
 DEV_FRACTION = 5
-
-
-SEED_POSITIVE_GIN = "gin/ablations/fret_seed_positive.gin"
 
 
 @dataclasses.dataclass(frozen=True)
