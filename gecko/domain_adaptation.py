@@ -79,6 +79,8 @@ VARIANTS = {
     "random_negative": Variant("random neighbour as the hard negative", negative="random"),
     "no_same_tower": Variant("without same-tower negatives",
                              gin_files=("gin/ablations/no_same_tower.gin",)),
+    "margin_mask": Variant("negatives closer than the positive + 0.1 masked",
+                           gin_files=("gin/ablations/false_negative_margin.gin",)),
 }
 BASE = VARIANTS["main"]
 START_PLAIN = "start_plain"  # report row: the start model without the Gecko format

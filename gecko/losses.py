@@ -10,8 +10,11 @@ averaged over the batch. Eq. 3's same-tower terms (q_i, q_j) and hard-negative t
 are switches, so one class covers both stages. Only the example's *own* hard negative
 is in its denominator (the paper's choice). Optional false-negative masking drops
 in-batch positives p_j (j != i) whose `positive_key` equals p_i's, and other queries
-whose `query_key` equals q_i's. Matryoshka: the loss is the weighted sum over `dims`
-of the same loss on the re-normalised prefixes.
+whose `query_key` equals q_i's. An optional margin m also drops every candidate that is
+more similar to q_i than its positive by more than m, s(q_i, c) > s(q_i, p_i+) + m (the
+Qwen3-Embedding loss masks false negatives this way, with m = 0.1): near-duplicate
+queries and unlabelled relevant passages stop counting as negatives. Matryoshka: the
+loss is the weighted sum over `dims` of the same loss on the re-normalised prefixes.
 
 All similarities are taken over the *global* batch: inside `jax.jit` with sharded
 embeddings, XLA gathers what each device needs, so negatives cross devices for free.
@@ -33,8 +36,8 @@ Array = jax.Array
 
 def contrastive_loss(query: Array, positive: Array, negative: Array | None = None, *,
                      temperature: float, same_tower: bool,
-                     positive_key: Array | None = None, query_key: Array | None = None
-                     ) -> tuple[Array, Array]:
+                     positive_key: Array | None = None, query_key: Array | None = None,
+                     margin: float | None = None) -> tuple[Array, Array]:
   """Per-example Eq. 2 / Eq. 3 loss and in-batch correctness.
 
   Args:
@@ -45,6 +48,7 @@ def contrastive_loss(query: Array, positive: Array, negative: Array | None = Non
     same_tower: include the other queries q_j (j != i) in the denominator.
     positive_key, query_key: `[B]` ints; equal keys mark in-batch false negatives to
       mask (None: no masking).
+    margin: drop candidates c with s(q_i, c) > s(q_i, p_i) + margin (None: keep all).
 
   Returns:
     (loss `[B]`, correct `[B]` bool: the positive has the highest logit in its row).
@@ -53,17 +57,27 @@ def contrastive_loss(query: Array, positive: Array, negative: Array | None = Non
   eye = jnp.eye(batch, dtype=bool)
   neg_inf = jnp.array(-jnp.inf, query.dtype)
   qp = query @ positive.T / temperature
+  target = jnp.diagonal(qp)
+
+  def too_close(logits):  # the margin rule (a bool mask; no gradient flows through it)
+    if margin is None:
+      return jnp.zeros(logits.shape, bool)
+    return logits > target[:, None] + margin / temperature
+
+  drop = ~eye & too_close(qp)
   if positive_key is not None:
-    qp = jnp.where((positive_key[:, None] == positive_key[None, :]) & ~eye, neg_inf, qp)
-  columns = [qp]
+    drop |= (positive_key[:, None] == positive_key[None, :]) & ~eye
+  columns = [jnp.where(drop, neg_inf, qp)]
   if same_tower:
     qq = query @ query.T / temperature
-    drop = eye if query_key is None else eye | (query_key[:, None] == query_key[None, :])
+    drop = eye | too_close(qq)
+    if query_key is not None:
+      drop |= query_key[:, None] == query_key[None, :]
     columns.append(jnp.where(drop, neg_inf, qq))
   if negative is not None:
-    columns.append(jnp.sum(query * negative, axis=-1, keepdims=True) / temperature)
+    qn = jnp.sum(query * negative, axis=-1, keepdims=True) / temperature
+    columns.append(jnp.where(too_close(qn), neg_inf, qn))
   logits = jnp.concatenate(columns, axis=1)
-  target = jnp.diagonal(qp)
   loss = jax.nn.logsumexp(logits, axis=1) - target
   correct = jnp.argmax(logits, axis=1) == jnp.arange(batch)
   return loss, correct
@@ -80,6 +94,8 @@ class GeckoLoss:
     hard_negatives: the example's own hard negative (False for Eq. 2).
     mask_false_negatives: mask in-batch positives/queries with equal keys (needs the
       `positive_key` feature; `query_key` is used when present).
+    false_negative_margin: drop every candidate more similar to the query than its
+      positive by more than this (cosine units; None keeps all; Qwen3-Embedding: 0.1).
     dims: Matryoshka dims, e.g. (256, 768); () means the full embedding only.
     dim_weights: one weight per dim (default all 1.0).
   """
@@ -88,12 +104,17 @@ class GeckoLoss:
   same_tower_negatives: bool = True
   hard_negatives: bool = True
   mask_false_negatives: bool = False
+  false_negative_margin: float | None = None
   dims: Sequence[int] = ()
   dim_weights: Sequence[float] | None = None
 
   def __post_init__(self):
     if not self.temperature > 0:
       raise ValueError(f"GeckoLoss.temperature must be > 0, got {self.temperature!r}.")
+    margin = self.false_negative_margin
+    if margin is not None and not 0 <= margin < 2:
+      raise ValueError(f"GeckoLoss.false_negative_margin must be in [0, 2) (a cosine "
+                       f"difference) or None, got {margin!r}.")
     if self.dim_weights is not None and len(self.dim_weights) != len(self.dims):
       raise ValueError(f"GeckoLoss.dim_weights={tuple(self.dim_weights)} needs one weight per "
                        f"dim in dims={tuple(self.dims)}.")
@@ -142,7 +163,7 @@ class GeckoLoss:
       negative = prefix.get("negative") if self.hard_negatives else None
       loss, correct = contrastive_loss(
           prefix["query"], prefix["positive"], negative, temperature=self.temperature,
-          same_tower=self.same_tower_negatives, **keys)
+          same_tower=self.same_tower_negatives, margin=self.false_negative_margin, **keys)
       metrics[f"loss/{dim}"] = jnp.mean(loss)
       metrics[f"accuracy/{dim}"] = jnp.mean(correct.astype(jnp.float32))
       total = total + weight * jnp.mean(loss)

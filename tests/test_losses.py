@@ -10,19 +10,20 @@ def _unit(x):
   return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def _numpy_loss(q, p, n=None, *, tau, same_tower, pkey=None, qkey=None):
+def _numpy_loss(q, p, n=None, *, tau, same_tower, pkey=None, qkey=None, margin=None):
   """Loops over i, j exactly as Eq. 3 is written (Eq. 2 when same_tower=False, n=None)."""
   b = len(q)
   out = []
   for i in range(b):
     num = np.exp(q[i] @ p[i] / tau)
-    den = 0.0
+    kept = lambda c: margin is None or q[i] @ c <= q[i] @ p[i] + margin  # noqa: E731
+    den = num
     for j in range(b):
-      if j == i or pkey is None or pkey[j] != pkey[i]:
+      if j != i and (pkey is None or pkey[j] != pkey[i]) and kept(p[j]):
         den += np.exp(q[i] @ p[j] / tau)
-      if same_tower and j != i and (qkey is None or qkey[j] != qkey[i]):
+      if same_tower and j != i and (qkey is None or qkey[j] != qkey[i]) and kept(q[j]):
         den += np.exp(q[i] @ q[j] / tau)
-    if n is not None:
+    if n is not None and kept(n[i]):
       den += np.exp(q[i] @ n[i] / tau)
     out.append(-np.log(num / den))
   return np.mean(out)
@@ -68,6 +69,18 @@ def test_false_negative_masking(embeddings):
   assert float(unmasked) - float(got) > 0.05  # masking changed something
 
 
+def test_false_negative_margin_drops_candidates_closer_than_the_positive(embeddings):
+  embeddings["query"][1] = _unit(embeddings["query"][0] + 0.1)  # a near-duplicate query
+  want = _numpy_loss(embeddings["query"], embeddings["positive"], embeddings["negative"],
+                     tau=0.05, same_tower=True, margin=0.1)
+  got, _ = losses.GeckoLoss(temperature=0.05, false_negative_margin=0.1)(embeddings)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  unmasked, _ = losses.GeckoLoss(temperature=0.05)(embeddings)
+  assert float(unmasked) - float(got) > 1.0  # the near-duplicate dominated the unmasked loss
+  loose, _ = losses.GeckoLoss(temperature=0.05, false_negative_margin=1.99)(embeddings)
+  np.testing.assert_allclose(loose, unmasked, rtol=1e-6)  # nothing is that much closer
+
+
 def test_matryoshka_sum_over_dims_with_weights(embeddings):
   loss_fn = losses.GeckoLoss(temperature=0.05, dims=(4, 8), dim_weights=(0.5, 2.0))
   got, metrics = loss_fn(embeddings)
@@ -106,5 +119,7 @@ def test_bad_settings_are_named():
     losses.GeckoLoss(temperature=0)
   with pytest.raises(ValueError, match="one weight per dim"):
     losses.GeckoLoss(dims=(4, 8), dim_weights=(1.0,))
+  with pytest.raises(ValueError, match=r"false_negative_margin must be in \[0, 2\).*got -0.1"):
+    losses.GeckoLoss(false_negative_margin=-0.1)
   with pytest.raises(ValueError, match=r"\[100\] are not Matryoshka dims"):
     losses.GeckoLoss(dims=(100,)).check_dims((256, 768))

@@ -404,6 +404,8 @@ def test_every_task_is_in_a_mixture_and_mixtures_share_features():
 ABLATIONS = {
     "no_same_tower": ({"losses.GeckoLoss.same_tower_negatives = False"},
                       {"losses.GeckoLoss.same_tower_negatives = True"}),
+    "false_negative_margin": ({"losses.GeckoLoss.false_negative_margin = 0.1"},
+                              {"losses.GeckoLoss.false_negative_margin = None"}),
     "no_hard_negative": ({"losses.GeckoLoss.hard_negatives = False"},
                          {"losses.GeckoLoss.hard_negatives = True"}),
     "fret_seed_positive": ({"seqio_data.SeqioBatches.fret_positive = 'seed'"},
