@@ -37,8 +37,9 @@ Array = jax.Array
 def contrastive_loss(query: Array, positive: Array, negative: Array | None = None, *,
                      temperature: float, same_tower: bool,
                      positive_key: Array | None = None, query_key: Array | None = None,
-                     margin: float | None = None) -> tuple[Array, Array]:
-  """Per-example Eq. 2 / Eq. 3 loss and in-batch correctness.
+                     margin: float | None = None
+                     ) -> tuple[Array, Array, dict[str, Array]]:
+  """Per-example Eq. 2 / Eq. 3 loss, in-batch correctness and where the negatives are.
 
   Args:
     query: `[B, d]` unit-norm query embeddings.
@@ -51,7 +52,10 @@ def contrastive_loss(query: Array, positive: Array, negative: Array | None = Non
     margin: drop candidates c with s(q_i, c) > s(q_i, p_i) + margin (None: keep all).
 
   Returns:
-    (loss `[B]`, correct `[B]` bool: the positive has the highest logit in its row).
+    (loss `[B]`, correct `[B]` bool: the positive has the highest logit in its row,
+    stats of `[B]` arrays: `same_tower_share`, the share of the softmax denominator
+    on the other queries (with same_tower), and `margin_dropped`, the share of the
+    negatives the margin rule removed (with margin)).
   """
   batch = query.shape[0]
   eye = jnp.eye(batch, dtype=bool)
@@ -64,23 +68,35 @@ def contrastive_loss(query: Array, positive: Array, negative: Array | None = Non
       return jnp.zeros(logits.shape, bool)
     return logits > target[:, None] + margin / temperature
 
-  drop = ~eye & too_close(qp)
+  close = ~eye & too_close(qp)
+  dropped, negatives = jnp.sum(close, axis=1), batch - 1
+  drop = close
   if positive_key is not None:
     drop |= (positive_key[:, None] == positive_key[None, :]) & ~eye
   columns = [jnp.where(drop, neg_inf, qp)]
   if same_tower:
     qq = query @ query.T / temperature
-    drop = eye | too_close(qq)
+    close = ~eye & too_close(qq)
+    dropped, negatives = dropped + jnp.sum(close, axis=1), negatives + batch - 1
+    drop = eye | close
     if query_key is not None:
       drop |= query_key[:, None] == query_key[None, :]
     columns.append(jnp.where(drop, neg_inf, qq))
   if negative is not None:
     qn = jnp.sum(query * negative, axis=-1, keepdims=True) / temperature
-    columns.append(jnp.where(too_close(qn), neg_inf, qn))
+    close = too_close(qn)
+    dropped, negatives = dropped + close[:, 0], negatives + 1
+    columns.append(jnp.where(close, neg_inf, qn))
   logits = jnp.concatenate(columns, axis=1)
-  loss = jax.nn.logsumexp(logits, axis=1) - target
+  denominator = jax.nn.logsumexp(logits, axis=1)
+  loss = denominator - target
   correct = jnp.argmax(logits, axis=1) == jnp.arange(batch)
-  return loss, correct
+  stats = {}
+  if same_tower:
+    stats["same_tower_share"] = jnp.exp(jax.nn.logsumexp(columns[1], axis=1) - denominator)
+  if margin is not None:
+    stats["margin_dropped"] = dropped / negatives
+  return loss, correct, jax.lax.stop_gradient(stats)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -147,7 +163,8 @@ class GeckoLoss:
       batch: the model features, for `positive_key` / `query_key`.
 
     Returns:
-      (scalar loss, metrics): `loss/{d}` and `accuracy/{d}` per Matryoshka dim.
+      (scalar loss, metrics): `loss/{d}` and `accuracy/{d}` per Matryoshka dim, and
+      `same_tower_share/{d}` / `margin_dropped/{d}` when those terms are on.
     """
     batch = batch or {}
     full = embeddings["query"].shape[-1]
@@ -161,11 +178,12 @@ class GeckoLoss:
     for dim, weight in zip(dims, weights):
       prefix = {k: matryoshka(v, dim) if dim != full else v for k, v in embeddings.items()}
       negative = prefix.get("negative") if self.hard_negatives else None
-      loss, correct = contrastive_loss(
+      loss, correct, stats = contrastive_loss(
           prefix["query"], prefix["positive"], negative, temperature=self.temperature,
           same_tower=self.same_tower_negatives, margin=self.false_negative_margin, **keys)
       metrics[f"loss/{dim}"] = jnp.mean(loss)
       metrics[f"accuracy/{dim}"] = jnp.mean(correct.astype(jnp.float32))
+      metrics.update({f"{name}/{dim}": jnp.mean(value) for name, value in stats.items()})
       total = total + weight * jnp.mean(loss)
     metrics["loss"] = total
     return total, metrics

@@ -49,11 +49,17 @@ def test_eq2_in_batch_softmax(embeddings):
 def test_eq3_with_switches(embeddings, same_tower, hard_negatives):
   loss_fn = losses.GeckoLoss(temperature=0.05, same_tower_negatives=same_tower,
                              hard_negatives=hard_negatives)
-  got, _ = loss_fn(embeddings)
+  got, metrics = loss_fn(embeddings)
   want = _numpy_loss(embeddings["query"], embeddings["positive"],
                      embeddings["negative"] if hard_negatives else None,
                      tau=0.05, same_tower=same_tower)
   np.testing.assert_allclose(got, want, rtol=1e-5)
+  assert ("same_tower_share/8" in metrics) == same_tower
+  if same_tower:  # exp(q_i . q_j / tau) summed over j != i, over the whole denominator
+    q, p, n = embeddings["query"], embeddings["positive"], embeddings["negative"]
+    qq = np.exp(q @ q.T / 0.05) * (1 - np.eye(6))
+    den = qq.sum(1) + np.exp(q @ p.T / 0.05).sum(1) + hard_negatives * np.exp((q * n).sum(1) / 0.05)
+    np.testing.assert_allclose(metrics["same_tower_share/8"], np.mean(qq.sum(1) / den), rtol=1e-4)
 
 
 def test_false_negative_masking(embeddings):
@@ -73,8 +79,15 @@ def test_false_negative_margin_drops_candidates_closer_than_the_positive(embeddi
   embeddings["query"][1] = _unit(embeddings["query"][0] + 0.1)  # a near-duplicate query
   want = _numpy_loss(embeddings["query"], embeddings["positive"], embeddings["negative"],
                      tau=0.05, same_tower=True, margin=0.1)
-  got, _ = losses.GeckoLoss(temperature=0.05, false_negative_margin=0.1)(embeddings)
+  got, metrics = losses.GeckoLoss(temperature=0.05, false_negative_margin=0.1)(embeddings)
   np.testing.assert_allclose(got, want, rtol=1e-5)
+  q, p, n = embeddings["query"], embeddings["positive"], embeddings["negative"]
+  pos = (q * p).sum(1, keepdims=True)
+  off = 1 - np.eye(6)
+  dropped = ((q @ p.T > pos + 0.1) * off).sum(1) + ((q @ q.T > pos + 0.1) * off).sum(1) + (
+      (q * n).sum(1) > pos[:, 0] + 0.1)
+  assert dropped[0] >= 1  # q_1, the near-duplicate
+  np.testing.assert_allclose(metrics["margin_dropped/8"], np.mean(dropped / 11), rtol=1e-5)
   unmasked, _ = losses.GeckoLoss(temperature=0.05)(embeddings)
   assert float(unmasked) - float(got) > 1.0  # the near-duplicate dominated the unmasked loss
   loose, _ = losses.GeckoLoss(temperature=0.05, false_negative_margin=1.99)(embeddings)
