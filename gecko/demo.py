@@ -108,7 +108,7 @@ def plot(table: dict[str, dict[str, float]], path: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   tasks = list(dict.fromkeys(t for scores in table.values() for t in scores))
-  fig, ax = plt.subplots(figsize=(2 + 0.4 * len(table) * len(tasks), 3.5))
+  fig, ax = plt.subplots(figsize=(4 + 0.4 * len(table) * len(tasks), 3.5))
   width = 0.8 / len(table)
   for i, (model, scores) in enumerate(table.items()):
     present = [n for n, t in enumerate(tasks) if t in scores]  # a row may lack a column
@@ -117,7 +117,7 @@ def plot(table: dict[str, dict[str, float]], path: str) -> None:
     ax.bar_label(bars, fmt="%.3f", fontsize=6, rotation=90, padding=2)
   ax.set_xticks([t + width * (len(table) - 1) / 2 for t in range(len(tasks))], tasks)
   ax.set_ylabel("main score (nDCG@10 / Spearman)")
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
