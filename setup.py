@@ -9,7 +9,9 @@ setuptools.setup(
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["gecko", "gecko.*"]) + ["gecko_tasks"],
     package_dir={"gecko_tasks": "tasks"},
-    package_data={"gecko": ["py.typed"], "gecko.fret": ["prompts/*.txt"]},
+    # The gin files ship inside the package (`gecko/gin/`), so `--gin_file=gin/runs/...`
+    # resolves from an installed package in any directory (gecko.gin_flags).
+    package_data={"gecko": ["py.typed", "gin/*/*.gin"], "gecko.fret": ["prompts/*.txt"]},
     install_requires=[
         "jax>=0.6",
         "flax>=0.10",

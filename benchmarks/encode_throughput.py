@@ -16,8 +16,8 @@ import argparse
 import importlib
 import inspect
 import os
-import platform
 import pkgutil
+import platform
 import sys
 import time
 

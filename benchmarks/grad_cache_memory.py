@@ -13,27 +13,22 @@ from __future__ import annotations
 import argparse
 
 import jax
-import jax.numpy as jnp
 
 
 def step_memory(*, batch_size: int, length: int, chunk: int | None) -> dict[str, float]:
-  from gecko import partitioning, train_step
-  from gecko.losses import GeckoLoss
   from gecko.models import bert
   from gecko.models.dual_encoder import DualEncoder
-  from gecko.optimizers import AdamW
+  from gecko.training import trainer
+  from gecko.training.losses import GeckoLoss
+  from gecko.training.optimizers import AdamW
 
   model = DualEncoder(backbone=bert.BertConfig())  # all-MiniLM-L6-v2 sizes
-  mesh = partitioning.make_mesh({"data": 1})
-  tx = AdamW(total_steps=1000).transformation()
-  abstract, shardings = train_step.state_shardings(model, tx, mesh,
-                                                   partitioning.standard_logical_axis_rules())
-  tokens = jax.ShapeDtypeStruct((batch_size, length), jnp.int32)
-  batch = {f"{t}_{k}": tokens for t in ("query", "positive", "negative")
-           for k in ("tokens", "mask")}
-  step = train_step.jit_train_step(
-      train_step.make_train_step(model, GeckoLoss(), tx, grad_cache_chunk=chunk), shardings, mesh)
-  memory = step.lower(abstract, batch).compile().memory_analysis()
+  loss = GeckoLoss()
+  program = trainer.build(model=model, loss=loss, optimizer=AdamW(total_steps=1000),
+                          batch_size=batch_size, mesh_axes={"data": 1}, grad_cache_chunk=chunk)
+  batch = program.abstract_batch(loss, batch_size=batch_size, query_length=length,
+                                 passage_length=length)
+  memory = program.step.lower(program.abstract_state, batch).compile().memory_analysis()
   gib = 1024 ** 3
   return {"temp_gib": memory.temp_size_in_bytes / gib,
           "args_gib": memory.argument_size_in_bytes / gib,

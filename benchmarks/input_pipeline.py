@@ -5,7 +5,7 @@
 Writes FRet-shaped JSONL shards (standard-library docstring paragraphs as queries and
 passages), then measures, in one process on this machine:
 
-  gecko:  `gecko.seqio_data.SeqioBatches` over the gecko_fret_only mixture (JSONL
+  gecko:  `gecko.data.seqio_batches.SeqioBatches` over the gecko_fret_only mixture (JSONL
           parsing, the Gecko input format, tf.text WordPiece, feature conversion,
           shuffling, batching), examples/s after the first batch
   peer:   sentence-transformers' `model.tokenize` (the Hugging Face fast tokenizer a
@@ -46,7 +46,7 @@ def write_fret(directory: str, n: int, shards: int = 4) -> list[dict]:
 
 
 def bench_gecko(data_dir: str, *, batch_size: int, length: int, batches: int, tokenizer):
-  from gecko.seqio_data import SeqioBatches
+  from gecko.data.seqio_batches import SeqioBatches
   data = SeqioBatches(mixture_or_task_name="gecko_fret_only", tokenizer=tokenizer,
                       batch_size=batch_size, query_length=length, passage_length=length,
                       data_dir=data_dir)
@@ -62,7 +62,7 @@ def bench_gecko(data_dir: str, *, batch_size: int, length: int, batches: int, to
 def bench_peer(records: list[dict], *, batch_size: int, length: int, batches: int):
   from sentence_transformers import SentenceTransformer
 
-  from gecko.input_format import GECKO
+  from gecko.data.input_format import GECKO
   from gecko.models import embedder
   model = SentenceTransformer(embedder.resolve("all-MiniLM-L6-v2"), device="cpu")
   model.max_seq_length = length

@@ -6,7 +6,7 @@ Both train all-MiniLM-L6-v2 on the same (query, positive, hard negative) triples
 exactly `--length` tokens (docstring paragraphs of the Python standard library, cut
 to length), batch `--batch_size`, AdamW, dropout on, one process on this machine:
 
-  gecko:  gecko.train_step (Eq. 3: in-batch + same-tower + hard negative), jax.jit
+  gecko:  gecko.training.train_step (Eq. 3: in-batch + same-tower + hard negative), jax.jit
   peer:   sentence_transformers.losses.MultipleNegativesRankingLoss, torch eager
 
 Reports pairs/s (examples per second) after warm-up, the ratio, and the model FLOPs
@@ -20,7 +20,6 @@ import argparse
 import os
 import sys
 import time
-
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from encode_throughput import stdlib_paragraphs  # noqa: E402
@@ -57,11 +56,13 @@ def triples(tokenizer, n: int, length: int) -> list[tuple[str, str, str]]:
 
 def bench_gecko(data, *, batch_size: int, length: int, steps: int):
   import jax
-  from gecko import pair_data, partitioning, train_step
-  from gecko.losses import GeckoLoss
+
+  from gecko.data import pairs as pair_data
   from gecko.models import embedder
   from gecko.models.dual_encoder import DualEncoder
-  from gecko.optimizers import AdamW
+  from gecko.training import trainer
+  from gecko.training.losses import GeckoLoss
+  from gecko.training.optimizers import AdamW
 
   minilm = embedder.load("all-MiniLM-L6-v2")
   model = DualEncoder(backbone=minilm.module.backbone)
@@ -69,13 +70,10 @@ def bench_gecko(data, *, batch_size: int, length: int, steps: int):
   batches = pair_data.PairBatches(records=records, tokenizer=minilm.tokenizer,
                                   batch_size=batch_size, query_length=length,
                                   passage_length=length)
-  mesh = partitioning.make_mesh({"data": 1})
-  tx = AdamW(learning_rate=2e-5, total_steps=1000).transformation()
-  loss = GeckoLoss(temperature=0.05)
-  _, shardings = train_step.state_shardings(model, tx, mesh,
-                                            partitioning.standard_logical_axis_rules())
-  state = train_step.create_state(model, tx, shardings, seed=0, params=minilm.params)
-  step = train_step.jit_train_step(train_step.make_train_step(model, loss, tx), shardings, mesh)
+  program = trainer.build(model=model, loss=GeckoLoss(temperature=0.05),
+                          optimizer=AdamW(learning_rate=2e-5, total_steps=1000),
+                          batch_size=batch_size, mesh_axes={"data": 1})
+  state, step = program.init_state(seed=0, params=minilm.params), program.step
   batch0 = batches.batch(0)
   flops = step.lower(state, batch0).compile().cost_analysis()
   flops = (flops[0] if isinstance(flops, list) else flops).get("flops", float("nan"))

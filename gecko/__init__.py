@@ -2,7 +2,7 @@
 
 `import gecko` is light: it imports neither TensorFlow nor the models. Use
 `gecko.encode.encode` to embed texts, `gecko.models` for the Flax modules, and
-`gecko.vocabularies` (TensorFlow) for SeqIO pipelines.
+`gecko.data.vocabularies` (TensorFlow) for SeqIO pipelines.
 """
 
 __version__ = "0.1.0"

@@ -2,7 +2,7 @@ r"""Compile the sharded train step ahead of time and report its per-device memor
 
   python -m gecko.compile_step --fake_devices=8 \
     --gin_file=gin/models/gecko_1b.gin --gin_file=gin/runs/finetune.gin \
-    --gin_file=gin/sharding/fsdp.gin --gin_file=gin/runs/compile_step.gin \
+    --gin_file=gin/sharding/fsdp.gin --gin_file=gin/overlays/compile_step.gin \
     --gin.BATCH_SIZE=512
 
 Nothing is allocated: the train state and the batch are abstract
@@ -31,24 +31,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gecko import features, gin_flags, partitioning, train_step
-from gecko.losses import GeckoLoss
+from gecko import gin_flags
+from gecko.models import dual_encoder
 from gecko.models.dual_encoder import DualEncoder
-from gecko.optimizers import AdamW
+from gecko.training import trainer
+from gecko.training.losses import GeckoLoss
+from gecko.training.optimizers import AdamW
 
 _GIB = 2 ** 30
-
-
-def abstract_batch(loss: GeckoLoss, *, batch_size: int, query_length: int,
-                   passage_length: int, sharding) -> dict[str, jax.ShapeDtypeStruct]:
-  """The shapes of a global batch holding exactly the features `loss` needs."""
-  lengths = {"query": query_length, "positive": passage_length, "negative": passage_length}
-  batch = {}
-  for name in loss.required_features:
-    tower = next((t for t, names in features.TOWERS.items() if name in names), None)
-    shape = (batch_size, lengths[tower]) if tower else (batch_size,)
-    batch[name] = jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding)
-  return batch
 
 
 def _per_device_bytes(tree) -> int:
@@ -67,9 +57,8 @@ def model_flops(model: DualEncoder, *, batch_size: int, lengths: Sequence[int]) 
   12 x layers x heads x head_dim x length^2 per sequence, over every tower's `lengths`.
   """
   cfg = model.backbone
-  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32),
-                          jnp.ones((1, 8), jnp.int32))
-  params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes))
+  params = sum(int(np.prod(x.shape))
+               for x in jax.tree_util.tree_leaves(dual_encoder.abstract_params(model)))
   dense = params - cfg.vocab_size * cfg.hidden_size
   attention = 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim
   return float(sum(batch_size * (6 * dense * n + attention * n * n) for n in lengths))
@@ -100,22 +89,14 @@ def memory_report(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW, batc
   """
   import time
 
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-  mesh = partitioning.make_mesh(mesh_axes)
-  partitioning.check_batch_size(batch_size, mesh)
-  loss.check_dims(model.matryoshka_dims)
-  rules = partitioning.standard_logical_axis_rules(additional_axis_rules)
-  tx = optimizer.transformation()
-  abstract_state, shardings = train_step.state_shardings(model, tx, mesh, rules)
-  batch = abstract_batch(loss, batch_size=batch_size, query_length=query_length,
-                         passage_length=passage_length,
-                         sharding=partitioning.batch_sharding(mesh))
-  step = train_step.jit_train_step(
-      train_step.make_train_step(model, loss, tx, grad_cache_chunk=grad_cache_chunk),
-      shardings, mesh)
+  program = trainer.build(model=model, loss=loss, optimizer=optimizer, batch_size=batch_size,
+                          mesh_axes=mesh_axes, additional_axis_rules=additional_axis_rules,
+                          grad_cache_chunk=grad_cache_chunk)
+  mesh, abstract_state = program.mesh, program.abstract_state
+  batch = program.abstract_batch(loss, batch_size=batch_size, query_length=query_length,
+                                 passage_length=passage_length)
   start = time.perf_counter()
-  compiled = step.lower(abstract_state, batch).compile()
+  compiled = program.step.lower(abstract_state, batch).compile()
   seconds = time.perf_counter() - start
   memory = compiled.memory_analysis()
   parts = {
@@ -177,5 +158,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-  from gecko import compile_step as _module  # gin binds the importable module, not __main__
+  from gecko import (
+    compile_step as _module,  # gin binds the importable module, not __main__
+  )
   sys.exit(_module.main(sys.argv[1:]))

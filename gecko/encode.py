@@ -26,7 +26,10 @@ from collections.abc import Sequence
 import numpy as np
 import tqdm
 
+from gecko.data import jsonl
+from gecko.data.input_format import apply_prompt
 from gecko.models import embedder as embedder_lib
+from gecko.models import matryoshka
 
 BUCKET = 16  # sequence lengths are rounded up to a multiple of this (one compile each)
 IN_FLIGHT = 4  # batches dispatched ahead of the one being copied back
@@ -44,25 +47,6 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
     if not isinstance(text, str):
       raise TypeError(f"texts[{i}] is {type(text).__name__} ({text!r}), not a str.")
   return texts
-
-
-def matryoshka_prefix(embeddings: np.ndarray, dim: int) -> np.ndarray:
-  """The `dim`-dim Matryoshka embeddings of unit-norm rows: truncate, re-normalise (NumPy)."""
-  if dim > embeddings.shape[1]:
-    raise ValueError(f"Matryoshka dim {dim} exceeds the embedding size {embeddings.shape[1]}.")
-  x = embeddings[:, :dim]
-  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def apply_prompt(texts: Sequence[str], prompt: str | None) -> list[str]:
-  """`prompt` with `{text}` is a template; otherwise it is a prefix."""
-  if prompt is None:
-    return list(texts)
-  if not isinstance(prompt, str):
-    raise TypeError(f"prompt must be a str or None, got {type(prompt).__name__}: {prompt!r}.")
-  if "{text}" in prompt:
-    return [prompt.replace("{text}", t) for t in texts]
-  return [prompt + t for t in texts]
 
 
 def length_buckets(lengths: Sequence[int], *, batch_size: int, max_length: int
@@ -132,7 +116,7 @@ def encode(texts: Sequence[str], *, model: str | os.PathLike | embedder_lib.Embe
     while pending:
       collect()
   if dim is not None and dim != model.output_dim:
-    result = matryoshka_prefix(result, dim)
+    result = matryoshka.prefix_numpy(result, dim)
   return result
 
 
@@ -140,23 +124,18 @@ def read_texts(path: str, *, field: str = "text") -> list[str]:
   """Texts from a `.txt` file (one per line) or `.jsonl` (`field` of each object)."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"Input file not found: {path!r}.")
-  with open(path, encoding="utf-8") as f:
-    if path.endswith(".jsonl"):
+  if path.endswith(".jsonl"):
+    with open(path, "rb") as f:
       texts = []
-      for n, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}).") from e
+      for n, record in jsonl.parse(f, path=path):
         value = record if isinstance(record, str) else (
             record.get(field) if isinstance(record, dict) else None)
         if not isinstance(value, str):
           raise ValueError(f"{path}:{n}: expected a string or an object with a string "
-                           f"{field!r} field, got {line.strip()[:80]!r}.")
+                           f"{field!r} field, got {json.dumps(record)[:80]}.")
         texts.append(value)
       return texts
+  with open(path, encoding="utf-8") as f:
     return [line.rstrip("\n") for line in f]
 
 

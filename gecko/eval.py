@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from gecko.data import input_format
 from gecko.encode import encode
 from gecko.evaluation import reports
 from gecko.evaluation import tasks as tasks_lib
@@ -61,7 +62,7 @@ def evaluate(*, checkpoint: str, tasks: Sequence[str | object], output_dir: str,
                          "with data_dir set, or pass task objects.")
       task = known[task]
     resolved.append(task)
-  fmt = tasks_lib.InputFormat(gecko=gecko_format)
+  fmt = input_format.GECKO if gecko_format else input_format.UNFORMATTED
   name = model_name or embedder_lib.model_name(checkpoint)
 
   encode_time = [0.0]  # seconds spent encoding, per task
@@ -112,5 +113,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-  from gecko import eval as _eval_module  # gin binds the importable module, not __main__
+  from gecko import (
+    eval as _eval_module,  # gin binds the importable module, not __main__
+  )
   sys.exit(_eval_module.main(sys.argv[1:]))

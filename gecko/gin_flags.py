@@ -5,9 +5,10 @@
   --gin_bindings=B       raw binding string (repeatable)
   --gin_search_path=DIR  extra directories for gin files and `include`s
 
-Gin files are found relative to the working directory, the repository root (for
-`include 'gin/models/...'`) and `--gin_search_path`. Configuration mistakes (an
-unknown binding, a missing file, a `%gin.REQUIRED` macro left unset) end the
+Gin files are found relative to the working directory, then among the files the
+package ships (`gecko/gin/`, as `gin/runs/finetune.gin` or `runs/finetune.gin`, so an
+installed package needs no checkout), then `--gin_search_path`. Configuration mistakes
+(an unknown binding, a missing file, a `%gin.REQUIRED` macro left unset) end the
 program with one line naming the problem and exit status 2.
 """
 
@@ -15,11 +16,19 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))  # holds gin/: "gin/runs/x.gin"
+GIN_DIR = os.path.join(PACKAGE_DIR, "gin")                # "runs/x.gin"
+
+_SEARCH_PATHS: set[str] = set()
+
+# What to add when a required argument of an entry point is unbound.
+_HINTS = {"data_fn": "add a data file after the run file: --gin_file=gin/data/seqio.gin (the "
+                     "SeqIO tasks) or --gin_file=gin/data/jsonl.gin (one JSONL file)"}
 
 
 class ConfigError(Exception):
@@ -65,16 +74,30 @@ def initialize_distributed(args: argparse.Namespace) -> None:
 def configure(gin_files: Sequence[str], bindings: Sequence[str], search_paths=()) -> None:
   """Parses gin files and bindings; raises ConfigError with a one-line message."""
   import gin
-  for path in (os.getcwd(), REPO_ROOT, *search_paths):
-    gin.add_config_file_search_path(path)
+  gin.clear_config()  # a second configuration in one process starts from nothing
+  for path in (os.getcwd(), PACKAGE_DIR, GIN_DIR, *search_paths):
+    if path not in _SEARCH_PATHS:  # gin keeps its search paths across clear_config
+      _SEARCH_PATHS.add(path)
+      gin.add_config_file_search_path(path)
   if not gin_files:
     raise ConfigError("no --gin_file given; e.g. --gin_file=gin/models/tiny.gin "
-                      "--gin_file=gin/runs/finetune.gin (training) or "
+                      "--gin_file=gin/runs/finetune.gin --gin_file=gin/data/seqio.gin "
+                      "(training) or "
                       "--gin_file=gin/runs/eval.gin (evaluation)")
+  root = logging.getLogger()
+  root.addFilter(_quiet_misses)
   try:
     gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
   except Exception as e:  # gin raises many types (IOError, ValueError, ParserError, ...)
     raise ConfigError(_one_line(e)) from e
+  finally:
+    root.removeFilter(_quiet_misses)
+
+
+def _quiet_misses(record: logging.LogRecord) -> bool:
+  """Drops gin's "Path not found" log lines: it logs one for every search path that does
+  not hold a file it then finds in the next one (a file found nowhere is an error)."""
+  return not record.getMessage().startswith("Path not found")
 
 
 def _one_line(error: Exception) -> str:
@@ -96,8 +119,9 @@ def call_configured(fn: Callable, **kwargs):
   missing = [name for name, p in inspect.signature(fn).parameters.items()
              if p.default is inspect.Parameter.empty and name not in bound and name not in kwargs]
   if missing:
-    raise ConfigError(f"{fn.__name__}() needs bindings for {missing}: set them in a gin file "
-                      f"or with --gin.{fn.__name__}.{missing[0]}=...")
+    hint = _HINTS.get(missing[0], f"set them in a gin file or with "
+                                  f"--gin.{fn.__name__}.{missing[0]}=...")
+    raise ConfigError(f"{fn.__name__}() needs bindings for {missing}: {hint}")
   return gin.get_configurable(fn)(**kwargs)
 
 
@@ -125,3 +149,11 @@ def run(fn: Callable, argv: Sequence[str], *, prog: str, doc: str, **kwargs) -> 
     print(f"{prog}: configuration error: {e}", file=sys.stderr)
     return 2
   return 0
+
+
+def gin_string(value: str) -> str:
+  """`value` as a gin string literal (quotes and backslashes escaped), for a
+  `--gin.NAME=...` flag built from a path or any other text."""
+  if not isinstance(value, str):
+    raise TypeError(f"gin_string takes a str, got {type(value).__name__}: {value!r}.")
+  return repr(value)

@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
 GROUP = 128  # block scores are grouped this many to a row maximum before top-k
 
 

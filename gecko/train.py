@@ -2,9 +2,11 @@ r"""Train a Gecko dual encoder: `python -m gecko.train --gin_file=... --gin.X=Y`
 
   python -m gecko.train \
     --gin_file=gin/models/minilm_l6.gin --gin_file=gin/runs/finetune.gin \
+    --gin_file=gin/data/seqio.gin \
     --gin.MODEL_DIR="'/tmp/gecko_run'" --gin.TASK_DATA_DIR="'/data/gecko'" \
     --gin.TRAIN_STEPS=1000 --gin.BATCH_SIZE=64
 
+A run is a model file + a run file + a data file (+ sharding, overlays, ablations).
 `--gin_file` may be repeated (later files override earlier ones); `--gin.NAME=VALUE`
 binds anything (strings need inner quotes). The operative config is written to
 `MODEL_DIR/config.gin`. A run resumes from the latest checkpoint in MODEL_DIR.
@@ -16,71 +18,29 @@ On several hosts pass `--multihost` (TPU pods: coordinator found automatically) 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import tqdm
 
-from gecko import checkpointing, gin_flags, partitioning, train_step
-from gecko.losses import GeckoLoss
+from gecko import gin_flags
+from gecko.data.features import BatchSource
 from gecko.models import embedder as embedder_lib
 from gecko.models.dual_encoder import DualEncoder
-from gecko.optimizers import AdamW
-from gecko.pair_data import PairBatches
-from gecko.seqio_data import SeqioBatches
+from gecko.training import checkpointing, trainer
+from gecko.training.losses import GeckoLoss
+from gecko.training.optimizers import AdamW
 
 
 class NonFiniteLossError(RuntimeError):
   """Too many consecutive non-finite steps."""
 
 
-# Backbone fields a run chooses freely, whatever the checkpoint it starts from says.
-RUN_TIME_FIELDS = ("dtype", "dropout_rate")
-
-
-def _initial_params(model: DualEncoder, init_from: str, seed: int):
-  """Params from a pretrained/saved model, random where it has nothing (e.g. the projection)."""
-  loaded = embedder_lib.load(init_from)
-  run_time = {f: getattr(model.backbone, f) for f in RUN_TIME_FIELDS}  # not the checkpoint's
-  if dataclasses.replace(loaded.module.backbone, **run_time) != model.backbone:
-    raise ValueError(f"init_from={init_from!r} has backbone {loaded.module.backbone}, but the "
-                     f"configured model has {model.backbone}; use the matching model gin file.")
-  params = embedder_lib.init_params(model, seed=seed)
-  params["encoder"] = loaded.params["encoder"]
-  if "projection" in params and "projection" in loaded.params:
-    if loaded.params["projection"]["kernel"].shape == params["projection"]["kernel"].shape:
-      params["projection"] = loaded.params["projection"]
-  return params
-
-
-def _global_batch(local: Mapping[str, np.ndarray], sharding) -> dict[str, jax.Array]:
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
-
-
-def _host_params(state) -> dict:
-  """The full parameters as NumPy on every process (gathers FSDP/model shards)."""
-  from jax.experimental import multihost_utils
-  return multihost_utils.process_allgather(state.params, tiled=True)
-
-
-def _evaluate(eval_fn, model, state, tokenizer, model_dir: str, step: int) -> dict[str, float]:
-  current = embedder_lib.Embedder(module=model, params=_host_params(state),
-                                  tokenizer=tokenizer)
-  results = eval_fn(checkpoint=current, output_dir=os.path.join(model_dir, "eval", str(step)),
-                    model_name=f"step_{step}")
-  return {f"eval/{task}/{dim}": scores["main_score"]
-          for task, per_dim in results.items() for dim, scores in per_dim.items()}
-
-
 def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
-          data_fn: Callable[..., PairBatches | SeqioBatches], model_dir: str, train_steps: int,
+          data_fn: Callable[..., BatchSource], model_dir: str, train_steps: int,
           tokenizer_from: str = "all-MiniLM-L6-v2", init_from: str | None = None,
           mesh_axes: Mapping[str, int] | None = None,
           additional_axis_rules: Sequence[tuple] = (), grad_cache_chunk: int | None = None,
@@ -93,7 +53,8 @@ def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
     model: The dual encoder (sizes, projection, Matryoshka dims).
     loss: The Gecko loss (Eq. 2 / Eq. 3 switches, temperature, MRL dims).
     optimizer: Optimiser and learning-rate schedule.
-    data_fn: Builds the batch source given `tokenizer=, process_index=, process_count=`.
+    data_fn: Builds the batch source (`gecko.data.features.BatchSource`) given
+      `tokenizer=, process_index=, process_count=`.
     model_dir: Checkpoints, TensorBoard events, metrics.jsonl, config.gin and the
       exported model.
     train_steps: Total steps (a resumed run continues up to this).
@@ -118,70 +79,35 @@ def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
   if train_steps < 1:
     raise ValueError(f"train_steps must be >= 1, got {train_steps}.")
   os.makedirs(model_dir, exist_ok=True)
-  mesh = partitioning.make_mesh(mesh_axes)
-  rules = partitioning.standard_logical_axis_rules(additional_axis_rules)
-  tokenizer = embedder_lib.load(init_from or tokenizer_from).tokenizer
+  source = embedder_lib.load(init_from) if init_from else None
+  tokenizer = (source or embedder_lib.load(tokenizer_from)).tokenizer
   data = data_fn(tokenizer=tokenizer, process_index=jax.process_index(),
                  process_count=jax.process_count())
-  partitioning.check_batch_size(data.batch_size, mesh)
   loss.validate_features(data.feature_names)
-  loss.check_dims(model.matryoshka_dims)
-  if grad_cache_chunk and data.batch_size % grad_cache_chunk:
-    raise ValueError(f"grad_cache_chunk={grad_cache_chunk} must divide the batch size "
-                     f"{data.batch_size}.")
-  tx = optimizer.transformation()
-  schedule = optimizer.schedule()
-  abstract, shardings = train_step.state_shardings(model, tx, mesh, rules)
+  program = trainer.build(model=model, loss=loss, optimizer=optimizer,
+                          batch_size=data.batch_size, mesh_axes=mesh_axes,
+                          additional_axis_rules=additional_axis_rules,
+                          grad_cache_chunk=grad_cache_chunk)
   ckpt = checkpointing.Checkpointer(model_dir, every=checkpoint_every, keep=keep_checkpoints)
-  if ckpt.latest_step is not None:
-    state, meta = ckpt.restore(abstract)
-    start = int(meta["step"])
-    print(f"gecko.train: resuming from step {start} in {model_dir}", file=sys.stderr)
-  else:
-    params = _initial_params(model, init_from, seed) if init_from else None
-    state = train_step.create_state(model, tx, shardings, seed=seed, params=params)
-    start = 0
+  state, start = _start_state(program, ckpt, source, init_from=init_from, seed=seed)
   gin_flags.write_operative_config(model_dir)
-  step_fn = train_step.jit_train_step(
-      train_step.make_train_step(model, loss, tx, grad_cache_chunk=grad_cache_chunk),
-      shardings, mesh)
-  batch_sharding = partitioning.batch_sharding(mesh)
-
-  from clu import metric_writers  # TensorBoard (imports TensorFlow): training only
-  writer = metric_writers.create_default_writer(model_dir, just_logging=jax.process_index() > 0)
-
-  def log(step: int, scalars: dict[str, float]) -> None:  # TensorBoard + metrics.jsonl
-    writer.write_scalars(step, scalars)
-    if jax.process_index() == 0:
-      with open(os.path.join(model_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
-        f.write(json.dumps({"step": step, **scalars}) + "\n")
-
-  last: dict[str, float] = {}
-  window, window_start, window_steps = None, time.perf_counter(), 0
+  log = _MetricsLog(model_dir)
+  schedule = optimizer.schedule()
+  window, last = trainer.MetricsWindow(), {}
   bar = tqdm.tqdm(total=train_steps, initial=start, desc="train", unit="step",
                   disable=jax.process_index() > 0, file=sys.stderr)
   try:
     for step in range(start, train_steps):
-      batch = _global_batch(data.batch(step), batch_sharding)
-      state, metrics = step_fn(state, batch)
-      window = metrics if window is None else jax.tree.map(jnp.add, window, metrics)
-      window_steps += 1
-      streak = int(state.nonfinite_streak)
-      if streak >= max_nonfinite_steps:
-        raise NonFiniteLossError(
-            f"{streak} consecutive non-finite steps (last at step {step}); aborting. The last "
-            f"checkpoint ({ckpt.latest_step}) is intact: lower the learning rate or check the data.")
+      state, metrics = program.step(state, program.global_batch(data.batch(step)))
+      window.add(metrics)
+      _check_finite(state, step=step, limit=max_nonfinite_steps, last_checkpoint=ckpt.latest_step)
       done = step + 1
       if done % log_every == 0 or done == train_steps:
-        elapsed = time.perf_counter() - window_start
-        last = {k: float(v) / window_steps for k, v in jax.device_get(window).items()}
-        last.update(learning_rate=float(schedule(step)),
-                    step_time=elapsed / window_steps,
-                    examples_per_second=window_steps * data.batch_size / elapsed,
+        last = dict(window.average(batch_size=data.batch_size),
+                    learning_rate=float(schedule(step)),
                     nonfinite_total=float(state.nonfinite_total))
         log(done, last)
         bar.set_postfix(loss=f"{last['loss']:.4f}")
-        window, window_start, window_steps = None, time.perf_counter(), 0
       ckpt.save(done, state, {"step": done, "seed": seed})
       if eval_fn is not None and eval_every and (done % eval_every == 0 or done == train_steps):
         log(done, _evaluate(eval_fn, model, state, tokenizer, model_dir, done))
@@ -189,14 +115,62 @@ def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
     ckpt.save(train_steps, state, {"step": train_steps, "seed": seed}, force=True)
   finally:
     bar.close()
-    writer.flush()
+    log.close()
     ckpt.close()
     data.close()
   if export:
-    embedder_lib.save(embedder_lib.Embedder(module=model, params=_host_params(state),
+    embedder_lib.save(embedder_lib.Embedder(module=model, params=trainer.host_params(state),
                                             tokenizer=tokenizer),
                       os.path.join(model_dir, "export"), overwrite=True)
   return last
+
+
+def _start_state(program: trainer.Program, ckpt: checkpointing.Checkpointer,
+                 source: embedder_lib.Embedder | None, *, init_from: str | None, seed: int):
+  """(state, first step): the latest checkpoint, else `init_from`'s weights, else random."""
+  if ckpt.latest_step is not None:
+    state, meta = ckpt.restore(program.abstract_state)
+    print(f"gecko.train: resuming from step {meta['step']} in {ckpt.directory}", file=sys.stderr)
+    return state, int(meta["step"])
+  params = (trainer.initial_params(program.model, source, name=init_from, seed=seed)
+            if source is not None else None)
+  return program.init_state(seed=seed, params=params), 0
+
+
+def _check_finite(state, *, step: int, limit: int, last_checkpoint: int | None) -> None:
+  streak = int(state.nonfinite_streak)
+  if streak >= limit:
+    raise NonFiniteLossError(
+        f"{streak} consecutive non-finite steps (last at step {step}); aborting. The last "
+        f"checkpoint ({last_checkpoint}) is intact: lower the learning rate or check the data.")
+
+
+class _MetricsLog:
+  """Writes scalars to TensorBoard and (process 0) `MODEL_DIR/metrics.jsonl`."""
+
+  def __init__(self, model_dir: str):
+    from clu import metric_writers  # TensorBoard (imports TensorFlow): training only
+    self._writer = metric_writers.create_default_writer(
+        model_dir, just_logging=jax.process_index() > 0)
+    self._path = os.path.join(model_dir, "metrics.jsonl")
+
+  def __call__(self, step: int, scalars: dict[str, float]) -> None:
+    self._writer.write_scalars(step, scalars)
+    if jax.process_index() == 0:
+      with open(self._path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"step": step, **scalars}) + "\n")
+
+  def close(self) -> None:
+    self._writer.flush()
+
+
+def _evaluate(eval_fn, model, state, tokenizer, model_dir: str, step: int) -> dict[str, float]:
+  current = embedder_lib.Embedder(module=model, params=trainer.host_params(state),
+                                  tokenizer=tokenizer)
+  results = eval_fn(checkpoint=current, output_dir=os.path.join(model_dir, "eval", str(step)),
+                    model_name=f"step_{step}")
+  return {f"eval/{task}/{dim}": scores["main_score"]
+          for task, per_dim in results.items() for dim, scores in per_dim.items()}
 
 
 def main(argv: Sequence[str]) -> int:
@@ -204,5 +178,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-  from gecko import train as _train_module  # gin binds the importable module, not __main__
+  from gecko import (
+    train as _train_module,  # gin binds the importable module, not __main__
+  )
   sys.exit(_train_module.main(sys.argv[1:]))

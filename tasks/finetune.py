@@ -6,13 +6,13 @@ Every task yields `query`, `positive` and `negative`, so that they mix freely.
 import functools
 
 import seqio
-
-from gecko import seqio_preprocessors as pp
-from gecko import seqio_sources as sources
-from gecko.evaluation import datasets as eval_datasets
-from gecko.evaluation.tasks import TASK_STRINGS
-from gecko.fret import schema as fret_schema
 from gecko_tasks.vocabulary import triple_features
+
+from gecko.data import preprocessors as pp
+from gecko.data import sources
+from gecko.data.input_format import TASK_STRINGS
+from gecko.evaluation import datasets as eval_datasets
+from gecko.fret import schema as fret_schema
 
 # --- FRet: the LLM-distilled data (gecko.fret writes it, gecko.fret.schema defines it).
 seqio.TaskRegistry.add(

@@ -6,9 +6,9 @@ evenly-ish and leave opt-in sources (TFDS SQuAD, MIRACL, STS-B) at 0.
 """
 
 import seqio
-
-from gecko.seqio_sources import rate
 from gecko_tasks import finetune
+
+from gecko.data.sources import rate
 
 PREFINETUNE = {"gecko_pft_qa": 1.0, "gecko_pft_title_body": 1.0, "gecko_pft_squad": 0.0}
 QA = {f"gecko_{name}": 0.1 for name in finetune.RETRIEVAL_TASKS if name != "miracl"}

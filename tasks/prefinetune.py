@@ -3,10 +3,10 @@
 import functools
 
 import seqio
-
-from gecko import seqio_preprocessors as pp
-from gecko import seqio_sources as sources
 from gecko_tasks.vocabulary import pair_features
+
+from gecko.data import preprocessors as pp
+from gecko.data import sources
 
 QUESTION_ANSWERING = "question answering"
 SEARCH_RESULT = "search result"

@@ -3,7 +3,7 @@
 import seqio
 import tensorflow as tf
 
-from gecko.vocabularies import ModelVocabulary
+from gecko.data.vocabularies import ModelVocabulary
 
 # The trained model's own tokenizer (SeqioBatches passes it: WordPiece for MiniLM/BERT,
 # SentencePiece for T5), so every task serves every backbone; outside a pipeline, the

@@ -5,8 +5,8 @@ import json
 import jax
 import numpy as np
 import pytest
-
 from conftest import TINY_HF_CONFIG, TINY_VOCAB, hf_bert_tensors, write_hf_checkpoint
+
 from gecko.encode import encode
 from gecko.models import checkpoint_import, embedder
 

@@ -7,8 +7,9 @@ import json
 import jax
 import pytest
 
-from gecko import domain_adaptation
+from gecko.data import jsonl
 from gecko.evaluation import datasets
+from gecko.experiments import domain_adaptation
 from gecko.fret import docstrings, schema
 
 
@@ -17,11 +18,11 @@ def beir_corpus(tmp_path_factory):
   """A BEIR directory: 40 docstring passages, 4 test queries with their qrels."""
   root = tmp_path_factory.mktemp("beir")
   passages = docstrings.passages(limit=40)
-  docstrings.write_jsonl([{"_id": p["id"], "title": p["title"], "text": p["text"]}
-                          for p in passages], str(root / "corpus.jsonl"))
+  jsonl.write(root / "corpus.jsonl", [{"_id": p["id"], "title": p["title"], "text": p["text"]}
+                                      for p in passages])
   queries = [{"_id": f"t{i}", "text": f"what does {p['title']} do"}
              for i, p in enumerate(passages[:4])]
-  docstrings.write_jsonl(queries, str(root / "queries.jsonl"))
+  jsonl.write(root / "queries.jsonl", queries)
   (root / "qrels").mkdir()
   (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
       f"t{i}\t{p['id']}\t1\n" for i, p in enumerate(passages[:4])))
@@ -30,17 +31,14 @@ def beir_corpus(tmp_path_factory):
 
 def _run(corpus, out, variant, **overrides):
   args = dict(corpus_dir=str(corpus), output_dir=str(out), variant=variant, seed=0,
-              passages=15, neighbors=3, steps=2, batch_size=4, learning_rate=2e-5,
+              passages=15, neighbors=3, steps=2, batch_size=8, learning_rate=2e-5,
               sts_dir=None)
   return domain_adaptation.run(**{**args, **overrides})
 
 
-def test_experiment_rows_and_report_end_to_end(beir_corpus, tmp_path, monkeypatch):
-  # Training runs as a subprocess, which inherits this environment: give it one CPU
-  # device (the session's 8 fake devices would need a batch divisible by 8), after this
-  # process's JAX has started with its 8.
+def test_experiment_rows_and_report_end_to_end(beir_corpus, tmp_path):
+  # Training runs in this process (gecko.train.main), on the session's 8 fake devices.
   assert jax.device_count() == 8
-  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
   main = _run(beir_corpus, tmp_path, "main")
   assert main["records"] >= 10 and main["train"] + main["dev"] == main["records"]
   assert set(main["scores"]) == {"test@256", "test@384", "dev@256", "dev@384"}

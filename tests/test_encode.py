@@ -6,8 +6,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import REPO
+
 from gecko import encode as encode_lib
 from gecko.encode import encode
 from gecko.models import embedder

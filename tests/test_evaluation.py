@@ -7,9 +7,10 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import REPO, SHARED_DATA, write_hf_checkpoint
+
 from gecko import eval as eval_lib
+from gecko.data import input_format
 from gecko.evaluation import datasets, metrics, tasks
 from gecko.models import embedder
 
@@ -192,7 +193,7 @@ def _jsonl_file(path, rows):
 
 
 def test_clustering_reranking_summarization_on_exact_embeddings(tmp_path):
-  fmt = tasks.InputFormat()
+  fmt = input_format.UNFORMATTED
   clusters = _jsonl_file(tmp_path / "clu" / "test.jsonl", [
       {"sentences": ["gecko a", "lizard b", "piano c", "guitar d", "kernel e", "cache f"],
        "labels": [0, 0, 1, 1, 2, 2]}])

@@ -118,11 +118,11 @@ def test_shards_are_atomic_and_resume_without_loss_or_duplicates(tmp_path):
 
 
 def test_the_fret_task_reads_the_shards(tmp_path):
-  import seqio
-
   import gecko_tasks  # noqa: F401
-  from gecko import seqio_sources
+  import seqio
   from gecko_tasks.vocabulary import VOCABULARY
+
+  from gecko.data import sources as seqio_sources
   writer = ShardWriter(str(tmp_path / "fret"), shard_size=4, tfrecord=True)
   for i in range(6):
     writer.add(_record(i))

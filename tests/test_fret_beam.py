@@ -6,8 +6,8 @@ import json
 import sys
 
 import pytest
-
 from conftest import fret_records, run_cli
+
 from gecko.fret import schema
 
 pytest.importorskip("apache_beam", reason="the Beam pipeline needs the [beam] extra "
@@ -26,7 +26,7 @@ def test_beam_writes_the_records_of_the_local_pipeline(fret_corpus, tmp_path):
   out = tmp_path / "fret"
   cache = tmp_path / "beam_cache.sqlite"
   cmd = [sys.executable, "-m", "gecko.fret.beam", "--gin_file=gin/runs/fret.gin",
-         "--gin_file=gin/runs/fret_beam.gin", f"--gin.CORPUS='{fret_corpus}'",
+         "--gin_file=gin/overlays/fret_beam.gin", f"--gin.CORPUS='{fret_corpus}'",
          f"--gin.OUTPUT_DIR='{out}'", "--gin.NUM_NEIGHBORS=3", "--gin.NUM_SHARDS=2",
          "--gin.TFRECORD=True", "--gin.BLOCK_SIZE=5", f"--gin.BEAM_CACHE='{cache}'",
          "--gin.llm.LlamaCpp.n_ctx=1024", "--", "--direct_num_workers=1"]
@@ -64,10 +64,10 @@ def test_beam_writes_the_records_of_the_local_pipeline(fret_corpus, tmp_path):
   assert _by_id(fret_records(out)) == got
 
   # The FRet SeqIO task reads the Beam shards (the TFRecord copies), each record once.
+  import gecko_tasks  # noqa: F401
   import seqio
 
-  import gecko_tasks  # noqa: F401
-  from gecko import seqio_sources
+  from gecko.data import sources as seqio_sources
   (tmp_path / "data").mkdir()
   (tmp_path / "data" / "fret").symlink_to(out, target_is_directory=True)
   with seqio_sources.using(seqio_sources.DataOptions(data_dir=str(tmp_path / "data"))):

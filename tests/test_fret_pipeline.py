@@ -7,9 +7,10 @@ import os
 import sys
 
 import pytest
-
 from conftest import FRET_TOPICS, fret_records, run_cli
+
 from gecko.fret import schema
+
 
 def test_pipeline_writes_records_summary_and_resumes_from_the_cache(fret_corpus, tmp_path):
   out = tmp_path / "fret"
@@ -118,7 +119,7 @@ def test_a_killed_run_resumes_without_losing_or_duplicating_records(fret_corpus,
   import subprocess
   import time
 
-  from conftest import cli_env, REPO
+  from conftest import REPO, cli_env
   out = tmp_path / "fret"
   cmd = [sys.executable, "-m", "gecko.fret", "--gin_file=gin/runs/fret.gin",
          f"--gin.CORPUS='{fret_corpus}'", f"--gin.OUTPUT_DIR='{out}'", "--gin.NUM_SEEDS=6",

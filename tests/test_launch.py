@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 TRAIN, EVAL = REPO / "launch" / "tpu_train.sh", REPO / "launch" / "tpu_eval.sh"

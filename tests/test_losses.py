@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gecko import losses
+from gecko.training import losses
 
 
 def _unit(x):

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import REPO
-from gecko.models import bert, dual_encoder, embedder, t5
+
+from gecko.models import bert, dual_encoder, embedder, matryoshka, t5
 
 TINY = bert.BertConfig(vocab_size=50, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64,
                        max_length=32, dropout_rate=0.0)
@@ -57,12 +57,12 @@ def test_matryoshka_prefix_is_renormalised_first_dims():
   ids = jnp.array([[2, 5, 6, 3], [2, 8, 3, 0]], jnp.int32)
   full = np.asarray(module.apply({"params": params}, ids, (ids > 0).astype(jnp.int32)))
   assert full.shape == (2, 24)
-  small = np.asarray(dual_encoder.matryoshka(full, 8))
+  small = np.asarray(matryoshka.prefix(full, 8))
   expected = full[:, :8] / np.linalg.norm(full[:, :8], axis=-1, keepdims=True)
   np.testing.assert_allclose(small, expected, atol=1e-6)
   assert not np.allclose(small, full[:, :8])  # re-normalisation actually happened
-  with pytest.raises(ValueError, match="exceeds"):
-    dual_encoder.matryoshka(full, 32)
+  with pytest.raises(ValueError, match="embedding size"):
+    matryoshka.prefix(full, 32)
 
 
 @pytest.mark.parametrize("dims", [(24, 8), (8, 16), (0, 24), (8, 8, 24)])

@@ -8,18 +8,17 @@ import inspect
 import json
 import random
 
+import mteb  # the [mteb] extra; `make test` installs it
 import numpy as np
 import pytest
-
-import mteb  # the [mteb] extra; `make test` installs it
-
 from conftest import SHARED_DATA, write_hf_checkpoint  # noqa: E402
-from gecko import encode as encode_lib  # noqa: E402
-from gecko.evaluation import mteb_adapter, tasks  # noqa: E402
-from gecko.models import embedder  # noqa: E402
 from mteb.cache import ResultCache  # noqa: E402
 from mteb.models.model_meta import ModelMeta  # noqa: E402
 from mteb.types import PromptType  # noqa: E402
+
+from gecko import encode as encode_lib  # noqa: E402
+from gecko.evaluation import mteb_adapter, tasks  # noqa: E402
+from gecko.models import embedder, matryoshka  # noqa: E402
 
 RETRIEVAL_METRICS = ("ndcg_at_10", "map_at_10", "recall_at_100", "mrr_at_10")
 
@@ -168,7 +167,7 @@ def test_model_meta_and_matryoshka_dim(tmp_path):
   full = encode_lib.encode(["task: semantic similarity | query: " + t for t in
                             ("the gecko", "embeds text", "the model")], model=model)
   assert out.shape == (3, 8)
-  np.testing.assert_allclose(out, encode_lib.matryoshka_prefix(full, 8), atol=1e-6)
+  np.testing.assert_allclose(out, matryoshka.prefix_numpy(full, 8), atol=1e-6)
   with pytest.raises(ValueError, match="dim=5 is not one of the model's Matryoshka dims"):
     mteb_adapter.GeckoEncoder(model=model, dim=5)
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gecko import pair_data
+from gecko.data import pairs as pair_data
 
 
 @pytest.fixture(scope="module")

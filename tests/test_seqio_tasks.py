@@ -7,19 +7,20 @@ import gzip
 import json
 import re
 
+import gecko_tasks  # noqa: F401  (registers the tasks)
 import numpy as np
 import pytest
 import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
-
-import gecko_tasks  # noqa: F401  (registers the tasks)
-from gecko import input_format, seqio_sources
-from gecko import seqio_preprocessors as pp
-from gecko.feature_converters import DualEncoderFeatureConverter
-from gecko.seqio_data import SeqioBatches
 from gecko_tasks.finetune import NLI_TASK, RETRIEVAL_TASKS
 from gecko_tasks.vocabulary import VOCABULARY
+
+from gecko.data import input_format
+from gecko.data import preprocessors as pp
+from gecko.data import sources as seqio_sources
+from gecko.data.feature_converters import DualEncoderFeatureConverter
+from gecko.data.seqio_batches import SeqioBatches
 
 FMT = input_format.GECKO
 
@@ -286,7 +287,7 @@ def test_feature_converter_truncates_keeping_sep_and_keys_duplicates():
 
 
 def test_the_loss_checks_the_features_of_the_mixture(minilm):
-  from gecko.losses import GeckoLoss
+  from gecko.training.losses import GeckoLoss
   pairs = SeqioBatches(mixture_or_task_name="gecko_prefinetune", tokenizer=minilm.tokenizer,
                        batch_size=4)
   GeckoLoss(same_tower_negatives=False, hard_negatives=False,
@@ -426,7 +427,7 @@ def _operative_bindings(files, tokenizer) -> set[str]:
   import gin
 
   from gecko import gin_flags
-  from gecko.losses import GeckoLoss
+  from gecko.training.losses import GeckoLoss
   gin.clear_config()
   try:
     gin_flags.configure(files, ["MODEL_DIR = '/tmp/unused'", "TASK_DATA_DIR = '/tmp/unused'",
@@ -441,7 +442,7 @@ def _operative_bindings(files, tokenizer) -> set[str]:
 
 @pytest.mark.parametrize("ablation", sorted(ABLATIONS))
 def test_each_ablation_changes_exactly_what_it_says(minilm, ablation):
-  run = ["gin/models/tiny.gin", "gin/runs/finetune.gin"]
+  run = ["gin/models/tiny.gin", "gin/runs/finetune.gin", "gin/data/seqio.gin"]
   base = _operative_bindings(run, minilm.tokenizer)
   changed = _operative_bindings(run + [f"gin/ablations/{ablation}.gin"], minilm.tokenizer)
   added, removed = ABLATIONS[ablation]
@@ -458,13 +459,13 @@ def test_two_stage_run_prefinetune_then_finetune_through_seqio(data_dir, tmp_pat
   from conftest import run_cli
   root, _ = data_dir
   tiny = ["--gin_file=gin/models/tiny.gin"]
-  common = ["--gin_file=gin/local_tiny.gin", f"--gin.TASK_DATA_DIR='{root}'",
+  common = ["--gin_file=gin/overlays/local_tiny.gin", f"--gin.TASK_DATA_DIR='{root}'",
             "--gin.TRAIN_STEPS=8", "--gin.seqio_data.SeqioBatches.shuffle_buffer=32"]
   stage1, stage2 = tmp_path / "pft", tmp_path / "ft"
-  result = run_cli([sys.executable, "-m", "gecko.train", *tiny, "--gin_file=gin/runs/prefinetune.gin",
+  result = run_cli([sys.executable, "-m", "gecko.train", *tiny, "--gin_file=gin/runs/prefinetune.gin", "--gin_file=gin/data/seqio.gin",
                     *common, f"--gin.MODEL_DIR='{stage1}'"])
   assert result.returncode == 0, result.stderr[-3000:]
-  result = run_cli([sys.executable, "-m", "gecko.train", *tiny, "--gin_file=gin/runs/finetune.gin",
+  result = run_cli([sys.executable, "-m", "gecko.train", *tiny, "--gin_file=gin/runs/finetune.gin", "--gin_file=gin/data/seqio.gin",
                     *common, "--gin.MIXTURE_OR_TASK_NAME='gecko_fret_only'",
                     f"--gin.INIT_FROM='{stage1 / 'export'}'", f"--gin.MODEL_DIR='{stage2}'"])
   assert result.returncode == 0, result.stderr[-3000:]

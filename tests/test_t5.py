@@ -8,11 +8,10 @@ import sys
 
 import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import REPO
+
 from gecko import compile_step, gin_flags
 from gecko.models import checkpoint_import, dual_encoder, embedder, t5
 
@@ -59,7 +58,7 @@ def test_token_states_match_transformers_t5_encoder(tmp_path):
   module = dual_encoder.DualEncoder(backbone=config)
   params = checkpoint_import.encoder_params_from_tensors(
       checkpoint_import.read_checkpoint(tmp_path), config=config,
-      expected=embedder.abstract_params(module)["encoder"])
+      expected=dual_encoder.abstract_params(module)["encoder"])
   # 30 positions with max_distance 20 exercise the exact and the log-spaced buckets.
   ids = np.array([list(range(5, 34)) + [1], [5, 6, 7, 1] + [0] * 26], np.int32)
   mask = (np.arange(30)[None] < np.array([[30], [4]])).astype(np.int32)
@@ -127,7 +126,7 @@ def test_import_errors_name_the_problem(tmp_path):
   _write_tiny_t5(deeper)
   config = t5.T5Config(vocab_size=96, hidden_size=32, num_layers=3, num_heads=4, head_dim=8,
                        mlp_dim=48)
-  expected = embedder.abstract_params(dual_encoder.DualEncoder(backbone=config))["encoder"]
+  expected = dual_encoder.abstract_params(dual_encoder.DualEncoder(backbone=config))["encoder"]
   with pytest.raises(ValueError, match="lacks 9 T5 tensors.*3-layer T5"):
     checkpoint_import.encoder_params_from_tensors(
         checkpoint_import.read_checkpoint(deeper), config=config, expected=expected)
@@ -142,7 +141,7 @@ def _probe(model=gin.REQUIRED):
 
 def _gecko_1b():
   gin.clear_config()
-  gin_flags.configure([f"{REPO}/gin/models/gecko_1b.gin"], ["t5_probe.model = %MODEL"])
+  gin_flags.configure([f"{REPO}/gecko/gin/models/gecko_1b.gin"], ["t5_probe.model = %MODEL"])
   try:
     return _probe()
   finally:
@@ -151,7 +150,7 @@ def _gecko_1b():
 
 def test_gecko_1b_has_1_2b_parameters_and_the_paper_heads():
   model = _gecko_1b()
-  shapes = embedder.abstract_params(model)  # jax.eval_shape: nothing allocated
+  shapes = dual_encoder.abstract_params(model)  # jax.eval_shape: nothing allocated
   count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes))
   assert abs(count - 1.2e9) / 1.2e9 < 0.05, count
   assert count == 1_225_100_288  # T5 v1.1 XL's encoder (1,223,527,424) + 2048x768
@@ -169,9 +168,9 @@ def test_sharded_1b_train_step_compiles_on_eight_fake_devices(tmp_path):
   gin.clear_config()
   output = tmp_path / "memory.json"
   gin_flags.configure(
-      [f"{REPO}/gin/models/gecko_1b.gin", f"{REPO}/gin/runs/finetune.gin",
-       f"{REPO}/gin/sharding/fsdp.gin", f"{REPO}/gin/runs/compile_step.gin"],
-      ["BATCH_SIZE = 64", "MODEL_DIR = '/unused'", "TASK_DATA_DIR = '/unused'",
+      ["gin/models/gecko_1b.gin", "gin/runs/finetune.gin", "gin/sharding/fsdp.gin",
+       "gin/overlays/compile_step.gin"],
+      ["BATCH_SIZE = 64", "MODEL_DIR = '/unused'",
        f"compile_step.memory_report.output = '{output}'"])
   try:
     report = gin_flags.call_configured(compile_step.memory_report)
@@ -197,8 +196,8 @@ def test_compile_step_command_line_with_fake_devices(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "gecko.compile_step", "--fake_devices=4",
        "--gin_file=gin/models/tiny.gin", "--gin_file=gin/runs/finetune.gin",
-       "--gin_file=gin/sharding/fsdp.gin", "--gin_file=gin/runs/compile_step.gin",
-       "--gin.BATCH_SIZE=8", "--gin.MESH_AXES={'fsdp': 4}", "--gin.MODEL_DIR='/unused'", "--gin.TASK_DATA_DIR='/unused'",
+       "--gin_file=gin/sharding/fsdp.gin", "--gin_file=gin/overlays/compile_step.gin",
+       "--gin.BATCH_SIZE=8", "--gin.MESH_AXES={'fsdp': 4}", "--gin.MODEL_DIR='/unused'",
        f"--gin.compile_step.memory_report.output='{output}'"],
       cwd=REPO, capture_output=True, text=True, timeout=300,
       env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
@@ -211,8 +210,8 @@ def test_compile_step_command_line_with_fake_devices(tmp_path):
   odd = subprocess.run(
       [sys.executable, "-m", "gecko.compile_step", "--fake_devices=4",
        "--gin_file=gin/models/tiny.gin", "--gin_file=gin/runs/finetune.gin",
-       "--gin_file=gin/sharding/fsdp.gin", "--gin_file=gin/runs/compile_step.gin",
-       "--gin.BATCH_SIZE=6", "--gin.MESH_AXES={'fsdp': 4}", "--gin.MODEL_DIR='/unused'", "--gin.TASK_DATA_DIR='/unused'"],
+       "--gin_file=gin/sharding/fsdp.gin", "--gin_file=gin/overlays/compile_step.gin",
+       "--gin.BATCH_SIZE=6", "--gin.MESH_AXES={'fsdp': 4}", "--gin.MODEL_DIR='/unused'"],
       cwd=REPO, capture_output=True, text=True, timeout=300,
       env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
   assert odd.returncode != 0 and "batch_size=6 must be divisible" in odd.stderr
@@ -225,7 +224,7 @@ SP_TEXTS = ["", "the query returns a list", "Python module ERROR, string!", "uns
 def test_sentencepiece_vocabulary_gives_the_tokenizers_ids_in_python_and_tf_data(tmp_path):
   import tensorflow as tf
 
-  from gecko import tokenization, vocabularies
+  from gecko.data import tokenization, vocabularies
   _write_tiny_t5(tmp_path, layers=1)
   tokenizer = tokenization.SentencePieceTokenizer(model_file=tmp_path / "spiece.model",
                                                   max_length=16)
@@ -245,7 +244,8 @@ def test_tiny_t5_trains_on_the_fret_seqio_task_with_its_sentencepiece_ids(tmp_pa
   """gecko_1b.gin's architecture at toy width, started from a Hugging Face T5 directory:
   the FRet task tokenizes with the checkpoint's spiece.model (no separate registration),
   gecko.train runs the Gecko loss with Matryoshka heads, and the export loads back."""
-  from gecko import seqio_data, train
+  from gecko import train
+  from gecko.data import seqio_batches as seqio_data
   ckpt = tmp_path / "t5"
   ckpt.mkdir()
   _write_tiny_t5(ckpt)
@@ -264,7 +264,7 @@ def test_tiny_t5_trains_on_the_fret_seqio_task_with_its_sentencepiece_ids(tmp_pa
       query_length=16, passage_length=16, data_dir=str(tmp_path / "data"))
   batch = batches.batch(0)
   batches.close()
-  from gecko.input_format import GECKO
+  from gecko.data.input_format import GECKO
   expected = {tuple(ids if len(ids) <= 16 else ids[:15] + ids[-1:])
               for ids in loaded.tokenizer.encode_batch(
                   [GECKO.query(r["query"], task=r["task"]) for r in records])}
@@ -281,8 +281,8 @@ def test_tiny_t5_trains_on_the_fret_seqio_task_with_its_sentencepiece_ids(tmp_pa
       "CHECKPOINT_EVERY = 4", "train.train.log_every = 2", "seqio_data.SeqioBatches.shuffle_buffer = 32"]
   gin.clear_config()
   try:
-    gin_flags.configure([f"{REPO}/gin/models/gecko_1b.gin", f"{REPO}/gin/runs/finetune.gin",
-                         f"{REPO}/gin/sharding/fsdp.gin"], bindings)
+    gin_flags.configure(["gin/models/gecko_1b.gin", "gin/runs/finetune.gin",
+                         "gin/data/seqio.gin", "gin/sharding/fsdp.gin"], bindings)
     gin_flags.call_configured(train.train)
   finally:
     gin.clear_config()

@@ -11,15 +11,15 @@ import time
 import jax
 import numpy as np
 import pytest
-
 from conftest import REPO, SHARED_DATA, assert_trees_close, cli_env, run_cli
+
 from gecko.models import embedder
 
 WORDS = ("gecko lizard wall climb tree forest river ocean mountain city music piano guitar "
          "code python java rust compiler kernel memory cache network packet router").split()
 TINY_RUN = ["--gin_file=gin/models/tiny.gin", "--gin_file=gin/runs/finetune.gin",
             "--gin_file=gin/data/jsonl.gin",
-            "--gin_file=gin/local_tiny.gin"]
+            "--gin_file=gin/overlays/local_tiny.gin"]
 
 
 @pytest.fixture(scope="module")
@@ -137,10 +137,11 @@ def test_a_batch_that_does_not_split_over_the_devices_is_named_and_the_run_exits
 
 def test_too_many_non_finite_steps_abort_and_write_no_checkpoint(tmp_path, triples):
   import gin
+
   from gecko.models import bert
   from gecko.models.dual_encoder import DualEncoder
   gin.clear_config()
-  gin.parse_config_files_and_bindings([str(REPO / "gin/models/tiny.gin")], [])
+  gin.parse_config_files_and_bindings([str(REPO / "gecko/gin/models/tiny.gin")], [])
   backbone = bert.BertConfig(**{f: gin.query_parameter(f"bert.BertConfig.{f}")
                                 for f in ("hidden_size", "num_layers", "num_heads", "mlp_dim",
                                           "max_length", "dropout_rate")})
@@ -175,7 +176,8 @@ def test_minilm_fine_tunes_on_the_stsb_seqio_task_with_falling_loss(tmp_path):
               "train.train.log_every = 10", "seqio_data.SeqioBatches.shuffle_buffer = 256"]
   gin.clear_config()
   try:
-    gin_flags.configure(["gin/models/minilm_l6.gin", "gin/runs/finetune.gin"], bindings)
+    gin_flags.configure(["gin/models/minilm_l6.gin", "gin/runs/finetune.gin",
+                         "gin/data/seqio.gin"], bindings)
     gin_flags.call_configured(train.train)
   finally:
     gin.clear_config()
@@ -191,11 +193,13 @@ def test_periodic_evaluation_logs_scores_to_the_run(tmp_path, triples):
   import functools
 
   from gecko import eval as eval_lib
-  from gecko import optimizers, pair_data, train
+  from gecko import train
+  from gecko.data import pairs as pair_data
   from gecko.evaluation.tasks import STSTask
-  from gecko.losses import GeckoLoss
   from gecko.models import bert
   from gecko.models.dual_encoder import DualEncoder
+  from gecko.training import optimizers
+  from gecko.training.losses import GeckoLoss
   (tmp_path / "sts").mkdir()
   (tmp_path / "sts" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
       {"sentence1": "gecko wall", "sentence2": "a gecko on a wall", "score": 4.5},
@@ -217,3 +221,14 @@ def test_periodic_evaluation_logs_scores_to_the_run(tmp_path, triples):
   assert [r["step"] for r in evals] == [2, 4]
   assert all(-1 <= r["eval/TinySTS/8"] <= 1 for r in evals)
   assert (tmp_path / "run" / "eval" / "4" / "results.md").exists()
+
+
+def test_a_run_without_a_data_file_names_the_two_data_files(tmp_path):
+  """A run is model + run + data: leaving the data out is a configuration error that
+  says which files provide it."""
+  from gecko import gin_flags, train
+  gin_flags.configure(["gin/models/tiny.gin", "gin/runs/finetune.gin"],
+                      [f"MODEL_DIR = '{tmp_path}'", "TRAIN_STEPS = 1"])
+  with pytest.raises(gin_flags.ConfigError, match=r"\['data_fn'\]: add a data file.*"
+                     r"gin/data/seqio.gin.*gin/data/jsonl.gin"):
+    gin_flags.call_configured(train.train)

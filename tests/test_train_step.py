@@ -5,13 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from conftest import assert_trees_close
-from gecko import partitioning, train_step
-from gecko.losses import GeckoLoss
+
 from gecko.models import bert, embedder
 from gecko.models.dual_encoder import DualEncoder
-from gecko.optimizers import AdamW, decay_mask
+from gecko.training import partitioning, train_step
+from gecko.training.losses import GeckoLoss
+from gecko.training.optimizers import AdamW, decay_mask
 
 MODEL = DualEncoder(backbone=bert.BertConfig(vocab_size=64, hidden_size=32, num_layers=2,
                                              num_heads=4, mlp_dim=64, max_length=16,

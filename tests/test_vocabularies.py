@@ -4,18 +4,18 @@ the Gecko tasks tokenize with the trained model's own vocabulary."""
 import pytest
 
 tf = pytest.importorskip("tensorflow")  # a core dependency; imported here, never by `import gecko`
-import tokenizers  # noqa: E402
-
 import json  # noqa: E402
 
-import seqio  # noqa: E402
-
 import gecko_tasks  # noqa: E402,F401  (registers the tasks)
-from gecko import input_format, seqio_sources  # noqa: E402
-from gecko.fret import schema as fret_schema  # noqa: E402
-from gecko.seqio_data import SeqioBatches  # noqa: E402
-from gecko.vocabularies import WordPieceVocabulary  # noqa: E402
+import seqio  # noqa: E402
+import tokenizers  # noqa: E402
 from gecko_tasks.vocabulary import VOCABULARY  # noqa: E402
+
+from gecko.data import input_format  # noqa: E402
+from gecko.data import sources as seqio_sources  # noqa: E402
+from gecko.data.seqio_batches import SeqioBatches  # noqa: E402
+from gecko.data.vocabularies import WordPieceVocabulary  # noqa: E402
+from gecko.fret import schema as fret_schema  # noqa: E402
 
 TEXTS = [
     "", "hello", "Hello, World!", "Héllo Wörld, naïve café — crème brûlée",
@@ -85,8 +85,8 @@ def test_missing_tokenizer_files_are_named(tmp_path):
 def test_gecko_tasks_tokenize_with_the_models_own_vocabulary(tiny_hf_dir, tmp_path):
   """One registration serves every backbone: with another WordPiece model's tokenizer,
   gecko_fret's ids are that tokenizer's; a task with a fixed vocabulary must match."""
-  from gecko import tokenization
-  from gecko.vocabularies import WordPieceVocabulary
+  from gecko.data import tokenization
+  from gecko.data.vocabularies import WordPieceVocabulary
   other = tokenization.WordPieceTokenizer.from_pretrained(tiny_hf_dir, max_length=32)
   (tmp_path / "fret").mkdir()
   record = {name: f"{name} text" for name in fret_schema.TRAINING_FIELDS}

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+
+from gecko.data import jsonl
 
 
 def _require(path: str) -> str:
@@ -28,21 +29,15 @@ def _require(path: str) -> str:
   return path
 
 
-def _jsonl(path: str) -> Iterator[dict]:
-  with open(_require(path), encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if line.strip():
-        try:
-          yield json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}).") from e
+def _objects(path: str) -> list[dict]:
+  return jsonl.read_objects(path, what="Evaluation data")
 
 
 def load_rows(path: str, split: str, fields: Sequence[str]) -> list[dict]:
   """JSONL rows from a file or a directory's `{split}.jsonl`, each holding `fields`."""
   if os.path.isdir(path):
     path = os.path.join(path, f"{split}.jsonl")
-  rows = list(_jsonl(path))
+  rows = list(_objects(path))
   if not rows:
     raise ValueError(f"{path} holds no rows.")
   for n, row in enumerate(rows, 1):
@@ -62,10 +57,10 @@ class RetrievalData:
 
 def load_beir(directory: str, *, split: str = "test") -> RetrievalData:
   corpus = {str(d["_id"]): {"title": d.get("title") or "", "text": d.get("text") or ""}
-            for d in _jsonl(os.path.join(directory, "corpus.jsonl"))}
+            for d in _objects(os.path.join(directory, "corpus.jsonl"))}
   if not corpus:
     raise ValueError(f"{directory}/corpus.jsonl holds no documents.")
-  all_queries = {str(q["_id"]): q["text"] for q in _jsonl(os.path.join(directory, "queries.jsonl"))}
+  all_queries = {str(q["_id"]): q["text"] for q in _objects(os.path.join(directory, "queries.jsonl"))}
   qrels: dict[str, dict[str, int]] = {}
   dropped = {"qrels_unknown_document": 0, "qrels_unknown_query": 0,
              "queries_without_judgements": 0}
@@ -107,7 +102,7 @@ def load_sts(path: str, *, split: str = "test") -> PairData:
     path = next((c for c in candidates if os.path.exists(c)), candidates[0])
   data = PairData([], [], [])
   if path.endswith(".jsonl"):
-    for row in _jsonl(path):
+    for row in _objects(path):
       data.sentence1.append(row["sentence1"])
       data.sentence2.append(row["sentence2"])
       data.scores.append(float(row["score"]))
@@ -130,7 +125,7 @@ def load_labelled_pairs(path: str, *, split: str = "test") -> PairData:
   if os.path.isdir(path):
     path = os.path.join(path, f"{split}.jsonl")
   data = PairData([], [], [])
-  for n, row in enumerate(_jsonl(path), 1):
+  for n, row in enumerate(_objects(path), 1):
     if row.get("label") not in (0, 1):
       raise ValueError(f"{path}:{n}: label must be 0 or 1, got {row.get('label')!r}.")
     data.sentence1.append(row["sentence1"])
@@ -168,7 +163,7 @@ def _read_labelled_csv(path: str) -> LabelledTexts:
 
 def load_labelled(path: str) -> LabelledTexts:
   if path.endswith(".jsonl"):
-    rows = list(_jsonl(path))
+    rows = list(_objects(path))
     return LabelledTexts([r["text"] for r in rows], [int(r["label"]) for r in rows])
   return _read_labelled_csv(path)
 

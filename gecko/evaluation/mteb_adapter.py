@@ -29,7 +29,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-from mteb.models.model_meta import ModelMeta
 import numpy as np
 from datasets import Dataset, DatasetDict
 from mteb.abstasks.retrieval import AbsTaskRetrieval
@@ -37,9 +36,11 @@ from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
 from mteb.abstasks.sts import AbsTaskSTS
 from mteb.abstasks.task_metadata import TaskMetadata
 from mteb.models.abs_encoder import AbsEncoder
+from mteb.models.model_meta import ModelMeta
 from mteb.types import PromptType
 
 from gecko import encode as encode_lib
+from gecko.data import input_format
 from gecko.evaluation import datasets as local_datasets
 from gecko.evaluation import tasks as local_tasks
 from gecko.models import embedder as embedder_lib
@@ -75,7 +76,7 @@ class GeckoEncoder(AbsEncoder):
       raise ValueError(f"dim={dim!r} is not one of the model's Matryoshka dims "
                        f"{self.model.dims}; pick one of them or None.")
     self.dim = dim
-    self.format = local_tasks.InputFormat(gecko=gecko_format)
+    self.format = input_format.GECKO if gecko_format else input_format.UNFORMATTED
     self.task_strings = dict(task_strings or {})
     self.batch_size = batch_size
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(self.model.params))
@@ -99,16 +100,16 @@ class GeckoEncoder(AbsEncoder):
     for key in (task_metadata.name, task_metadata.type):
       if key in self.task_strings:
         return self.task_strings[key]
-    return local_tasks.TASK_STRINGS.get(task_metadata.type, local_tasks.DEFAULT_TASK_STRING)
+    return input_format.TASK_STRINGS.get(task_metadata.type, input_format.DEFAULT_TASK_STRING)
 
   def format_batch(self, batch: Mapping[str, Any], *, task_metadata: TaskMetadata,
                    prompt_type: PromptType | None) -> list[str]:
     """The texts of one mteb batch in Gecko's input format."""
     if prompt_type == PromptType.document and "body" in batch:
       titles = batch.get("title") or [""] * len(batch["body"])
-      return self.format.document([{"title": t, "text": b}
+      return self.format.documents([{"title": t, "text": b}
                                    for t, b in zip(titles, batch["body"])])
-    return self.format.query(list(batch["text"]), self.task_string(task_metadata))
+    return self.format.queries(list(batch["text"]), self.task_string(task_metadata))
 
   def encode(self, inputs, *, task_metadata: TaskMetadata, hf_split: str, hf_subset: str,
              prompt_type: PromptType | None = None, **kwargs: Any) -> np.ndarray:

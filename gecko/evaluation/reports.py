@@ -30,25 +30,32 @@ def write_markdown(path: str, results: Results, main_metrics: Mapping[str, str])
 
 def plot_scores(path: str, results: Results, main_metrics: Mapping[str, str]) -> None:
   """Grouped bars: one group per task, one bar per (model, dim)."""
+  table: dict[str, dict[str, float]] = {}
+  for model, task, dim, score in _rows(results):
+    table.setdefault(f"{model} ({dim}d)", {})[f"{task}\n{main_metrics[task]}"] = score
+  plot_bars(path, table, ylabel="score")
+
+
+def plot_bars(path: str, table: Mapping[str, Mapping[str, float]], *,
+              ylabel: str = "main score (nDCG@10 / Spearman)") -> None:
+  """Grouped bars from {series: {column: value}}: one group per column, one bar per
+  series (a series may lack a column), the legend beside the bars."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  rows = list(_rows(results))
-  tasks = list(dict.fromkeys(task for _, task, _, _ in rows))
-  series = list(dict.fromkeys((model, dim) for model, _, dim, _ in rows))
-  value = {(model, task, dim): score for model, task, dim, score in rows}
-  width = 0.8 / max(len(series), 1)
-  fig, ax = plt.subplots(figsize=(max(4.0, 1.8 * len(tasks) + 1), 3.6))
-  for i, (model, dim) in enumerate(series):
-    xs = [t + (i - (len(series) - 1) / 2) * width for t in range(len(tasks))]
-    ys = [value.get((model, task, dim), float("nan")) for task in tasks]
-    bars = ax.bar(xs, ys, width, label=f"{model} ({dim}d)")
-    ax.bar_label(bars, fmt="%.3f", fontsize=7)
-  ax.set_xticks(range(len(tasks)))
-  ax.set_xticklabels([f"{t}\n{main_metrics[t]}" for t in tasks], fontsize=8)
-  ax.set_ylim(min(0.0, min(score for *_, score in rows)), 1.05)
-  ax.set_ylabel("score")
-  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+  columns = list(dict.fromkeys(c for values in table.values() for c in values))
+  width = 0.8 / max(len(table), 1)
+  fig, ax = plt.subplots(figsize=(max(4.0, 1.5 + 0.45 * len(table) * len(columns)), 3.6))
+  for i, (series, values) in enumerate(table.items()):
+    present = [n for n, c in enumerate(columns) if c in values]
+    bars = ax.bar([n + (i - (len(table) - 1) / 2) * width for n in present],
+                  [values[columns[n]] for n in present], width, label=series)
+    ax.bar_label(bars, fmt="%.3f", fontsize=6, rotation=90, padding=2)
+  ax.set_xticks(range(len(columns)), columns, fontsize=8)
+  lowest = min((v for values in table.values() for v in values.values()), default=0.0)
+  ax.set_ylim(min(0.0, lowest), 1.1)
+  ax.set_ylabel(ylabel)
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=120)

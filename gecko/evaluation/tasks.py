@@ -1,7 +1,7 @@
 """MTEB task families over local data: retrieval, STS, pair classification,
 classification, clustering, reranking, summarization.
 
-Each task formats its inputs (`InputFormat`), embeds them once at full size through
+Each task formats its inputs (`gecko.data.input_format`), embeds them once at full size through
 the given `embed` function, and scores every requested Matryoshka dim from prefixes
 of the same vectors. Results are {dim: {metric: value, "main_score": value}}.
 """
@@ -13,40 +13,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from gecko import input_format, retrieval
-from gecko.encode import matryoshka_prefix
+from gecko import retrieval
+from gecko.data.input_format import TASK_STRINGS, InputFormat
 from gecko.evaluation import datasets, metrics
+from gecko.models.matryoshka import prefix_numpy as matryoshka_prefix
 
 Embed = Callable[[list[str]], np.ndarray]  # texts -> [n, D] unit-norm rows
 Scores = dict[int, dict[str, float]]
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class InputFormat:
-  """Gecko's unified input format, or plain text for models not trained with it.
-
-  Attributes:
-    gecko: Use `task: {task} | query: {text}` on queries (both sides of symmetric
-      tasks) and `title: {title} | text: {text}` on documents. False: queries are the
-      plain text and documents `"{title} {text}"`, as MTEB feeds sentence-transformers.
-    query_template, document_template: The Gecko templates.
-  """
-
-  gecko: bool = False
-  query_template: str = input_format.GECKO.query_template
-  document_template: str = input_format.GECKO.document_template
-
-  def query(self, texts: Sequence[str], task: str) -> list[str]:
-    if not self.gecko:
-      return list(texts)
-    return [self.query_template.format(task=task, text=t) for t in texts]
-
-  def document(self, docs: Sequence[dict[str, str]]) -> list[str]:
-    if not self.gecko:
-      return [f"{d.get('title', '')} {d['text']}".strip() for d in docs]
-    return [self.document_template.format(
-        title=d.get("title") or input_format.GECKO.empty_title, text=d["text"])
-            for d in docs]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -71,7 +44,7 @@ class Task:
 class RetrievalTask(Task):
   """BEIR-layout retrieval; main score nDCG@10 (also MAP@10, recall@100, MRR@10)."""
 
-  task: str = "search result"
+  task: str = TASK_STRINGS["Retrieval"]
   main_score: str = "ndcg_at_10"
   type: str = "Retrieval"
 
@@ -79,8 +52,8 @@ class RetrievalTask(Task):
     data = datasets.load_beir(self.path, split=self.split)
     doc_ids = list(data.corpus)
     query_ids = list(data.queries)
-    corpus = embed(fmt.document([data.corpus[d] for d in doc_ids]))
-    queries = embed(fmt.query([data.queries[q] for q in query_ids], self.task))
+    corpus = embed(fmt.documents([data.corpus[d] for d in doc_ids]))
+    queries = embed(fmt.queries([data.queries[q] for q in query_ids], self.task))
     out: Scores = {}
     for dim in dims:
       idx, _ = retrieval.top_n(matryoshka_prefix(queries, dim), matryoshka_prefix(corpus, dim),
@@ -101,14 +74,14 @@ class RetrievalTask(Task):
 class STSTask(Task):
   """Semantic similarity; main score Spearman of cosine vs gold (symmetric format)."""
 
-  task: str = "semantic similarity"
+  task: str = TASK_STRINGS["STS"]
   main_score: str = "cosine_spearman"
   type: str = "STS"
 
   def evaluate(self, embed: Embed, *, dims: Sequence[int], fmt: InputFormat) -> Scores:
     data = datasets.load_sts(self.path, split=self.split)
-    a = embed(fmt.query(data.sentence1, self.task))
-    b = embed(fmt.query(data.sentence2, self.task))
+    a = embed(fmt.queries(data.sentence1, self.task))
+    b = embed(fmt.queries(data.sentence2, self.task))
     out: Scores = {}
     for dim in dims:
       cosine = np.sum(matryoshka_prefix(a, dim) * matryoshka_prefix(b, dim), axis=1)
@@ -122,14 +95,14 @@ class PairClassificationTask(Task):
   """Binary pair classification; main score max AP over cosine, dot product, and
   (negated) Euclidean and Manhattan distances, as MTEB reports `max_ap`."""
 
-  task: str = "semantic similarity"
+  task: str = TASK_STRINGS["PairClassification"]
   main_score: str = "max_ap"
   type: str = "PairClassification"
 
   def evaluate(self, embed: Embed, *, dims: Sequence[int], fmt: InputFormat) -> Scores:
     data = datasets.load_labelled_pairs(self.path, split=self.split)
-    a = embed(fmt.query(data.sentence1, self.task))
-    b = embed(fmt.query(data.sentence2, self.task))
+    a = embed(fmt.queries(data.sentence1, self.task))
+    b = embed(fmt.queries(data.sentence2, self.task))
     labels = [int(x) for x in data.scores]
     out: Scores = {}
     for dim in dims:
@@ -150,7 +123,7 @@ class ClassificationTask(Task):
   the same index list each experiment), LogisticRegression(max_iter=100), mean
   accuracy on the test split."""
 
-  task: str = "classification"
+  task: str = TASK_STRINGS["Classification"]
   samples_per_label: int = 8
   n_experiments: int = 10
   seed: int = 42
@@ -178,8 +151,8 @@ class ClassificationTask(Task):
     draws = self.training_draws(train.labels)
     union = sorted(set().union(*draws))
     position = {j: p for p, j in enumerate(union)}
-    train_emb = embed(fmt.query([train.texts[j] for j in union], self.task))
-    test_emb = embed(fmt.query(test.texts, self.task))
+    train_emb = embed(fmt.queries([train.texts[j] for j in union], self.task))
+    test_emb = embed(fmt.queries(test.texts, self.task))
     out: Scores = {}
     for dim in dims:
       x_train, x_test = matryoshka_prefix(train_emb, dim), matryoshka_prefix(test_emb, dim)
@@ -201,7 +174,7 @@ class ClusteringTask(Task):
   clusters as labels (batch 500, n_init="auto"), V-measure; mean over sets. Data: JSONL
   rows {"sentences": [...], "labels": [...]}."""
 
-  task: str = "clustering"
+  task: str = TASK_STRINGS["Clustering"]
   seed: int = 42
   main_score: str = "v_measure"
   type: str = "Clustering"
@@ -209,7 +182,7 @@ class ClusteringTask(Task):
   def evaluate(self, embed: Embed, *, dims: Sequence[int], fmt: InputFormat) -> Scores:
     from sklearn.cluster import MiniBatchKMeans
     sets = datasets.load_rows(self.path, self.split, ("sentences", "labels"))
-    vectors = [embed(fmt.query(row["sentences"], self.task)) for row in sets]
+    vectors = [embed(fmt.queries(row["sentences"], self.task)) for row in sets]
     out: Scores = {}
     for dim in dims:
       values = []
@@ -227,15 +200,15 @@ class RerankingTask(Task):
   """Reranking: each query's candidates (positives + negatives) ordered by cosine; MAP
   over all candidates and MRR@10. Data: JSONL {"query", "positive": [...], "negative": [...]}."""
 
-  task: str = "search result"
+  task: str = TASK_STRINGS["Reranking"]
   main_score: str = "map"
   type: str = "Reranking"
 
   def evaluate(self, embed: Embed, *, dims: Sequence[int], fmt: InputFormat) -> Scores:
     rows = datasets.load_rows(self.path, self.split, ("query", "positive", "negative"))
-    queries = embed(fmt.query([r["query"] for r in rows], self.task))
+    queries = embed(fmt.queries([r["query"] for r in rows], self.task))
     candidates = [r["positive"] + r["negative"] for r in rows]
-    flat = embed(fmt.document([{"text": c} for cs in candidates for c in cs]))
+    flat = embed(fmt.documents([{"text": c} for cs in candidates for c in cs]))
     bounds = np.cumsum([0] + [len(cs) for cs in candidates])
     out: Scores = {}
     for dim in dims:
@@ -258,7 +231,7 @@ class SummarizationTask(Task):
   Texts whose relevance scores are all equal cannot be ranked and are counted, not used.
   Data: JSONL {"human_summaries": [...], "machine_summaries": [...], "relevance": [...]}."""
 
-  task: str = "semantic similarity"
+  task: str = TASK_STRINGS["Summarization"]
   main_score: str = "cosine_spearman"
   type: str = "Summarization"
 
@@ -269,8 +242,8 @@ class SummarizationTask(Task):
       if len(row["relevance"]) != len(row["machine_summaries"]):
         raise ValueError(f"{self.path}: row {n} has {len(row['machine_summaries'])} machine "
                          f"summaries but {len(row['relevance'])} relevance scores.")
-    human = [embed(fmt.query(r["human_summaries"], self.task)) for r in rows]
-    machine = [embed(fmt.query(r["machine_summaries"], self.task)) for r in rows]
+    human = [embed(fmt.queries(r["human_summaries"], self.task)) for r in rows]
+    machine = [embed(fmt.queries(r["machine_summaries"], self.task)) for r in rows]
     out: Scores = {}
     for dim in dims:
       values, skipped = [], 0
@@ -285,18 +258,6 @@ class SummarizationTask(Task):
       out[dim] = self.scored({"cosine_spearman": float(np.mean(values)),
                               "skipped_texts": float(skipped)})
     return out
-
-
-# The Gecko task string of each MTEB task type (the families' defaults above, plus mteb
-# types without a local family here); `DEFAULT_TASK_STRING` for any other type.
-TASK_STRINGS: dict[str, str] = {
-    cls.type: cls.task for cls in (RetrievalTask, STSTask, PairClassificationTask,
-                                   ClassificationTask, ClusteringTask, RerankingTask,
-                                   SummarizationTask)}
-TASK_STRINGS.update({"InstructionRetrieval": "search result",
-                     "MultilabelClassification": "classification",
-                     "BitextMining": "semantic similarity"})
-DEFAULT_TASK_STRING = "search result"
 
 
 def standard_tasks(data_dir: str) -> dict[str, object]:

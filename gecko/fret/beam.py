@@ -1,8 +1,8 @@
 r"""The FRet pipeline on Apache Beam (extra `[beam]`), for corpora beyond one machine.
 
-  python -m gecko.fret.beam --gin_file=gin/runs/fret.gin --gin_file=gin/runs/fret_beam.gin \
+  python -m gecko.fret.beam --gin_file=gin/runs/fret.gin --gin_file=gin/overlays/fret_beam.gin \
     --gin.CORPUS="'gs://BUCKET/corpus.jsonl'" --gin.OUTPUT_DIR="'gs://BUCKET/fret'" \
-    --gin_file=gin/runs/fret_server.gin --gin.LLM_BASE_URL="'http://VLLM_HOST:8000/v1'" \
+    --gin_file=gin/overlays/fret_server.gin --gin.LLM_BASE_URL="'http://VLLM_HOST:8000/v1'" \
     --gin.LLM_MODEL="'google/gemma-3-27b-it'" --gin.PROMPT_LOGPROBS=True \
     -- --runner=DataflowRunner --project=PROJECT --region=us-central1 \
        --temp_location=gs://BUCKET/tmp --setup_file=./setup.py --extra_packages=...
@@ -46,15 +46,14 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from gecko import retrieval
+from gecko.data.input_format import GECKO
 from gecko.fret import corpus as corpus_lib
 from gecko.fret import generate as generate_lib
-from gecko.fret import label
+from gecko.fret import label, schema, score
 from gecko.fret import pipeline as pipeline_lib
 from gecko.fret import relabel as relabel_lib
-from gecko.fret import schema, score
 from gecko.fret.cache import LLMCache
 from gecko.fret.llm import LLMError
-from gecko.input_format import GECKO
 
 NAMESPACE = "gecko.fret"
 CORPUS_COUNTERS = ("passages", "empty_skipped", "duplicate_ids_skipped", "invalid_utf8_lines")

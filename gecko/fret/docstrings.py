@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
-import json
 import re
 import sys
 from collections.abc import Iterator, Sequence
+
+from gecko.data import jsonl
 
 MODULES = ("json", "os", "os.path", "collections", "itertools", "functools", "re", "string",
            "textwrap", "datetime", "calendar", "math", "statistics", "random", "heapq",
@@ -74,12 +75,6 @@ def passages(*, limit: int | None = None, min_chars: int = 200, max_chars: int =
   return out
 
 
-def write_jsonl(records: Sequence[dict], path: str) -> None:
-  with open(path, "w", encoding="utf-8") as f:
-    for record in records:
-      f.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m gecko.fret.docstrings", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--max_chars", type=int, default=800)
   args = parser.parse_args(argv)
   records = passages(limit=args.limit, min_chars=args.min_chars, max_chars=args.max_chars)
-  write_jsonl(records, args.output)
+  jsonl.write(args.output, records)
   print(f"wrote {len(records)} passages to {args.output}", file=sys.stderr)
   return 0
 

@@ -12,6 +12,8 @@ import os
 import zlib
 from collections.abc import Mapping, Sequence
 
+from gecko.data import jsonl
+
 
 def is_held_out(record_id: str, *, fraction: int) -> bool:
   """One record in `fraction` is held out, chosen by a hash of its id (stable)."""
@@ -31,22 +33,14 @@ def split_records(records: Sequence[dict], *, fraction: int, data_dir: str, eval
     qrels: qrels split name -> record field with the relevant passage id.
     hint: What to raise when either side is empty (named in the error).
   """
-  from gecko.fret import docstrings
   train = [r for r in records if not is_held_out(r["id"], fraction=fraction)]
   held = [r for r in records if is_held_out(r["id"], fraction=fraction)]
   if not train or not held:
     raise ValueError(f"{len(records)} FRet records give {len(train)} to train on and "
                      f"{len(held)} held out; raise {hint}.")
-  os.makedirs(os.path.join(data_dir, "fret"), exist_ok=True)
-  docstrings.write_jsonl(train, os.path.join(data_dir, "fret", "fret-00000.jsonl"))
-  os.makedirs(os.path.join(eval_dir, "qrels"), exist_ok=True)
-  docstrings.write_jsonl([{"_id": p["id"], "title": p.get("title", ""), "text": p["text"]}
-                          for p in corpus], os.path.join(eval_dir, "corpus.jsonl"))
-  docstrings.write_jsonl([{"_id": r["id"], "text": r["query"]} for r in held],
-                         os.path.join(eval_dir, "queries.jsonl"))
-  for split, field in qrels.items():
-    with open(os.path.join(eval_dir, "qrels", f"{split}.tsv"), "w", encoding="utf-8") as f:
-      f.write("query-id\tcorpus-id\tscore\n")
-      for r in held:
-        f.write(f"{r['id']}\t{r[field]}\t1\n")
+  jsonl.write(os.path.join(data_dir, "fret", "fret-00000.jsonl"), train)
+  jsonl.write_beir(eval_dir, corpus=corpus,
+                   queries=[{"id": r["id"], "text": r["query"]} for r in held],
+                   qrels={split: [(r["id"], r[field]) for r in held]
+                          for split, field in qrels.items()})
   return len(train), len(held)

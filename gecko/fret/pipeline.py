@@ -37,6 +37,8 @@ import numpy as np
 import tqdm
 
 from gecko import retrieval
+from gecko.data import jsonl
+from gecko.data.input_format import GECKO
 from gecko.fret import generate as generate_lib
 from gecko.fret import relabel as relabel_lib
 from gecko.fret import score
@@ -44,7 +46,6 @@ from gecko.fret.cache import LLMCache
 from gecko.fret.corpus import read_corpus
 from gecko.fret.llm import LLMError
 from gecko.fret.shards import ShardWriter
-from gecko.input_format import GECKO
 
 
 def _embed_corpus(corpus, *, encoder: str, output_dir: str, batch_size: int) -> np.ndarray:
@@ -173,8 +174,7 @@ def read_records(paths: Sequence[str], *, open_binary: Callable[[str], BinaryIO]
   records = []
   for path in paths:
     with open_binary(path) as f:
-      records.extend(json.loads(line) for line in f.read().decode("utf-8").splitlines()
-                     if line.strip())
+      records.extend(value for _, value in jsonl.parse(f.read().splitlines(), path=path))
   return records
 
 

@@ -55,13 +55,6 @@ def problems(record: Mapping[str, object], *, fields=tuple(FIELDS)) -> list[str]
   return out
 
 
-def tf_feature_spec(fields=TRAINING_FIELDS) -> dict:
-  """`tf.io.parse_single_example` spec for TFRecord shards (booleans stored as int64)."""
-  import tensorflow as tf
-  dtypes = {str: tf.string, bool: tf.int64, float: tf.float32}
-  return {name: tf.io.FixedLenFeature([], dtypes[FIELDS[name]]) for name in fields}
-
-
 def tf_example(record: Mapping[str, object]) -> bytes:
   """A record as a serialized `tf.train.Example` (the TFRecord shard format)."""
   import tensorflow as tf

@@ -1,9 +1,9 @@
 """Atomic, resumable FRet output shards (JSONL, optionally TFRecord as well).
 
 Records are buffered and written `shard_size` at a time as `<prefix>-<n>.jsonl`: each
-shard goes to a temporary name first (`.partial`, which the FRet SeqIO task never
-reads) and is renamed into place only when complete,
-so a shard on disk is always whole. On restart `done_ids()` lists the records already
+shard goes to a temporary name first (`gecko.data.jsonl.write`: a hidden `.partial`
+file, which the FRet SeqIO task never reads) and is renamed into place only when
+complete, so a shard on disk is always whole. On restart `done_ids()` lists the records already
 written (resume skips them; with the LLM cache, the lost partial shard costs no LLM
 calls), and numbering continues after the last shard, so nothing is lost or written
 twice. The record schema is `gecko.fret.schema`.
@@ -11,11 +11,11 @@ twice. The record schema is `gecko.fret.schema`.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping
 
+from gecko.data import jsonl
 from gecko.fret import schema
 
 
@@ -48,8 +48,8 @@ class ShardWriter:
     """The ids of the records in complete shards."""
     ids = set()
     for path in self.shards():
-      with open(path, encoding="utf-8") as f:
-        ids.update(json.loads(line)["id"] for line in f if line.strip())
+      with open(path, "rb") as f:
+        ids.update(record["id"] for _, record in jsonl.parse(f, path=path))
     return ids
 
   def add(self, record: Mapping) -> None:
@@ -67,13 +67,7 @@ class ShardWriter:
     name = os.path.join(self.output_dir, f"{self.prefix}-{self._next:05d}")
     if self.tfrecord:  # first, so that a complete .jsonl implies a complete .tfrecord
       _atomic_tfrecord(name + ".tfrecord", self._buffer)
-    tmp = name + ".partial"  # a name the FRet task's globs (*.jsonl*, *.tfrecord*) skip
-    with open(tmp, "w", encoding="utf-8") as f:
-      for record in self._buffer:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, name + ".jsonl")
+    jsonl.write(name + ".jsonl", self._buffer)
     self._buffer, self._next = [], self._next + 1
 
   def close(self) -> None:

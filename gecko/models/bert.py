@@ -3,7 +3,7 @@
 The layout follows Hugging Face's `BertModel` (post-LN blocks, exact GELU, learned
 absolute positions, token-type embeddings) so that checkpoints import one-to-one
 (`gecko.models.checkpoint_import`). Parameters carry the t5x logical axis names
-(`vocab`, `embed`, `heads`, `kv`, `mlp`, ...) which `gecko.partitioning` maps onto a
+(`vocab`, `embed`, `heads`, `kv`, `mlp`, ...) which `gecko.training.partitioning` maps onto a
 device mesh; activations are constrained to (`batch`, `length`, `embed`).
 """
 

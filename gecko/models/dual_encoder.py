@@ -3,7 +3,7 @@
     tokens -> backbone -> masked mean pool -> [bias-free projection] -> L2 norm
 
 Matryoshka (MRL) embeddings are prefixes of the output: the `d`-dim embedding is the
-first `d` coordinates re-normalised (`matryoshka`). The full output is itself one of
+first `d` coordinates re-normalised (`gecko.models.matryoshka`). The full output is itself one of
 the configured `dims`.
 """
 
@@ -36,13 +36,6 @@ def l2_normalize(x: Array, eps: float = 1e-12) -> Array:
   """Unit-norm rows; a zero row stays zero (as torch's F.normalize does)."""
   norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
   return x / jnp.maximum(norm, eps)
-
-
-def matryoshka(embeddings: Array, dim: int) -> Array:
-  """The `dim`-dimensional Matryoshka embedding: truncate, then re-normalise."""
-  if dim > embeddings.shape[-1]:
-    raise ValueError(f"Matryoshka dim {dim} exceeds the embedding size {embeddings.shape[-1]}.")
-  return l2_normalize(embeddings[..., :dim])
 
 
 class DualEncoder(nn.Module):
@@ -105,3 +98,15 @@ class DualEncoder(nn.Module):
     if self.embed_dim is not None:
       pooled = self.projection(pooled)
     return l2_normalize(pooled)
+
+
+def example_inputs(*, batch: int = 1, length: int = 8) -> tuple[Array, Array]:
+  """Token ids and mask of the right dtype to initialise or trace a `DualEncoder`."""
+  return jnp.zeros((batch, length), jnp.int32), jnp.ones((batch, length), jnp.int32)
+
+
+def abstract_params(module: DualEncoder, *, boxed: bool = False):
+  """Shapes and dtypes of the module's parameters, without allocating them; `boxed`
+  keeps the logical-axis annotations (`nn.Partitioned`) for sharding."""
+  params = jax.eval_shape(module.init, jax.random.key(0), *example_inputs())["params"]
+  return params if boxed else nn.unbox(params)

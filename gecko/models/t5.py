@@ -10,7 +10,7 @@ sentence-T5-XL embed with, so a Gecko dual encoder on it has their architecture.
 
 Parameters carry the same logical axis names as `gecko.models.bert` (`vocab`, `embed`,
 `heads`, `kv`, `mlp`, plus `relpos_buckets` and the stacked blocks' `layers`), so one
-rule set in `gecko.partitioning` shards both.
+rule set in `gecko.training.partitioning` shards both.
 """
 
 from __future__ import annotations

@@ -1,0 +1,88 @@
+"""Task features -> model features for the dual encoder (the SeqIO side of the contract).
+
+Task features (what a `gecko_tasks` task yields; int32 token ids, `[CLS] ... [SEP]`,
+tokenized by `gecko.data.vocabularies.WordPieceVocabulary`):
+
+  query     the formatted query ("task: {task} | query: {text}")
+  positive  the formatted positive ("title: {title} | text: {text}", or the query
+            format for symmetric tasks)
+  negative  the formatted hard negative (fine-tuning tasks only)
+
+Model features (`gecko.data.features`, the one contract every batch follows), for
+task_feature_lengths {"query": 6, "positive": 6}:
+
+  query_tokens [101, 4708, 1024, 2054, 102, 0]  query_mask [1, 1, 1, 1, 1, 0]
+  positive_tokens, positive_mask (and negative_*)  likewise
+  query_key, positive_key  int32 hashes of the (truncated) token ids, equal exactly when
+                           two inputs are identical: the loss masks such in-batch
+                           duplicates instead of treating them as negatives.
+
+Ids longer than their length are cut to it with the final `[SEP]` kept (as BERT
+tokenizers truncate), and shorter ones are padded with 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import seqio
+import tensorflow as tf
+
+from gecko.data import features
+
+TOWERS = ("query", "positive", "negative")
+_TOKENS = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
+_KEY = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32, rank=0)
+
+
+def truncate_keep_last(ids: tf.Tensor, length: int) -> tf.Tensor:
+  """`ids[:length]`, with the last id of `ids` kept at the end when it is cut."""
+  cut = tf.shape(ids)[0] > length
+  return tf.cond(cut, lambda: tf.concat([ids[:length - 1], ids[-1:]], 0), lambda: ids)
+
+
+def token_key(ids: tf.Tensor) -> tf.Tensor:
+  """A stable non-negative int32 hash of a token sequence."""
+  text = tf.strings.reduce_join(tf.strings.as_string(ids), separator=" ")
+  return tf.cast(tf.strings.to_hash_bucket_fast(text, 2**31 - 1), tf.int32)
+
+
+class DualEncoderFeatureConverter(seqio.FeatureConverter):
+  """Pads/truncates each side to a fixed length and adds masks and dedup keys.
+
+  Args:
+    with_negative: Whether the task features include `negative` (Eq. 3 data) or
+      only `query` and `positive` (Eq. 2 data).
+  """
+
+  TASK_FEATURES = {}
+  MODEL_FEATURES = {}
+  PACKING_FEATURE_DTYPES = {}
+
+  def __init__(self, *, with_negative: bool):
+    towers = TOWERS if with_negative else TOWERS[:2]
+    self.towers = towers
+    self.TASK_FEATURES = {t: _TOKENS for t in towers}
+    self.MODEL_FEATURES = {**{f"{t}_{part}": _TOKENS for t in towers for part in ("tokens", "mask")},
+                           features.QUERY_KEY: _KEY, features.POSITIVE_KEY: _KEY}
+    super().__init__(pack=False, apply_length_check=False)
+
+  def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
+                        ) -> tf.data.Dataset:
+    def convert(example):
+      out = {}
+      for tower in self.towers:
+        ids = truncate_keep_last(tf.cast(example[tower], tf.int32), task_feature_lengths[tower])
+        pad = task_feature_lengths[tower] - tf.shape(ids)[0]
+        out[f"{tower}_tokens"] = tf.pad(ids, [[0, pad]])
+        out[f"{tower}_mask"] = tf.pad(tf.ones_like(ids), [[0, pad]])
+        if tower != "negative":
+          out[f"{tower}_key"] = token_key(ids)
+      return out
+    return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+  def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]
+                                ) -> Mapping[str, int]:
+    lengths = {f"{t}_{part}": task_feature_lengths[t] for t in self.towers
+               for part in ("tokens", "mask")}
+    return {**lengths, features.QUERY_KEY: 1, features.POSITIVE_KEY: 1}  # scalars: unchecked

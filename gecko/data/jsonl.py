@@ -1,0 +1,97 @@
+"""JSON Lines, read and written in one place: errors name `file:line`, writes are atomic.
+
+  records = jsonl.read_objects("train.jsonl", what="Training data")  # [dict, ...]
+  for number, value in jsonl.parse(lines, path=path): ...             # any line source
+  jsonl.write("out/records.jsonl", records)                           # tmp file + rename
+  jsonl.write_beir("eval/task", corpus=..., queries=..., qrels=...)   # a BEIR directory
+
+Blank lines are skipped everywhere; `.gz` files are read transparently.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+
+def decode(line: str | bytes, *, where: str) -> Any:
+  """One JSON value; a ValueError naming `where` (e.g. "file:12") when it is not JSON."""
+  try:
+    if isinstance(line, bytes):
+      line = line.decode("utf-8")
+    return json.loads(line)
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start}).") from e
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{where}: not valid JSON ({e.msg}).") from e
+
+
+def parse(lines: Iterable[str | bytes], *, path: str) -> Iterator[tuple[int, Any]]:
+  """(line number, value) of every non-blank line of `lines`, read from `path`."""
+  for number, line in enumerate(lines, 1):
+    if line.strip():
+      yield number, decode(line, where=f"{path}:{number}")
+
+
+def _open(path: str):
+  if path.endswith(".gz"):
+    return gzip.open(path, "rb")
+  return open(path, "rb")
+
+
+def read_objects(path: str | os.PathLike, *, what: str = "JSONL file") -> list[dict[str, Any]]:
+  """Every line's JSON object; `what` names the file's role in the not-found error."""
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{what} not found: {path!r}.")
+  records = []
+  with _open(path) as f:
+    for number, value in parse(f, path=path):
+      if not isinstance(value, dict):
+        raise ValueError(f"{path}:{number}: expected a JSON object, got "
+                         f"{type(value).__name__} ({json.dumps(value)[:60]}).")
+      records.append(value)
+  return records
+
+
+def write(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> int:
+  """Writes `records` one per line (UTF-8, not ASCII-escaped) through a temporary file
+  renamed into place, so a reader never sees half a file; returns the count."""
+  path = os.fspath(path)
+  directory, name = os.path.split(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  tmp = os.path.join(directory, f".{name}.partial")  # matches no `prefix-*` glob
+  count = 0
+  try:
+    with open(tmp, "w", encoding="utf-8") as f:
+      for record in records:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        count += 1
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return count
+
+
+def write_beir(directory: str | os.PathLike, *, corpus: Iterable[Mapping[str, str]],
+               queries: Iterable[Mapping[str, str]],
+               qrels: Mapping[str, Sequence[tuple[str, str]]]) -> None:
+  """A BEIR task directory: `corpus.jsonl` ({"_id", "title", "text"} from passages with
+  "id"), `queries.jsonl` ({"_id", "text"} from {"id", "text"}) and one
+  `qrels/<split>.tsv` per entry of `qrels` (split -> [(query id, passage id)], score 1)."""
+  directory = os.fspath(directory)
+  write(os.path.join(directory, "corpus.jsonl"),
+        ({"_id": p["id"], "title": p.get("title") or "", "text": p["text"]} for p in corpus))
+  write(os.path.join(directory, "queries.jsonl"),
+        ({"_id": q["id"], "text": q["text"]} for q in queries))
+  os.makedirs(os.path.join(directory, "qrels"), exist_ok=True)
+  for split, pairs in qrels.items():
+    with open(os.path.join(directory, "qrels", f"{split}.tsv"), "w", encoding="utf-8") as f:
+      f.write("query-id\tcorpus-id\tscore\n")
+      f.writelines(f"{query}\t{passage}\t1\n" for query, passage in pairs)

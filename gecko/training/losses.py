@@ -1,0 +1,189 @@
+r"""Gecko's contrastive losses (paper Eq. 2 and Eq. 3) with Matryoshka dims.
+
+With unit-norm embeddings, s(a, b) = a . b and temperature tau, for query i:
+
+  Eq. 2 (pre-finetuning):  -log  e^{s(q_i,p_i)/tau} / sum_j e^{s(q_i,p_j)/tau}
+  Eq. 3 (fine-tuning):     -log  e^{s(q_i,p_i+)/tau} / ( sum_j e^{s(q_i,p_j+)/tau}
+                                   + sum_{j!=i} e^{s(q_i,q_j)/tau} + e^{s(q_i,p_i-)/tau} )
+
+averaged over the batch. Eq. 3's same-tower terms (q_i, q_j) and hard-negative term
+are switches, so one class covers both stages. Only the example's *own* hard negative
+is in its denominator (the paper's choice). Optional false-negative masking drops
+in-batch positives p_j (j != i) whose `positive_key` equals p_i's, and other queries
+whose `query_key` equals q_i's. An optional margin m also drops every candidate that is
+more similar to q_i than its positive by more than m, s(q_i, c) > s(q_i, p_i+) + m (the
+Qwen3-Embedding loss masks false negatives this way, with m = 0.1): near-duplicate
+queries and unlabelled relevant passages stop counting as negatives. Matryoshka: the
+loss is the weighted sum over `dims` of the same loss on the re-normalised prefixes.
+
+All similarities are taken over the *global* batch: inside `jax.jit` with sharded
+embeddings, XLA gathers what each device needs, so negatives cross devices for free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from gecko.data import features
+from gecko.models import matryoshka
+
+Array = jax.Array
+
+
+def contrastive_loss(query: Array, positive: Array, negative: Array | None = None, *,
+                     temperature: float, same_tower: bool,
+                     positive_key: Array | None = None, query_key: Array | None = None,
+                     margin: float | None = None
+                     ) -> tuple[Array, Array, dict[str, Array]]:
+  """Per-example Eq. 2 / Eq. 3 loss, in-batch correctness and where the negatives are.
+
+  Args:
+    query: `[B, d]` unit-norm query embeddings.
+    positive: `[B, d]` unit-norm positive passage embeddings.
+    negative: `[B, d]` each example's hard negative, or None (no hard-negative term).
+    temperature: tau.
+    same_tower: include the other queries q_j (j != i) in the denominator.
+    positive_key, query_key: `[B]` ints; equal keys mark in-batch false negatives to
+      mask (None: no masking).
+    margin: drop candidates c with s(q_i, c) > s(q_i, p_i) + margin (None: keep all).
+
+  Returns:
+    (loss `[B]`, correct `[B]` bool: the positive has the highest logit in its row,
+    stats of `[B]` arrays: `same_tower_share`, the share of the softmax denominator
+    on the other queries (with same_tower), and `margin_dropped`, the share of the
+    negatives the margin rule removed (with margin)).
+  """
+  batch = query.shape[0]
+  eye = jnp.eye(batch, dtype=bool)
+  neg_inf = jnp.array(-jnp.inf, query.dtype)
+  qp = query @ positive.T / temperature
+  target = jnp.diagonal(qp)
+
+  def too_close(logits):  # the margin rule (a bool mask; no gradient flows through it)
+    if margin is None:
+      return jnp.zeros(logits.shape, bool)
+    return logits > target[:, None] + margin / temperature
+
+  close = ~eye & too_close(qp)
+  dropped, negatives = jnp.sum(close, axis=1), batch - 1
+  drop = close
+  if positive_key is not None:
+    drop |= (positive_key[:, None] == positive_key[None, :]) & ~eye
+  columns = [jnp.where(drop, neg_inf, qp)]
+  if same_tower:
+    qq = query @ query.T / temperature
+    close = ~eye & too_close(qq)
+    dropped, negatives = dropped + jnp.sum(close, axis=1), negatives + batch - 1
+    drop = eye | close
+    if query_key is not None:
+      drop |= query_key[:, None] == query_key[None, :]
+    columns.append(jnp.where(drop, neg_inf, qq))
+  if negative is not None:
+    qn = jnp.sum(query * negative, axis=-1, keepdims=True) / temperature
+    close = too_close(qn)
+    dropped, negatives = dropped + close[:, 0], negatives + 1
+    columns.append(jnp.where(close, neg_inf, qn))
+  logits = jnp.concatenate(columns, axis=1)
+  denominator = jax.nn.logsumexp(logits, axis=1)
+  loss = denominator - target
+  correct = jnp.argmax(logits, axis=1) == jnp.arange(batch)
+  stats = {}
+  if same_tower:
+    stats["same_tower_share"] = jnp.exp(jax.nn.logsumexp(columns[1], axis=1) - denominator)
+  if margin is not None:
+    stats["margin_dropped"] = dropped / negatives
+  return loss, correct, jax.lax.stop_gradient(stats)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GeckoLoss:
+  """The Gecko loss, configured once (gin-friendly).
+
+  Attributes:
+    temperature: tau (not published; t5x_retrieval used 0.01, sentence-transformers
+      0.05, FlagEmbedding 0.02).
+    same_tower_negatives: Eq. 3's q_i-q_j terms (False for Eq. 2).
+    hard_negatives: the example's own hard negative (False for Eq. 2).
+    mask_false_negatives: mask in-batch positives/queries with equal keys (needs the
+      `positive_key` feature; `query_key` is used when present).
+    false_negative_margin: drop every candidate more similar to the query than its
+      positive by more than this (cosine units; None keeps all; Qwen3-Embedding: 0.1).
+    dims: Matryoshka dims, e.g. (256, 768); () means the full embedding only.
+    dim_weights: one weight per dim (default all 1.0).
+  """
+
+  temperature: float = 0.05
+  same_tower_negatives: bool = True
+  hard_negatives: bool = True
+  mask_false_negatives: bool = False
+  false_negative_margin: float | None = None
+  dims: Sequence[int] = ()
+  dim_weights: Sequence[float] | None = None
+
+  def __post_init__(self):
+    if not self.temperature > 0:
+      raise ValueError(f"GeckoLoss.temperature must be > 0, got {self.temperature!r}.")
+    margin = self.false_negative_margin
+    if margin is not None and not 0 <= margin < 2:
+      raise ValueError(f"GeckoLoss.false_negative_margin must be in [0, 2) (a cosine "
+                       f"difference) or None, got {margin!r}.")
+    if self.dim_weights is not None and len(self.dim_weights) != len(self.dims):
+      raise ValueError(f"GeckoLoss.dim_weights={tuple(self.dim_weights)} needs one weight per "
+                       f"dim in dims={tuple(self.dims)}.")
+
+  @property
+  def required_features(self) -> tuple[str, ...]:
+    required = features.QUERY + features.POSITIVE
+    if self.hard_negatives:
+      required += features.NEGATIVE
+    if self.mask_false_negatives:
+      required += (features.POSITIVE_KEY,)
+    return required
+
+  def validate_features(self, available) -> None:
+    """Checks at construction time that the data supplies what this loss needs."""
+    features.validate_features(available, self.required_features, who="GeckoLoss")
+
+  def check_dims(self, model_dims: Sequence[int]) -> None:
+    bad = [d for d in self.dims if d not in tuple(model_dims)]
+    if bad:
+      raise ValueError(f"GeckoLoss.dims {bad} are not Matryoshka dims of the model "
+                       f"{tuple(model_dims)}; set MATRYOSHKA_DIMS or the loss dims to match.")
+
+  def __call__(self, embeddings: dict[str, Array], batch: dict[str, Array] | None = None
+               ) -> tuple[Array, dict[str, Array]]:
+    """Loss over a batch of full-size embeddings.
+
+    Args:
+      embeddings: {"query", "positive"[, "negative"]} -> `[B, D]` unit-norm arrays.
+      batch: the model features, for `positive_key` / `query_key`.
+
+    Returns:
+      (scalar loss, metrics): `loss/{d}` and `accuracy/{d}` per Matryoshka dim, and
+      `same_tower_share/{d}` / `margin_dropped/{d}` when those terms are on.
+    """
+    batch = batch or {}
+    full = embeddings["query"].shape[-1]
+    dims = tuple(self.dims) or (full,)
+    weights = tuple(self.dim_weights) if self.dim_weights is not None else (1.0,) * len(dims)
+    keys = {}
+    if self.mask_false_negatives:
+      keys = {"positive_key": batch[features.POSITIVE_KEY],
+              "query_key": batch.get(features.QUERY_KEY)}
+    total, metrics = 0.0, {}
+    for dim, weight in zip(dims, weights):
+      prefix = {k: matryoshka.prefix(v, dim) if dim != full else v for k, v in embeddings.items()}
+      negative = prefix.get("negative") if self.hard_negatives else None
+      loss, correct, stats = contrastive_loss(
+          prefix["query"], prefix["positive"], negative, temperature=self.temperature,
+          same_tower=self.same_tower_negatives, margin=self.false_negative_margin, **keys)
+      metrics[f"loss/{dim}"] = jnp.mean(loss)
+      metrics[f"accuracy/{dim}"] = jnp.mean(correct.astype(jnp.float32))
+      metrics.update({f"{name}/{dim}": jnp.mean(value) for name, value in stats.items()})
+      total = total + weight * jnp.mean(loss)
+    metrics["loss"] = total
+    return total, metrics

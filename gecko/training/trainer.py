@@ -1,0 +1,141 @@
+"""The pieces of a training loop, shared by `gecko.train`, `gecko.compile_step` and the
+benchmarks: `build` (mesh -> logical rules -> shardings -> jitted step), the initial
+state (restored, imported or random) and a window of step metrics.
+
+  program = trainer.build(model=model, loss=loss, optimizer=optimizer,
+                          mesh_axes={"data": -1}, batch_size=64)
+  state = program.init_state(seed=0)
+  state, metrics = program.step(state, program.global_batch(data.batch(0)))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+
+from gecko.data import features
+from gecko.models import embedder as embedder_lib
+from gecko.models.dual_encoder import DualEncoder
+from gecko.training import partitioning, train_step
+from gecko.training.losses import GeckoLoss
+from gecko.training.optimizers import AdamW
+
+# Backbone fields a run chooses freely, whatever the checkpoint it starts from says.
+RUN_TIME_FIELDS = ("dtype", "dropout_rate")
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+  """A model, loss and optimiser placed on a mesh, ready to initialise and step.
+
+  Attributes:
+    mesh: The device mesh.
+    abstract_state: `jax.ShapeDtypeStruct`s of the TrainState, carrying its shardings.
+    shardings: The TrainState's `NamedSharding`s.
+    step: The jitted `(state, batch) -> (state, metrics)`; the state is donated.
+    batch_sharding: How a global batch is laid out (examples over data x fsdp).
+  """
+
+  model: DualEncoder
+  tx: Any
+  mesh: Mesh
+  abstract_state: train_step.TrainState
+  shardings: train_step.TrainState
+  step: Callable
+  batch_sharding: NamedSharding
+
+  def init_state(self, *, seed: int, params=None) -> train_step.TrainState:
+    """A sharded TrainState: random parameters, or `params` placed on the mesh."""
+    return train_step.create_state(self.model, self.tx, self.shardings, seed=seed,
+                                   params=params)
+
+  def global_batch(self, local: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+    """This process's rows assembled into the global (sharded) batch."""
+    return {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
+            for k, v in local.items()}
+
+  def abstract_batch(self, loss: GeckoLoss, *, batch_size: int, query_length: int,
+                     passage_length: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """The shapes of a global batch holding exactly the features `loss` needs."""
+    lengths = {"query": query_length, "positive": passage_length, "negative": passage_length}
+    batch = {}
+    for name in loss.required_features:
+      tower = next((t for t, names in features.TOWERS.items() if name in names), None)
+      shape = (batch_size, lengths[tower]) if tower else (batch_size,)
+      batch[name] = jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self.batch_sharding)
+    return batch
+
+
+def build(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW, batch_size: int,
+          mesh_axes: Mapping[str, int] | None = None, additional_axis_rules: Sequence[tuple] = (),
+          grad_cache_chunk: int | None = None) -> Program:
+  """Checks the configuration against the mesh and compiles nothing yet (jit is lazy).
+
+  Raises ValueError for a batch that does not split over the mesh, Matryoshka dims the
+  model lacks, or a GradCache chunk that does not divide the batch.
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+  mesh = partitioning.make_mesh(mesh_axes)
+  partitioning.check_batch_size(batch_size, mesh)
+  loss.check_dims(model.matryoshka_dims)
+  if grad_cache_chunk and batch_size % grad_cache_chunk:
+    raise ValueError(f"grad_cache_chunk={grad_cache_chunk} must divide the batch size "
+                     f"{batch_size}.")
+  rules = partitioning.standard_logical_axis_rules(additional_axis_rules)
+  tx = optimizer.transformation()
+  abstract, shardings = train_step.state_shardings(model, tx, mesh, rules)
+  step = train_step.jit_train_step(
+      train_step.make_train_step(model, loss, tx, grad_cache_chunk=grad_cache_chunk),
+      shardings, mesh)
+  return Program(model=model, tx=tx, mesh=mesh, abstract_state=abstract, shardings=shardings,
+                 step=step, batch_sharding=partitioning.batch_sharding(mesh))
+
+
+def initial_params(model: DualEncoder, source: embedder_lib.Embedder, *, name: str, seed: int):
+  """Parameters from a pretrained/saved model, random where it has nothing (e.g. a
+  projection it lacks or of another size)."""
+  run_time = {f: getattr(model.backbone, f) for f in RUN_TIME_FIELDS}  # not the checkpoint's
+  if dataclasses.replace(source.module.backbone, **run_time) != model.backbone:
+    raise ValueError(f"init_from={name!r} has backbone {source.module.backbone}, but the "
+                     f"configured model has {model.backbone}; use the matching model gin file.")
+  params = embedder_lib.init_params(model, seed=seed)
+  params["encoder"] = source.params["encoder"]
+  if "projection" in params and "projection" in source.params:
+    if source.params["projection"]["kernel"].shape == params["projection"]["kernel"].shape:
+      params["projection"] = source.params["projection"]
+  return params
+
+
+def host_params(state: train_step.TrainState) -> dict:
+  """The full parameters as NumPy on every process (gathers FSDP/model shards)."""
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(state.params, tiled=True)
+
+
+class MetricsWindow:
+  """Sums step metrics on the device and averages them when a window is logged."""
+
+  def __init__(self):
+    self._sum, self._steps, self._start = None, 0, time.perf_counter()
+
+  def add(self, metrics: Mapping[str, jax.Array]) -> None:
+    self._sum = dict(metrics) if self._sum is None else jax.tree.map(jnp.add, self._sum, metrics)
+    self._steps += 1
+
+  def average(self, *, batch_size: int) -> dict[str, float]:
+    """The window's mean of every metric, plus `step_time` and `examples_per_second`;
+    starts a new window."""
+    elapsed = time.perf_counter() - self._start
+    out = {k: float(v) / self._steps for k, v in jax.device_get(self._sum).items()}
+    out.update(step_time=elapsed / self._steps,
+               examples_per_second=self._steps * batch_size / elapsed)
+    self.__init__()
+    return out
