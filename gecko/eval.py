@@ -30,6 +30,10 @@ from gecko.evaluation import tasks as tasks_lib
 from gecko.models import embedder as embedder_lib
 
 
+class EvaluationError(RuntimeError):
+  """Some tasks failed (the others' results are written)."""
+
+
 def evaluate(*, checkpoint: str, tasks: Sequence[str | object], output_dir: str,
              data_dir: str | None = None, dims: Sequence[int] | None = None,
              gecko_format: bool = False, batch_size: int = 64,
@@ -47,6 +51,11 @@ def evaluate(*, checkpoint: str, tasks: Sequence[str | object], output_dir: str,
       (for Gecko-trained models); False for imported models.
     batch_size: Encoding batch size.
     model_name: Name in the reports (default: from the checkpoint path).
+
+  A task that fails (bad data, say) is reported on stderr and the remaining tasks still
+  run; the reports hold every task that finished, then EvaluationError names the
+  failed ones. Data the loaders dropped (qrels naming unknown documents or queries,
+  judged queries without a relevant document) is said on stderr and in results.md.
   """
   model = embedder_lib.load(checkpoint)
   dims = tuple(dims or model.dims)
@@ -81,14 +90,22 @@ def evaluate(*, checkpoint: str, tasks: Sequence[str | object], output_dir: str,
     recent.append(({t: i for i, t in enumerate(texts)}, out))
     return out
 
-  results = {}
+  results, failed, notes = {}, {}, []
   result_dir = os.path.join(output_dir, "results", name)
   os.makedirs(result_dir, exist_ok=True)
   for task in resolved:
     start, encode_time[0] = time.perf_counter(), 0.0
     print(f"gecko.eval: {task.name} ({task.type})", file=sys.stderr)
-    scores = task.evaluate(embed, dims=dims, fmt=fmt)
+    try:
+      scores = task.evaluate(embed, dims=dims, fmt=fmt)
+    except Exception as e:  # reported; the other tasks still run and are written
+      failed[task.name] = f"{type(e).__name__}: {e}"
+      print(f"gecko.eval: {task.name} failed: {failed[task.name]}", file=sys.stderr)
+      continue
     results[task.name] = scores
+    for note in _dropped(task.name, scores):
+      print(f"gecko.eval: warning: {note}", file=sys.stderr)
+      notes.append(note)
     total = time.perf_counter() - start
     print(f"gecko.eval: {task.name}: {total:.1f} s, of which encoding {encode_time[0]:.1f} s, "
           f"loading and scoring {total - encode_time[0]:.1f} s", file=sys.stderr)
@@ -101,15 +118,30 @@ def evaluate(*, checkpoint: str, tasks: Sequence[str | object], output_dir: str,
     }
     with open(os.path.join(result_dir, f"{task.name}.json"), "w", encoding="utf-8") as f:
       json.dump(report, f, indent=2)
-  main_metrics = {t.name: t.main_score for t in resolved}
-  reports.write_markdown(os.path.join(output_dir, "results.md"), {name: results}, main_metrics)
-  reports.plot_scores(os.path.join(output_dir, "results.png"), {name: results}, main_metrics)
+  main_metrics = {t.name: t.main_score for t in resolved if t.name in results}
+  notes += [f"{task} failed: {reason}" for task, reason in failed.items()]
+  if results:
+    reports.write_markdown(os.path.join(output_dir, "results.md"), {name: results}, main_metrics,
+                           notes=notes)
+    reports.plot_scores(os.path.join(output_dir, "results.png"), {name: results}, main_metrics)
+  if failed:
+    raise EvaluationError(f"{len(failed)} of {len(resolved)} tasks failed "
+                          f"({'; '.join(f'{t}: {r}' for t, r in failed.items())}); the results "
+                          f"of the others are in {output_dir}.")
   return results
+
+
+def _dropped(task: str, scores: dict[int, dict[str, float]]) -> list[str]:
+  """What the task's loader dropped (`dropped_*` scores), as sentences."""
+  first = next(iter(scores.values()), {})
+  return [f"{task}: {int(v)} {k.removeprefix('dropped_').replace('_', ' ')} dropped "
+          "(not scored)" for k, v in first.items() if k.startswith("dropped_") and v]
 
 
 def main(argv: Sequence[str]) -> int:
   from gecko import gin_flags
-  return gin_flags.run(evaluate, argv, prog="python -m gecko.eval", doc=__doc__)
+  return gin_flags.run(evaluate, argv, prog="python -m gecko.eval", doc=__doc__,
+                       expected=(EvaluationError, FileNotFoundError, ValueError))
 
 
 if __name__ == "__main__":

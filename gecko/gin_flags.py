@@ -8,16 +8,19 @@
 Gin files are found relative to the working directory, then among the files the
 package ships (`gecko/gin/`, as `gin/runs/finetune.gin` or `runs/finetune.gin`, so an
 installed package needs no checkout), then `--gin_search_path`. Configuration mistakes
-(an unknown binding, a missing file, a `%gin.REQUIRED` macro left unset) end the
-program with one line naming the problem and exit status 2.
+(an unknown binding, a missing file, a `%gin.REQUIRED` macro left unset, a macro no file
+declares or uses, an unquoted string, a value a bound class refuses) end the program
+with one line naming the problem and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import inspect
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -87,11 +90,60 @@ def configure(gin_files: Sequence[str], bindings: Sequence[str], search_paths=()
   root = logging.getLogger()
   root.addFilter(_quiet_misses)
   try:
-    gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
+    gin.parse_config_files_and_bindings(list(gin_files), [], finalize_config=False)
   except Exception as e:  # gin raises many types (IOError, ValueError, ParserError, ...)
     raise ConfigError(_one_line(e)) from e
   finally:
     root.removeFilter(_quiet_misses)
+  declared = _macros()
+  for binding in bindings:
+    _parse_binding(binding)
+  _check_macros(bindings, declared)
+  try:
+    gin.finalize()  # a `%gin.REQUIRED` macro left unset fails here
+  except Exception as e:
+    raise ConfigError(_one_line(e)) from e
+
+
+def _macros() -> set[str]:
+  """The macros the parsed configuration defines."""
+  from gin import config
+  return {scope for scope, selector in config._CONFIG if selector == "gin.macro"}  # noqa: SLF001
+
+
+def _referenced_macros() -> set[str]:
+  """The macros some binding of the parsed configuration uses (`%NAME`)."""
+  from gin import config
+  return {name for values in config._CONFIG.values()  # noqa: SLF001
+          for value in values.values() for name in re.findall(r"%(\w+)", repr(value))}
+
+
+def _parse_binding(binding: str) -> None:
+  """One binding, or a ConfigError naming it (and the quoting a string value needs)."""
+  import gin
+  try:
+    gin.parse_config(binding)
+  except Exception as e:
+    name, _, value = (part.strip() for part in binding.partition("="))
+    hint = ""
+    if value and not re.match(r"""^(['"\[({@%\d.+-]|True$|False$|None$)""", value):
+      hint = (f"; a string needs inner quotes: --gin.{name}=\"'{value}'\"")
+    raise ConfigError(f"cannot parse the binding --gin.{name}={value} "
+                      f"({_one_line(e)}){hint}") from e
+
+
+def _check_macros(bindings: Sequence[str], declared: set[str]) -> None:
+  """A macro bound on the command line must be one a gin file declares or uses: a
+  misspelled name would otherwise be ignored and the run use the default."""
+  known = declared | _referenced_macros()
+  for binding in bindings:
+    name = binding.partition("=")[0].strip()
+    if re.fullmatch(r"\w+", name) and name not in known:
+      close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+      raise ConfigError(
+          f"--gin.{name}: no loaded gin file declares or uses the macro {name}"
+          + (f"; did you mean {' or '.join(close)}?" if close else
+             "; check the name against the files' header comments."))
 
 
 def _quiet_misses(record: logging.LogRecord) -> bool:
@@ -102,7 +154,8 @@ def _quiet_misses(record: logging.LogRecord) -> bool:
 
 def _one_line(error: Exception) -> str:
   lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-  return f"{type(error).__name__}: {lines[0] if lines else error!r}" + (
+  first = lines[0] if lines else repr(error)
+  return f"{type(error).__name__}: {first}" + (
       f" ({lines[-1]})" if len(lines) > 1 and lines[-1] != lines[0] else "")
 
 
@@ -111,11 +164,13 @@ def call_configured(fn: Callable, **kwargs):
   is bound."""
   import gin
   try:
-    bound = gin.get_bindings(fn)
-  except ValueError as e:
-    raise ConfigError(f"nothing configures {fn.__module__}.{fn.__name__}; add the run file that "
-                      "binds it (gin/runs/finetune.gin for training, gin/runs/eval.gin for "
-                      "evaluation)") from e
+    bound = gin.get_bindings(fn)  # evaluates the bound objects (@optimizers.AdamW(), ...)
+  except Exception as e:
+    if "in the Gin registry" in str(e):
+      raise ConfigError(f"nothing configures {fn.__module__}.{fn.__name__}; add the run file "
+                        "that binds it (gin/runs/finetune.gin for training, gin/runs/eval.gin "
+                        "for evaluation)") from e
+    raise ConfigError(_one_line(e)) from e  # a bound object's own validation
   missing = [name for name, p in inspect.signature(fn).parameters.items()
              if p.default is inspect.Parameter.empty and name not in bound and name not in kwargs]
   if missing:
@@ -137,9 +192,12 @@ def write_operative_config(directory: str) -> None:
       f.write(config)
 
 
-def run(fn: Callable, argv: Sequence[str], *, prog: str, doc: str, **kwargs) -> int:
+def run(fn: Callable, argv: Sequence[str], *, prog: str, doc: str,
+        expected: tuple[type[Exception], ...] = (), **kwargs) -> int:
   """Parses flags, configures gin, and calls `fn` with its bindings (and `kwargs`);
-  returns an exit status."""
+  returns an exit status: 2 for a configuration error, 1 for one of the `expected`
+  failures (each reported in one line; the environment variable GECKO_TRACEBACK=1
+  raises it instead, traceback and all)."""
   args = parse_args(argv, prog=prog, doc=doc)
   try:
     initialize_distributed(args)
@@ -148,6 +206,12 @@ def run(fn: Callable, argv: Sequence[str], *, prog: str, doc: str, **kwargs) -> 
   except ConfigError as e:
     print(f"{prog}: configuration error: {e}", file=sys.stderr)
     return 2
+  except expected as e:
+    if os.environ.get("GECKO_TRACEBACK"):
+      raise
+    message = str(e).splitlines()[0] if str(e) else type(e).__name__  # less gin's "In call to"
+    print(f"{prog}: error: {message} (GECKO_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+    return 1
   return 0
 
 

@@ -19,6 +19,7 @@ On several hosts pass `--multihost` (TPU pods: coordinator found automatically) 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -128,8 +129,9 @@ def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
 def _start_state(program: trainer.Program, ckpt: checkpointing.Checkpointer,
                  source: embedder_lib.Embedder | None, *, init_from: str | None, seed: int):
   """(state, first step): the latest checkpoint, else `init_from`'s weights, else random."""
-  if ckpt.latest_step is not None:
-    state, meta = ckpt.restore(program.abstract_state)
+  restored = ckpt.restore_latest(program.abstract_state)
+  if restored is not None:
+    state, meta = restored
     print(f"gecko.train: resuming from step {meta['step']} in {ckpt.directory}", file=sys.stderr)
     return state, int(meta["step"])
   params = (trainer.initial_params(program.model, source, name=init_from, seed=seed)
@@ -156,9 +158,10 @@ class _MetricsLog:
 
   def __call__(self, step: int, scalars: dict[str, float]) -> None:
     self._writer.write_scalars(step, scalars)
-    if jax.process_index() == 0:
+    if jax.process_index() == 0:  # JSON has no NaN: a non-finite value is written as null
+      row = {k: v if math.isfinite(v) else None for k, v in scalars.items()}
       with open(self._path, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"step": step, **scalars}) + "\n")
+        f.write(json.dumps({"step": step, **row}, allow_nan=False) + "\n")
 
   def close(self) -> None:
     self._writer.flush()
@@ -174,7 +177,9 @@ def _evaluate(eval_fn, model, state, tokenizer, model_dir: str, step: int) -> di
 
 
 def main(argv: Sequence[str]) -> int:
-  return gin_flags.run(train, argv, prog="python -m gecko.train", doc=__doc__)
+  return gin_flags.run(train, argv, prog="python -m gecko.train", doc=__doc__,
+                       expected=(NonFiniteLossError, checkpointing.CheckpointError,
+                                 FileNotFoundError, ValueError))
 
 
 if __name__ == "__main__":

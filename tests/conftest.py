@@ -152,3 +152,30 @@ def fret_records(directory: pathlib.Path) -> list[dict]:
       with open(directory / name) as f:
         records.extend(json.loads(line) for line in f)
   return records
+
+
+PIECES = ("the", "query", "passage", "search", "result", "task", "fact", "answer", "python",
+          "module", "function", "returns", "string", "list", "file", "error")
+
+
+def write_tiny_t5(directory, *, gated=True, layers=2):
+  """A random HF T5EncoderModel in its own safetensors layout (plus a tiny spiece.model);
+  returns the torch model (the reference). Needs torch and transformers (the [mteb] extra)."""
+  import sentencepiece
+  import torch
+  import transformers
+
+  config = transformers.T5Config(
+      vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_layers=layers, num_heads=4,
+      feed_forward_proj="gated-gelu" if gated else "relu", dropout_rate=0.0,
+      relative_attention_num_buckets=32, relative_attention_max_distance=20)
+  torch.manual_seed(0)
+  model = transformers.T5EncoderModel(config).eval()
+  model.save_pretrained(directory, safe_serialization=True)
+  text = directory / "text.txt"
+  text.write_text("\n".join(" ".join(PIECES[(i * k) % len(PIECES)] for k in range(1, 12))
+                            for i in range(200)))
+  sentencepiece.SentencePieceTrainer.train(
+      input=str(text), minloglevel=2, model_prefix=str(directory / "spiece"), vocab_size=40, hard_vocab_limit=False,
+      pad_id=0, eos_id=1, unk_id=2, bos_id=-1, model_type="unigram")
+  return model

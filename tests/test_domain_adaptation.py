@@ -36,6 +36,7 @@ def _run(corpus, out, variant, **overrides):
   return domain_adaptation.run(**{**args, **overrides})
 
 
+@pytest.mark.slow
 def test_experiment_rows_and_report_end_to_end(beir_corpus, tmp_path):
   # Training runs in this process (gecko.train.main), on the session's 8 fake devices.
   assert jax.device_count() == 8

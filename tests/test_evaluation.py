@@ -251,6 +251,7 @@ PUBLISHED = {"STSBenchmark": (0.8203, 0.002), "SciFact": (0.6451, 0.003),
              "Banking77Classification": (0.8004, 0.01)}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED_DATA.exists(),
                     reason=f"published-score data not available at {SHARED_DATA}")
 def test_imported_minilm_reproduces_published_mteb_scores(tmp_path, minilm):

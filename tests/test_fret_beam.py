@@ -18,6 +18,7 @@ def _by_id(records):
   return {r["id"]: r for r in records}
 
 
+@pytest.mark.slow
 def test_beam_writes_the_records_of_the_local_pipeline(fret_corpus, tmp_path):
   import shutil
 

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import urllib.request
+import zlib
 
 import pytest
 
@@ -85,6 +86,7 @@ def server(tmp_path_factory):
   proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_server_generation_and_relevance_scores_match_the_local_model(server, local):
   remote = llm.OpenAICompatible(base_url=server, model="smollm2", concurrency=2)
   texts = remote.generate([COUNTING, CAPITAL], max_tokens=4, stop=["\n"])
@@ -212,3 +214,66 @@ def test_local_query_likelihood_equals_a_hand_computed_log_softmax_sum(local):
     total += logits[token] - logits.max() - math.log(np.exp(logits - logits.max()).sum())
   (ours,) = local.log_likelihood([context], [continuation])
   assert ours == pytest.approx(total, abs=1e-3) and total < 0
+
+
+class _FlakyProxy(http.server.BaseHTTPRequestHandler):
+  """Forwards to the real llama.cpp server, except that while `failing` a third of the
+  requests (by a hash of the body, so the same ones every time) get HTTP 500."""
+
+  upstream = ""
+  failing = True
+  failed = 0
+
+  def _answer(self, code, data):
+    self.send_response(code)
+    self.send_header("Content-Length", str(len(data)))
+    self.end_headers()
+    self.wfile.write(data)
+
+  def do_GET(self):  # noqa: N802  (the backend's reachability check)
+    with urllib.request.urlopen(type(self).upstream + self.path[len("/v1"):]) as response:
+      self._answer(response.status, response.read())
+
+  def do_POST(self):  # noqa: N802
+    body = self.rfile.read(int(self.headers["Content-Length"]))
+    if type(self).failing and zlib.crc32(body) % 3 == 0:
+      type(self).failed += 1
+      return self._answer(500, b'{"error": "overloaded"}')
+    request = urllib.request.Request(type(self).upstream + self.path[len("/v1"):], data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+      self._answer(response.status, response.read())
+
+  def log_message(self, *args):
+    pass
+
+
+@pytest.mark.slow
+def test_fret_through_a_server_failing_a_third_of_its_calls_completes_on_a_rerun(
+    server, fret_corpus, tmp_path, capfd):
+  from gecko.fret import pipeline
+  _FlakyProxy.upstream, _FlakyProxy.failing, _FlakyProxy.failed = server, True, 0
+  httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FlakyProxy)
+  threading.Thread(target=httpd.serve_forever, daemon=True).start()
+  try:
+    backend = llm.OpenAICompatible(base_url=f"http://127.0.0.1:{httpd.server_address[1]}/v1",
+                                   model="smollm2", max_retries=0, concurrency=2)
+    run = dict(corpus_path=str(fret_corpus), output_dir=str(tmp_path), llm=backend,
+               num_seeds=6, num_neighbors=3, ranking="rc")
+    first = pipeline.run(**run)
+    assert _FlakyProxy.failed > 0
+    failures = [json.loads(line) for line in (tmp_path / "failures.jsonl").read_text().splitlines()]
+    call_failures = [f for f in failures if f["reason"].startswith(("LLM call failed",
+                                                                    "scoring failed"))]
+    assert call_failures and all("HTTP 500" in f["reason"] for f in call_failures)
+    assert first["records"] + first["failures_this_run"] == 6
+    assert f"{first['failures_this_run']} passages failed this run" in capfd.readouterr().err
+    _FlakyProxy.failing = False
+    again = pipeline.run(**run)  # the cache keeps every call that succeeded
+    assert again["records"] > first["records"]
+    retried = [json.loads(line) for line in
+               (tmp_path / "failures.jsonl").read_text().splitlines()][len(failures):]
+    assert not [f for f in retried if "HTTP 500" in f["reason"]]
+    assert again["records"] + again["failures_this_run"] == 6
+  finally:
+    httpd.shutdown()

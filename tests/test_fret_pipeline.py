@@ -170,7 +170,7 @@ def test_failed_llm_calls_are_reported_and_a_rerun_completes_the_run(fret_corpus
   from gecko.fret.llm import LlamaCpp
   out, real = tmp_path / "fret", LlamaCpp(n_ctx=1024)
   seeds = [f"{t}{i}" for t in ("gecko", "moon") for i in range(3)]
-  failing = _FailingFor(real, generate="27 days", score="tiny hairs")
+  failing = _FailingFor(real, generate="27 days", score="van der Waals")
   summary = pipeline.run(corpus_path=str(fret_corpus), output_dir=str(out), llm=failing,
                          num_seeds=6, num_neighbors=3, shard_size=10)
   failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]

@@ -100,6 +100,7 @@ def test_metrics_match_mteb_on_local_tasks(minilm, tmp_path, gecko_format):
   assert files and encoder.mteb_model_meta.name.replace("/", "__") in str(files[0])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"shared data not available at {SHARED_DATA}")
 def test_metrics_match_mteb_on_stsb_and_scifact_subset(minilm, tmp_path):
   encoder = mteb_adapter.GeckoEncoder(model=minilm, gecko_format=False)

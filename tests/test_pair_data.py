@@ -43,9 +43,9 @@ def test_long_texts_keep_their_final_sep(tokenizer):
 
 
 @pytest.mark.parametrize("records, message", [
-    ([{"query": "q"}] * 4, "record 0 needs a string 'positive'"),
+    ([{"query": "q"}] * 4, r"records\[0\]: needs a string 'positive'"),
     ([{"query": "q", "positive": "p", "negative": "n"}, {"query": "q", "positive": "p"}] * 2,
-     "record 1 has no string 'negative'"),
+     r"records\[1\]: has no string 'negative'"),
     ([{"query": "q", "positive": "p"}], "cannot fill one batch of 2"),
 ])
 def test_bad_records_are_named(tokenizer, records, message):

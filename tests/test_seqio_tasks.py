@@ -453,6 +453,7 @@ def _losses(model_dir):
   return [json.loads(line)["loss"] for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_two_stage_run_prefinetune_then_finetune_through_seqio(data_dir, tmp_path):
   import sys
 

@@ -10,37 +10,13 @@ import gin
 import jax
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import PIECES, REPO, write_tiny_t5
 
 from gecko import compile_step, gin_flags
 from gecko.models import checkpoint_import, dual_encoder, embedder, t5
 
 torch = pytest.importorskip("torch", reason="the reference T5 is transformers' (pip install '.[mteb]')")
 transformers = pytest.importorskip("transformers", reason="pip install '.[mteb]'")
-
-PIECES = ("the", "query", "passage", "search", "result", "task", "fact", "answer", "python",
-          "module", "function", "returns", "string", "list", "file", "error")
-
-
-def _write_tiny_t5(directory, *, gated=True, layers=2):
-  """A random HF T5EncoderModel in its own safetensors layout (plus a tiny spiece.model)."""
-  import sentencepiece
-
-  config = transformers.T5Config(
-      vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_layers=layers, num_heads=4,
-      feed_forward_proj="gated-gelu" if gated else "relu", dropout_rate=0.0,
-      relative_attention_num_buckets=32, relative_attention_max_distance=20)
-  torch.manual_seed(0)
-  model = transformers.T5EncoderModel(config).eval()
-  model.save_pretrained(directory, safe_serialization=True)
-  text = directory / "text.txt"
-  text.write_text("\n".join(" ".join(PIECES[(i * k) % len(PIECES)] for k in range(1, 12))
-                            for i in range(200)))
-  sentencepiece.SentencePieceTrainer.train(
-      input=str(text), minloglevel=2, model_prefix=str(directory / "spiece"), vocab_size=40, hard_vocab_limit=False,
-      pad_id=0, eos_id=1, unk_id=2, bos_id=-1, model_type="unigram")
-  return model
-
 
 def _reference_states(model, ids, mask):
   with torch.no_grad():
@@ -50,7 +26,7 @@ def _reference_states(model, ids, mask):
 
 
 def test_token_states_match_transformers_t5_encoder(tmp_path):
-  reference = _write_tiny_t5(tmp_path)
+  reference = write_tiny_t5(tmp_path)
   config = checkpoint_import.config_from_hf(tmp_path / "config.json")
   assert config == t5.T5Config(vocab_size=96, hidden_size=32, num_layers=2, num_heads=4,
                                head_dim=8, mlp_dim=48, relative_max_distance=20,
@@ -82,7 +58,7 @@ def test_gtr_style_directory_imports_whole_and_round_trips(tmp_path):
   gives the same embeddings as the reference computed with torch, and save/load keeps them."""
   from safetensors.torch import save_file
 
-  reference = _write_tiny_t5(tmp_path)
+  reference = write_tiny_t5(tmp_path)
   torch.manual_seed(1)
   dense = torch.randn(16, 32)
   (tmp_path / "2_Dense").mkdir()
@@ -119,11 +95,11 @@ def test_gtr_style_directory_imports_whole_and_round_trips(tmp_path):
 
 
 def test_import_errors_name_the_problem(tmp_path):
-  _write_tiny_t5(tmp_path, gated=False)
+  write_tiny_t5(tmp_path, gated=False)
   with pytest.raises(ValueError, match="feed_forward_proj='relu'"):
     checkpoint_import.config_from_hf(tmp_path / "config.json")
   deeper = tmp_path / "deeper"
-  _write_tiny_t5(deeper)
+  write_tiny_t5(deeper)
   config = t5.T5Config(vocab_size=96, hidden_size=32, num_layers=3, num_heads=4, head_dim=8,
                        mlp_dim=48)
   expected = dual_encoder.abstract_params(dual_encoder.DualEncoder(backbone=config))["encoder"]
@@ -225,7 +201,7 @@ def test_sentencepiece_vocabulary_gives_the_tokenizers_ids_in_python_and_tf_data
   import tensorflow as tf
 
   from gecko.data import tokenization, vocabularies
-  _write_tiny_t5(tmp_path, layers=1)
+  write_tiny_t5(tmp_path, layers=1)
   tokenizer = tokenization.SentencePieceTokenizer(model_file=tmp_path / "spiece.model",
                                                   max_length=16)
   vocab = vocabularies.for_tokenizer(tokenizer)
@@ -248,7 +224,7 @@ def test_tiny_t5_trains_on_the_fret_seqio_task_with_its_sentencepiece_ids(tmp_pa
   from gecko.data import seqio_batches as seqio_data
   ckpt = tmp_path / "t5"
   ckpt.mkdir()
-  _write_tiny_t5(ckpt)
+  write_tiny_t5(ckpt)
   (tmp_path / "data" / "fret").mkdir(parents=True)
   records = [{"task": "search result", "query": f"the query {PIECES[i % 16]} {i}",
               "seed_title": "", "seed_text": f"{PIECES[i % 16]} passage",

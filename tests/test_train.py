@@ -64,6 +64,7 @@ def test_run_writes_config_metrics_checkpoints_and_export(uninterrupted):
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(uninterrupted))
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path, triples, uninterrupted):
   model_dir = tmp_path / "killed"
   cmd = _train_cmd(model_dir, triples, 12)
@@ -88,6 +89,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_agree_with_one(tmp_path, triples, uninterrupted):
   model_dir = tmp_path / "two"
   port = _free_port()
@@ -160,6 +162,7 @@ def test_too_many_non_finite_steps_abort_and_write_no_checkpoint(tmp_path, tripl
   assert os.listdir(tmp_path / "run" / "checkpoints") == []
 
 
+@pytest.mark.slow
 def test_minilm_fine_tunes_on_the_stsb_seqio_task_with_falling_loss(tmp_path):
   """The gecko_stsb task read from the STS-B directory given as TASK_DATA_DIR (gin)."""
   import gin

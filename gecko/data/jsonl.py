@@ -42,8 +42,10 @@ def _open(path: str):
   return open(path, "rb")
 
 
-def read_objects(path: str | os.PathLike, *, what: str = "JSONL file") -> list[dict[str, Any]]:
-  """Every line's JSON object; `what` names the file's role in the not-found error."""
+def read_numbered(path: str | os.PathLike, *, what: str = "JSONL file"
+                  ) -> list[tuple[int, dict[str, Any]]]:
+  """(line number, object) of every line; `what` names the file's role in the
+  not-found error, and a line that is not a JSON object is an error naming it."""
   path = os.fspath(path)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{what} not found: {path!r}.")
@@ -53,8 +55,13 @@ def read_objects(path: str | os.PathLike, *, what: str = "JSONL file") -> list[d
       if not isinstance(value, dict):
         raise ValueError(f"{path}:{number}: expected a JSON object, got "
                          f"{type(value).__name__} ({json.dumps(value)[:60]}).")
-      records.append(value)
+      records.append((number, value))
   return records
+
+
+def read_objects(path: str | os.PathLike, *, what: str = "JSONL file") -> list[dict[str, Any]]:
+  """Every line's JSON object (see `read_numbered`)."""
+  return [record for _, record in read_numbered(path, what=what)]
 
 
 def write(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> int:

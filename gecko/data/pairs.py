@@ -13,6 +13,7 @@ Gecko's format (`task: ... | query: ...`, `title: ... | text: ...`) or given a
 
 from __future__ import annotations
 
+import sys
 import zlib
 from collections.abc import Sequence
 
@@ -25,6 +26,18 @@ from gecko.data.input_format import apply_prompt
 def text_key(text: str) -> int:
   """A stable int32 hash of a text (for false-negative masking)."""
   return zlib.crc32(text.encode("utf-8")) & 0x7FFFFFFF
+
+
+def _check_empty(numbered, fields) -> None:
+  """All-empty texts in a field are an error; some empty ones a warning on stderr."""
+  for field in fields:
+    empty = [where for where, r in numbered if not r[field].strip()]
+    if len(empty) == len(numbered):
+      raise ValueError(f"every record's {field!r} is empty (first: {empty[0]}); nothing to "
+                       "train on.")
+    if empty:
+      print(f"gecko: warning: {len(empty)} of {len(numbered)} training records have an empty "
+            f"{field!r} (first: {empty[0]}); they train as empty texts.", file=sys.stderr)
 
 
 class PairBatches:
@@ -51,22 +64,28 @@ class PairBatches:
                process_count: int = 1):
     if (records is None) == (path is None):
       raise ValueError("PairBatches needs exactly one of records= or path=.")
-    records = (list(records) if records is not None
-               else jsonl.read_objects(path, what="Training data"))
+    if records is not None:
+      numbered = [(f"records[{n}]", r) for n, r in enumerate(records)]
+    else:
+      numbered = [(f"{path}:{line}", r)
+                  for line, r in jsonl.read_numbered(path, what="Training data")]
+    records = [r for _, r in numbered]
     if len(records) < batch_size:
       raise ValueError(f"{len(records)} records cannot fill one batch of {batch_size}.")
     if batch_size % process_count:
       raise ValueError(f"batch_size={batch_size} is not divisible by {process_count} processes.")
-    for n, record in enumerate(records):
+    for where, record in numbered:
       for field in ("query", "positive"):
         if not isinstance(record.get(field), str):
-          raise ValueError(f"record {n} needs a string {field!r}, got {record!r:.120}.")
+          raise ValueError(f"{where}: needs a string {field!r}, got {record!r:.120}.")
     with_negative = [isinstance(r.get("negative"), str) for r in records]
     has_negative = all(with_negative)
     if any(with_negative) and not has_negative:
-      n = with_negative.index(False)
-      raise ValueError(f"record {n} has no string 'negative' while others do; give every "
-                       "record a hard negative, or none (Eq. 2).")
+      where = numbered[with_negative.index(False)][0]
+      raise ValueError(f"{where}: has no string 'negative' while other records do; give "
+                       "every record a hard negative, or none (Eq. 2).")
+    _check_empty(numbered, ("query", "positive", "negative") if has_negative
+                 else ("query", "positive"))
     self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
     self.process_index, self.process_count = process_index, process_count
     self.num_records = len(records)

@@ -38,6 +38,8 @@ class SeqioBatches:
     query_length, passage_length: Fixed padded lengths of the query and passage sides.
     data_dir: Root of the tasks' file sources (None: `$GECKO_DATA_DIR`).
     tfds_data_dir: TFDS data directory for TFDS-backed tasks.
+    tfds_download: Let TFDS tasks download and prepare missing datasets (off: an error
+      naming the `tfds build` command).
     input_format: Query/document templates (`gecko.data.input_format`; the format ablation
       binds `PLAIN`).
     fret_positive: "llm" or "seed" (the seed-labelled FRet ablation).
@@ -55,6 +57,7 @@ class SeqioBatches:
   def __init__(self, *, mixture_or_task_name: str, tokenizer: tokenization.Tokenizer,
                batch_size: int, query_length: int = 64, passage_length: int = 64,
                data_dir: str | None = None, tfds_data_dir: str | None = None,
+               tfds_download: bool = False,
                input_format: InputFormat = GECKO, fret_positive: str = "llm",
                rates: Mapping[str, float] | None = None, homogeneous: bool = False,
                skip_bad_records: bool = False, split: str = "train", seed: int = 0,
@@ -75,7 +78,8 @@ class SeqioBatches:
       raise ValueError(f"unknown SeqIO task or mixture {mixture_or_task_name!r}; registered: "
                        f"{names}") from e
     self.options = seqio_sources.DataOptions(
-        data_dir=data_dir, tfds_data_dir=tfds_data_dir, input_format=input_format,
+        data_dir=data_dir, tfds_data_dir=tfds_data_dir, tfds_download=tfds_download,
+        input_format=input_format,
         fret_positive=fret_positive, skip_bad_records=skip_bad_records, rates=dict(rates or {}),
         tokenizer=tokenizer)
     tasks = seqio.get_subtasks(provider)

@@ -45,6 +45,9 @@ class DataOptions:
   Attributes:
     data_dir: Root of the file sources (local or `gs://`); None: `$GECKO_DATA_DIR`.
     tfds_data_dir: TFDS data directory for TFDS-backed tasks (None: TFDS's default).
+    tfds_download: Let a TFDS task download and prepare its dataset when it is not in
+      `tfds_data_dir` (off: a missing dataset is an error naming the `tfds build`
+      command, and nothing is fetched at run time unless asked for).
     input_format: Templates for queries and documents (`gecko.data.input_format`).
     fret_positive: "llm" (the LLM's top-ranked passage, the paper) or "seed" (the
       passage the query was generated from: the seed-labelled ablation).
@@ -56,6 +59,7 @@ class DataOptions:
 
   data_dir: str | None = None
   tfds_data_dir: str | None = None
+  tfds_download: bool = False
   input_format: InputFormat = GECKO
   fret_positive: str = "llm"
   skip_bad_records: bool = False
@@ -254,7 +258,15 @@ def tfds_rows(name: str, *, fields: Mapping[str, str]) -> Callable[[DataOptions,
   """A `rows_source` loader for a TFDS dataset; `fields` maps our names to TFDS keys."""
   def load(options: DataOptions, split: str) -> list[dict]:
     import tensorflow_datasets as tfds
-    ds = tfds.load(name, split=split, data_dir=options.tfds_data_dir, shuffle_files=False)
+    try:
+      ds = tfds.load(name, split=split, data_dir=options.tfds_data_dir, shuffle_files=False,
+                     download=options.tfds_download)
+    except AssertionError as e:  # TFDS's "could not find data in ..." (download=False)
+      where = options.tfds_data_dir or "~/tensorflow_datasets"
+      raise FileNotFoundError(
+          f"the TFDS dataset {name!r} is not prepared in {where}: prepare it once with "
+          f"`tfds build {name.split(':')[0]} --data_dir={where}`, or let the run download it "
+          "with --gin.seqio_data.SeqioBatches.tfds_download=True.") from e
     rows = []
     for example in tfds.as_numpy(ds):
       rows.append({ours: _python(example[theirs]) for ours, theirs in fields.items()})

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 import os
 from collections.abc import Sequence
 
@@ -33,18 +34,33 @@ def _objects(path: str) -> list[dict]:
   return jsonl.read_objects(path, what="Evaluation data")
 
 
+def _numbered(path: str) -> list[tuple[int, dict]]:
+  return jsonl.read_numbered(path, what="Evaluation data")
+
+
+def _score(value, *, where: str) -> float:
+  """A finite gold score, or a ValueError naming the place."""
+  try:
+    score = float(value)
+  except (TypeError, ValueError):
+    raise ValueError(f"{where}: the score {value!r} is not a number.") from None
+  if not math.isfinite(score):
+    raise ValueError(f"{where}: the score {value!r} is not finite.")
+  return score
+
+
 def load_rows(path: str, split: str, fields: Sequence[str]) -> list[dict]:
   """JSONL rows from a file or a directory's `{split}.jsonl`, each holding `fields`."""
   if os.path.isdir(path):
     path = os.path.join(path, f"{split}.jsonl")
-  rows = list(_objects(path))
-  if not rows:
+  numbered = _numbered(path)
+  if not numbered:
     raise ValueError(f"{path} holds no rows.")
-  for n, row in enumerate(rows, 1):
+  for n, row in numbered:
     missing = [f for f in fields if f not in row]
     if missing:
-      raise ValueError(f"{path}: row {n} lacks {missing}.")
-  return rows
+      raise ValueError(f"{path}:{n}: lacks {missing}.")
+  return [row for _, row in numbered]
 
 
 @dataclasses.dataclass
@@ -102,16 +118,19 @@ def load_sts(path: str, *, split: str = "test") -> PairData:
     path = next((c for c in candidates if os.path.exists(c)), candidates[0])
   data = PairData([], [], [])
   if path.endswith(".jsonl"):
-    for row in _objects(path):
+    for n, row in _numbered(path):
+      missing = [f for f in ("sentence1", "sentence2", "score") if f not in row]
+      if missing:
+        raise ValueError(f"{path}:{n}: lacks {missing}.")
       data.sentence1.append(row["sentence1"])
       data.sentence2.append(row["sentence2"])
-      data.scores.append(float(row["score"]))
+      data.scores.append(_score(row["score"], where=f"{path}:{n}"))
   else:
     with open(_require(path), encoding="utf-8") as f:
       for n, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
         if len(row) < 7:
           raise ValueError(f"{path}:{n}: expected >= 7 tab-separated columns, got {len(row)}.")
-        data.scores.append(float(row[4]))
+        data.scores.append(_score(row[4], where=f"{path}:{n}"))
         data.sentence1.append(row[5])
         data.sentence2.append(row[6])
   if len(data.scores) < 2:
@@ -125,7 +144,7 @@ def load_labelled_pairs(path: str, *, split: str = "test") -> PairData:
   if os.path.isdir(path):
     path = os.path.join(path, f"{split}.jsonl")
   data = PairData([], [], [])
-  for n, row in enumerate(_objects(path), 1):
+  for n, row in _numbered(path):
     if row.get("label") not in (0, 1):
       raise ValueError(f"{path}:{n}: label must be 0 or 1, got {row.get('label')!r}.")
     data.sentence1.append(row["sentence1"])

@@ -7,7 +7,7 @@ each task to the name of its main metric.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 Results = Mapping[str, Mapping[str, Mapping[int, Mapping[str, float]]]]
 
@@ -19,11 +19,15 @@ def _rows(results: Results):
         yield model, task, dim, scores["main_score"]
 
 
-def write_markdown(path: str, results: Results, main_metrics: Mapping[str, str]) -> None:
-  """One row per (model, task, dim): the task's main metric and its score."""
+def write_markdown(path: str, results: Results, main_metrics: Mapping[str, str], *,
+                   notes: Sequence[str] = ()) -> None:
+  """One row per (model, task, dim): the task's main metric and its score; then the
+  `notes` (dropped data, failed tasks) as a list."""
   lines = ["| model | task | metric | dim | score |", "|---|---|---|---|---|"]
   lines += [f"| {model} | {task} | {main_metrics[task]} | {dim} | {score:.4f} |"
             for model, task, dim, score in _rows(results)]
+  if notes:
+    lines += ["", "Notes:", *(f"- {note}" for note in notes)]
   with open(path, "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
 

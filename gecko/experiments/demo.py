@@ -44,7 +44,7 @@ from collections.abc import Sequence
 
 from gecko.data import jsonl
 from gecko.evaluation import reports
-from gecko.experiments import fine_tuning
+from gecko.experiments import arguments, fine_tuning
 from gecko.fret import heldout
 from gecko.gin_flags import gin_string
 
@@ -172,14 +172,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m gecko.demo", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--output_dir", default="/tmp/gecko_demo")
-  parser.add_argument("--seeds", type=int, default=100, help="FRet seed passages")
-  parser.add_argument("--neighbors", type=int, default=5, help="N, neighbours relabelled")
+  parser.add_argument("--seeds", type=arguments.at_least(1), default=100,
+                      help="FRet seed passages")
+  parser.add_argument("--neighbors", type=arguments.at_least(2), default=5,
+                      help="N, neighbours relabelled")
   parser.add_argument("--ranking", default="ql", choices=label.RANKINGS,
                       help="FRet relabelling: query likelihood, relevance classification, "
                            "or their reciprocal rank fusion")
-  parser.add_argument("--steps", type=int, default=12, help="fine-tuning steps")
-  parser.add_argument("--batch_size", type=int, default=16)
-  parser.add_argument("--learning_rate", type=float, default=2e-5)
+  parser.add_argument("--steps", type=arguments.at_least(1), default=12, help="fine-tuning steps")
+  parser.add_argument("--batch_size", type=arguments.at_least(1), default=16)
+  parser.add_argument("--learning_rate", type=arguments.positive_float, default=2e-5)
   parser.add_argument("--data_dir", default=None,
                       help="a ../shared/data-style directory: also evaluate STS-B")
   args = parser.parse_args(argv)

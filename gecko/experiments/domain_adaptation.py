@@ -41,7 +41,7 @@ from collections.abc import Sequence
 
 from gecko.data import jsonl
 from gecko.evaluation import reports
-from gecko.experiments import fine_tuning
+from gecko.experiments import arguments, fine_tuning
 from gecko.fret import heldout
 from gecko.gin_flags import gin_string
 
@@ -266,13 +266,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "qrels/test.tsv), e.g. ../shared/data/scifact")
   parser.add_argument("--output_dir", required=True)
   parser.add_argument("--variant", default="main", choices=sorted(VARIANTS))
-  parser.add_argument("--seed", type=int, default=0, help="training seed")
-  parser.add_argument("--passages", type=int, default=150,
+  parser.add_argument("--seed", type=arguments.at_least(0), default=0, help="training seed")
+  parser.add_argument("--passages", type=arguments.at_least(1), default=150,
                       help="FRet seed passages (150 with N=8: ~45 min of SmolLM2 on 2 cores)")
-  parser.add_argument("--neighbors", type=int, default=8, help="N, neighbours relabelled")
-  parser.add_argument("--steps", type=int, default=30)
-  parser.add_argument("--batch_size", type=int, default=32)
-  parser.add_argument("--learning_rate", type=float, default=2e-5)
+  parser.add_argument("--neighbors", type=arguments.at_least(2), default=8,
+                      help="N, neighbours relabelled")
+  parser.add_argument("--steps", type=arguments.at_least(1), default=30)
+  parser.add_argument("--batch_size", type=arguments.at_least(1), default=32)
+  parser.add_argument("--learning_rate", type=arguments.positive_float, default=2e-5)
   parser.add_argument("--sts_dir", default=None, help="STS-B directory for the check")
   parser.add_argument("--llm_url", default=None,
                       help="an OpenAI-compatible server instead of the embedded SmolLM2")

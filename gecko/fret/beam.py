@@ -132,7 +132,8 @@ class _Relabel(_LLMDoFn):
 
   def setup(self):
     super().setup()
-    self.scorer = score.Scorer(llm=self.llm, cache=self.cache, **self.options)
+    self.scorer = score.Scorer(llm=self.llm, cache=self.cache, ranking=self.ranking,
+                               **self.options)
 
   def process(self, item):
     qid, joined = item
@@ -253,7 +254,7 @@ def build(root: beam.Pipeline, *, corpus_path: str, output_dir: str, llm, encode
               | "GroupById" >> beam.GroupByKey()
               | "OnePerId" >> beam.Map(_one_per_id))
   corpus = passages | "Values" >> beam.Values()
-  if num_seeds:
+  if num_seeds is not None:
     seeds = (corpus | "ChooseSeeds" >> beam.combiners.Top.Of(num_seeds, key=_seed_rank(seed))
              | "Unpack" >> beam.FlatMap(lambda chosen: chosen))
   else:
@@ -334,8 +335,12 @@ def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6
   if corpus_lib.is_plain_text(corpus_path):
     raise ValueError(f"{corpus_path}: the Beam pipeline reads JSONL or BEIR corpus.jsonl; "
                      "convert the plain-text corpus to JSONL ({\"id\", \"text\"} per line).")
-  if num_neighbors < 2:
-    raise ValueError(f"num_neighbors={num_neighbors} must be at least 2.")
+  pipeline_lib.check_count("num_seeds", num_seeds, allow_none=True)
+  pipeline_lib.check_count("num_neighbors", num_neighbors, minimum=2)
+  pipeline_lib.check_count("num_shards", num_shards, minimum=0)
+  pipeline_lib.check_count("block_size", block_size)
+  if getattr(llm, "check", None):
+    llm.check()  # a dead server or a missing key fails here, before any worker starts
   for name, value, choices in (("negative", negative, label.NEGATIVE_CHOICES),
                                ("ranking", ranking, label.RANKINGS)):
     if value not in choices:

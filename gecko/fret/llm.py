@@ -203,16 +203,37 @@ class OpenAICompatible:
   def query_likelihood(self) -> bool:
     return self.prompt_logprobs
 
-  def _post(self, path: str, body: dict, extract: Callable[[dict], object]):
-    """`extract(response JSON)` of one request, retried with exponential backoff on
-    timeouts, connection errors, 408/409/429/5xx and malformed bodies (not JSON, or
-    without what `extract` reads)."""
+  def check(self) -> None:
+    """Fails in seconds, naming the URL or the variable, when the server cannot be
+    reached or the API key is missing: before a run, not after its retries."""
+    self._headers()
+    url = self.base_url.rstrip("/") + "/models"
+    try:
+      with urllib.request.urlopen(urllib.request.Request(url, headers=self._headers()),
+                                  timeout=min(self.timeout, 10.0)):
+        pass
+    except urllib.error.HTTPError as e:  # it answers: reachable (a 404 is fine)
+      if e.code in (401, 403):
+        raise LLMError(f"{url} refused the API key (HTTP {e.code}); check "
+                       f"{self.api_key_env or 'api_key_env'}.") from e
+    except (urllib.error.URLError, TimeoutError, ConnectionError, ValueError) as e:
+      raise LLMError(f"cannot reach the LLM server at {self.base_url} "
+                     f"({getattr(e, 'reason', e)}); start it or fix LLM_BASE_URL.") from e
+
+  def _headers(self) -> dict[str, str]:
     headers = {"Content-Type": "application/json"}
     if self.api_key_env:
       key = os.environ.get(self.api_key_env)
       if not key:
         raise LLMError(f"the environment variable {self.api_key_env} (api_key_env) is not set.")
       headers["Authorization"] = f"Bearer {key}"
+    return headers
+
+  def _post(self, path: str, body: dict, extract: Callable[[dict], object]):
+    """`extract(response JSON)` of one request, retried with exponential backoff on
+    timeouts, connection errors, 408/409/429/5xx and malformed bodies (not JSON, or
+    without what `extract` reads)."""
+    headers = self._headers()
     url = self.base_url.rstrip("/") + path
     data = json.dumps({"model": self.model, **body}).encode("utf-8")
     last = None

@@ -63,6 +63,24 @@ def _embed_corpus(corpus, *, encoder: str, output_dir: str, batch_size: int) -> 
   return vectors
 
 
+# A run whose first this-many passages all fail in the LLM call itself stops: the
+# server is down or refuses every request, and the rest would fail the same way.
+EARLY_STOP_AFTER = 8
+
+
+class NoRecordsError(RuntimeError):
+  """A run that wrote no record (every passage failed)."""
+
+
+def check_count(name: str, value, *, minimum: int = 1, allow_none: bool = False) -> None:
+  """A count must be an int >= `minimum` (None only where it means "all")."""
+  if value is None and allow_none:
+    return
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    what = " or None (every passage)" if allow_none else ""
+    raise ValueError(f"{name} must be an int >= {minimum}{what}, got {value!r}.")
+
+
 def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6-v2",
         num_seeds: int | None = None, num_neighbors: int = 20, negative: str = "lowest",
         ranking: str = "rrf", shard_size: int = 1000, tfrecord: bool = False,
@@ -88,16 +106,22 @@ def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6
   from gecko import gin_flags
   from gecko.encode import encode
   start = time.perf_counter()
+  check_count("num_seeds", num_seeds, allow_none=True)
+  check_count("num_neighbors", num_neighbors, minimum=2)
+  check_count("shard_size", shard_size)
+  check_count("batch_size", batch_size)
   corpus, corpus_stats = read_corpus(corpus_path)
-  if num_neighbors < 2 or num_neighbors > len(corpus):
+  if num_neighbors > len(corpus):
     raise ValueError(f"num_neighbors={num_neighbors} must be in [2, {len(corpus)}] (the corpus).")
+  if getattr(llm, "check", None):
+    llm.check()  # a dead server or a missing key fails here, in seconds
   os.makedirs(output_dir, exist_ok=True)
   gin_flags.write_operative_config(output_dir)
   cache = LLMCache(os.path.join(output_dir, "llm_cache.sqlite"))
   writer = ShardWriter(output_dir, shard_size=shard_size, tfrecord=tfrecord)
   generator = generate_lib.Generator(llm=llm, cache=cache, seed=seed, **(generator_options or {}))
-  scorer = score.Scorer(llm=llm, cache=cache, **(scorer_options or {}))
-  seeds = corpus[:num_seeds] if num_seeds else corpus
+  scorer = score.Scorer(llm=llm, cache=cache, ranking=ranking, **(scorer_options or {}))
+  seeds = corpus[:num_seeds] if num_seeds is not None else corpus
   done = writer.done_ids()
   todo = [p for p in seeds if p["id"] not in done]
   generated, chunk = [], max(1, int(getattr(llm, "concurrency", 1)))
@@ -105,6 +129,7 @@ def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6
     for i in range(0, len(todo), chunk):
       generated.extend(generator(todo[i:i + chunk]))
       bar.update(len(todo[i:i + chunk]))
+      _stop_if_every_call_failed(generated)
   made = [g for g in generated if isinstance(g, generate_lib.Generated)]
   failures = [g for g in generated if isinstance(g, generate_lib.Failure)]
   vectors = _embed_corpus(corpus, encoder=encoder, output_dir=output_dir, batch_size=batch_size)
@@ -140,7 +165,24 @@ def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6
                       corpus=corpus_stats.as_dict())
   write_summary(summary, scores, output_dir)
   cache.close()
+  print(f"gecko.fret: {summary['records']} records in {output_dir}; {len(failures)} passages "
+        f"failed this run" + (f" (see {output_dir}/failures.jsonl; a rerun retries them)"
+                              if failures else ""), file=sys.stderr)
+  if not summary["records"]:
+    raise NoRecordsError(f"no FRet record was written: all {len(failures)} passages failed "
+                         f"(reasons in {output_dir}/failures.jsonl).")
   return summary
+
+
+def _stop_if_every_call_failed(generated: Sequence) -> None:
+  """Raises LLMError once the first EARLY_STOP_AFTER passages all failed in the LLM call."""
+  if len(generated) < EARLY_STOP_AFTER:
+    return
+  first = generated[:EARLY_STOP_AFTER]
+  if all(isinstance(g, generate_lib.Failure) and g.reason.startswith("LLM call failed")
+         for g in first):
+    raise LLMError(f"the first {len(first)} passages' LLM calls all failed; stopping "
+                   f"(last: {first[-1].reason.removeprefix('LLM call failed: ')})")
 
 
 def failure_record(failure: generate_lib.Failure) -> dict[str, object]:
@@ -212,7 +254,9 @@ def _plot(scores: dict[str, list[float]], file: BinaryIO) -> None:
 
 def main(argv: Sequence[str]) -> int:
   from gecko import gin_flags
-  return gin_flags.run(run, argv, prog="python -m gecko.fret", doc=__doc__)
+  return gin_flags.run(run, argv, prog="python -m gecko.fret", doc=__doc__,
+                       expected=(LLMError, NoRecordsError, FileNotFoundError,
+                                 ValueError))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 
 from gecko.fret import cache as cache_lib
+from gecko.fret import label as label_lib
 from gecko.fret.generate import load_prompt, passage_text
 
 RC_SCORES = ("yes", "margin")
@@ -30,6 +31,8 @@ class Scorer:
     ql_prompt, rc_prompt: Packaged prompt names or file paths.
     rc_score: "yes" (log P(yes)) or "margin" (log P(yes) - log P(no)).
     max_passage_tokens: Passages are cut to this many LLM tokens in the prompts.
+    ranking: The run's ranking ("rrf", "ql" or "rc"): the backend must give the scores
+      it uses (a server without prompt logprobs can still rank by RC alone).
   """
 
   llm: object
@@ -38,14 +41,20 @@ class Scorer:
   rc_prompt: str = "rc"
   rc_score: str = "yes"
   max_passage_tokens: int = 256
+  ranking: str = "rrf"
 
   def __post_init__(self):
     if self.rc_score not in RC_SCORES:
       raise ValueError(f"rc_score={self.rc_score!r}; use one of {RC_SCORES}.")
-    for flag in ("query_likelihood", "relevance_classification"):
-      if not getattr(self.llm, flag):
+    if self.ranking not in label_lib.RANKINGS:
+      raise ValueError(f"ranking={self.ranking!r}; use one of {label_lib.RANKINGS}.")
+    flags = {"ql": "query_likelihood", "rc": "relevance_classification"}
+    for score in label_lib.NEEDS[self.ranking]:
+      if not getattr(self.llm, flags[score]):
         raise ValueError(f"the {self.llm.name} backend ({self.llm.model}) cannot give "
-                         f"{flag.replace('_', ' ')} scores; FRet needs both (see gecko.fret.llm).")
+                         f"{flags[score].replace('_', ' ')} scores, which ranking="
+                         f"{self.ranking!r} uses; rank by the other score or use a backend "
+                         "that gives both (see gecko.fret.llm).")
     self.ql_template = load_prompt(self.ql_prompt, fields=("{passage}",))
     self.rc_template = load_prompt(self.rc_prompt, fields=("{task}", "{query}", "{passage}"))
     self.llm_calls = 0

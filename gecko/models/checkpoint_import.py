@@ -1,8 +1,10 @@
-"""Import Hugging Face encoder weights (safetensors only, never pickle) into the Flax tree.
+"""Hugging Face encoder weights (safetensors only, never pickle) to the Flax tree, and back.
 
 Two families: BERT (`BertModel`, e.g. MiniLM) and T5 v1.1 (`T5EncoderModel`, or the
 encoder half of `T5ForConditionalGeneration`, e.g. t5-v1_1-xl, GTR-XL). The mapping is
-explicit, one line per parameter (`_bert_key_map`, `_t5_key_map`). Every HF tensor is
+explicit, one line per parameter (`_bert_key_map`, `_t5_key_map`), each with the
+transform and its inverse, so `tensors_from_encoder_params` (the exporter's direction,
+`gecko.models.export`) reads the same table the other way. Every HF tensor is
 checked against the shape `jax.eval_shape` gives for our module; a mismatch names the
 key, the expected shape and the found shape. Sharded checkpoints
 (`model.safetensors.index.json`) are read shard by shard.
@@ -23,34 +25,29 @@ from gecko.models import bert, t5
 PathLike = str | os.PathLike
 Params = dict[str, Any]
 Config = bert.BertConfig | t5.T5Config
-# HF tensor -> Flax array, given the config (transposes and head splits).
+# HF tensor -> Flax array given the config (transposes and head splits), and back.
 Transform = Callable[[np.ndarray, Config], np.ndarray]
-KeyMap = dict[str, tuple[tuple[str | int, ...], Transform]]
+Pair = tuple[Transform, Transform]
+KeyMap = dict[str, tuple[tuple[str | int, ...], Pair]]
 
 # Checkpoint tensors that have no counterpart in the encoder and are skipped.
 _BERT_IGNORED = ("pooler.", "embeddings.position_ids", "cls.")
 _T5_IGNORED = ("decoder.", "lm_head.", "encoder.embed_tokens.")  # embed_tokens is `shared`
 _BERT_TYPES = ("bert", "roberta", "xlm-roberta")
 
-
-def _same(w, cfg):
-  return w
-
-
-def _linear(w, cfg):  # torch Linear [out, in] -> Flax kernel [in, out]
-  return w.T
-
-
-def _qkv_kernel(w, cfg):  # [heads*kv, embed] -> [embed, heads, kv]
-  return w.T.reshape(cfg.hidden_size, cfg.num_heads, cfg.head_dim)
-
-
-def _qkv_bias(b, cfg):
-  return b.reshape(cfg.num_heads, cfg.head_dim)
-
-
-def _attn_out_kernel(w, cfg):  # [embed, heads*kv] -> [heads, kv, embed]
-  return w.T.reshape(cfg.num_heads, cfg.head_dim, cfg.hidden_size)
+# Each pair is (import, export): one table serves both directions, so they cannot drift.
+_same: Pair = (lambda w, cfg: w, lambda x, cfg: x)
+# torch Linear [out, in] <-> Flax kernel [in, out]
+_linear: Pair = (lambda w, cfg: w.T, lambda x, cfg: x.T)
+# [heads*kv, embed] <-> [embed, heads, kv]
+_qkv_kernel: Pair = (lambda w, cfg: w.T.reshape(cfg.hidden_size, cfg.num_heads, cfg.head_dim),
+                     lambda x, cfg: x.reshape(cfg.hidden_size, -1).T)
+_qkv_bias: Pair = (lambda b, cfg: b.reshape(cfg.num_heads, cfg.head_dim),
+                   lambda x, cfg: x.reshape(-1))
+# [embed, heads*kv] <-> [heads, kv, embed]
+_attn_out_kernel: Pair = (
+    lambda w, cfg: w.T.reshape(cfg.num_heads, cfg.head_dim, cfg.hidden_size),
+    lambda x, cfg: x.reshape(-1, cfg.hidden_size).T)
 
 
 def _bert_key_map(cfg: bert.BertConfig) -> KeyMap:
@@ -226,7 +223,7 @@ def encoder_params_from_tensors(tensors: Mapping[str, np.ndarray], *, config: Co
     want = want[1:] if row is not None else want
     found = tuple(tensors[key].shape)
     try:
-      value = np.asarray(transform(tensors[key], config), dtype=np.float32)
+      value = np.asarray(transform[0](tensors[key], config), dtype=np.float32)
     except ValueError:  # a reshape that cannot apply: reported below as a mismatch
       value = None
     if value is None or value.shape != want:
@@ -242,3 +239,25 @@ def encoder_params_from_tensors(tensors: Mapping[str, np.ndarray], *, config: Co
         _set(params, array_path, stacked)
       stacked[row] = value
   return params
+
+
+def tensors_from_encoder_params(params: Mapping[str, Any], *, config: Config
+                                ) -> dict[str, np.ndarray]:
+  """The encoder's parameters as Hugging Face tensors (BertModel or T5EncoderModel names),
+  float32 and contiguous; the inverse of `encoder_params_from_tensors`.
+
+  A BERT export also holds a zero pooler (BertModel has one; mean pooling never uses
+  it), so that transformers loads the directory without "newly initialised" weights.
+  """
+  mapping = _t5_key_map(config) if isinstance(config, t5.T5Config) else _bert_key_map(config)
+  tensors = {}
+  for key, (path, transform) in mapping.items():
+    row = path[-1] if isinstance(path[-1], int) else None
+    value = np.asarray(_get(params, path[:-1] if row is not None else path), np.float32)
+    tensors[key] = np.ascontiguousarray(transform[1](value[row] if row is not None else value,
+                                                     config), dtype=np.float32)
+  if isinstance(config, bert.BertConfig):
+    h = config.hidden_size
+    tensors["pooler.dense.weight"] = np.zeros((h, h), np.float32)
+    tensors["pooler.dense.bias"] = np.zeros((h,), np.float32)
+  return tensors

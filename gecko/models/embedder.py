@@ -28,7 +28,7 @@ import numpy as np
 
 from gecko.data import tokenization
 from gecko.data.packaged_models import PACKAGED_MODELS, resolve  # noqa: F401  (public here too)
-from gecko.models import bert, checkpoint_import, t5
+from gecko.models import bert, checkpoint_import, export, t5
 from gecko.models.dual_encoder import (
   BackboneConfig,
   DualEncoder,
@@ -53,11 +53,14 @@ class Embedder:
     params: Its parameter tree (the `params` collection).
     tokenizer: The tokenizer (WordPiece or SentencePiece; its `max_length` bounds
       every input).
+    prompts: Named prompts the model was exported with (sentence-transformers'
+      `config_sentence_transformers.json`), e.g. {"query": "task: search result | query: "}.
   """
 
   module: DualEncoder
   params: Params
   tokenizer: tokenization.Tokenizer
+  prompts: dict[str, str] = dataclasses.field(default_factory=dict)
 
   @property
   def dims(self) -> tuple[int, ...]:
@@ -114,7 +117,8 @@ def from_huggingface(model_dir: PathLike, *, embed_dim: int | None = None,
     embed_dim: Add a randomly initialised bias-free projection to this size (Gecko
       uses 768); None keeps the backbone's pooled output (sentence-transformers), or
       the checkpoint's own projection when it has one (`2_Dense`, as GTR-T5).
-    dims: Matryoshka dims, e.g. `(256, 768)`; empty means the full size only.
+    dims: Matryoshka dims, e.g. `(256, 768)`; empty means the directory's own (a
+      directory written by `gecko.models.export` records them), else the full size only.
     seed: Seed for the projection's initialisation.
   """
   model_dir = os.fspath(model_dir)
@@ -126,6 +130,8 @@ def from_huggingface(model_dir: PathLike, *, embed_dim: int | None = None,
                             "safetensors weights are required; pickle files are never loaded.")
   config = checkpoint_import.config_from_hf(os.path.join(model_dir, "config.json"))
   _check_pooling(model_dir)
+  st_config = export.read_st_config(model_dir)
+  dims = tuple(dims) or tuple(st_config.get("gecko", {}).get("matryoshka_dims", ()))
   dense = _sentence_transformers_dense(model_dir, config)
   if dense is not None and embed_dim not in (None, dense.shape[1]):
     raise ValueError(f"{model_dir!r} has its own {dense.shape[1]}-d projection (2_Dense); "
@@ -143,7 +149,8 @@ def from_huggingface(model_dir: PathLike, *, embed_dim: int | None = None,
         jax.random.key(seed), abstract["projection"]["kernel"].shape, jnp.float32)
     params["projection"] = {"kernel": np.asarray(kernel)}
   tokenizer = tokenization.from_pretrained(model_dir, max_length=_hf_max_length(model_dir, config))
-  return Embedder(module=module, params=params, tokenizer=tokenizer)
+  return Embedder(module=module, params=params, tokenizer=tokenizer,
+                  prompts=dict(st_config.get("prompts") or {}))
 
 
 def _sentence_transformers_dense(model_dir: str, config: BackboneConfig) -> np.ndarray | None:
@@ -186,7 +193,8 @@ def save(embedder: Embedder, directory: PathLike, *, overwrite: bool = False) ->
   module = embedder.module
   backbone_type = next(k for k, v in _BACKBONES.items() if isinstance(module.backbone, v))
   config = {"backbone_type": backbone_type, "backbone": dataclasses.asdict(module.backbone),
-            "embed_dim": module.embed_dim, "dims": list(module.matryoshka_dims)}
+            "embed_dim": module.embed_dim, "dims": list(module.matryoshka_dims),
+            "prompts": embedder.prompts}
   embedder.tokenizer.save(directory)
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(os.path.join(directory, "params"), embedder.params, force=True)
@@ -208,7 +216,8 @@ def _load_saved(directory: str) -> Embedder:
   with ocp.StandardCheckpointer() as checkpointer:
     params = checkpointer.restore(os.path.join(os.path.abspath(directory), "params"),
                                   abstract_params(module))
-  return Embedder(module=module, params=params, tokenizer=tokenizer)
+  return Embedder(module=module, params=params, tokenizer=tokenizer,
+                  prompts=dict(config.get("prompts") or {}))
 
 
 def load(model: PathLike | Embedder) -> Embedder:

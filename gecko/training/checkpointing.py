@@ -1,5 +1,10 @@
 """Orbax checkpoints of the TrainState: every N steps, keep K, resume from MODEL_DIR.
 
+A checkpoint that cannot be restored (a truncated array file, empty or garbled
+metadata) is set aside, never deleted: `restore_latest` moves it to
+`MODEL_DIR/checkpoints_unreadable/<step>`, says so on stderr, and resumes from the
+previous one; it fails with one clear line only when no checkpoint restores.
+
 A checkpoint holds the sharded TrainState (params, optimiser state, step, RNG, the
 non-finite counters) and a small JSON `meta` (the data position and the run's
 settings). The data position is the step (`gecko.data.pairs` is step-indexed), so a
@@ -10,8 +15,12 @@ intact. A state with non-finite parameters is never written.
 
 from __future__ import annotations
 
+import gc
+import json
 import os
 import sys
+import tempfile
+import time
 from typing import Any
 
 import jax
@@ -24,6 +33,10 @@ _all_finite = jax.jit(all_finite)
 
 def params_are_finite(params) -> bool:
   return bool(_all_finite(params))
+
+
+class CheckpointError(RuntimeError):
+  """Checkpoints exist, but none of them restores."""
 
 
 class Checkpointer:
@@ -49,6 +62,10 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def steps(self) -> list[int]:
+    """The steps with a checkpoint, ascending."""
+    return sorted(self._manager.all_steps())
+
   def save(self, step: int, state, meta: dict[str, Any], *, force: bool = False) -> bool:
     """Saves if due (or forced); returns whether a checkpoint was written."""
     if not force and step % self.every:
@@ -70,6 +87,101 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     return restored.state, restored.meta
 
+  def restore_latest(self, abstract_state):
+    """(state, meta) of the newest checkpoint that restores, or None when there is none.
+
+    Raises:
+      CheckpointError: Checkpoints exist but none restores (all are set aside).
+    """
+    steps = self.steps()[::-1]
+    for step in steps:
+      restored, reason = self._attempt(abstract_state, step)
+      if reason is None:
+        return restored
+      where = self._set_aside(step)
+      print(f"gecko: checkpoint step {step} cannot be restored: {reason}; moved it to "
+            f"{where} (kept for inspection) and trying the previous one.", file=sys.stderr)
+    if steps or os.path.isdir(self._aside_dir):  # never start over on top of set-aside work
+      raise CheckpointError(
+          f"no checkpoint under {self.directory}/checkpoints restores; the unreadable ones are "
+          f"in {self._aside_dir}. Move a good one back into checkpoints/, or remove that "
+          "folder to start this run from scratch.")
+    return None
+
+  def _attempt(self, abstract_state, step: int):
+    """((state, meta), None), or (None, why it does not restore). After a failure, reads
+    still in flight finish on orbax's closed event loop, and tensorstore's threads,
+    asyncio and the garbage collector print dozens of tracebacks about them: that output
+    is dropped (the caller says what failed in one line)."""
+    with _CapturedStderr() as captured:
+      try:
+        return self.restore(abstract_state, step), None
+      except Exception as e:  # orbax, tensorstore and json raise many types
+        reason = _diagnose(os.path.join(self._manager.directory, str(step)), e)
+      time.sleep(1.0)  # the late reads finish, and complain, while captured
+      gc.collect()  # so do the coroutines the failed restore left behind
+      captured.drop()
+    return None, reason
+
+  @property
+  def _aside_dir(self) -> str:
+    return os.path.join(os.path.abspath(self.directory), "checkpoints_unreadable")
+
+  def _set_aside(self, step: int) -> str:
+    source = os.path.join(self._manager.directory, str(step))
+    target_dir = self._aside_dir
+    os.makedirs(target_dir, exist_ok=True)
+    target = os.path.join(target_dir, str(step))
+    suffix = 1
+    while os.path.exists(target):
+      target, suffix = os.path.join(target_dir, f"{step}.{suffix}"), suffix + 1
+    os.replace(source, target)
+    self._manager.reload()
+    return target
+
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+class _CapturedStderr:
+  """File descriptor 2 (what C++ threads print too) into a temporary file; written back on
+  exit unless `drop()` was called."""
+
+  def __enter__(self):
+    sys.stderr.flush()
+    self._saved, self._file, self._keep = os.dup(2), tempfile.TemporaryFile(), True
+    os.dup2(self._file.fileno(), 2)
+    return self
+
+  def drop(self) -> None:
+    self._keep = False
+
+  def __exit__(self, *exc_info):
+    sys.stderr.flush()
+    os.dup2(self._saved, 2)
+    os.close(self._saved)
+    if self._keep:
+      self._file.seek(0)
+      sys.stderr.write(self._file.read().decode("utf-8", "replace"))
+    self._file.close()
+
+
+def _diagnose(step_dir: str, error: Exception) -> str:
+  """Why a step does not restore, naming the file: the first metadata file that is not
+  JSON (orbax's own error does not say which), else the error itself."""
+  for root, dirs, files in os.walk(step_dir):
+    dirs[:] = sorted(d for d in dirs if d != "d")  # "d/": array data, not JSON
+    for name in sorted(files):
+      path = os.path.join(root, name)
+      if name.endswith((".ocdbt", ".txt")):
+        continue
+      try:
+        with open(path, encoding="utf-8") as f:
+          json.load(f)
+      except (ValueError, UnicodeDecodeError) as e:
+        return f"{path} is not valid JSON ({'empty' if not os.path.getsize(path) else e})"
+  while error.__cause__ is not None:  # tensorstore's own error names the file it read
+    error = error.__cause__
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return f"{type(error).__name__}: {lines[0][:400] if lines else ''} (in {step_dir})"

@@ -23,6 +23,7 @@ embeddings, XLA gathers what each device needs, so negatives cross devices for f
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import jax
@@ -125,12 +126,16 @@ class GeckoLoss:
   dim_weights: Sequence[float] | None = None
 
   def __post_init__(self):
-    if not self.temperature > 0:
+    if not (isinstance(self.temperature, (int, float)) and 0 < self.temperature < math.inf):
       raise ValueError(f"GeckoLoss.temperature must be > 0, got {self.temperature!r}.")
     margin = self.false_negative_margin
     if margin is not None and not 0 <= margin < 2:
       raise ValueError(f"GeckoLoss.false_negative_margin must be in [0, 2) (a cosine "
                        f"difference) or None, got {margin!r}.")
+    if self.dim_weights is not None and not all(math.isfinite(w) and w >= 0
+                                                for w in self.dim_weights):
+      raise ValueError(f"GeckoLoss.dim_weights must be finite and >= 0, got "
+                       f"{tuple(self.dim_weights)}.")
     if self.dim_weights is not None and len(self.dim_weights) != len(self.dims):
       raise ValueError(f"GeckoLoss.dim_weights={tuple(self.dim_weights)} needs one weight per "
                        f"dim in dims={tuple(self.dims)}.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import optax
@@ -45,7 +46,14 @@ class AdamW:
   def __post_init__(self):
     if self.decay not in ("linear", "cosine", "constant"):
       raise ValueError(f"AdamW.decay={self.decay!r}; choose 'linear', 'cosine' or 'constant'.")
-    if self.learning_rate <= 0 or self.total_steps <= 0 or self.warmup_steps < 0:
+    numbers = {"learning_rate": self.learning_rate, "end_factor": self.end_factor,
+               "weight_decay": self.weight_decay, "b1": self.b1, "b2": self.b2,
+               "eps": self.eps, "clip_norm": 1.0 if self.clip_norm is None else self.clip_norm}
+    bad = {k: v for k, v in numbers.items()
+           if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)}
+    if bad:
+      raise ValueError(f"AdamW needs finite numbers, got {bad}.")
+    if not (self.learning_rate > 0 and self.total_steps > 0 and self.warmup_steps >= 0):
       raise ValueError(f"AdamW needs learning_rate > 0, total_steps > 0, warmup_steps >= 0; got "
                        f"{self.learning_rate}, {self.total_steps}, {self.warmup_steps}.")
 

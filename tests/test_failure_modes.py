@@ -1,0 +1,338 @@
+"""When things go wrong (README): every command line with bad input or a fault says what
+is wrong, where, and how to fix it, and loses nothing. One test per defect; the
+messages are asserted."""
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import REPO, SHARED_DATA, assert_trees_close, cli_env
+
+from gecko import gin_flags
+from gecko.data import jsonl
+
+RUN = ["gin/models/tiny.gin", "gin/runs/finetune.gin", "gin/data/jsonl.gin",
+       "gin/overlays/local_tiny.gin"]
+
+
+@pytest.fixture(scope="module")
+def triples(tmp_path_factory):
+  path = tmp_path_factory.mktemp("data") / "triples.jsonl"
+  jsonl.write(path, ({"query": f"what about topic {i}", "positive": f"topic {i} is here",
+                      "negative": f"another thing {i}"} for i in range(32)))
+  return str(path)
+
+
+def _configure(triples, tmp_path, *extra):
+  gin_flags.configure(RUN, [f"MODEL_DIR = '{tmp_path}'", f"TRAIN_DATA = '{triples}'",
+                            "TRAIN_STEPS = 2", *extra])
+
+
+# 1. A validator's own message, not "nothing configures gecko.train.train".
+@pytest.mark.parametrize("binding, message", [
+    ("LEARNING_RATE = -1e-3", "AdamW needs learning_rate > 0"),
+    ("TRAIN_STEPS = 0", r"AdamW needs .*total_steps > 0.*got 0.001, 0"),
+    ("TEMPERATURE = 0", "GeckoLoss.temperature must be > 0, got 0"),
+    ("optimizers.AdamW.decay = 'exp'", "AdamW.decay='exp'; choose 'linear'"),
+])
+def test_validation_errors_keep_their_own_message(triples, tmp_path, binding, message):
+  from gecko import train
+  _configure(triples, tmp_path, binding)
+  with pytest.raises(gin_flags.ConfigError, match=message) as error:
+    gin_flags.call_configured(train.train)
+  assert "nothing configures" not in str(error.value)
+
+
+# 5. A misspelled macro is an error with the closest names; 9. so is an unquoted string.
+def test_a_misspelled_macro_names_the_closest_known_ones(triples, tmp_path):
+  with pytest.raises(gin_flags.ConfigError,
+                     match="--gin.LERNING_RATE: no loaded gin file declares or uses the macro "
+                           "LERNING_RATE; did you mean LEARNING_RATE"):
+    _configure(triples, tmp_path, "LERNING_RATE = 0.1")
+  _configure(triples, tmp_path, "MIXTURE_OR_TASK_NAME = 'x'")  # declared, unused here: fine
+
+
+def test_an_unquoted_gin_string_says_how_to_quote_it(triples, tmp_path):
+  with pytest.raises(gin_flags.ConfigError,
+                     match=r"--gin.MODEL_DIR=/tmp/x .*a string needs inner quotes: "
+                           r"--gin.MODEL_DIR=\"'/tmp/x'\""):
+    gin_flags.configure(RUN, [f"TRAIN_DATA = '{triples}'", "MODEL_DIR = /tmp/x"])
+
+
+# 6. Non-finite hyper-parameters are refused; metrics.jsonl is valid JSON.
+def test_non_finite_hyper_parameters_are_refused():
+  from gecko.training.losses import GeckoLoss
+  from gecko.training.optimizers import AdamW
+  with pytest.raises(ValueError, match="AdamW needs finite numbers.*learning_rate"):
+    AdamW(learning_rate=math.nan)
+  with pytest.raises(ValueError, match="AdamW needs finite numbers.*weight_decay"):
+    AdamW(weight_decay=math.inf)
+  with pytest.raises(ValueError, match="temperature must be > 0, got nan"):
+    GeckoLoss(temperature=math.nan)
+  with pytest.raises(ValueError, match="dim_weights must be finite"):
+    GeckoLoss(dims=(8, 16), dim_weights=(1.0, math.nan))
+
+
+def test_metrics_jsonl_writes_non_finite_values_as_null(tmp_path):
+  from gecko import train
+
+  def refuse(constant):
+    raise ValueError(f"not JSON: {constant}")
+  log = train._MetricsLog(str(tmp_path))
+  log(1, {"loss": math.nan, "grad_norm": math.inf, "accuracy/16": 0.5})
+  log.close()
+  row = json.loads((tmp_path / "metrics.jsonl").read_text(), parse_constant=refuse)
+  assert row == {"step": 1, "loss": None, "grad_norm": None, "accuracy/16": 0.5}
+
+
+# 2. A corrupt latest checkpoint is set aside and the run resumes from the one before.
+def _corrupt(step_dir, how):
+  if how == "truncated array file":
+    for data in (step_dir / "state").rglob("d/*"):
+      data.write_bytes(data.read_bytes()[:10])
+  elif how == "empty metadata":
+    (step_dir / "state" / "_METADATA").write_text("")
+    return step_dir / "state" / "_METADATA"
+  else:
+    (step_dir / "meta" / "metadata").write_text('{"step": 8, "seed"')
+    return step_dir / "meta" / "metadata"
+
+
+@pytest.mark.slow
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(triples, tmp_path, capfd):
+  from gecko import train
+  from gecko.models import embedder
+  args = [f"--gin_file={f}" for f in RUN] + [f"--gin.TRAIN_DATA='{triples}'",
+                                             "--gin.TRAIN_STEPS=8"]
+  done = tmp_path / "done"
+  assert train.main(args + [f"--gin.MODEL_DIR='{done}'"]) == 0
+  expected = embedder.load(str(done / "export")).params
+  assert sorted(p.name for p in (done / "checkpoints").iterdir()) == ["4", "6", "8"]
+  capfd.readouterr()
+  for n, how in enumerate(("truncated array file", "empty metadata", "garbled JSON")):
+    run = tmp_path / f"run{n}"
+    shutil.copytree(done, run)
+    shutil.rmtree(run / "export")
+    bad_file = _corrupt(run / "checkpoints" / "8", how)
+    assert train.main(args + [f"--gin.MODEL_DIR='{run}'"]) == 0, how
+    err = capfd.readouterr().err
+    assert "checkpoint step 8 cannot be restored" in err, (how, err[-2000:])
+    assert "resuming from step 6" in err and "Traceback" not in err, (how, err[-3000:])
+    if bad_file is not None:
+      assert f"{bad_file} is not valid JSON" in err
+    else:
+      assert "OCDBT database" in err and "params." in err  # tensorstore names the array
+    assert (run / "checkpoints_unreadable" / "8" / "state").is_dir()  # kept aside
+    assert_trees_close(embedder.load(str(run / "export")).params, expected, atol=0)
+
+  # No checkpoint restores: one clear line, exit 1, and nothing is started over.
+  run = tmp_path / "run0"
+  for step in ("6", "8"):
+    _corrupt(run / "checkpoints" / step, "garbled JSON")
+  _corrupt(run / "checkpoints" / "4", "empty metadata")
+  assert train.main(args + [f"--gin.MODEL_DIR='{run}'"]) == 1
+  err = capfd.readouterr().err
+  assert "error: no checkpoint under" in err and "checkpoints_unreadable" in err
+  assert train.main(args + [f"--gin.MODEL_DIR='{run}'"]) == 1  # still refuses to start over
+
+
+# 3. FRet against a dead server stops in seconds with one line naming the URL.
+def test_fret_against_a_dead_server_exits_at_once_naming_the_url(tmp_path):
+  corpus = tmp_path / "p.jsonl"
+  jsonl.write(corpus, ({"id": str(i), "text": f"passage {i}"} for i in range(4)))
+  command = [sys.executable, "-m", "gecko.fret", "--gin_file=gin/runs/fret.gin",
+             "--gin_file=gin/overlays/fret_server.gin",
+             "--gin.LLM_BASE_URL='http://127.0.0.1:9/v1'", "--gin.LLM_MODEL='m'",
+             f"--gin.CORPUS='{corpus}'", f"--gin.OUTPUT_DIR='{tmp_path / 'out'}'",
+             "--gin.NUM_NEIGHBORS=2", "--gin.RANKING='rc'"]
+  start = time.perf_counter()
+  result = subprocess.run(command, cwd=REPO, env=cli_env(1), capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode == 1 and time.perf_counter() - start < 60
+  lines = [line for line in result.stderr.splitlines() if "error:" in line]
+  assert len(lines) == 1 and "cannot reach the LLM server at http://127.0.0.1:9/v1" in lines[0]
+  keyless = subprocess.run(command + ["--gin.API_KEY_ENV='GECKO_NO_SUCH_KEY'"], cwd=REPO,
+                           env=cli_env(1), capture_output=True, text=True, timeout=120)
+  assert keyless.returncode == 1 and "GECKO_NO_SUCH_KEY (api_key_env) is not set" in keyless.stderr
+
+
+def test_fret_stops_when_the_first_calls_all_fail_and_when_nothing_was_written(tmp_path):
+  from gecko.fret import pipeline
+  from gecko.fret.llm import LLMError
+
+  class Dead:  # a backend whose every call fails (what a server gone mid-run looks like)
+    name, model, query_likelihood, relevance_classification = "dead", "m", True, True
+    calls = 0
+
+    def truncate(self, text, max_tokens):
+      return text
+
+    def generate(self, prompts, **kwargs):
+      type(self).calls += 1
+      raise LLMError("POST http://x/v1/completions failed after 6 attempts (last: HTTP 503)")
+
+  corpus = tmp_path / "p.jsonl"
+  jsonl.write(corpus, ({"id": str(i), "text": f"passage number {i}"} for i in range(40)))
+  with pytest.raises(LLMError, match=r"the first 8 passages' LLM calls all failed.*HTTP 503"):
+    pipeline.run(corpus_path=str(corpus), output_dir=str(tmp_path / "out"), llm=Dead(),
+                 num_neighbors=2)
+  assert Dead.calls == 8  # stopped after 8 of 40 passages
+  with pytest.raises(pipeline.NoRecordsError, match="no FRet record was written: all 3"):
+    pipeline.run(corpus_path=str(corpus), output_dir=str(tmp_path / "out"), llm=Dead(),
+                 num_neighbors=2, num_seeds=3)
+
+
+# 4. Counts that would mean "all" by accident are refused up front.
+@pytest.mark.parametrize("kwargs, message", [
+    ({"num_seeds": 0}, "num_seeds must be an int >= 1 or None"),
+    ({"num_seeds": -1}, "num_seeds must be an int >= 1 or None"),
+    ({"num_neighbors": 1}, "num_neighbors must be an int >= 2"),
+    ({"shard_size": 0}, "shard_size must be an int >= 1"),
+])
+def test_fret_counts_are_checked_before_any_work(tmp_path, kwargs, message):
+  from gecko.fret import pipeline
+  with pytest.raises(ValueError, match=message):
+    pipeline.run(corpus_path=str(tmp_path / "missing.jsonl"), output_dir=str(tmp_path),
+                 llm=None, **kwargs)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seeds", "0"], "argument --seeds: must be >= 1, got 0"),
+    (["--steps", "-1"], "argument --steps: must be >= 1, got -1"),
+    (["--neighbors", "1"], "argument --neighbors: must be >= 2, got 1"),
+    (["--learning_rate", "nan"], "argument --learning_rate: must be a finite number > 0"),
+])
+def test_demo_counts_are_checked_before_any_work(capsys, flags, message):
+  from gecko.experiments import demo
+  with pytest.raises(SystemExit) as exit_:
+    demo.main(["--output_dir", "/nonexistent/never/made", *flags])
+  assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+# 7. TFDS tasks never download unless asked to.
+def test_a_missing_tfds_dataset_names_the_build_command(tmp_path):
+  from gecko.data import sources
+  load = sources.tfds_rows("snli:1.*.*", fields={"premise": "premise"})
+  with pytest.raises(FileNotFoundError, match=rf"'snli:1.\*.\*' is not prepared in {tmp_path}: "
+                     rf"prepare it once with `tfds build snli --data_dir={tmp_path}`.*"
+                     "tfds_download=True"):
+    load(sources.DataOptions(tfds_data_dir=str(tmp_path)), "train")
+  assert not any(tmp_path.rglob("*.tfrecord*"))  # nothing was fetched
+
+
+# 8. gecko.encode checks its output before encoding and leaves no temporary behind.
+def _encode_cli(*args, cwd):
+  return subprocess.run([sys.executable, "-m", "gecko.encode", *args], capture_output=True,
+                        text=True, cwd=cwd, timeout=300, env=cli_env(1))
+
+
+def test_encode_checks_the_output_path_first(tmp_path):
+  (tmp_path / "in.txt").write_text("one\ntwo\n")
+  (tmp_path / "a_file").write_text("")
+  (tmp_path / "a_dir.npy").mkdir()
+  for output, message in (("emb.txt", "must end in .npy"),
+                          ("a_dir.npy", "is a directory"),
+                          ("a_file/emb.npy", "cannot create its folder")):
+    # A model that does not exist: the output is checked before the model is even loaded.
+    result = _encode_cli("--model", str(tmp_path / "no_model"), "--input", "in.txt",
+                         "--output", output, cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["a_dir.npy", "a_file", "in.txt"]
+
+
+# 9. Errors name their place.
+def test_invalid_utf8_in_encode_input_names_the_line(tmp_path):
+  from gecko.encode import read_texts
+  (tmp_path / "in.txt").write_bytes(b"fine\nbad \xff byte\n")
+  with pytest.raises(ValueError, match=r"in.txt:2: not valid UTF-8"):
+    read_texts(str(tmp_path / "in.txt"))
+  (tmp_path / "in.jsonl").write_bytes(b'{"text": "fine"}\n{"text": "bad \xff"}\n')
+  with pytest.raises(ValueError, match=r"in.jsonl:2: not valid UTF-8"):
+    read_texts(str(tmp_path / "in.jsonl"))
+
+
+def test_training_data_errors_name_file_and_line(tmp_path):
+  from gecko.data.pairs import PairBatches
+  from gecko.models import embedder
+  tokenizer = embedder.load("all-MiniLM-L6-v2").tokenizer
+  good = {"query": "q", "positive": "p"}
+  for lines, message in (
+      ([good, ["a", "list"], good], r"bad.jsonl:2: expected a JSON object, got list"),
+      ([good, good, {"query": "q"}], r"bad.jsonl:3: needs a string 'positive'")):
+    (tmp_path / "bad.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with pytest.raises(ValueError, match=message):
+      PairBatches(path=str(tmp_path / "bad.jsonl"), tokenizer=tokenizer, batch_size=1)
+
+
+def test_a_non_numeric_sts_score_names_file_and_line(tmp_path):
+  from gecko.evaluation import datasets
+  (tmp_path / "test.jsonl").write_text(
+      '{"sentence1": "a", "sentence2": "b", "score": 1}\n\n'
+      '{"sentence1": "a", "sentence2": "c", "score": "high"}\n')
+  with pytest.raises(ValueError, match=r"test.jsonl:3: the score 'high' is not a number"):
+    datasets.load_sts(str(tmp_path), split="test")
+
+
+def _sts_dir(root, pairs):
+  root.mkdir()
+  jsonl.write(root / "test.jsonl", ({"sentence1": a, "sentence2": b, "score": s}
+                                    for a, b, s in pairs))
+  return str(root)
+
+
+def test_one_failing_task_does_not_lose_the_others(tmp_path):
+  from gecko import eval as eval_lib
+  from gecko.evaluation import tasks
+  good = _sts_dir(tmp_path / "good", [("a cat", "a kitten", 4.5), ("a cat", "a car", 0.5),
+                                      ("rain", "water", 3.0)])
+  bad = tmp_path / "bad"
+  bad.mkdir()
+  (bad / "test.jsonl").write_text('{"sentence1": "a"}\n')
+  with pytest.raises(eval_lib.EvaluationError, match=r"1 of 3 tasks failed \(Broken: "
+                     r"ValueError: .*test.jsonl:1: lacks \['sentence2', 'score'\]"):
+    eval_lib.evaluate(checkpoint="all-MiniLM-L6-v2", output_dir=str(tmp_path / "out"), tasks=[
+        tasks.STSTask(name="First", path=good), tasks.STSTask(name="Broken", path=str(bad)),
+        tasks.STSTask(name="Last", path=good)])
+  report = (tmp_path / "out" / "results.md").read_text()
+  assert "| First |" in report and "| Last |" in report and "- Broken failed:" in report
+  assert (tmp_path / "out" / "results" / "all-MiniLM-L6-v2" / "Last.json").exists()
+
+
+# 10. Bad data is said where the user looks.
+def test_dropped_qrels_are_said_on_stderr_and_in_the_report(tmp_path, capsys):
+  from gecko import eval as eval_lib
+  from gecko.evaluation import tasks
+  beir = tmp_path / "beir"
+  jsonl.write_beir(beir, corpus=[{"id": f"d{i}", "text": f"document {i}"} for i in range(3)],
+                   queries=[{"id": "q0", "text": "document 0"}, {"id": "q1", "text": "x"}],
+                   qrels={"test": [("q0", "d0"), ("q1", "d9")]})
+  eval_lib.evaluate(checkpoint="all-MiniLM-L6-v2", output_dir=str(tmp_path / "out"),
+                    tasks=[tasks.RetrievalTask(name="R", path=str(beir))])
+  err = capsys.readouterr().err
+  assert "warning: R: 1 qrels unknown document dropped (not scored)" in err
+  assert "- R: 1 qrels unknown document dropped" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_empty_training_texts_warn_and_all_empty_ones_stop(capsys):
+  from gecko.data.pairs import PairBatches
+  from gecko.models import embedder
+  tokenizer = embedder.load("all-MiniLM-L6-v2").tokenizer
+  records = [{"query": "q", "positive": "p"}, {"query": " ", "positive": "p"}]
+  PairBatches(records=records, tokenizer=tokenizer, batch_size=2)
+  assert ("warning: 1 of 2 training records have an empty 'query' (first: records[1])"
+          in capsys.readouterr().err)
+  with pytest.raises(ValueError, match=r"every record's 'positive' is empty \(first: records"):
+    PairBatches(records=[{"query": "q", "positive": ""}] * 2, tokenizer=tokenizer, batch_size=2)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "stsb").exists(),
+                    reason=f"STS-B not under {SHARED_DATA} (a fresh clone has no ../shared/data)")
+def test_the_shared_sts_file_still_loads():
+  from gecko.evaluation import datasets
+  data = datasets.load_sts(str(SHARED_DATA / "stsb"), split="test")
+  assert len(data.scores) > 1000 and all(np.isfinite(data.scores))
