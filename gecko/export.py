@@ -25,6 +25,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from gecko import gin_flags
 from gecko.models import embedder as embedder_lib
 from gecko.models import export as export_lib
 
@@ -140,15 +141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--name", default=None, help="the model card's title")
   parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
   args = parser.parse_args(argv)
-  try:
-    out = export(model=args.model, output=args.output, step=args.step,
-                 eval_dir=args.eval_dir, tokenizer=args.tokenizer, overwrite=args.overwrite,
-                 default_prompt_name=args.default_prompt, name=args.name)
-  except (FileExistsError, FileNotFoundError, ValueError) as e:
-    print(f"gecko.export: error: {e}", file=sys.stderr)
-    return 2
-  print(f"gecko.export: wrote {out} (SentenceTransformer({out!r}) loads it)", file=sys.stderr)
-  return 0
+  return gin_flags.run_plain(
+      export, prog="gecko.export", success="gecko.export: wrote {0} (SentenceTransformer('{0}') "
+      "loads it)", model=args.model, output=args.output, step=args.step,
+      eval_dir=args.eval_dir, tokenizer=args.tokenizer, overwrite=args.overwrite,
+      default_prompt_name=args.default_prompt, name=args.name)
 
 
 if __name__ == "__main__":

@@ -215,6 +215,19 @@ def run(fn: Callable, argv: Sequence[str], *, prog: str, doc: str,
   return 0
 
 
+def run_plain(fn: Callable, *, prog: str, success: str, **kwargs) -> int:
+  """Calls `fn(**kwargs)` for an argparse entry point: exit status 2 and one line for a
+  user's mistake (a bad value, a missing file, an output that exists), else prints
+  `success.format(result)` and returns 0."""
+  try:
+    result = fn(**kwargs)
+  except (FileExistsError, FileNotFoundError, ValueError) as e:
+    print(f"{prog}: error: {e}", file=sys.stderr)
+    return 2
+  print(success.format(result), file=sys.stderr)
+  return 0
+
+
 def gin_string(value: str) -> str:
   """`value` as a gin string literal (quotes and backslashes escaped), for a
   `--gin.NAME=...` flag built from a path or any other text."""

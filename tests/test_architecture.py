@@ -8,7 +8,8 @@ import pathlib
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-ENTRY_POINTS = ("gecko.train", "gecko.eval", "gecko.compile_step", "gecko.export")
+ENTRY_POINTS = ("gecko.train", "gecko.eval", "gecko.compile_step", "gecko.export",
+                "gecko.soup")
 
 # component -> the other components it may import (a component may always import itself).
 ALLOWED: dict[str, set[str]] = {

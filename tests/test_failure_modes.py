@@ -182,7 +182,7 @@ def test_fret_stops_when_the_first_calls_all_fail_and_when_nothing_was_written(t
     pipeline.run(corpus_path=str(corpus), output_dir=str(tmp_path / "out"), llm=Dead(),
                  num_neighbors=2)
   assert Dead.calls == 8  # stopped after 8 of 40 passages
-  with pytest.raises(pipeline.NoRecordsError, match="no FRet record was written: all 3"):
+  with pytest.raises(pipeline.NoRecordsError, match="no FRet record was written: 3 passages"):
     pipeline.run(corpus_path=str(corpus), output_dir=str(tmp_path / "out"), llm=Dead(),
                  num_neighbors=2, num_seeds=3)
 

@@ -188,3 +188,36 @@ def test_failed_llm_calls_are_reported_and_a_rerun_completes_the_run(fret_corpus
   assert again["failures_this_run"] == 0 and again["skipped_already_written"] == len(first)
   assert sorted(r["id"] for r in records) == sorted(seeds)
   assert all(first[r["id"]] == r for r in records if r["id"] in first)
+
+
+def test_consistency_filter_by_hand():
+  from gecko.fret.pipeline import consistent
+  record = {"positive_id": "b"}
+  assert consistent(record, ranked_ids=["a", "b", "c"], top_k=2)
+  assert not consistent(record, ranked_ids=["a", "b", "c"], top_k=1)
+  assert not consistent(record, ranked_ids=["a", "c"], top_k=2)  # the seed, not retrieved
+
+
+def test_round_trip_consistency_keeps_records_whose_positive_the_encoder_ranks_first(
+    fret_corpus, tmp_path):
+  from gecko import retrieval
+  from gecko.data.input_format import GECKO
+  from gecko.encode import encode
+  from gecko.fret import pipeline
+  from gecko.fret.corpus import read_corpus
+  from gecko.fret.llm import LlamaCpp
+  summary = pipeline.run(corpus_path=str(fret_corpus), output_dir=str(tmp_path), llm=LlamaCpp(),
+                         num_seeds=6, num_neighbors=3, ranking="ql", consistency_top_k=1)
+  checked = summary["consistency"]
+  assert checked["checked_this_run"] == summary["records"] + checked["dropped_this_run"]
+  assert checked["kept_fraction"] == pytest.approx(summary["records"] / checked["checked_this_run"])
+  corpus, _ = read_corpus(str(fret_corpus))
+  vectors = encode([GECKO.document(p["text"], title=p["title"]) for p in corpus],
+                   model="all-MiniLM-L6-v2")
+  for record in fret_records(tmp_path):
+    query = encode([GECKO.query(record["query"], task=record["task"])], model="all-MiniLM-L6-v2")
+    (top,), _ = retrieval.top_n(query, vectors, 1)
+    assert corpus[int(top[0])]["id"] == record["positive_id"]
+  with pytest.raises(ValueError, match="consistency_top_k=4 must be <= num_neighbors=3"):
+    pipeline.run(corpus_path=str(fret_corpus), output_dir=str(tmp_path), llm=None,
+                 num_neighbors=3, consistency_top_k=4)

@@ -85,7 +85,8 @@ def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6
         num_seeds: int | None = None, num_neighbors: int = 20, negative: str = "lowest",
         ranking: str = "rrf", shard_size: int = 1000, tfrecord: bool = False,
         generator_options: dict | None = None, scorer_options: dict | None = None,
-        batch_size: int = 64, seed: int = 0) -> dict[str, object]:
+        batch_size: int = 64, seed: int = 0,
+        consistency_top_k: int | None = None) -> dict[str, object]:
   """Builds FRet records for the first `num_seeds` passages; returns the run summary.
 
   Args:
@@ -102,6 +103,10 @@ def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6
     generator_options, scorer_options: Extra `Generator` / `Scorer` attributes.
     batch_size: Encoder batch size.
     seed: Task-type draw, retries and random negatives.
+    consistency_top_k: Round-trip consistency filter (Promptagator): keep a record only
+      if its positive is among the encoder's top k passages for its own query (no LLM
+      call; k <= num_neighbors). None: keep every record. The summary reports the share
+      kept.
   """
   from gecko import gin_flags
   from gecko.encode import encode
@@ -110,6 +115,10 @@ def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6
   check_count("num_neighbors", num_neighbors, minimum=2)
   check_count("shard_size", shard_size)
   check_count("batch_size", batch_size)
+  check_count("consistency_top_k", consistency_top_k, allow_none=True)
+  if consistency_top_k is not None and consistency_top_k > num_neighbors:
+    raise ValueError(f"consistency_top_k={consistency_top_k} must be <= num_neighbors="
+                     f"{num_neighbors} (the passages retrieved per query).")
   corpus, corpus_stats = read_corpus(corpus_path)
   if num_neighbors > len(corpus):
     raise ValueError(f"num_neighbors={num_neighbors} must be in [2, {len(corpus)}] (the corpus).")
@@ -140,6 +149,7 @@ def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6
                      batch_size=batch_size)
     neighbors, _ = retrieval.top_n(queries, vectors, num_neighbors)
   scores = collections.defaultdict(list)
+  inconsistent = 0
   for g, row in tqdm.tqdm(list(zip(made, neighbors)), desc="relabel", unit="query",
                           file=sys.stderr):
     seed_index = index_of[g.id]
@@ -152,6 +162,10 @@ def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6
       failures.append(generate_lib.Failure(id=g.id, task_type=g.task_type,
                                            reason=f"scoring failed: {e}", outputs=()))
       continue
+    if consistency_top_k is not None and not consistent(
+        record, ranked_ids=[corpus[i]["id"] for i in row], top_k=consistency_top_k):
+      inconsistent += 1  # not written: a rerun re-derives it from the cache, no LLM call
+      continue
     writer.add(record)
     _collect_scores(scores, record, ql, rc)
   writer.close()
@@ -163,15 +177,27 @@ def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6
                       llm_calls=generator.llm_calls + scorer.llm_calls,
                       cache_hits=cache.hits, seconds=time.perf_counter() - start,
                       corpus=corpus_stats.as_dict())
+  if consistency_top_k is not None:
+    kept = len(made) - inconsistent
+    summary["consistency"] = {"top_k": consistency_top_k, "checked_this_run": len(made),
+                              "dropped_this_run": inconsistent,
+                              "kept_fraction": kept / len(made) if made else 0.0}
   write_summary(summary, scores, output_dir)
   cache.close()
   print(f"gecko.fret: {summary['records']} records in {output_dir}; {len(failures)} passages "
         f"failed this run" + (f" (see {output_dir}/failures.jsonl; a rerun retries them)"
                               if failures else ""), file=sys.stderr)
   if not summary["records"]:
-    raise NoRecordsError(f"no FRet record was written: all {len(failures)} passages failed "
-                         f"(reasons in {output_dir}/failures.jsonl).")
+    dropped = f", {inconsistent} dropped by the consistency filter" if inconsistent else ""
+    raise NoRecordsError(f"no FRet record was written: {len(failures)} passages failed "
+                         f"(reasons in {output_dir}/failures.jsonl){dropped}.")
   return summary
+
+
+def consistent(record: dict, *, ranked_ids: Sequence[str], top_k: int) -> bool:
+  """Round-trip consistency: the record's positive is among the first `top_k` passages
+  the encoder retrieved for the record's own query (`ranked_ids`, best first)."""
+  return record["positive_id"] in list(ranked_ids)[:top_k]
 
 
 def _stop_if_every_call_failed(generated: Sequence) -> None:

@@ -1,0 +1,77 @@
+r"""Average several models into one (a model soup): `python -m gecko.soup`.
+
+  python -m gecko.soup --model /runs/seed0/export --model /runs/seed1/export --output /tmp/soup
+  python -m gecko.soup --model /runs/ft@2000 --model /runs/ft@3000 --model /runs/ft \
+      --weights 1,1,2 --output /tmp/soup_steps
+
+Each MODEL is anything `gecko.models.embedder.load` accepts, or a training MODEL_DIR
+(its latest checkpoint, or `MODEL_DIR@STEP`, restored on one device). All must share
+one architecture and vocabulary. `--weights` (normalised to sum to 1; default uniform)
+weight the parameter average. The soup is saved like any model (`embedder.save`): give
+it to `gecko.eval` as CHECKPOINT, to `gecko.encode`, or to `gecko.export`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from gecko import export as export_cli
+from gecko import gin_flags
+from gecko.models import embedder as embedder_lib
+from gecko.models import soup as soup_lib
+
+
+def load(spec: str) -> embedder_lib.Embedder:
+  """A model by name or path, or a training MODEL_DIR[@STEP]'s checkpoint."""
+  path, sep, step = spec.rpartition("@")
+  if not (sep and step.isdigit()):  # no step: the whole spec is the model
+    path, step = spec, ""
+  if export_cli.is_run_dir(path):
+    model, _, _ = export_cli.restore_run(path, step=int(step) if step else None)
+    return model
+  if step:
+    raise ValueError(f"{spec!r}: @STEP applies to a training MODEL_DIR (checkpoints/ and "
+                     "config.gin); this is not one.")
+  return embedder_lib.load(spec)
+
+
+def soup(*, models: Sequence[str], output: str, weights: Sequence[float] | None = None,
+         overwrite: bool = False) -> str:
+  """Loads `models`, averages them (`gecko.models.soup.average`) and saves the soup."""
+  if len(models) < 2:
+    raise ValueError(f"a soup averages at least two models, got {len(models)}.")
+  weights = soup_lib.check_weights(weights, len(models))  # before any model is loaded
+  if os.path.isdir(output) and os.listdir(output) and not overwrite:
+    raise FileExistsError(f"{output!r} is not empty; pass --overwrite to replace it.")
+  return embedder_lib.save(soup_lib.average([load(m) for m in models], weights=weights),
+                           output, overwrite=overwrite)
+
+
+def _weights(text: str) -> list[float]:
+  try:
+    return [float(w) for w in text.split(",")]
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m gecko.soup", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--model", action="append", required=True,
+                      help="a model (name, directory, MODEL_DIR or MODEL_DIR@STEP); repeat")
+  parser.add_argument("--weights", type=_weights, default=None,
+                      help="one weight per --model, comma-separated (default: uniform)")
+  parser.add_argument("--output", required=True, help="where to save the soup")
+  parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+  args = parser.parse_args(argv)
+  return gin_flags.run_plain(soup, prog="gecko.soup",
+                             success=f"gecko.soup: averaged {len(args.model)} models into {{}}",
+                             models=args.model, output=args.output, weights=args.weights,
+                             overwrite=args.overwrite)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

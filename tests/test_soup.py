@@ -1,0 +1,87 @@
+"""Model soups: parameter averages checked against hand-computed ones, and the command
+line over a training run's steps, the soup saved like any model and evaluated."""
+
+import jax
+import numpy as np
+import pytest
+from conftest import TINY_HF_CONFIG, TINY_VOCAB, hf_bert_tensors, write_hf_checkpoint
+
+from gecko import soup as soup_cli
+from gecko.data import jsonl
+from gecko.models import embedder, soup
+
+
+def _tiny(tmp_path, seed, **kwargs):
+  tensors = hf_bert_tensors(dict(TINY_HF_CONFIG, vocab_size=len(TINY_VOCAB)), len(TINY_VOCAB),
+                            seed=seed)
+  directory = write_hf_checkpoint(tmp_path / f"m{seed}", tensors=tensors)
+  return embedder.from_huggingface(directory, embed_dim=8, seed=seed, **kwargs)
+
+
+def test_uniform_and_weighted_soups_are_the_hand_computed_averages(tmp_path):
+  a, b = _tiny(tmp_path, 0), _tiny(tmp_path, 1)
+  uniform = soup.average([a, b])
+  weighted = soup.average([a, b], weights=[1, 3])
+  for leaf_a, leaf_b, leaf_u, leaf_w in zip(*(jax.tree.leaves(m.params)
+                                              for m in (a, b, uniform, weighted))):
+    x, y = np.asarray(leaf_a, np.float64), np.asarray(leaf_b, np.float64)
+    np.testing.assert_array_equal(leaf_u, ((x + y) / 2).astype(np.float32))
+    np.testing.assert_array_equal(leaf_w, (0.25 * x + 0.75 * y).astype(np.float32))
+  query = np.asarray(a.params["encoder"]["layer_0"]["attention"]["query"]["kernel"])
+  assert not np.array_equal(query, uniform.params["encoder"]["layer_0"]["attention"]["query"]
+                            ["kernel"])  # the two models differ, so the soup is neither
+  assert soup.average([a]).params is not a.params  # a soup of one is a copy, equal
+  assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(soup.average([a]).params),
+                                                   jax.tree.leaves(a.params)))
+
+
+@pytest.mark.parametrize("weights, message", [
+    ([1.0], "1 weights for 2 models"),
+    ([1.0, -1.0], "weights must be finite, >= 0"),
+    ([0.0, 0.0], "not all 0"),
+    ([1.0, float("nan")], "weights must be finite"),
+])
+def test_bad_weights_are_named(tmp_path, weights, message):
+  a = _tiny(tmp_path, 0)
+  with pytest.raises(ValueError, match=message):
+    soup.average([a, a], weights=weights)
+
+
+def test_models_of_another_architecture_are_refused(tmp_path):
+  with pytest.raises(ValueError, match="model 1 has another architecture"):
+    soup.average([_tiny(tmp_path, 0), _tiny(tmp_path, 1, dims=(4, 8))])
+  with pytest.raises(ValueError, match="a soup needs at least one model"):
+    soup.average([])
+
+
+def test_soup_of_a_runs_steps_is_saved_and_evaluated(tmp_path):
+  from gecko import eval as eval_lib
+  from gecko import export as export_cli
+  from gecko import train
+  from gecko.evaluation import tasks
+  data = tmp_path / "triples.jsonl"
+  jsonl.write(data, ({"query": f"what is {i}", "positive": f"it is {i}", "negative": f"no {i}"}
+                     for i in range(16)))
+  run = tmp_path / "run"
+  assert train.main(["--gin_file=gin/models/tiny.gin", "--gin_file=gin/runs/finetune.gin",
+                     "--gin_file=gin/data/jsonl.gin", "--gin_file=gin/overlays/local_tiny.gin",
+                     f"--gin.MODEL_DIR='{run}'", f"--gin.TRAIN_DATA='{data}'",
+                     "--gin.TRAIN_STEPS=2", "--gin.CHECKPOINT_EVERY=1"]) == 0
+  assert soup_cli.main(["--model", f"{run}@1", "--model", str(run), "--weights", "3,1",
+                        "--output", str(tmp_path / "soup")]) == 0
+  step1, _, _ = export_cli.restore_run(str(run), step=1)
+  step2 = embedder.load(run / "export")
+  made = embedder.load(tmp_path / "soup")
+  for got, x, y in zip(*(jax.tree.leaves(m.params) for m in (made, step1, step2))):
+    np.testing.assert_array_equal(got, (0.75 * np.asarray(x, np.float64)
+                                        + 0.25 * np.asarray(y, np.float64)).astype(np.float32))
+  sts = tmp_path / "sts"
+  jsonl.write(sts / "test.jsonl", [{"sentence1": "what is 1", "sentence2": "it is 1", "score": 5},
+                                   {"sentence1": "what is 2", "sentence2": "no 3", "score": 0},
+                                   {"sentence1": "what is 4", "sentence2": "it is 5", "score": 2}])
+  results = eval_lib.evaluate(checkpoint=str(tmp_path / "soup"), output_dir=str(tmp_path / "ev"),
+                              tasks=[tasks.STSTask(name="S", path=str(sts))])
+  assert -1.0 <= results["S"][64]["main_score"] <= 1.0
+  with pytest.raises(ValueError, match="@STEP applies to a training MODEL_DIR"):
+    soup_cli.load(f"{tmp_path / 'soup'}@3")
+  assert soup_cli.main(["--model", str(run), "--output", str(tmp_path / "one")]) == 2
