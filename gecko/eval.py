@@ -62,39 +62,15 @@ def evaluate(*, checkpoint: str, tasks: Sequence[str | object], output_dir: str,
   bad = [d for d in dims if d not in model.dims]
   if bad:
     raise ValueError(f"dims {bad} are not Matryoshka dims of {checkpoint!r} {model.dims}.")
-  resolved = []
-  for task in tasks:
-    if isinstance(task, str):
-      known = tasks_lib.standard_tasks(data_dir) if data_dir else {}
-      if task not in known:
-        raise ValueError(f"Unknown task {task!r}: use one of {sorted(known) or ['stsb', 'scifact', 'banking77']} "
-                         "with data_dir set, or pass task objects.")
-      task = known[task]
-    resolved.append(task)
+  resolved = [_resolve(task, data_dir) for task in tasks]
   fmt = input_format.GECKO if gecko_format else input_format.UNFORMATTED
   name = model_name or embedder_lib.model_name(checkpoint)
-
-  encode_time = [0.0]  # seconds spent encoding, per task
-  # The last few text lists encoded ({text: row}, embeddings): a task whose texts are all
-  # in one of them (the same corpus scored against another qrels split, or in another
-  # order, or a subset) takes its rows instead of encoding again.
-  recent: collections.deque[tuple[dict[str, int], np.ndarray]] = collections.deque(maxlen=4)
-
-  def embed(texts: list[str]) -> np.ndarray:
-    for rows, vectors in recent:
-      if all(t in rows for t in texts):
-        return vectors[[rows[t] for t in texts]]
-    start = time.perf_counter()
-    out = encode(texts, model=model, batch_size=batch_size, show_progress=True)
-    encode_time[0] += time.perf_counter() - start
-    recent.append(({t: i for i, t in enumerate(texts)}, out))
-    return out
-
+  embed = _RecentEncoder(model, batch_size=batch_size)
   results, failed, notes = {}, {}, []
   result_dir = os.path.join(output_dir, "results", name)
   os.makedirs(result_dir, exist_ok=True)
   for task in resolved:
-    start, encode_time[0] = time.perf_counter(), 0.0
+    start, embed.seconds = time.perf_counter(), 0.0
     print(f"gecko.eval: {task.name} ({task.type})", file=sys.stderr)
     try:
       scores = task.evaluate(embed, dims=dims, fmt=fmt)
@@ -106,18 +82,8 @@ def evaluate(*, checkpoint: str, tasks: Sequence[str | object], output_dir: str,
     for note in _dropped(task.name, scores):
       print(f"gecko.eval: warning: {note}", file=sys.stderr)
       notes.append(note)
-    total = time.perf_counter() - start
-    print(f"gecko.eval: {task.name}: {total:.1f} s, of which encoding {encode_time[0]:.1f} s, "
-          f"loading and scoring {total - encode_time[0]:.1f} s", file=sys.stderr)
-    report = {
-        "task_name": task.name, "model_name": name, "evaluation_time": total,
-        "encode_time": encode_time[0], "scoring_time": total - encode_time[0],
-        "scores": {getattr(task, "split", "test"): [
-            dict(s, hf_subset="default", languages=["eng-Latn"], dim=dim)
-            for dim, s in scores.items()]},
-    }
-    with open(os.path.join(result_dir, f"{task.name}.json"), "w", encoding="utf-8") as f:
-      json.dump(report, f, indent=2)
+    _write_task_json(result_dir, task=task, model_name=name, scores=scores,
+                     seconds=time.perf_counter() - start, encode_seconds=embed.seconds)
   main_metrics = {t.name: t.main_score for t in resolved if t.name in results}
   notes += [f"{task} failed: {reason}" for task, reason in failed.items()]
   if results:
@@ -129,6 +95,55 @@ def evaluate(*, checkpoint: str, tasks: Sequence[str | object], output_dir: str,
                           f"({'; '.join(f'{t}: {r}' for t, r in failed.items())}); the results "
                           f"of the others are in {output_dir}.")
   return results
+
+
+def _resolve(task, data_dir: str | None):
+  """A task object, or the standard task of that short name under `data_dir`."""
+  if not isinstance(task, str):
+    return task
+  known = tasks_lib.standard_tasks(data_dir) if data_dir else {}
+  if task not in known:
+    raise ValueError(f"Unknown task {task!r}: use one of "
+                     f"{sorted(known) or ['stsb', 'scifact', 'banking77']} with data_dir set, "
+                     "or pass task objects.")
+  return known[task]
+
+
+class _RecentEncoder:
+  """`encode` that remembers the last few text lists: a task whose texts are all in one
+  of them (the same corpus scored against another qrels split, in another order, or a
+  subset) takes its rows instead of encoding again. `seconds` sums the encoding time."""
+
+  def __init__(self, model, *, batch_size: int):
+    self.model, self.batch_size, self.seconds = model, batch_size, 0.0
+    self._recent: collections.deque[tuple[dict[str, int], np.ndarray]] = collections.deque(
+        maxlen=4)
+
+  def __call__(self, texts: list[str]) -> np.ndarray:
+    for rows, vectors in self._recent:
+      if all(t in rows for t in texts):
+        return vectors[[rows[t] for t in texts]]
+    start = time.perf_counter()
+    out = encode(texts, model=self.model, batch_size=self.batch_size, show_progress=True)
+    self.seconds += time.perf_counter() - start
+    self._recent.append(({t: i for i, t in enumerate(texts)}, out))
+    return out
+
+
+def _write_task_json(result_dir: str, *, task, model_name: str, scores, seconds: float,
+                     encode_seconds: float) -> None:
+  """`results/<model>/<task>.json` in mteb's result layout, with the time split."""
+  print(f"gecko.eval: {task.name}: {seconds:.1f} s, of which encoding {encode_seconds:.1f} s, "
+        f"loading and scoring {seconds - encode_seconds:.1f} s", file=sys.stderr)
+  report = {
+      "task_name": task.name, "model_name": model_name, "evaluation_time": seconds,
+      "encode_time": encode_seconds, "scoring_time": seconds - encode_seconds,
+      "scores": {getattr(task, "split", "test"): [
+          dict(s, hf_subset="default", languages=["eng-Latn"], dim=dim)
+          for dim, s in scores.items()]},
+  }
+  with open(os.path.join(result_dir, f"{task.name}.json"), "w", encoding="utf-8") as f:
+    json.dump(report, f, indent=2)
 
 
 def _dropped(task: str, scores: dict[int, dict[str, float]]) -> list[str]:

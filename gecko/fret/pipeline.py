@@ -111,14 +111,8 @@ def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6
   from gecko import gin_flags
   from gecko.encode import encode
   start = time.perf_counter()
-  check_count("num_seeds", num_seeds, allow_none=True)
-  check_count("num_neighbors", num_neighbors, minimum=2)
-  check_count("shard_size", shard_size)
-  check_count("batch_size", batch_size)
-  check_count("consistency_top_k", consistency_top_k, allow_none=True)
-  if consistency_top_k is not None and consistency_top_k > num_neighbors:
-    raise ValueError(f"consistency_top_k={consistency_top_k} must be <= num_neighbors="
-                     f"{num_neighbors} (the passages retrieved per query).")
+  _check_counts(num_seeds=num_seeds, num_neighbors=num_neighbors, shard_size=shard_size,
+                batch_size=batch_size, consistency_top_k=consistency_top_k)
   corpus, corpus_stats = read_corpus(corpus_path)
   if num_neighbors > len(corpus):
     raise ValueError(f"num_neighbors={num_neighbors} must be in [2, {len(corpus)}] (the corpus).")
@@ -133,12 +127,7 @@ def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6
   seeds = corpus[:num_seeds] if num_seeds is not None else corpus
   done = writer.done_ids()
   todo = [p for p in seeds if p["id"] not in done]
-  generated, chunk = [], max(1, int(getattr(llm, "concurrency", 1)))
-  with tqdm.tqdm(total=len(todo), desc="generate", unit="passage", file=sys.stderr) as bar:
-    for i in range(0, len(todo), chunk):
-      generated.extend(generator(todo[i:i + chunk]))
-      bar.update(len(todo[i:i + chunk]))
-      _stop_if_every_call_failed(generated)
+  generated = _generate(generator, todo, chunk=max(1, int(getattr(llm, "concurrency", 1))))
   made = [g for g in generated if isinstance(g, generate_lib.Generated)]
   failures = [g for g in generated if isinstance(g, generate_lib.Failure)]
   vectors = _embed_corpus(corpus, encoder=encoder, output_dir=output_dir, batch_size=batch_size)
@@ -152,12 +141,11 @@ def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6
   inconsistent = 0
   for g, row in tqdm.tqdm(list(zip(made, neighbors)), desc="relabel", unit="query",
                           file=sys.stderr):
-    seed_index = index_of[g.id]
-    passages = [corpus[i] for i in relabel_lib.with_seed(row, seed_index)]
     try:
       record, ql, rc = relabel_lib.relabel(
-          g, passages=passages, seed_passage=corpus[seed_index], scorer=scorer,
-          negative=negative, ranking=ranking, seed=seed, llm_label=f"{llm.name}:{llm.model}")
+          g, passages=[corpus[i] for i in relabel_lib.with_seed(row, index_of[g.id])],
+          seed_passage=corpus[index_of[g.id]], scorer=scorer, negative=negative,
+          ranking=ranking, seed=seed, llm_label=f"{llm.name}:{llm.model}")
     except LLMError as e:  # a scoring call failed for good: reported; a rerun retries it
       failures.append(generate_lib.Failure(id=g.id, task_type=g.task_type,
                                            reason=f"scoring failed: {e}", outputs=()))
@@ -178,20 +166,46 @@ def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6
                       cache_hits=cache.hits, seconds=time.perf_counter() - start,
                       corpus=corpus_stats.as_dict())
   if consistency_top_k is not None:
-    kept = len(made) - inconsistent
     summary["consistency"] = {"top_k": consistency_top_k, "checked_this_run": len(made),
                               "dropped_this_run": inconsistent,
-                              "kept_fraction": kept / len(made) if made else 0.0}
+                              "kept_fraction": 1 - inconsistent / len(made) if made else 0.0}
   write_summary(summary, scores, output_dir)
   cache.close()
-  print(f"gecko.fret: {summary['records']} records in {output_dir}; {len(failures)} passages "
+  _report(summary, failures=len(failures), inconsistent=inconsistent, output_dir=output_dir)
+  return summary
+
+
+def _check_counts(*, num_seeds, num_neighbors, shard_size, batch_size, consistency_top_k) -> None:
+  check_count("num_seeds", num_seeds, allow_none=True)
+  check_count("num_neighbors", num_neighbors, minimum=2)
+  check_count("shard_size", shard_size)
+  check_count("batch_size", batch_size)
+  check_count("consistency_top_k", consistency_top_k, allow_none=True)
+  if consistency_top_k is not None and consistency_top_k > num_neighbors:
+    raise ValueError(f"consistency_top_k={consistency_top_k} must be <= num_neighbors="
+                     f"{num_neighbors} (the passages retrieved per query).")
+
+
+def _generate(generator: generate_lib.Generator, todo: Sequence[dict], *, chunk: int) -> list:
+  """A `Generated` or a `Failure` per passage, `chunk` passages per batched call."""
+  generated = []
+  with tqdm.tqdm(total=len(todo), desc="generate", unit="passage", file=sys.stderr) as bar:
+    for i in range(0, len(todo), chunk):
+      generated.extend(generator(todo[i:i + chunk]))
+      bar.update(len(todo[i:i + chunk]))
+      _stop_if_every_call_failed(generated)
+  return generated
+
+
+def _report(summary: dict, *, failures: int, inconsistent: int, output_dir: str) -> None:
+  """The run's last line on stderr; NoRecordsError when it wrote no record at all."""
+  print(f"gecko.fret: {summary['records']} records in {output_dir}; {failures} passages "
         f"failed this run" + (f" (see {output_dir}/failures.jsonl; a rerun retries them)"
                               if failures else ""), file=sys.stderr)
   if not summary["records"]:
     dropped = f", {inconsistent} dropped by the consistency filter" if inconsistent else ""
-    raise NoRecordsError(f"no FRet record was written: {len(failures)} passages failed "
+    raise NoRecordsError(f"no FRet record was written: {failures} passages failed "
                          f"(reasons in {output_dir}/failures.jsonl){dropped}.")
-  return summary
 
 
 def consistent(record: dict, *, ranked_ids: Sequence[str], top_k: int) -> bool:
