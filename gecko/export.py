@@ -66,7 +66,7 @@ def restore_run(model_dir: str, *, step: int | None = None, tokenizer: str | Non
     state, _ = ckpt.restore(program.abstract_state, step)
   finally:
     ckpt.close()
-  params = jax.tree.map(lambda x: jax.device_get(x), state.params)
+  params = jax.device_get(state.params)
   exported = os.path.join(model_dir, "export")
   source = tokenizer or (exported if os.path.isdir(exported) else
                          bindings.get("init_from") or bindings.get("tokenizer_from")
@@ -98,8 +98,7 @@ def export(*, model: str, output: str, step: int | None = None, eval_dir: str | 
     default_prompt_name: A prompt `encode` applies when given none (default: none).
     name: The model card's title (default: the output directory's name).
   """
-  if os.path.isdir(output) and os.listdir(output) and not overwrite:
-    raise FileExistsError(f"{output!r} is not empty; pass --overwrite to replace it.")
+  export_lib.check_output(output, overwrite=overwrite)  # before a checkpoint is restored
   results = None
   if eval_dir is not None:
     path = os.path.join(eval_dir, "results.md")

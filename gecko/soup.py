@@ -14,13 +14,13 @@ it to `gecko.eval` as CHECKPOINT, to `gecko.encode`, or to `gecko.export`.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
 from gecko import export as export_cli
 from gecko import gin_flags
 from gecko.models import embedder as embedder_lib
+from gecko.models import export as export_lib
 from gecko.models import soup as soup_lib
 
 
@@ -44,8 +44,7 @@ def soup(*, models: Sequence[str], output: str, weights: Sequence[float] | None 
   if len(models) < 2:
     raise ValueError(f"a soup averages at least two models, got {len(models)}.")
   weights = soup_lib.check_weights(weights, len(models))  # before any model is loaded
-  if os.path.isdir(output) and os.listdir(output) and not overwrite:
-    raise FileExistsError(f"{output!r} is not empty; pass --overwrite to replace it.")
+  export_lib.check_output(output, overwrite=overwrite)  # before any model is loaded
   return embedder_lib.save(soup_lib.average([load(m) for m in models], weights=weights),
                            output, overwrite=overwrite)
 

@@ -120,10 +120,7 @@ def save_hf(embedder, directory: str | os.PathLike, *, overwrite: bool = False,
     ValueError: `default_prompt_name` is not one of the prompts.
   """
   directory = os.path.abspath(os.fspath(directory))
-  if os.path.isdir(directory) and os.listdir(directory):
-    if not overwrite:
-      raise FileExistsError(f"{directory!r} is not empty; pass overwrite=True (--overwrite) to "
-                            "replace its contents.")
+  if check_output(directory, overwrite=overwrite, flag="overwrite=True (--overwrite)"):
     shutil.rmtree(directory)
   named = prompts(fmt)
   if default_prompt_name is not None and default_prompt_name not in named:
@@ -171,6 +168,17 @@ def save_hf(embedder, directory: str | os.PathLike, *, overwrite: bool = False,
   with open(os.path.join(directory, "README.md"), "w", encoding="utf-8") as f:
     f.write(card if card is not None else model_card(embedder, named_prompts=named))
   return directory
+
+
+def check_output(directory: str | os.PathLike, *, overwrite: bool,
+                 flag: str = "--overwrite") -> bool:
+  """Whether `directory` holds files (to be replaced); FileExistsError naming `flag`
+  when it does and `overwrite` is False. Callers check before any costly work."""
+  directory = os.fspath(directory)
+  full = os.path.isdir(directory) and bool(os.listdir(directory))
+  if full and not overwrite:
+    raise FileExistsError(f"{directory!r} is not empty; pass {flag} to replace its contents.")
+  return full
 
 
 def read_st_config(directory: str | os.PathLike) -> Mapping:

@@ -124,6 +124,9 @@ class MetricsWindow:
   """Sums step metrics on the device and averages them when a window is logged."""
 
   def __init__(self):
+    self._reset()
+
+  def _reset(self) -> None:
     self._sum, self._steps, self._start = None, 0, time.perf_counter()
 
   def add(self, metrics: Mapping[str, jax.Array]) -> None:
@@ -137,5 +140,5 @@ class MetricsWindow:
     out = {k: float(v) / self._steps for k, v in jax.device_get(self._sum).items()}
     out.update(step_time=elapsed / self._steps,
                examples_per_second=self._steps * batch_size / elapsed)
-    self.__init__()
+    self._reset()
     return out
