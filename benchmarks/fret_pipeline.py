@@ -14,7 +14,8 @@ with the one-time corpus embedding (cached in OUTPUT_DIR for reruns) also shown 
 Retrieval: exact top-20 by inner product of `--retrieval_queries` random unit queries
 against `--retrieval_corpus` random unit 384-d passages, `gecko.fret.retrieval.top_n`
 (blocked JAX matmul + top-k) against faiss-cpu's `IndexFlatIP` in the same process;
-best of 3 runs after a warm-up, and the overlap of the two top-20 sets.
+alternating rounds after a warm-up (median ratio, min-max), and the overlap of the two
+top-20 sets.
 """
 
 from __future__ import annotations
@@ -22,13 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from encode_throughput import best_time  # noqa: E402
+import alternating  # noqa: E402
 
 
 class TimedLLM:
@@ -91,12 +91,8 @@ def bench_pipeline(*, seeds: int, neighbors: int) -> dict:
           "positive_not_seed_fraction": summary["positive_not_seed_fraction"]}
 
 
-def _best_of(fn, repeats: int = 3) -> float:
-  fn()  # warm-up (compilation, caches)
-  return best_time(fn, repeats)
-
-
-def bench_retrieval(*, corpus_size: int, queries: int, k: int = 20, dim: int = 384) -> dict:
+def bench_retrieval(*, corpus_size: int, queries: int, k: int = 20, dim: int = 384,
+                    rounds: int = 5) -> dict:
   import faiss
   import numpy as np
 
@@ -108,17 +104,18 @@ def bench_retrieval(*, corpus_size: int, queries: int, k: int = 20, dim: int = 3
   q /= np.linalg.norm(q, axis=1, keepdims=True)
   index = faiss.IndexFlatIP(dim)
   index.add(corpus)
-  ours = _best_of(lambda: retrieval.top_n(q, corpus, k))
-  theirs = _best_of(lambda: index.search(q, k))
-  got, _ = retrieval.top_n(q, corpus, k)
+  result = alternating.alternate(lambda: retrieval.top_n(q, corpus, k, backend="jax"),
+                                 lambda: index.search(q, k), rounds=rounds)
+  got, _ = retrieval.top_n(q, corpus, k, backend="jax")
   _, want = index.search(q, k)
   overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(got.tolist(), want.tolist())])
   flops = 2.0 * queries * corpus_size * dim
+  ours = float(np.median(result.ours))
+  print(f"exact top-{k}, {queries} x {corpus_size} x {dim}, jax vs faiss IndexFlatIP: "
+        f"{result.summary(work=queries, unit='queries/s')}", flush=True)
   return {"corpus": corpus_size, "queries": queries, "k": k, "dim": dim,
-          "gecko_s": round(ours, 4), "faiss_s": round(theirs, 4),
-          "speedup_vs_faiss": round(theirs / ours, 3),
-          "gecko_gflops": round(flops / ours / 1e9, 1), "top_k_overlap": round(float(overlap), 4),
-          "faiss_version": faiss.__version__}
+          **result.row("top_n jax vs faiss", work=queries),
+          "gecko_gflops": round(flops / ours / 1e9, 1), "top_k_overlap": round(float(overlap), 4)}
 
 
 def main(argv=None) -> int:
@@ -130,7 +127,7 @@ def main(argv=None) -> int:
   parser.add_argument("--retrieval_queries", type=int, default=1000)
   parser.add_argument("--skip_pipeline", action="store_true")
   args = parser.parse_args(argv)
-  report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+  report = {"machine": alternating.machine()}
   report["retrieval"] = bench_retrieval(corpus_size=args.retrieval_corpus,
                                         queries=args.retrieval_queries)
   print(json.dumps(report, indent=2), flush=True)

@@ -24,7 +24,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from encode_throughput import stdlib_paragraphs  # noqa: E402
+from texts import stdlib_paragraphs  # noqa: E402
 
 TASK = "Given a question, retrieve a passage that answers it"
 

@@ -1,28 +1,32 @@
 """Train-step throughput: gecko's jitted step vs sentence-transformers' MNRL, same run.
 
-  .venv/bin/python benchmarks/train_step.py [--batch_size 64] [--length 64] [--steps 5]
+  .venv/bin/python benchmarks/train_step.py [--cases 64x64:64,64x256:32] [--rounds 5] [--steps 2]
 
-Both train all-MiniLM-L6-v2 on the same (query, positive, hard negative) triples of
-exactly `--length` tokens (docstring paragraphs of the Python standard library, cut
-to length), batch `--batch_size`, AdamW, dropout on, one process on this machine:
+Both train all-MiniLM-L6-v2 on the same (query, positive, hard negative) triples,
+queries of Q and passages of P tokens for a case `QxP` (docstring paragraphs of the
+Python standard library, joined and cut to exactly that length, so neither side pads),
+batch `--batch_size`, AdamW, dropout on, one process on this machine:
 
   gecko:  gecko.training.train_step (Eq. 3: in-batch + same-tower + hard negative), jax.jit
   peer:   sentence_transformers.losses.MultipleNegativesRankingLoss, torch eager
 
-Reports pairs/s (examples per second) after warm-up, the ratio, and the model FLOPs
-utilisation of our step: XLA's FLOP count of the compiled step / step time, over the
-fp32 matmul peak measured in the same run.
+After one warm-up step each, the two alternate `--rounds` times, `--steps` steps a
+turn; reported: pairs/s, the median ratio with its min-max, and the model FLOPs
+utilisation of our step (XLA's FLOP count of the compiled step / median step time,
+over the best fp32 matmul rate measured in the same run, right after the rounds).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from encode_throughput import stdlib_paragraphs  # noqa: E402
+import alternating  # noqa: E402
+from texts import stdlib_paragraphs  # noqa: E402
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -31,14 +35,8 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
   a = jnp.ones((n, n), jnp.float32)
   f = jax.jit(lambda x: x @ x)
   f(a).block_until_ready()
-  best = min(_timed(lambda: f(a).block_until_ready()) for _ in range(repeats))
+  best = min(alternating.timed(lambda: f(a).block_until_ready()) for _ in range(repeats))
   return 2 * n ** 3 / best / 1e9
-
-
-def _timed(fn) -> float:
-  start = time.perf_counter()
-  fn()
-  return time.perf_counter() - start
 
 
 def triples(tokenizer, n: int, length: int) -> list[tuple[str, str, str]]:
@@ -54,7 +52,8 @@ def triples(tokenizer, n: int, length: int) -> list[tuple[str, str, str]]:
   return [(texts[3 * i], texts[3 * i + 1], texts[3 * i + 2]) for i in range(n)]
 
 
-def bench_gecko(data, *, batch_size: int, length: int, steps: int):
+def gecko_step(data, *, batch_size: int, query_length: int, passage_length: int):
+  """A function running one of our train steps on the next batch, and its XLA FLOP count."""
   import jax
 
   from gecko.data import pairs as pair_data
@@ -68,80 +67,101 @@ def bench_gecko(data, *, batch_size: int, length: int, steps: int):
   model = DualEncoder(backbone=minilm.module.backbone)
   records = [{"query": q, "positive": p, "negative": n} for q, p, n in data]
   batches = pair_data.PairBatches(records=records, tokenizer=minilm.tokenizer,
-                                  batch_size=batch_size, query_length=length,
-                                  passage_length=length)
+                                  batch_size=batch_size, query_length=query_length,
+                                  passage_length=passage_length)
   program = trainer.build(model=model, loss=GeckoLoss(temperature=0.05),
                           optimizer=AdamW(learning_rate=2e-5, total_steps=1000),
                           batch_size=batch_size, mesh_axes={"data": 1})
-  state, step = program.init_state(seed=0, params=minilm.params), program.step
-  batch0 = batches.batch(0)
-  flops = step.lower(state, batch0).compile().cost_analysis()
-  flops = (flops[0] if isinstance(flops, list) else flops).get("flops", float("nan"))
-  state, metrics = step(state, batch0)  # compile + warm up
-  jax.block_until_ready(metrics)
-  start = time.perf_counter()
-  for i in range(1, steps + 1):
-    state, metrics = step(state, batches.batch(i))
-  jax.block_until_ready(metrics)
-  elapsed = time.perf_counter() - start
-  return batch_size * steps / elapsed, elapsed / steps, flops
+  holder = {"state": program.init_state(seed=0, params=minilm.params), "i": 0}
+  cost = program.step.lower(holder["state"], batches.batch(0)).compile().cost_analysis()
+  flops = (cost[0] if isinstance(cost, list) else cost).get("flops", float("nan"))
+
+  def step():
+    holder["state"], metrics = program.step(holder["state"], batches.batch(holder["i"]))
+    holder["i"] += 1
+    jax.block_until_ready(metrics)
+
+  return step, flops
 
 
-def bench_sentence_transformers(data, *, batch_size: int, length: int, steps: int):
+def peer_step(data, *, batch_size: int, query_length: int, passage_length: int):
+  """A function running one sentence-transformers MNRL step (torch eager, AdamW)."""
   import torch
   from sentence_transformers import SentenceTransformer, losses
 
   from gecko.models import embedder
   model = SentenceTransformer(embedder.resolve("all-MiniLM-L6-v2"), device="cpu")
-  model.max_seq_length = length
   model.train()
   loss = losses.MultipleNegativesRankingLoss(model)
   opt = torch.optim.AdamW(model.parameters(), lr=2e-5)
+  holder = {"i": 0}
 
-  def one(i):
+  def step():
+    i = holder["i"]
+    holder["i"] += 1
     rows = [data[(i * batch_size + j) % len(data)] for j in range(batch_size)]
-    feats = [model.tokenize([r[k] for r in rows]) for k in range(3)]
+    feats = []
+    for k, length in ((0, query_length), (1, passage_length), (2, passage_length)):
+      model.max_seq_length = length
+      feats.append(model.tokenize([r[k] for r in rows]))
     value = loss(feats, labels=None)
     value.backward()
     opt.step()
     opt.zero_grad()
 
-  one(0)
-  start = time.perf_counter()
-  for i in range(1, steps + 1):
-    one(i)
-  elapsed = time.perf_counter() - start
-  return batch_size * steps / elapsed, elapsed / steps
+  return step
+
+
+def run_case(case: str, *, tokenizer, batch_size: int, rounds: int, steps: int) -> dict:
+  lengths, _, batch = case.partition(":")
+  batch_size = int(batch) if batch else batch_size
+  query_length, passage_length = (int(x) for x in lengths.split("x"))
+  data = triples(tokenizer, batch_size * 2, max(query_length, passage_length))
+  kwargs = dict(batch_size=batch_size, query_length=query_length, passage_length=passage_length)
+  ours, flops = gecko_step(data, **kwargs)
+  theirs = peer_step(data, **kwargs)
+
+  def turn(step):
+    def run():
+      for _ in range(steps):
+        step()
+    return run
+
+  result = alternating.alternate(turn(ours), turn(theirs), rounds=rounds)
+  peaks = [matmul_peak_gflops() for _ in range(3)]  # same process, right after the rounds
+  step_s = statistics.median(result.ours) / steps
+  achieved = flops / step_s / 1e9
+  peak = max(peaks)
+  print(f"\n[{case}] batch {batch_size} triples, queries {query_length} / passages "
+        f"{passage_length} tokens, {steps} steps a turn")
+  print(f"  {result.summary(work=batch_size * steps, unit='pairs/s')}")
+  print(f"  gecko: {step_s:.2f} s/step, {flops / 1e9:.0f} GFLOP/step (XLA), {achieved:.1f} "
+        f"GFLOP/s = MFU {achieved / peak:.0%} of the fp32 matmul peak {peak:.0f} GFLOP/s")
+  return {**result.row(case, work=batch_size * steps), "s_per_step": step_s,
+          "gflop_per_step": flops / 1e9, "matmul_peak_gflops": peak, "mfu": achieved / peak}
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--cases", default="64x64:64,64x256:32",
+                      help="comma-separated QUERYxPASSAGE token lengths, each with an optional "
+                           ":BATCH (else --batch_size); batch 64 at 64x256 needs more than "
+                           "24 GB with both models in one process")
   parser.add_argument("--batch_size", type=int, default=64)
-  parser.add_argument("--length", type=int, default=64)
-  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--rounds", type=int, default=5)
+  parser.add_argument("--steps", type=int, default=2, help="steps per turn")
+  parser.add_argument("--json", default=None, help="also write the rows to this file")
   args = parser.parse_args()
-
-  import jax
-  import torch
 
   from gecko.models import embedder
   tokenizer = embedder.load("all-MiniLM-L6-v2").tokenizer
-  data = triples(tokenizer, min(args.batch_size * (args.steps + 1), 384), args.length)
-  print(f"machine: {os.cpu_count()} cores; jax {jax.__version__}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads); batch {args.batch_size} triples x "
-        f"{args.length} tokens, {args.steps} timed steps after warm-up")
-  peak = matmul_peak_gflops()
-  ours, step_s, flops = bench_gecko(data, batch_size=args.batch_size, length=args.length,
-                                    steps=args.steps)
-  theirs, st_step_s = bench_sentence_transformers(data, batch_size=args.batch_size,
-                                                  length=args.length, steps=args.steps)
-  achieved = flops / step_s / 1e9
-  print(f"fp32 matmul peak (jax, 2048^3): {peak:.1f} GFLOP/s")
-  print(f"gecko train step:      {ours:7.2f} pairs/s  ({step_s:.2f} s/step, "
-        f"{flops / 1e9:.0f} GFLOP/step by XLA, {achieved:.1f} GFLOP/s, MFU {achieved / peak:.0%})")
-  print(f"sentence-transformers: {theirs:7.2f} pairs/s  ({st_step_s:.2f} s/step, MNRL)")
-  print(f"ratio gecko / sentence-transformers: {ours / theirs:.2f}")
+  print(alternating.machine())
+  rows = [run_case(c.strip(), tokenizer=tokenizer, batch_size=args.batch_size,
+                   rounds=args.rounds, steps=args.steps) for c in args.cases.split(",")]
+  if args.json:
+    with open(args.json, "w", encoding="utf-8") as f:
+      json.dump({"machine": alternating.machine(), "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -9,30 +9,37 @@ Command line:
 
   python -m gecko.encode --model all-MiniLM-L6-v2 --input texts.txt --output emb.npy
 
-Texts are tokenized once, sorted by length and batched so that short texts are
-padded only to their own length bucket (multiples of `BUCKET`); embeddings come back
-in input order as float32 rows of unit norm.
+Texts are tokenized once and packed several to a row (`gecko.data.packing`: attention
+and pooling stay within each text, so the result equals one text per row), rows of one
+length batched by a token budget; no FLOP goes to padding beyond each row's tail.
+Embeddings come back in input order as float32 rows of unit norm.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import os
 import sys
 from collections.abc import Sequence
 
+import jax
 import numpy as np
 import tqdm
+from jax.sharding import Mesh
 
-from gecko.data import jsonl
+from gecko.data import jsonl, packing, placement
 from gecko.data.input_format import apply_prompt
 from gecko.models import embedder as embedder_lib
 from gecko.models import matryoshka
 
-BUCKET = 16  # sequence lengths are rounded up to a multiple of this (one compile each)
 IN_FLIGHT = 4  # batches dispatched ahead of the one being copied back
+MAX_SEGMENTS = 32  # texts per packed row at most (a static size of the compiled program)
+# A batch holds `batch_size` texts' worth of tokens, counting this many per text. On a
+# 2-core CPU, MiniLM's throughput peaks near 2,048 tokens a batch (BENCHMARKS.md).
+TOKENS_PER_TEXT = 64
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:
@@ -49,37 +56,37 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
   return texts
 
 
-def length_buckets(lengths: Sequence[int], *, batch_size: int, max_length: int
-                   ) -> list[tuple[np.ndarray, int]]:
-  """Groups indices into batches of similar length.
-
-  Returns:
-    (indices, padded_length) per batch, longest first; each padded length is the
-    batch's longest text rounded up to a multiple of `BUCKET` (capped at max_length).
-  """
-  order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
-  batches = []
-  for start in range(0, len(order), batch_size):
-    idx = order[start:start + batch_size]
-    longest = int(lengths[idx[0]])
-    batches.append((idx, min(max_length, -(-longest // BUCKET) * BUCKET)))
-  return batches
+def packed_batches(lengths: Sequence[int], *, batch_size: int, max_length: int
+                   ) -> list[list[packing.Row]]:
+  """Texts packed into rows (`gecko.data.packing`), rows into batches of about
+  `batch_size * TOKENS_PER_TEXT` tokens (at least one row)."""
+  rows = packing.pack(lengths, max_length=max_length, max_segments=MAX_SEGMENTS)
+  return packing.batches(rows, token_budget=batch_size * TOKENS_PER_TEXT)
 
 
 def encode(texts: Sequence[str], *, model: str | os.PathLike | embedder_lib.Embedder,
            batch_size: int = 32, dim: int | None = None, prompt: str | None = None,
-           show_progress: bool = False) -> np.ndarray:
+           show_progress: bool = False, mesh: Mesh | None = None,
+           param_shardings=None) -> np.ndarray:
   """Embeds texts.
 
   Args:
     texts: The strings to embed (a list or tuple; empty strings are allowed).
     model: An `Embedder`, a packaged model name, or a model directory
       (see `gecko.models.embedder.load`).
-    batch_size: Texts per forward pass.
+    batch_size: Texts per forward pass, counted as texts of `TOKENS_PER_TEXT` (64)
+      tokens: a batch holds about `batch_size * 64` tokens, so shorter texts come more
+      to a batch and longer ones fewer (at least one row of the model's longest length).
     dim: A Matryoshka dim of the model (e.g. 256); None for the full size.
     prompt: Text put before every input (e.g. "task: search result | query: "), or a
       template containing `{text}`.
     show_progress: Show a progress bar on stderr.
+    mesh: Split every batch's rows over the devices of this mesh (all axes but
+      `model`), in one process or several; every process passes the same texts and
+      gets all the embeddings. None: the default device.
+    param_shardings: With `mesh`, where the parameters live: a tree of shardings
+      matching `model.params` (e.g. FSDP, from `gecko.training.partitioning`), or None
+      to replicate them on every device.
 
   Returns:
     float32 `[len(texts), dim or model.output_dim]`, unit-norm rows in input order.
@@ -93,30 +100,50 @@ def encode(texts: Sequence[str], *, model: str | os.PathLike | embedder_lib.Embe
   out_dim = dim or model.output_dim
   if not texts:
     return np.zeros((0, out_dim), np.float32)
+  if mesh is not None and not placement.on_mesh(model.params, mesh):
+    model = dataclasses.replace(model, params=placement.put_tree(
+        model.params, param_shardings or placement.replicated(mesh)))
+  result = _embed(model, model.tokenizer.encode_batch(texts), batch_size=batch_size,
+                  mesh=mesh, show_progress=show_progress)
+  if dim is not None and dim != model.output_dim:
+    result = matryoshka.prefix_numpy(result, dim)
+  return result
+
+
+def _embed(model: embedder_lib.Embedder, ids: list[list[int]], *, batch_size: int,
+           mesh: Mesh | None, show_progress: bool) -> np.ndarray:
+  """Full-size embeddings of tokenized texts, in input order: packed rows, token-budget
+  batches, dispatched ahead and copied back `IN_FLIGHT` batches later."""
   tokenizer = model.tokenizer
-  ids = tokenizer.encode_batch(texts)
-  lengths = [len(x) for x in ids]
-  result = np.empty((len(texts), model.output_dim), np.float32)
+  result = np.empty((len(ids), model.output_dim), np.float32)
+  # Rows as long as the tokenizer allows and the model has positions for.
+  max_length = min(tokenizer.max_length, model.module.backbone.max_length)
+  batches = packed_batches([len(x) for x in ids], batch_size=batch_size, max_length=max_length)
+  shards = placement.row_shards(mesh) if mesh is not None else 1
+  limit = -(-max(len(b) for b in batches) // shards) * shards
   pending: collections.deque = collections.deque()
 
   def collect() -> None:
-    idx, embeddings = pending.popleft()
-    result[idx] = np.asarray(embeddings)[:len(idx)]
-    bar.update(len(idx))
+    batch, embeddings = pending.popleft()
+    embeddings = placement.fetch(embeddings)
+    for r, row in enumerate(batch):
+      result[list(row.texts)] = embeddings[r, :len(row.texts)]
+    bar.update(sum(len(row.texts) for row in batch))
 
-  with tqdm.tqdm(total=len(texts), disable=not show_progress, unit="text",
+  with tqdm.tqdm(total=len(ids), disable=not show_progress, unit="text",
                  desc="encode", file=sys.stderr) as bar:
-    for idx, length in length_buckets(lengths, batch_size=batch_size,
-                                      max_length=tokenizer.max_length):
-      rows = min(batch_size, 1 << (len(idx) - 1).bit_length())  # few distinct batch shapes
-      batch_ids, mask = tokenizer.pad([ids[i] for i in idx] + [[]] * (rows - len(idx)), length)
-      pending.append((idx, model.embed_tokens(batch_ids, mask)))  # dispatched asynchronously
+    for batch in batches:
+      rows = packing.padded_rows(len(batch), limit=limit)  # few distinct batch shapes
+      rows = -(-rows // shards) * shards
+      token_ids, segment_ids = packing.arrays(batch, ids, rows=rows, pad_id=tokenizer.pad_id)
+      if mesh is not None:
+        token_ids, segment_ids = (placement.put(x, placement.rows_sharding(mesh))
+                                  for x in (token_ids, segment_ids))
+      pending.append((batch, model.embed_packed(token_ids, segment_ids, segments=MAX_SEGMENTS)))
       if len(pending) > IN_FLIGHT:
         collect()
     while pending:
       collect()
-  if dim is not None and dim != model.output_dim:
-    result = matryoshka.prefix_numpy(result, dim)
   return result
 
 
@@ -188,16 +215,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help=".txt (one text per line) or .jsonl (objects with --field)")
   parser.add_argument("--output", required=True, help="where to write the .npy array")
   parser.add_argument("--field", default="text", help="JSONL field holding the text")
-  parser.add_argument("--batch_size", type=int, default=32)
+  parser.add_argument("--batch_size", type=int, default=32,
+                      help="texts per forward pass, counted as 64-token texts: a batch holds "
+                           "about batch_size x 64 tokens, packed several texts to a row")
   parser.add_argument("--dim", type=int, default=None, help="Matryoshka dim (default: full)")
   parser.add_argument("--prompt", default=None,
                       help='prefix, or template with {text}, e.g. "task: search result | query: "')
+  parser.add_argument("--all_devices", action="store_true",
+                      help="split every batch over all devices (e.g. a TPU host's chips; "
+                           "parameters replicated); default: the first device")
   args = parser.parse_args(argv)
   try:
     output = check_output(args.output)
     texts = read_texts(args.input, field=args.field)
+    mesh = Mesh(np.asarray(jax.devices()), ("data",)) if args.all_devices else None
     embeddings = encode(texts, model=args.model, batch_size=args.batch_size, dim=args.dim,
-                        prompt=args.prompt, show_progress=True)
+                        prompt=args.prompt, show_progress=True, mesh=mesh)
     save(output, embeddings)
   except (FileNotFoundError, ValueError, TypeError) as e:
     print(f"gecko.encode: error: {e}", file=sys.stderr)

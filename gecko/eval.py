@@ -19,7 +19,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from gecko.encode import encode
 from gecko.evaluation import reports
 from gecko.evaluation import tasks as tasks_lib
 from gecko.models import embedder as embedder_lib
+from gecko.training import partitioning
 
 
 class EvaluationError(RuntimeError):
@@ -37,7 +38,8 @@ class EvaluationError(RuntimeError):
 def evaluate(*, checkpoint: str, tasks: Sequence[str | object], output_dir: str,
              data_dir: str | None = None, dims: Sequence[int] | None = None,
              gecko_format: bool = False, batch_size: int = 64,
-             model_name: str | None = None) -> dict[str, dict[int, dict[str, float]]]:
+             model_name: str | None = None, mesh_axes: Mapping[str, int] | None = None
+             ) -> dict[str, dict[int, dict[str, float]]]:
   """Evaluates a model and writes the reports; returns {task: {dim: scores}}.
 
   Args:
@@ -51,6 +53,8 @@ def evaluate(*, checkpoint: str, tasks: Sequence[str | object], output_dir: str,
       (for Gecko-trained models); False for imported models.
     batch_size: Encoding batch size.
     model_name: Name in the reports (default: from the checkpoint path).
+    mesh_axes: Encode over the devices of this mesh (`{"data": -1}`: every device of
+      the host, e.g. a TPU VM's 4-8 chips); None encodes on the default device.
 
   A task that fails (bad data, say) is reported on stderr and the remaining tasks still
   run; the reports hold every task that finished, then EvaluationError names the
@@ -65,7 +69,8 @@ def evaluate(*, checkpoint: str, tasks: Sequence[str | object], output_dir: str,
   resolved = [_resolve(task, data_dir) for task in tasks]
   fmt = input_format.GECKO if gecko_format else input_format.UNFORMATTED
   name = model_name or embedder_lib.model_name(checkpoint)
-  embed = _RecentEncoder(model, batch_size=batch_size)
+  mesh = partitioning.make_mesh(mesh_axes) if mesh_axes else None
+  embed = _RecentEncoder(model, batch_size=batch_size, mesh=mesh)
   results, failed, notes = {}, {}, []
   result_dir = os.path.join(output_dir, "results", name)
   os.makedirs(result_dir, exist_ok=True)
@@ -114,8 +119,8 @@ class _RecentEncoder:
   of them (the same corpus scored against another qrels split, in another order, or a
   subset) takes its rows instead of encoding again. `seconds` sums the encoding time."""
 
-  def __init__(self, model, *, batch_size: int):
-    self.model, self.batch_size, self.seconds = model, batch_size, 0.0
+  def __init__(self, model, *, batch_size: int, mesh=None):
+    self.model, self.batch_size, self.mesh, self.seconds = model, batch_size, mesh, 0.0
     self._recent: collections.deque[tuple[dict[str, int], np.ndarray]] = collections.deque(
         maxlen=4)
 
@@ -124,7 +129,8 @@ class _RecentEncoder:
       if all(t in rows for t in texts):
         return vectors[[rows[t] for t in texts]]
     start = time.perf_counter()
-    out = encode(texts, model=self.model, batch_size=self.batch_size, show_progress=True)
+    out = encode(texts, model=self.model, batch_size=self.batch_size, show_progress=True,
+                 mesh=self.mesh)
     self.seconds += time.perf_counter() - start
     self._recent.append(({t: i for i, t in enumerate(texts)}, out))
     return out

@@ -9,6 +9,11 @@ O(queries x (N + block)) whatever the corpus size. Blocks are padded to one shap
 the merge compiles once. Within a block, scores are grouped 128 to a row and only the
 N groups with the best maxima go to the top-k (exact: no other group can hold one of
 the N best), which spares a top-k over every score.
+
+With a `mesh`, the corpus rows are split over its devices (and processes): each device
+scores its share and keeps its N best, the candidates are all-gathered in corpus order
+and merged, so the result equals the one-device one. `backend="faiss"` hands the same
+call to faiss-cpu's exact inner-product index when it is installed.
 """
 
 from __future__ import annotations
@@ -19,16 +24,21 @@ from collections.abc import Iterable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from gecko.data import placement
 
 GROUP = 128  # block scores are grouped this many to a row maximum before top-k
+BACKENDS = ("jax", "faiss")
+SHARD_SCORES = 1 << 25  # query-chunk x rows-per-device scores held at once on a mesh
 
 
 @functools.partial(jax.jit, static_argnames=("n",))
 def _merge(best_scores, best_index, queries, block, valid, offset, *, n: int):
   scores = queries @ block.T  # [Q, B]
-  scores = jnp.where(jnp.arange(block.shape[0])[None, :] < valid, scores, -jnp.inf)
-  index = offset + jnp.arange(block.shape[0], dtype=jnp.int32)
-  index = jnp.broadcast_to(index, scores.shape)
+  column = jnp.arange(block.shape[0], dtype=jnp.int32)
+  scores = jnp.where(column[None, :] < valid, scores, -jnp.inf)
   groups = block.shape[0] // GROUP
   if block.shape[0] % GROUP == 0 and groups > n:
     # Exact top-n without a top-k over all B scores: the n best scores lie in the n
@@ -38,8 +48,11 @@ def _merge(best_scores, best_index, queries, block, valid, offset, *, n: int):
     _, chosen = jax.lax.top_k(grouped.max(axis=2), n)
     chosen = jnp.sort(chosen, axis=1)
     scores = jnp.take_along_axis(grouped, chosen[:, :, None], axis=1).reshape(scores.shape[0], -1)
-    index = jnp.take_along_axis(index.reshape(grouped.shape), chosen[:, :, None],
-                                axis=1).reshape(scores.shape[0], -1)
+    # The chosen rows' indices, computed rather than gathered from a [Q, B] index array.
+    index = (offset + chosen[:, :, None] * GROUP + column[None, None, :GROUP]).reshape(
+        scores.shape[0], -1)
+  else:
+    index = jnp.broadcast_to(offset + column, scores.shape)
   scores = jnp.concatenate([best_scores, scores], axis=1)
   index = jnp.concatenate([best_index, index], axis=1)
   top, where = jax.lax.top_k(scores, n)
@@ -52,8 +65,9 @@ def blocks_of(corpus: np.ndarray, block_size: int) -> Iterable[np.ndarray]:
     yield corpus[start:start + block_size]
 
 
-def top_n(queries: np.ndarray, corpus: np.ndarray | Iterable[np.ndarray], n: int, *,
-          block_size: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+def top_n(queries: np.ndarray, corpus: np.ndarray | Iterable[np.ndarray] | jax.Array, n: int,
+          *, block_size: int = 65536, mesh: Mesh | None = None,
+          backend: str = "jax") -> tuple[np.ndarray, np.ndarray]:
   """The `n` highest inner products per query: (indices [Q, n], scores [Q, n]), best first.
 
   Args:
@@ -63,14 +77,30 @@ def top_n(queries: np.ndarray, corpus: np.ndarray | Iterable[np.ndarray], n: int
     n: Neighbours per query (at most the corpus size).
     block_size: Rows scored per jitted call (blocks given as an iterable are split or
       padded to this).
+    mesh: Split the corpus rows over every device of this mesh (in one process or
+      several; every process passes the same queries and gets the whole result). The
+      corpus is a host array every process holds, or a global `jax.Array` already split
+      by rows (e.g. `placement.put(corpus, placement.rows_sharding(mesh))`).
+    backend: "jax" (any device, inside Beam too), or "faiss" (`faiss-cpu`'s exact
+      `IndexFlatIP`, when installed: the faster choice on a CPU).
 
-  Ties keep the lower corpus index first.
+  Ties keep the lower corpus index first (faiss: its own order).
   """
   queries = np.asarray(queries, np.float32)
   if queries.ndim != 2:
     raise ValueError(f"queries must be [Q, D], got shape {queries.shape}.")
   if n < 1:
     raise ValueError(f"n must be >= 1, got {n}.")
+  if backend not in BACKENDS:
+    raise ValueError(f"backend={backend!r} is not one of {BACKENDS}.")
+  if backend == "faiss":
+    if mesh is not None:
+      raise ValueError("backend='faiss' runs on this host's CPU; pass mesh=None.")
+    return _top_n_faiss(queries, corpus, n)
+  if mesh is not None:
+    return _top_n_sharded(queries, corpus, n, mesh=mesh)
+  if isinstance(corpus, jax.Array):
+    corpus = np.asarray(corpus)
   if isinstance(corpus, np.ndarray):
     # Equal blocks (a multiple of GROUP when large) rather than a padded last one.
     count = -(-corpus.shape[0] // max(1, block_size))
@@ -99,3 +129,72 @@ def top_n(queries: np.ndarray, corpus: np.ndarray | Iterable[np.ndarray], n: int
   if seen < n:
     raise ValueError(f"the corpus has {seen} rows, fewer than n={n}.")
   return np.asarray(best_index), np.asarray(best_scores)
+
+
+def _top_n_faiss(queries: np.ndarray, corpus, n: int) -> tuple[np.ndarray, np.ndarray]:
+  try:
+    import faiss
+  except ImportError:
+    raise ValueError("backend='faiss' needs faiss-cpu: pip install faiss-cpu (or use "
+                     "backend='jax').") from None
+  index = faiss.IndexFlatIP(queries.shape[1])
+  blocks = [corpus] if isinstance(corpus, (np.ndarray, jax.Array)) else corpus
+  for block in blocks:
+    block = np.ascontiguousarray(np.asarray(block, np.float32))
+    if block.ndim != 2 or block.shape[1] != queries.shape[1]:
+      raise ValueError(f"corpus block of shape {block.shape} does not match queries "
+                       f"[*, {queries.shape[1]}].")
+    index.add(block)
+  if index.ntotal < n:
+    raise ValueError(f"the corpus has {index.ntotal} rows, fewer than n={n}.")
+  scores, indices = index.search(np.ascontiguousarray(queries), n)
+  return indices.astype(np.int64), scores
+
+
+@functools.lru_cache(maxsize=16)
+def _sharded_program(mesh: Mesh, n: int, valid: int):
+  axes = placement.row_axes(mesh)
+
+  def local(q, shard):  # one device: its rows, then every device's candidates merged
+    offset = jax.lax.axis_index(axes) * shard.shape[0]
+    index = offset + jnp.arange(shard.shape[0], dtype=jnp.int32)
+    scores = jnp.where(index[None, :] < valid, q @ shard.T, -jnp.inf)
+    top, where = jax.lax.top_k(scores, min(n, shard.shape[0]))
+    top = jax.lax.all_gather(top, axes, axis=1, tiled=True)  # device order = corpus order
+    where = jax.lax.all_gather(index[where], axes, axis=1, tiled=True)
+    best, chosen = jax.lax.top_k(top, n)
+    return best, jnp.take_along_axis(where, chosen, axis=1)
+
+  return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axes)), out_specs=(P(), P()),
+                               check_vma=False))
+
+
+def _top_n_sharded(queries: np.ndarray, corpus, n: int, *, mesh: Mesh
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  shards = placement.row_shards(mesh)
+  if isinstance(corpus, jax.Array):
+    if corpus.shape[0] % shards:
+      raise ValueError(f"a corpus already on the mesh must have a multiple of {shards} rows "
+                       f"(one share per device), got {corpus.shape[0]}; pad it with zero rows.")
+    valid, placed = corpus.shape[0], corpus
+  else:
+    corpus = np.asarray(corpus, np.float32)
+    valid = corpus.shape[0]
+    padded = np.zeros((-(-valid // shards) * shards, corpus.shape[1]), np.float32)
+    padded[:valid] = corpus
+    placed = placement.put(padded, placement.rows_sharding(mesh))
+  if placed.ndim != 2 or placed.shape[1] != queries.shape[1]:
+    raise ValueError(f"corpus of shape {placed.shape} does not match queries "
+                     f"[*, {queries.shape[1]}].")
+  if valid < n:
+    raise ValueError(f"the corpus has {valid} rows, fewer than n={n}.")
+  program = _sharded_program(mesh, n, valid)
+  chunk = max(1, SHARD_SCORES // max(1, placed.shape[0] // shards))
+  indices, scores = [], []
+  for start in range(0, queries.shape[0], chunk):
+    part = queries[start:start + chunk]
+    q = placement.put(part, placement.replicated(mesh))
+    best, where = program(q, placed)
+    scores.append(placement.fetch(best))
+    indices.append(placement.fetch(where))
+  return np.concatenate(indices), np.concatenate(scores)

@@ -16,7 +16,7 @@ ALLOWED: dict[str, set[str]] = {
     "gecko": set(),                                  # __init__: the version, nothing else
     "gecko.data": set(),                             # the input side
     "gecko.models": {"gecko.data"},
-    "gecko.retrieval": set(),                        # public API: exact top-N
+    "gecko.retrieval": {"gecko.data"},               # public API: exact top-N (on a mesh too)
     "gecko.gin_flags": set(),                        # command-line plumbing
     "gecko.encode": {"gecko.data", "gecko.models"},  # public API: embed texts
     "gecko.training": {"gecko.data", "gecko.models"},

@@ -23,18 +23,24 @@ def tiny(tmp_path_factory):
   return embedder.from_huggingface(directory, embed_dim=24, dims=(8, 24))
 
 
-def test_bucketed_batches_return_rows_in_input_order(tiny):
-  one_by_one = np.concatenate([encode([t], model=tiny, batch_size=1) for t in TEXTS])
-  for batch_size in (2, 3, 32):
-    np.testing.assert_allclose(encode(TEXTS, model=tiny, batch_size=batch_size), one_by_one,
-                               atol=1e-6)
+def test_packed_batches_return_rows_in_input_order(tiny):
+  """Packed, budgeted batches give each text's one-text-per-row embedding, in input order."""
+  one_by_one = []
+  for ids in tiny.tokenizer.encode_batch(TEXTS):
+    token_ids, mask = tiny.tokenizer.pad([ids], max(len(ids), 1))
+    one_by_one.append(np.asarray(tiny.embed_tokens(token_ids, mask))[0])
+  for batch_size in (1, 2, 32):
+    np.testing.assert_allclose(encode(TEXTS, model=tiny, batch_size=batch_size),
+                               np.stack(one_by_one), atol=1e-6)
 
 
-def test_length_buckets_group_similar_lengths():
-  lengths = [3, 40, 5, 17, 16, 2]
-  batches = encode_lib.length_buckets(lengths, batch_size=2, max_length=32)
-  assert [sorted(idx.tolist()) for idx, _ in batches] == [[1, 3], [2, 4], [0, 5]]
-  assert [length for _, length in batches] == [32, 16, 16]
+def test_packed_batches_keep_the_token_budget():
+  lengths = [3, 40, 5, 17, 16, 2] * 20
+  batches = encode_lib.packed_batches(lengths, batch_size=2, max_length=64)
+  assert sorted(i for b in batches for r in b for i in r.texts) == list(range(120))
+  for batch in batches:
+    assert len({r.length for r in batch}) == 1
+    assert len(batch) * batch[0].length <= max(2 * encode_lib.TOKENS_PER_TEXT, batch[0].length)
 
 
 def test_dims_and_prompt(tiny):
@@ -94,7 +100,7 @@ def test_cli_txt_and_jsonl(tiny, tmp_path):
   assert result.returncode == 0, result.stderr
   assert "wrote 2 x 8 embeddings" in result.stderr
   result = _cli("--model", model_dir, "--input", str(tmp_path / "in.jsonl"), "--field", "body",
-                "--output", str(tmp_path / "b.npy"), "--dim", "8")
+                "--output", str(tmp_path / "b.npy"), "--dim", "8", "--all_devices")  # 8 devices
   assert result.returncode == 0, result.stderr
   a, b = np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")
   np.testing.assert_array_equal(a, b)

@@ -113,6 +113,15 @@ def test_evaluate_writes_mteb_layout_and_markdown_for_every_dim(tmp_path, tiny_m
                               output_dir=str(tmp_path / "out"), gecko_format=True)
   assert set(results) == {"TinyRetrieval", "TinySTS"}
   assert set(results["TinyRetrieval"]) == {8, 24}
+  # Encoding split over the 8 devices scores the same.
+  on_mesh = eval_lib.evaluate(checkpoint=tiny_model_dir, tasks=task_list,
+                              output_dir=str(tmp_path / "mesh"), gecko_format=True,
+                              mesh_axes={"data": -1})
+  for task, by_dim in results.items():
+    for dim, scores in by_dim.items():
+      for metric, value in scores.items():
+        if isinstance(value, float):
+          assert on_mesh[task][dim][metric] == pytest.approx(value, abs=1e-4), (task, metric)
   report = json.loads((tmp_path / "out" / "results" / "tiny" / "TinyRetrieval.json").read_text())
   rows = report["scores"]["test"]
   assert [r["dim"] for r in rows] == [8, 24] and 0 <= rows[0]["ndcg_at_10"] <= 1

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO
 
+from gecko import gin_flags
 from gecko.models import bert, dual_encoder, embedder, matryoshka, t5
 
 TINY = bert.BertConfig(vocab_size=50, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64,
@@ -107,7 +107,7 @@ def _probe(model=gin.REQUIRED):
 @pytest.fixture
 def gin_model():
   gin.clear_config()
-  gin.add_config_file_search_path(str(REPO))
+  gin.add_config_file_search_path(gin_flags.PACKAGE_DIR)  # holds gin/
 
   def build(files, bindings=()):
     gin.parse_config_files_and_bindings(files, list(bindings) + ["probe.model = %MODEL"])
@@ -132,3 +132,18 @@ def test_gin_tiny_config_with_override_builds_a_runnable_model(gin_model):
   params = embedder.init_params(model)
   ids = jnp.array([[101, 7592, 102]], jnp.int32)
   assert model.apply({"params": params}, ids, jnp.ones_like(ids)).shape == (1, 64)
+
+
+def test_dropout_draws_the_rate_and_scales_the_kept_elements():
+  from gecko.models import dropout
+  layer = dropout.Dropout(0.1)
+  x = jnp.ones((101, 333))  # an odd element count: the last 16-bit draw is cut off
+  out = np.asarray(layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)}))
+  kept = out != 0
+  assert abs(1 - kept.mean() - 0.1) < 0.005  # 33,633 draws: 5 standard deviations is 0.008
+  np.testing.assert_allclose(out[kept], 65536 / (65536 - 6554), rtol=1e-6)
+  again = layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
+  assert (np.asarray(again) != out).any()
+  assert layer.apply({}, x, deterministic=True) is x
+  with pytest.raises(ValueError, match=r"rate must be in \[0, 1\), got 1.0"):
+    dropout.Dropout(1.0).apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})

@@ -16,6 +16,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gecko.models import attention
+from gecko.models import dropout as dropout_lib
+
 Array = jax.Array
 DType = Any
 
@@ -92,7 +95,8 @@ class Embeddings(nn.Module):
   config: BertConfig
 
   @nn.compact
-  def __call__(self, input_ids: Array, token_type_ids: Array, *, deterministic: bool) -> Array:
+  def __call__(self, input_ids: Array, token_type_ids: Array, positions: Array, *,
+               deterministic: bool) -> Array:
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     word = self.param("word_embeddings", _param_axes(_init(), ("vocab", "embed")),
@@ -101,20 +105,27 @@ class Embeddings(nn.Module):
                           (cfg.max_length, cfg.hidden_size), jnp.float32)
     token_type = self.param("token_type_embeddings", _param_axes(_init(), ("type", "embed")),
                             (cfg.type_vocab_size, cfg.hidden_size), jnp.float32)
-    length = input_ids.shape[-1]
-    x = (jnp.take(word, input_ids, axis=0) + position[None, :length]
+    x = (jnp.take(word, input_ids, axis=0) + jnp.take(position, positions, axis=0)
          + jnp.take(token_type, token_type_ids, axis=0))
     x = _LayerNorm(cfg.layer_norm_eps, dtype, name="layer_norm")(x.astype(dtype))
-    return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    return dropout_lib.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+
+
+def segment_positions(segment_ids: Array) -> Array:
+  """Position of each token within its segment: 0 at every segment's first token."""
+  index = jnp.arange(segment_ids.shape[-1])
+  starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool),
+                            segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+  return index - jax.lax.cummax(jnp.where(starts, index, 0), axis=1)
 
 
 class SelfAttention(nn.Module):
-  """Multi-head self-attention over padded sequences (mask: 1 = token, 0 = pad)."""
+  """Multi-head self-attention over padded sequences (`bias`: `attention.padding_bias`)."""
 
   config: BertConfig
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array, *, deterministic: bool) -> Array:
+  def __call__(self, x: Array, bias: Array, *, deterministic: bool) -> Array:
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
 
@@ -124,13 +135,11 @@ class SelfAttention(nn.Module):
           kernel_init=_param_axes(_init(), ("embed", "heads", "kv")),
           bias_init=_param_axes(nn.initializers.zeros, ("heads", "kv")))(x)
 
-    query, key, value = project("query"), project("key"), project("value")
-    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key) / jnp.sqrt(cfg.head_dim).astype(dtype)
-    big_neg = jnp.finfo(dtype).min
-    logits = jnp.where(mask[:, None, None, :].astype(bool), logits, big_neg)
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
-    probs = nn.Dropout(cfg.dropout_rate)(probs, deterministic=deterministic)
-    context = jnp.einsum("bhqk,bkhd->bqhd", probs, value)
+    query = project("query") * jnp.asarray(cfg.head_dim ** -0.5, dtype)
+    dropout = dropout_lib.Dropout(cfg.dropout_rate)
+    context = attention.dot_product_attention(
+        query, project("key"), project("value"), bias,
+        dropout=lambda w: dropout(w, deterministic=deterministic))
     return nn.DenseGeneral(
         features=cfg.hidden_size, axis=(-2, -1), dtype=dtype, name="output",
         kernel_init=_param_axes(_init(), ("heads", "kv", "embed")),
@@ -161,11 +170,11 @@ class EncoderLayer(nn.Module):
   config: BertConfig
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
+  def __call__(self, x: Array, bias: Array, deterministic: bool) -> Array:
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
-    dropout = nn.Dropout(cfg.dropout_rate)
-    h = SelfAttention(cfg, name="attention")(x, mask, deterministic=deterministic)
+    dropout = dropout_lib.Dropout(cfg.dropout_rate)
+    h = SelfAttention(cfg, name="attention")(x, bias, deterministic=deterministic)
     x = _LayerNorm(cfg.layer_norm_eps, dtype, name="attention_layer_norm")(
         x + dropout(h, deterministic=deterministic))
     h = MlpBlock(cfg, name="mlp")(x)
@@ -187,14 +196,17 @@ class BertEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids: Array, mask: Array, token_type_ids: Array | None = None,
-               *, deterministic: bool = True) -> Array:
-    """Encodes a padded batch.
+               *, deterministic: bool = True, packed: bool = False) -> Array:
+    """Encodes a padded (or packed) batch.
 
     Args:
       input_ids: int `[batch, length]` WordPiece ids.
-      mask: `[batch, length]`, 1 for real tokens and 0 for padding.
-      token_type_ids: optional int `[batch, length]` segment ids (zeros if None).
+      mask: `[batch, length]`, 1 for real tokens and 0 for padding; with `packed`, the
+        segment id of each token (1, 2, ... for the texts sharing a row, 0 for padding).
+      token_type_ids: optional int `[batch, length]` token types (zeros if None).
       deterministic: disables dropout when True.
+      packed: Several texts share each row: attention stays within a segment and
+        positions restart at each segment's first token.
 
     Returns:
       `[batch, length, hidden_size]` token states.
@@ -206,9 +218,13 @@ class BertEncoder(nn.Module):
           "positions; truncate the inputs (the vocabulary's max_length does this).")
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
-    x = Embeddings(cfg, name="embeddings")(input_ids, token_type_ids, deterministic=deterministic)
+    length = input_ids.shape[-1]
+    positions = segment_positions(mask) if packed else jnp.arange(length)[None, :]
+    x = Embeddings(cfg, name="embeddings")(input_ids, token_type_ids, positions,
+                                           deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     layer_cls = nn.remat(EncoderLayer, static_argnums=(3,)) if self.remat else EncoderLayer
+    bias = attention.mask_bias(mask, packed=packed, dtype=jnp.dtype(cfg.dtype))
     for i in range(cfg.num_layers):
-      x = layer_cls(cfg, name=f"layer_{i}")(x, mask, deterministic)
+      x = layer_cls(cfg, name=f"layer_{i}")(x, bias, deterministic)
     return x

@@ -32,6 +32,15 @@ def mean_pool(states: Array, mask: Array) -> Array:
   return total / count
 
 
+def segment_mean_pool(states: Array, segment_ids: Array, segments: int) -> Array:
+  """`[batch, segments, hidden]` means of the token states of segments 1 ... `segments`
+  of each packed row (an unused segment id gives zeros)."""
+  one_hot = (segment_ids[..., None] == jnp.arange(1, segments + 1)).astype(states.dtype)
+  total = jnp.einsum("bls,bld->bsd", one_hot, states)
+  count = jnp.maximum(jnp.sum(one_hot, axis=1), 1e-9)[..., None]
+  return total / count
+
+
 def l2_normalize(x: Array, eps: float = 1e-12) -> Array:
   """Unit-norm rows; a zero row stays zero (as torch's F.normalize does)."""
   norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
@@ -82,19 +91,26 @@ class DualEncoder(nn.Module):
   def matryoshka_dims(self) -> tuple[int, ...]:
     return tuple(self.dims) or (self.output_dim,)
 
-  def __call__(self, input_ids: Array, mask: Array, *, deterministic: bool = True) -> Array:
-    """Embeds a padded token batch.
+  def __call__(self, input_ids: Array, mask: Array, *, deterministic: bool = True,
+               segments: int | None = None) -> Array:
+    """Embeds a padded token batch, or a packed one (several texts per row).
 
     Args:
       input_ids: int `[batch, length]` token ids (from the model's vocabulary).
-      mask: `[batch, length]`, 1 for tokens and 0 for padding.
+      mask: `[batch, length]`, 1 for tokens and 0 for padding; for packed rows, the
+        segment id of each token: 1 ... `segments` for the texts of the row, 0 for padding.
       deterministic: disables dropout when True.
+      segments: None for one text per row; else the rows are packed with at most this
+        many texts each (attention and pooling stay within a text).
 
     Returns:
-      float32 `[batch, output_dim]` unit-norm embeddings.
+      float32 `[batch, output_dim]` unit-norm embeddings; packed: `[batch, segments,
+      output_dim]`, zero rows for the segment ids a row does not use.
     """
-    states = self.encoder(input_ids, mask, deterministic=deterministic)
-    pooled = mean_pool(states.astype(jnp.float32), mask)
+    packed = segments is not None
+    states = self.encoder(input_ids, mask, deterministic=deterministic, packed=packed)
+    states = states.astype(jnp.float32)
+    pooled = segment_mean_pool(states, mask, segments) if packed else mean_pool(states, mask)
     if self.embed_dim is not None:
       pooled = self.projection(pooled)
     return l2_normalize(pooled)

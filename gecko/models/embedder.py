@@ -79,6 +79,17 @@ class Embedder:
     """Unit-norm `[batch, output_dim]` embeddings of a padded token batch (jitted)."""
     return self._apply(self.params, ids, mask)
 
+  @functools.cached_property
+  def _apply_packed(self):
+    return jax.jit(lambda params, ids, segment_ids, segments: self.module.apply(
+        {"params": params}, ids, segment_ids, segments=segments), static_argnums=3)
+
+  def embed_packed(self, ids: np.ndarray, segment_ids: np.ndarray, *, segments: int
+                   ) -> jax.Array:
+    """Unit-norm `[rows, segments, output_dim]` embeddings of packed rows (jitted); see
+    `gecko.data.packing`."""
+    return self._apply_packed(self.params, ids, segment_ids, segments)
+
 
 def model_name(model: PathLike) -> str:
   """A report name for a model path: its directory name, `<run>__export` for a run's export."""

@@ -23,6 +23,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gecko.models import attention
+from gecko.models import dropout as dropout_lib
+
 Array = jax.Array
 DType = Any
 
@@ -156,10 +159,9 @@ class SelfAttention(nn.Module):
     query = project("query", (cfg.hidden_size * cfg.head_dim) ** -0.5)
     key = project("key", cfg.hidden_size ** -0.5)
     value = project("value", cfg.hidden_size ** -0.5)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32) + bias
-    probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
-    probs = nn.Dropout(cfg.dropout_rate)(probs, deterministic=deterministic)
-    context = jnp.einsum("bhqk,bkhd->bqhd", probs, value)
+    dropout = dropout_lib.Dropout(cfg.dropout_rate)
+    context = attention.dot_product_attention(
+        query, key, value, bias, dropout=lambda w: dropout(w, deterministic=deterministic))
     return nn.DenseGeneral(
         features=cfg.hidden_size, axis=(-2, -1), use_bias=False, dtype=dtype, name="output",
         kernel_init=_param_axes(_normal((cfg.num_heads * cfg.head_dim) ** -0.5),
@@ -183,7 +185,7 @@ class GatedMlp(nn.Module):
     gate = dense("wi_0", cfg.mlp_dim, ("embed", "mlp"), cfg.hidden_size)(x)
     linear = dense("wi_1", cfg.mlp_dim, ("embed", "mlp"), cfg.hidden_size)(x)
     h = nn.gelu(gate, approximate=True) * linear
-    h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    h = dropout_lib.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
     return dense("wo", cfg.hidden_size, ("mlp", "embed"), cfg.mlp_dim)(h)
 
 
@@ -197,7 +199,7 @@ class EncoderLayer(nn.Module):
   def __call__(self, x: Array, bias: Array) -> tuple[Array, None]:
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
-    dropout = nn.Dropout(cfg.dropout_rate)
+    dropout = dropout_lib.Dropout(cfg.dropout_rate)
     h = RMSNorm(cfg.layer_norm_eps, dtype, name="attention_norm")(x)
     h = SelfAttention(cfg, name="attention")(h, bias, deterministic=self.deterministic)
     x = x + dropout(h, deterministic=self.deterministic)
@@ -225,14 +227,17 @@ class T5Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids: Array, mask: Array, token_type_ids: Array | None = None,
-               *, deterministic: bool = True) -> Array:
-    """Encodes a padded batch.
+               *, deterministic: bool = True, packed: bool = False) -> Array:
+    """Encodes a padded (or packed) batch.
 
     Args:
       input_ids: int `[batch, length]` SentencePiece ids.
-      mask: `[batch, length]`, 1 for real tokens and 0 for padding.
-      token_type_ids: Must be None (T5 has no segments); accepted for a common signature.
+      mask: `[batch, length]`, 1 for real tokens and 0 for padding; with `packed`, the
+        segment id of each token (1, 2, ...; 0 for padding).
+      token_type_ids: Must be None (T5 has no token types); accepted for a common signature.
       deterministic: disables dropout when True.
+      packed: Several texts share each row; attention stays within a segment (relative
+        positions need no restart).
 
     Returns:
       `[batch, length, hidden_size]` token states (after the final norm).
@@ -248,13 +253,12 @@ class T5Encoder(nn.Module):
     table = self.param("token_embedder", _param_axes(_normal(1.0), ("vocab", "embed")),
                        (cfg.vocab_size, cfg.hidden_size), jnp.float32)
     x = jnp.take(table, input_ids, axis=0).astype(dtype)
-    dropout = nn.Dropout(cfg.dropout_rate)
+    dropout = dropout_lib.Dropout(cfg.dropout_rate)
     x = dropout(x, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     length = input_ids.shape[-1]
     bias = RelativePositionBias(cfg, name="relative_bias")(length)
-    bias = bias + jnp.where(mask[:, None, None, :].astype(bool), 0.0,
-                            jnp.finfo(jnp.float32).min)
+    bias = bias + attention.mask_bias(mask, packed=packed)
     block = nn.remat(EncoderLayer, prevent_cse=False) if self.remat else EncoderLayer
     layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True,
                                                                      "dropout": True},
