@@ -23,6 +23,7 @@ import dataclasses
 import json
 import os
 import sys
+import weakref
 from collections.abc import Sequence
 
 import jax
@@ -36,6 +37,8 @@ from gecko.models import embedder as embedder_lib
 from gecko.models import matryoshka
 
 IN_FLIGHT = 4  # batches dispatched ahead of the one being copied back
+# model -> {mesh: the model with its parameters replicated on that mesh}
+_REPLICATED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 MAX_SEGMENTS = 32  # texts per packed row at most (a static size of the compiled program)
 # A batch holds `batch_size` texts' worth of tokens, counting this many per text. On a
 # 2-core CPU, MiniLM's throughput peaks near 2,048 tokens a batch (BENCHMARKS.md).
@@ -101,13 +104,26 @@ def encode(texts: Sequence[str], *, model: str | os.PathLike | embedder_lib.Embe
   if not texts:
     return np.zeros((0, out_dim), np.float32)
   if mesh is not None and not placement.on_mesh(model.params, mesh):
-    model = dataclasses.replace(model, params=placement.put_tree(
-        model.params, param_shardings or placement.replicated(mesh)))
+    model = _on_mesh(model, mesh, param_shardings)
   result = _embed(model, model.tokenizer.encode_batch(texts), batch_size=batch_size,
                   mesh=mesh, show_progress=show_progress)
   if dim is not None and dim != model.output_dim:
     result = matryoshka.prefix_numpy(result, dim)
   return result
+
+
+def _on_mesh(model: embedder_lib.Embedder, mesh: Mesh, param_shardings
+             ) -> embedder_lib.Embedder:
+  """The model with its parameters placed on `mesh`; with replicated parameters, one copy
+  per (model, mesh) is kept, so repeated calls (an evaluation's tasks) neither place
+  nor compile again."""
+  if param_shardings is not None:
+    return dataclasses.replace(model, params=placement.put_tree(model.params, param_shardings))
+  placed = _REPLICATED.setdefault(model, {})
+  if mesh not in placed:
+    placed[mesh] = dataclasses.replace(model, params=placement.put_tree(
+        model.params, placement.replicated(mesh)))
+  return placed[mesh]
 
 
 def _embed(model: embedder_lib.Embedder, ids: list[list[int]], *, batch_size: int,

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import REPO, cli_env
 
+from gecko import encode as encode_lib
 from gecko import retrieval
 from gecko.data import placement
 from gecko.encode import encode
@@ -36,6 +37,9 @@ def test_encode_on_eight_devices_equals_one_device(minilm):
   mesh = partitioning.make_mesh({"data": -1})
   got = encode(TEXTS, model=minilm, batch_size=4, mesh=mesh)
   np.testing.assert_allclose(got, want, atol=1e-6)
+  placed = encode_lib._REPLICATED[minilm][mesh]  # placed once, reused by the next call
+  np.testing.assert_allclose(encode(TEXTS[:5], model=minilm, mesh=mesh), want[:5], atol=1e-6)
+  assert encode_lib._REPLICATED[minilm][mesh] is placed and len(encode_lib._REPLICATED[minilm]) == 1
   # FSDP-sharded parameters (the 1.2B model's layout) give the same embeddings.
   mesh = partitioning.make_mesh({"data": 2, "fsdp": 4})
   shardings = partitioning.logical_shardings(
@@ -92,6 +96,7 @@ jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
                            process_id=int(sys.argv[2]))
 import numpy as np
 from gecko import retrieval
+from gecko import encode as encode_lib
 from gecko.encode import encode
 from gecko.training import partitioning
 texts, corpus, queries = json.load(open(sys.argv[3]))
