@@ -99,6 +99,23 @@ def top_n(queries: np.ndarray, corpus: np.ndarray | Iterable[np.ndarray] | jax.A
     return _top_n_faiss(queries, corpus, n)
   if mesh is not None:
     return _top_n_sharded(queries, corpus, n, mesh=mesh)
+  return _top_n_blocked(queries, corpus, n, block_size=block_size)
+
+
+def _check_block(block: np.ndarray, queries: np.ndarray) -> None:
+  if block.ndim != 2 or block.shape[1] != queries.shape[1]:
+    raise ValueError(f"corpus block of shape {block.shape} does not match queries "
+                     f"[*, {queries.shape[1]}].")
+
+
+def _check_rows(rows: int, n: int) -> None:
+  if rows < n:
+    raise ValueError(f"the corpus has {rows} rows, fewer than n={n}.")
+
+
+def _top_n_blocked(queries: np.ndarray, corpus, n: int, *, block_size: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """One device: blocks scored under jit and merged into a running top-n."""
   if isinstance(corpus, jax.Array):
     corpus = np.asarray(corpus)
   if isinstance(corpus, np.ndarray):
@@ -116,9 +133,7 @@ def top_n(queries: np.ndarray, corpus: np.ndarray | Iterable[np.ndarray] | jax.A
   seen = 0
   for block in blocks:
     block = np.asarray(block, np.float32)
-    if block.ndim != 2 or block.shape[1] != queries.shape[1]:
-      raise ValueError(f"corpus block of shape {block.shape} does not match queries "
-                       f"[*, {queries.shape[1]}].")
+    _check_block(block, queries)
     for start in range(0, block.shape[0], block_size):
       part = block[start:start + block_size]
       padded = np.zeros((block_size, part.shape[1]), np.float32)
@@ -126,8 +141,7 @@ def top_n(queries: np.ndarray, corpus: np.ndarray | Iterable[np.ndarray] | jax.A
       best_scores, best_index = _merge(best_scores, best_index, q, padded, part.shape[0],
                                        seen, n=n)
       seen += part.shape[0]
-  if seen < n:
-    raise ValueError(f"the corpus has {seen} rows, fewer than n={n}.")
+  _check_rows(seen, n)
   return np.asarray(best_index), np.asarray(best_scores)
 
 
@@ -141,12 +155,9 @@ def _top_n_faiss(queries: np.ndarray, corpus, n: int) -> tuple[np.ndarray, np.nd
   blocks = [corpus] if isinstance(corpus, (np.ndarray, jax.Array)) else corpus
   for block in blocks:
     block = np.ascontiguousarray(np.asarray(block, np.float32))
-    if block.ndim != 2 or block.shape[1] != queries.shape[1]:
-      raise ValueError(f"corpus block of shape {block.shape} does not match queries "
-                       f"[*, {queries.shape[1]}].")
+    _check_block(block, queries)
     index.add(block)
-  if index.ntotal < n:
-    raise ValueError(f"the corpus has {index.ntotal} rows, fewer than n={n}.")
+  _check_rows(index.ntotal, n)
   scores, indices = index.search(np.ascontiguousarray(queries), n)
   return indices.astype(np.int64), scores
 
@@ -183,11 +194,8 @@ def _top_n_sharded(queries: np.ndarray, corpus, n: int, *, mesh: Mesh
     padded = np.zeros((-(-valid // shards) * shards, corpus.shape[1]), np.float32)
     padded[:valid] = corpus
     placed = placement.put(padded, placement.rows_sharding(mesh))
-  if placed.ndim != 2 or placed.shape[1] != queries.shape[1]:
-    raise ValueError(f"corpus of shape {placed.shape} does not match queries "
-                     f"[*, {queries.shape[1]}].")
-  if valid < n:
-    raise ValueError(f"the corpus has {valid} rows, fewer than n={n}.")
+  _check_block(placed, queries)
+  _check_rows(valid, n)
   program = _sharded_program(mesh, n, valid)
   chunk = max(1, SHARD_SCORES // max(1, placed.shape[0] // shards))
   indices, scores = [], []
