@@ -18,6 +18,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -183,5 +184,18 @@ def _diagnose(step_dir: str, error: Exception) -> str:
         return f"{path} is not valid JSON ({'empty' if not os.path.getsize(path) else e})"
   while error.__cause__ is not None:  # tensorstore's own error names the file it read
     error = error.__cause__
-  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  text = str(error)
+  array, data_file = _ARRAY_READ.search(text), _FILE_READ.findall(text)
+  if array and data_file:  # "Error opening "cast" driver: …" buries them past any cut
+    status = text.split(":", 1)[0] if _STATUS.match(text) else type(error).__name__
+    return (f"{data_file[-1]} cannot be read ({status}: {text.rsplit(': ', 1)[-1][:120]}), "
+            f"so the array {array.group(1)} cannot be restored")
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
   return f"{type(error).__name__}: {lines[0][:400] if lines else ''} (in {step_dir})"
+
+
+# How tensorstore names what it failed to read: the array inside the OCDBT database, the
+# data file on disk, and the absl status code that leads the message.
+_ARRAY_READ = re.compile(r'Error reading "([^"]+?)(?:/\.z\w+)?" in OCDBT database')
+_FILE_READ = re.compile(r'of local file "([^"]+)"')
+_STATUS = re.compile(r"[A-Z_]+:")
