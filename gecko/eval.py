@@ -71,10 +71,28 @@ def evaluate(*, checkpoint: str, tasks: Sequence[str | object], output_dir: str,
   name = model_name or embedder_lib.model_name(checkpoint)
   mesh = partitioning.make_mesh(mesh_axes) if mesh_axes else None
   embed = _RecentEncoder(model, batch_size=batch_size, mesh=mesh)
-  results, failed, notes = {}, {}, []
   result_dir = os.path.join(output_dir, "results", name)
   os.makedirs(result_dir, exist_ok=True)
-  for task in resolved:
+  results, failed, notes = _run_tasks(resolved, embed=embed, dims=dims, fmt=fmt,
+                                      result_dir=result_dir, model_name=name)
+  main_metrics = {t.name: t.main_score for t in resolved if t.name in results}
+  notes += [f"{task} failed: {reason}" for task, reason in failed.items()]
+  if results:
+    reports.write_markdown(os.path.join(output_dir, "results.md"), {name: results}, main_metrics,
+                           notes=notes)
+    reports.plot_scores(os.path.join(output_dir, "results.png"), {name: results}, main_metrics)
+  if failed:
+    raise EvaluationError(f"{len(failed)} of {len(resolved)} tasks failed "
+                          f"({'; '.join(f'{t}: {r}' for t, r in failed.items())}); the results "
+                          f"of the others are in {output_dir}.")
+  return results
+
+
+def _run_tasks(tasks: Sequence, *, embed: _RecentEncoder, dims: Sequence[int], fmt,
+               result_dir: str, model_name: str) -> tuple[dict, dict[str, str], list[str]]:
+  """(results, failed tasks' reasons, notes); each finished task's JSON is written."""
+  results, failed, notes = {}, {}, []
+  for task in tasks:
     start, embed.seconds = time.perf_counter(), 0.0
     print(f"gecko.eval: {task.name} ({task.type})", file=sys.stderr)
     try:
@@ -87,19 +105,9 @@ def evaluate(*, checkpoint: str, tasks: Sequence[str | object], output_dir: str,
     for note in _dropped(task.name, scores):
       print(f"gecko.eval: warning: {note}", file=sys.stderr)
       notes.append(note)
-    _write_task_json(result_dir, task=task, model_name=name, scores=scores,
+    _write_task_json(result_dir, task=task, model_name=model_name, scores=scores,
                      seconds=time.perf_counter() - start, encode_seconds=embed.seconds)
-  main_metrics = {t.name: t.main_score for t in resolved if t.name in results}
-  notes += [f"{task} failed: {reason}" for task, reason in failed.items()]
-  if results:
-    reports.write_markdown(os.path.join(output_dir, "results.md"), {name: results}, main_metrics,
-                           notes=notes)
-    reports.plot_scores(os.path.join(output_dir, "results.png"), {name: results}, main_metrics)
-  if failed:
-    raise EvaluationError(f"{len(failed)} of {len(resolved)} tasks failed "
-                          f"({'; '.join(f'{t}: {r}' for t, r in failed.items())}); the results "
-                          f"of the others are in {output_dir}.")
-  return results
+  return results, failed, notes
 
 
 def _resolve(task, data_dir: str | None):

@@ -115,7 +115,6 @@ def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6
       queries either way.
   """
   from gecko import gin_flags
-  from gecko.encode import encode
   start = time.perf_counter()
   _check_counts(num_seeds=num_seeds, num_neighbors=num_neighbors, shard_size=shard_size,
                 batch_size=batch_size, consistency_top_k=consistency_top_k,
@@ -141,35 +140,13 @@ def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6
                                        threshold=dedup_cosine, encoder=encoder,
                                        batch_size=batch_size)
   vectors = embed_corpus(corpus, encoder=encoder, output_dir=output_dir, batch_size=batch_size)
-  index_of = {p["id"]: i for i, p in enumerate(corpus)}
-  neighbors = np.zeros((0, num_neighbors), np.int64)
-  if made:
-    queries = encode([GECKO.query(g.query, task=g.task) for g in made], model=encoder,
-                     batch_size=batch_size)
-    neighbors, _ = retrieval.top_n(queries, vectors, num_neighbors)
-  scores = collections.defaultdict(list)
-  inconsistent = 0
-  for g, row in tqdm.tqdm(list(zip(made, neighbors)), desc="relabel", unit="query",
-                          file=sys.stderr):
-    try:
-      record, ql, rc = relabel_lib.relabel(
-          g, passages=[corpus[i] for i in relabel_lib.with_seed(row, index_of[g.id])],
-          seed_passage=corpus[index_of[g.id]], scorer=scorer, negative=negative,
-          ranking=ranking, seed=seed, llm_label=f"{llm.name}:{llm.model}")
-    except LLMError as e:  # a scoring call failed for good: reported; a rerun retries it
-      failures.append(generate_lib.Failure(id=g.id, task_type=g.task_type,
-                                           reason=f"scoring failed: {e}", outputs=()))
-      continue
-    if consistency_top_k is not None and not consistent(
-        record, ranked_ids=[corpus[i]["id"] for i in row], top_k=consistency_top_k):
-      inconsistent += 1  # not written: a rerun re-derives it from the cache, no LLM call
-      continue
-    writer.add(record)
-    _collect_scores(scores, record, ql, rc)
+  scoring_failures, inconsistent, scores = _relabel_and_write(
+      made, corpus=corpus, vectors=vectors, writer=writer, scorer=scorer, encoder=encoder,
+      batch_size=batch_size, num_neighbors=num_neighbors, negative=negative, ranking=ranking,
+      seed=seed, llm_label=f"{llm.name}:{llm.model}", consistency_top_k=consistency_top_k)
+  failures += scoring_failures
   writer.close()
-  with open(os.path.join(output_dir, "failures.jsonl"), "a", encoding="utf-8") as f:
-    for failure in failures:
-      f.write(json.dumps(failure_record(failure)) + "\n")
+  _append_failures(output_dir, failures)
   summary = summarize(read_records(writer.shards()), shards=len(writer.shards()),
                       failures=len(failures), skipped=len(seeds) - len(todo),
                       llm_calls=generator.llm_calls + scorer.llm_calls,
@@ -184,6 +161,42 @@ def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6
   cache.close()
   _report(summary, failures=len(failures), inconsistent=inconsistent, output_dir=output_dir)
   return summary
+
+
+def _relabel_and_write(made: Sequence[generate_lib.Generated], *, corpus: Sequence[dict],
+                       vectors: np.ndarray, writer: ShardWriter, scorer: score.Scorer,
+                       encoder: str, batch_size: int, num_neighbors: int, negative: str,
+                       ranking: str, seed: int, llm_label: str,
+                       consistency_top_k: int | None
+                       ) -> tuple[list[generate_lib.Failure], int, dict[str, list[float]]]:
+  """Retrieves, scores and labels each generated query and writes its record; returns
+  (scoring failures, records the consistency filter dropped, the score lists)."""
+  from gecko.encode import encode
+  index_of = {p["id"]: i for i, p in enumerate(corpus)}
+  neighbors = np.zeros((0, num_neighbors), np.int64)
+  if made:
+    queries = encode([GECKO.query(g.query, task=g.task) for g in made], model=encoder,
+                     batch_size=batch_size)
+    neighbors, _ = retrieval.top_n(queries, vectors, num_neighbors)
+  failures, inconsistent, scores = [], 0, collections.defaultdict(list)
+  for g, row in tqdm.tqdm(list(zip(made, neighbors)), desc="relabel", unit="query",
+                          file=sys.stderr):
+    try:
+      record, ql, rc = relabel_lib.relabel(
+          g, passages=[corpus[i] for i in relabel_lib.with_seed(row, index_of[g.id])],
+          seed_passage=corpus[index_of[g.id]], scorer=scorer, negative=negative,
+          ranking=ranking, seed=seed, llm_label=llm_label)
+    except LLMError as e:  # a scoring call failed for good: reported; a rerun retries it
+      failures.append(generate_lib.Failure(id=g.id, task_type=g.task_type,
+                                           reason=f"scoring failed: {e}", outputs=()))
+      continue
+    if consistency_top_k is not None and not consistent(
+        record, ranked_ids=[corpus[i]["id"] for i in row], top_k=consistency_top_k):
+      inconsistent += 1  # not written: a rerun re-derives it from the cache, no LLM call
+      continue
+    writer.add(record)
+    _collect_scores(scores, record, ql, rc)
+  return failures, inconsistent, scores
 
 
 def _check_counts(*, num_seeds, num_neighbors, shard_size, batch_size, consistency_top_k,
@@ -261,6 +274,12 @@ def _stop_if_every_call_failed(generated: Sequence) -> None:
          for g in first):
     raise LLMError(f"the first {len(first)} passages' LLM calls all failed; stopping "
                    f"(last: {first[-1].reason.removeprefix('LLM call failed: ')})")
+
+
+def _append_failures(output_dir: str, failures: Sequence[generate_lib.Failure]) -> None:
+  with open(os.path.join(output_dir, "failures.jsonl"), "a", encoding="utf-8") as f:
+    for failure in failures:
+      f.write(json.dumps(failure_record(failure)) + "\n")
 
 
 def failure_record(failure: generate_lib.Failure) -> dict[str, object]:
