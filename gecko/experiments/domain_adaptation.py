@@ -42,6 +42,7 @@ One command per row of EXPERIMENTS.md; a row is the variant plus each lever pull
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import os
@@ -92,7 +93,7 @@ def run_fret(*, output_dir: str, corpus_path: str, variant: Variant, recipe: Rec
   """FRet records for `variant` under `recipe`; all but the base relabel from its cache."""
   from gecko.fret import pipeline
   fret_dir = os.path.join(output_dir, recipe.fret_name(variant))
-  base = Recipe(**{**recipe.__dict__, "consistency_top_k": None})
+  base = dataclasses.replace(recipe, consistency_top_k=None)  # the filter relabels its cache
   base_dir = os.path.join(output_dir, base.fret_name(BASE))
   if fret_dir != base_dir:
     run_fret(output_dir=output_dir, corpus_path=corpus_path, variant=BASE, recipe=base,
@@ -251,7 +252,8 @@ def run(*, corpus_dir: str, output_dir: str, variant: str, seed: int, passages: 
     raise ValueError(f"--passages={passages} exceeds the corpus ({size} passages).")
   row = recipe.row_name(variant)
   result: dict = {"row": row, "variant": variant, "seed": seed,
-                  "description": VARIANTS[variant].description, "recipe": recipe.__dict__}
+                  "description": VARIANTS[variant].description,
+                  "recipe": dataclasses.asdict(recipe)}
   if VARIANTS[variant].source == "none":
     tasks = evaluation_tasks(corpus_dir=corpus_dir, dev_dir=None, sts_dir=sts_dir,
                              banking77_dir=banking77_dir)
