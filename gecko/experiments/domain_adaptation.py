@@ -98,17 +98,23 @@ def run_fret(*, output_dir: str, corpus_path: str, variant: Variant, recipe: Rec
   if fret_dir != base_dir:
     run_fret(output_dir=output_dir, corpus_path=corpus_path, variant=BASE, recipe=base,
              passages=passages, neighbors=neighbors, llm=llm)
-    os.makedirs(fret_dir, exist_ok=True)
-    for path in glob.glob(os.path.join(base_dir, "llm_cache.sqlite")) + glob.glob(
-        os.path.join(base_dir, "corpus_embeddings_*.npy")):
-      target = os.path.join(fret_dir, os.path.basename(path))
-      if not os.path.exists(target):
-        shutil.copyfile(path, target)
+    copy_missing(glob.glob(os.path.join(base_dir, "llm_cache.sqlite")) +
+                 glob.glob(os.path.join(base_dir, "corpus_embeddings_*.npy")), fret_dir)
   return pipeline.run(corpus_path=corpus_path, output_dir=fret_dir, llm=llm,
                       num_seeds=passages, num_neighbors=neighbors, ranking=variant.ranking,
                       negative=variant.negative, generator_options=recipe.llm_options(),
                       dedup_cosine=recipe.dedup_cosine,
                       consistency_top_k=recipe.consistency_top_k)
+
+
+def copy_missing(paths: Sequence[str], directory: str) -> None:
+  """Copies each of `paths` into `directory` unless a file of that name is there (the
+  caches' names hold their keys, so a copy is valid wherever it lands)."""
+  os.makedirs(directory, exist_ok=True)
+  for path in paths:
+    target = os.path.join(directory, os.path.basename(path))
+    if not os.path.exists(target):
+      shutil.copyfile(path, target)
 
 
 def split_records(records: Sequence[dict], *, data_dir: str, dev_dir: str,
@@ -192,6 +198,8 @@ def training_records(*, variant: Variant, recipe: Recipe, corpus_dir: str, outpu
   from gecko.fret.shards import ShardWriter
   if variant.source == "in_domain":
     name = "in_domain"
+    copy_missing(glob.glob(os.path.join(output_dir, "fret_*", "corpus_embeddings_*.npy")),
+                 os.path.join(output_dir, name))  # any FRet run's embeddings of the pool
     made = in_domain.records(corpus_dir=corpus_dir, corpus_path=corpus_path,
                              output_dir=os.path.join(output_dir, name), neighbors=neighbors,
                              encoder=START_MODEL)

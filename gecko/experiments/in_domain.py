@@ -10,9 +10,7 @@ queries of the target domain.
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
 from collections.abc import Sequence
 
 from gecko.data import jsonl
@@ -28,7 +26,7 @@ def records(*, corpus_dir: str, corpus_path: str, output_dir: str, neighbors: in
   Args:
     corpus_dir: BEIR directory with queries.jsonl and qrels/train.tsv.
     corpus_path: The FRet corpus JSONL (the retrieval pool; its embeddings are cached in
-      `output_dir`, reusing any FRet run's cache beside it).
+      `output_dir`, where a FRet run's cached embeddings may be copied first).
     output_dir: Where the corpus embeddings are cached.
     neighbors: N, the encoder's top passages the negative is picked from.
     encoder: The embedding model that ranks them.
@@ -43,11 +41,6 @@ def records(*, corpus_dir: str, corpus_path: str, output_dir: str, neighbors: in
   corpus = jsonl.read_objects(corpus_path, what="FRet corpus")
   index = {p["id"]: i for i, p in enumerate(corpus)}
   os.makedirs(output_dir, exist_ok=True)
-  for cached in glob.glob(os.path.join(os.path.dirname(output_dir), "fret_*",
-                                       "corpus_embeddings_*.npy")):
-    target = os.path.join(output_dir, os.path.basename(cached))
-    if not os.path.exists(target):  # the file name holds the encoder and corpus key
-      shutil.copyfile(cached, target)
   vectors = pipeline.embed_corpus(corpus, encoder=encoder, output_dir=output_dir,
                                   batch_size=batch_size)
   query_ids = sorted(data.qrels)
