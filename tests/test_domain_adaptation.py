@@ -204,3 +204,46 @@ def test_report_averages_seeds_and_bootstraps_against_start(tmp_path):
   assert rows["| seed_positive"][11] == "+0.0000 [+0.0000, +0.0000]"
   # FRet moved 84% of the positives, but this row trains on the seed passages.
   assert rows["| seed_positive"][-1] == "0% |"
+
+
+def test_ranker_accuracy_orders_and_hits_by_hand():
+  from gecko.experiments import ranker_accuracy
+  # QL ranks [1, 2, 3], RC ranks [3, 1, 2]: fused 1/1+1/3, 1/2+1/1, 1/3+1/2.
+  orders = ranker_accuracy.rankings([0.0, -1.0, -3.0], [-2.0, -0.5, -1.0])
+  assert orders == {"encoder": [0, 1, 2], "ql": [0, 1, 2], "rc": [1, 2, 0], "rrf": [1, 0, 2]}
+  ids = ["a", "b", "c"]
+  assert ranker_accuracy.first_judged([1, 0, 2], ids=ids, judged={"b": 1}) == (1.0, 1.0)
+  assert ranker_accuracy.first_judged([1, 0, 2], ids=ids, judged={"c": 2, "b": 0}) == (0.0, 1 / 3)
+  assert ranker_accuracy.first_judged([1, 0, 2], ids=ids, judged={"z": 1}) == (0.0, 0.0)
+
+
+def test_ranker_accuracy_scores_a_real_teacher_against_the_qrels(beir_corpus, tmp_path):
+  from gecko import retrieval
+  from gecko.data.input_format import GECKO
+  from gecko.encode import encode
+  from gecko.experiments import ranker_accuracy
+  argv = [f"--corpus_dir={beir_corpus}", f"--output_dir={tmp_path}", "--teacher=smollm2-135m",
+          "--queries=4", "--neighbors=3"]
+  assert ranker_accuracy.main(argv) == 0
+  result = json.loads((tmp_path / "ranker_smollm2-135m.json").read_text())
+  assert result["queries"] == 4 and result["llm_calls"] == 4 * 3 * 2  # QL and RC per passage
+  data = datasets.load_beir(str(beir_corpus), split="train")
+  sample = sorted(result["per_query"]["encoder"])
+  assert len(sample) == 4 and set(sample) <= set(data.qrels)
+  # The encoder's accuracy is its own top-1, recomputed here from the same retrieval.
+  corpus_ids = list(data.corpus)
+  vectors = encode([GECKO.document(d["text"], title=d["title"]) for d in data.corpus.values()],
+                   model="all-MiniLM-L6-v2")
+  queries = encode([GECKO.query(data.queries[q], task=ranker_accuracy.DEFAULT_TASK)
+                    for q in sample], model="all-MiniLM-L6-v2")
+  top, _ = retrieval.top_n(queries, vectors, 1)
+  expected = {q: float(data.qrels[q].get(corpus_ids[int(row[0])], 0) > 0)
+              for q, row in zip(sample, top, strict=True)}
+  assert result["per_query"]["encoder"] == expected
+  for name in ranker_accuracy.RANKERS:
+    assert result["accuracy_at_1"][name] == pytest.approx(
+        sum(result["per_query"][name].values()) / 4)
+    assert result["accuracy_at_1"][name] <= result["mrr"][name] <= 1
+  assert "rrf" in result["vs_encoder"] and "[" in result["vs_encoder"]["rrf"]
+  assert ranker_accuracy.main(argv) == 0  # a rerun answers from the LLM cache
+  assert json.loads((tmp_path / "ranker_smollm2-135m.json").read_text())["llm_calls"] == 0

@@ -137,13 +137,33 @@ def test_gin_tiny_config_with_override_builds_a_runnable_model(gin_model):
 def test_dropout_draws_the_rate_and_scales_the_kept_elements():
   from gecko.models import dropout
   layer = dropout.Dropout(0.1)
-  x = jnp.ones((101, 333))  # an odd element count: the last 16-bit draw is cut off
+  x = jnp.ones((101, 333))
   out = np.asarray(layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)}))
   kept = out != 0
   assert abs(1 - kept.mean() - 0.1) < 0.005  # 33,633 draws: 5 standard deviations is 0.008
-  np.testing.assert_allclose(out[kept], 65536 / (65536 - 6554), rtol=1e-6)
+  np.testing.assert_allclose(out[kept], 1 / (1 - 0.1), rtol=1e-6)
   again = layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
   assert (np.asarray(again) != out).any()
   assert layer.apply({}, x, deterministic=True) is x
   with pytest.raises(ValueError, match=r"rate must be in \[0, 1\), got 1.0"):
     dropout.Dropout(1.0).apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
+
+
+def test_hashed_dropout_draws_are_independent_across_elements_and_keys():
+  """The index hash behaves as independent draws: neighbours along every axis, and the
+  same element under two keys, are kept together at the independent rate."""
+  from gecko.models import dropout
+  shape = (8, 12, 64, 64)  # 393,216 draws: one standard deviation of a rate is ~0.0008
+  keep = np.asarray(dropout.hashed_bits(jax.random.key(3), shape)) >= round(0.1 * 2**32)
+  assert abs(keep.mean() - 0.9) < 0.004
+  for axis in range(4):
+    both = np.logical_and(keep, np.roll(keep, 1, axis=axis)).mean()
+    assert abs(both - 0.81) < 0.005, (axis, both)
+  other = np.asarray(dropout.hashed_bits(jax.random.key(2), shape)) >= round(0.1 * 2**32)
+  assert abs(np.logical_and(keep, other).mean() - 0.81) < 0.005
+  bits = np.asarray(dropout.hashed_bits(jax.random.key(3), shape))
+  ones = np.unpackbits(bits.view(np.uint8)).reshape(-1, 32).mean(axis=0)
+  assert np.abs(ones - 0.5).max() < 0.005  # every bit position is a fair coin
+  np.testing.assert_array_equal(bits, dropout.hashed_bits(jax.random.key(3), shape))
+  with pytest.raises(ValueError, match=r"more than 2\*\*32 elements"):
+    dropout.hashed_bits(jax.random.key(0), (1 << 17, 1 << 16))

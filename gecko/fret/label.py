@@ -59,6 +59,28 @@ class Labels:
   rc_ranks: tuple[int, ...]
 
 
+def _fuse(ql: Sequence[float] | None, rc: Sequence[float] | None, *, ranking: str):
+  """(fused scores, QL ranks, RC ranks, the neighbours best first) under `ranking`."""
+  if ranking not in RANKINGS:
+    raise ValueError(f"ranking={ranking!r}; use one of {RANKINGS}.")
+  missing = [name for name, s in (("ql", ql), ("rc", rc)) if s is None and name in NEEDS[ranking]]
+  if missing:
+    raise ValueError(f"ranking={ranking!r} needs the {missing[0].upper()} scores.")
+  ql_ranks = ranks(ql) if ql is not None else None
+  rc_ranks = ranks(rc) if rc is not None else None
+  fused = {"rrf": lambda: reciprocal_rank_fusion(ql, rc), "ql": lambda: 1.0 / ql_ranks,
+           "rc": lambda: 1.0 / rc_ranks}[ranking]()
+  tie_break = ql_ranks if ql_ranks is not None else rc_ranks
+  order = np.lexsort((np.arange(len(fused)), tie_break, -fused))  # best first
+  return fused, ql_ranks, rc_ranks, order
+
+
+def order(ql: Sequence[float] | None, rc: Sequence[float] | None, *,
+          ranking: str = "rrf") -> list[int]:
+  """The neighbours' indices best first, as `choose` ranks them."""
+  return [int(i) for i in _fuse(ql, rc, ranking=ranking)[3]]
+
+
 def choose(ql: Sequence[float] | None, rc: Sequence[float] | None, *, negative: str = "lowest",
            rng: np.random.Generator | None = None, ranking: str = "rrf") -> Labels:
   """Positive = top fused neighbour; negative = lowest fused or a random other one.
@@ -69,21 +91,11 @@ def choose(ql: Sequence[float] | None, rc: Sequence[float] | None, *, negative: 
   """
   if negative not in NEGATIVE_CHOICES:
     raise ValueError(f"negative={negative!r}; use one of {NEGATIVE_CHOICES}.")
-  if ranking not in RANKINGS:
-    raise ValueError(f"ranking={ranking!r}; use one of {RANKINGS}.")
-  missing = [name for name, s in (("ql", ql), ("rc", rc)) if s is None and name in NEEDS[ranking]]
-  if missing:
-    raise ValueError(f"ranking={ranking!r} needs the {missing[0].upper()} scores.")
   present = ql if ql is not None else rc
-  if len(present) < 2:
+  if present is not None and len(present) < 2:
     raise ValueError(f"need at least 2 neighbours to pick a positive and a negative, "
                      f"got {len(present)}.")
-  ql_ranks = ranks(ql) if ql is not None else None
-  rc_ranks = ranks(rc) if rc is not None else None
-  fused = {"rrf": lambda: reciprocal_rank_fusion(ql, rc), "ql": lambda: 1.0 / ql_ranks,
-           "rc": lambda: 1.0 / rc_ranks}[ranking]()
-  tie_break = ql_ranks if ql_ranks is not None else rc_ranks
-  order = np.lexsort((np.arange(len(fused)), tie_break, -fused))  # best first
+  fused, ql_ranks, rc_ranks, order = _fuse(ql, rc, ranking=ranking)
   positive = int(order[0])
   if negative == "lowest":
     chosen = int(order[-1])

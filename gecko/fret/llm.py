@@ -26,6 +26,7 @@ serve instead of producing wrong scores.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import math
@@ -104,6 +105,18 @@ def _common_prefix(evaluated: np.ndarray, tokens: Sequence[int]) -> int:
   return int(differ[0]) if len(differ) else n
 
 
+@contextlib.contextmanager
+def _logits(llm, *, every_row: bool):
+  """llama-cpp-python computes and stores logits for every evaluated position when its
+  `_logits_all` is set (as `logits_all=True` sets it), else for each batch's last one."""
+  before = llm._logits_all
+  llm._logits_all = every_row
+  try:
+    yield
+  finally:
+    llm._logits_all = before
+
+
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
   logits = logits.astype(np.float64)
   shifted = logits - logits.max(axis=-1, keepdims=True)
@@ -156,10 +169,10 @@ class LlamaCpp:
                seed: int | Sequence[int] | None = None) -> list[str]:
     out = []
     for prompt, prompt_seed in zip(prompts, per_prompt(seed, len(prompts)), strict=True):
-      result = self._llm.create_completion(prompt, max_tokens=max_tokens,
-                                           temperature=temperature, top_p=top_p,
-                                           stop=list(stop) or None,
-                                           seed=self.seed if prompt_seed is None else prompt_seed)
+      with _logits(self._llm, every_row=False):  # sampling reads the last row only
+        result = self._llm.create_completion(
+            prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+            stop=list(stop) or None, seed=self.seed if prompt_seed is None else prompt_seed)
       out.append(result["choices"][0]["text"])
     return out
 
@@ -181,12 +194,19 @@ class LlamaCpp:
       raise LLMError(f"{len(tokens)} tokens exceed n_ctx={self.n_ctx}; shorten the passage "
                      "or raise LlamaCpp.n_ctx.")
     llm = self._llm
-    # Reuse the evaluated prefix (the few-shot examples every scoring prompt shares):
-    # logits at a position depend only on the tokens up to it, so its stored row holds.
-    reuse = min(_common_prefix(llm.input_ids[:llm.n_tokens], tokens), len(tokens) - 1)
+    # Reuse the evaluated prefix (the few-shot examples every scoring prompt shares): its
+    # KV cache depends only on the tokens up to it. Only the rows read below get logits:
+    # the vocabulary projection of every other position (262k columns for Gemma) and its
+    # copy into `llm.scores` would cost more than the transformer itself.
+    first_row = len(context) - 1
+    reuse = min(_common_prefix(llm.input_ids[:llm.n_tokens], tokens), first_row)
     llm.n_tokens = reuse  # eval() drops the KV cache past this point
-    llm.eval(tokens[reuse:])
-    return _log_softmax(np.asarray(llm.scores[len(context) - 1:len(tokens)]))
+    if first_row > reuse:
+      with _logits(llm, every_row=False):
+        llm.eval(tokens[reuse:first_row])
+    with _logits(llm, every_row=True):
+      llm.eval(tokens[first_row:])
+    return _log_softmax(np.asarray(llm.scores[first_row:len(tokens)]))
 
   def log_likelihood(self, contexts: Sequence[str], continuations: Sequence[str]) -> list[float]:
     """sum log P(continuation | context); put the leading space on the continuation."""
