@@ -245,5 +245,6 @@ def test_ranker_accuracy_scores_a_real_teacher_against_the_qrels(beir_corpus, tm
         sum(result["per_query"][name].values()) / 4)
     assert result["accuracy_at_1"][name] <= result["mrr"][name] <= 1
   assert "rrf" in result["vs_encoder"] and "[" in result["vs_encoder"]["rrf"]
+  assert 0 < result["chance_at_1"] <= result["judged_in_top_n"] / 4 <= 1
   assert ranker_accuracy.main(argv) == 0  # a rerun answers from the LLM cache
   assert json.loads((tmp_path / "ranker_smollm2-135m.json").read_text())["llm_calls"] == 0

@@ -211,6 +211,11 @@ def test_round_trip_consistency_keeps_records_whose_positive_the_encoder_ranks_f
   checked = summary["consistency"]
   assert checked["checked_this_run"] == summary["records"] + checked["dropped_this_run"]
   assert checked["kept_fraction"] == pytest.approx(summary["records"] / checked["checked_this_run"])
+  rerun = pipeline.run(corpus_path=str(fret_corpus), output_dir=str(tmp_path), llm=LlamaCpp(),
+                       num_seeds=6, num_neighbors=3, ranking="ql", consistency_top_k=1)
+  # The rerun judges the dropped queries again (they have no record), and no other.
+  assert rerun["consistency"]["checked_this_run"] == checked["dropped_this_run"]
+  assert rerun["consistency"]["kept_fraction"] == pytest.approx(checked["kept_fraction"])
   corpus, _ = read_corpus(str(fret_corpus))
   vectors = encode([GECKO.document(p["text"], title=p["title"]) for p in corpus],
                    model="all-MiniLM-L6-v2")

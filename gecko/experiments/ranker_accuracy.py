@@ -53,9 +53,11 @@ def rankings(ql: Sequence[float], rc: Sequence[float]) -> dict[str, list[int]]:
 
 def measure(*, corpus_dir: str, output_dir: str, teacher: str, queries: int, neighbors: int,
             encoder: str = "all-MiniLM-L6-v2", task: str = DEFAULT_TASK, split: str = "train",
-            seed: int = 0, threads: int | None = None) -> dict[str, object]:
+            seed: int = 0, threads: int | None = None, rc_score: str = "yes"
+            ) -> dict[str, object]:
   """Score `queries` judged queries of `corpus_dir`'s `split` (a seeded sample) and
-  return the summary (see the module docstring); `threads`: llama.cpp's CPU threads."""
+  return the summary (see the module docstring); `threads`: llama.cpp's CPU threads;
+  `rc_score`: RC as log P(yes) or the yes-no margin (`gecko.fret.score.Scorer`)."""
   from gecko import retrieval
   from gecko.data.input_format import GECKO
   from gecko.encode import encode
@@ -76,7 +78,8 @@ def measure(*, corpus_dir: str, output_dir: str, teacher: str, queries: int, nei
                     batch_size=64)
   ranked, _ = retrieval.top_n(embedded, vectors, neighbors)
   cache = LLMCache(os.path.join(output_dir, "llm_cache.sqlite"))
-  scorer = score.Scorer(llm=LlamaCpp(model_path=teacher, n_threads=threads), cache=cache)
+  scorer = score.Scorer(llm=LlamaCpp(model_path=teacher, n_threads=threads), cache=cache,
+                        rc_score=rc_score)
   per_query: dict[str, dict[str, float]] = {name: {} for name in RANKERS}
   reciprocal: dict[str, list[float]] = {name: [] for name in RANKERS}
   from tqdm import tqdm
@@ -90,11 +93,13 @@ def measure(*, corpus_dir: str, output_dir: str, teacher: str, queries: int, nei
       per_query[name][qid] = hit
       reciprocal[name].append(rr)
   cache.close()
-  recalled = sum(any(data.qrels[q].get(corpus[i]["id"], 0) > 0 for i in row)
-                 for q, row in zip(sample, ranked, strict=True))
+  judged_share = [np.mean([data.qrels[q].get(corpus[i]["id"], 0) > 0 for i in row])
+                  for q, row in zip(sample, ranked, strict=True)]
   return {
       "teacher": teacher, "encoder": encoder, "split": split, "queries": len(sample),
-      "neighbors": neighbors, "task": task, "judged_in_top_n": recalled,
+      "neighbors": neighbors, "task": task, "rc_score": rc_score,
+      "judged_in_top_n": int(np.count_nonzero(judged_share)),
+      "chance_at_1": float(np.mean(judged_share)),  # a random pick among the N
       "accuracy_at_1": {n: float(np.mean(list(per_query[n].values()))) for n in RANKERS},
       "mrr": {n: float(np.mean(reciprocal[n])) for n in RANKERS},
       "vs_encoder": {n: str(bootstrap.paired(per_query["encoder"], per_query[n]))
@@ -103,14 +108,16 @@ def measure(*, corpus_dir: str, output_dir: str, teacher: str, queries: int, nei
 
 
 def table(results: Sequence[Mapping[str, object]]) -> str:
-  """One Markdown row per teacher: accuracy@1 of each ranking, and the RRF's difference."""
-  lines = ["| teacher | queries | judged in top N | encoder acc@1 | QL acc@1 | RC acc@1 | "
-           "RRF acc@1 | RRF − encoder [95%] |", "|---|---|---|---|---|---|---|---|"]
+  """One Markdown row per teacher: accuracy@1 of each ranking and of a random pick among
+  the N (chance), and the QL and RRF rankings' differences to the encoder."""
+  lines = ["| teacher (RC score) | queries | judged in top N | chance acc@1 | encoder acc@1 | "
+           "QL acc@1 | RC acc@1 | RRF acc@1 | QL − encoder [95%] | RRF − encoder [95%] |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
   for r in results:
     acc = r["accuracy_at_1"]
-    lines.append(f"| {r['teacher']} | {r['queries']} | {r['judged_in_top_n']} | "
-                 + " | ".join(f"{acc[n]:.3f}" for n in RANKERS)
-                 + f" | {r['vs_encoder']['rrf']} |")
+    lines.append(f"| {r['teacher']} ({r['rc_score']}) | {r['queries']} | {r['judged_in_top_n']} | "
+                 f"{r['chance_at_1']:.3f} | " + " | ".join(f"{acc[n]:.3f}" for n in RANKERS)
+                 + f" | {r['vs_encoder']['ql']} | {r['vs_encoder']['rrf']} |")
   return "\n".join(lines)
 
 
@@ -133,6 +140,8 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--split", default="train", help="The qrels split to sample.")
   parser.add_argument("--task", default=DEFAULT_TASK, help="The task text of the RC prompt.")
   parser.add_argument("--seed", type=int, default=0, help="Sampling seed of the queries.")
+  parser.add_argument("--rc_score", choices=("yes", "margin"), default="yes",
+                      help="RC as log P(yes) (FRet's default) or log P(yes) - log P(no).")
   parser.add_argument("--threads", type=arguments.at_least(1), default=None,
                       help="llama.cpp CPU threads (default: its own choice; 1 is much faster "
                            "when another job shares the cores, as its threads spin-wait).")
@@ -145,8 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   for teacher in args.teacher or TEACHERS:
     result = measure(corpus_dir=args.corpus_dir, output_dir=args.output_dir, teacher=teacher,
                      queries=args.queries, neighbors=args.neighbors, split=args.split,
-                     task=args.task, seed=args.seed, threads=args.threads)
-    path = os.path.join(args.output_dir, f"ranker_{teacher}.json")
+                     task=args.task, seed=args.seed, threads=args.threads,
+                     rc_score=args.rc_score)
+    suffix = "" if args.rc_score == "yes" else f"_rc{args.rc_score}"
+    path = os.path.join(args.output_dir, f"ranker_{teacher}{suffix}.json")
     with open(path, "w") as f:
       json.dump(result, f, indent=2)
     results.append(result)

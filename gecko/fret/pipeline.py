@@ -154,9 +154,12 @@ def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6
                       corpus=corpus_stats.as_dict())
   summary["queries"] = queries_summary
   if consistency_top_k is not None:
+    # A dropped query has no record, so every run checks it again: the records and this
+    # run's drops are all the queries the filter has judged, on a first run or a rerun.
+    judged = summary["records"] + inconsistent
     summary["consistency"] = {"top_k": consistency_top_k, "checked_this_run": len(made),
                               "dropped_this_run": inconsistent,
-                              "kept_fraction": 1 - inconsistent / len(made) if made else 0.0}
+                              "kept_fraction": summary["records"] / judged if judged else 0.0}
   write_summary(summary, scores, output_dir)
   cache.close()
   _report(summary, failures=len(failures), inconsistent=inconsistent, output_dir=output_dir)

@@ -3,7 +3,7 @@ distribution as `flax.linen.Dropout` (to 2⁻³² of the rate), at almost no cos
 
 `nn.Dropout` draws one 32-bit word per element from JAX's generator (threefry: 20
 rounds of add-rotate-xor per pair of words), materialised as an array before the mask is
-applied. On a 2-core CPU that is about 1 ns per element: 0.4 s for one [64, 12, 256, 256]
+applied. On a 2-core CPU that is about 1 ns per element: 0.46 s for one [64, 12, 256, 256]
 attention mask, ~4 s of a MiniLM train step at 64/256 tokens (BENCHMARKS.md). Here the
 dropout key gives two 32-bit words, and element i keeps its value when
 
@@ -11,7 +11,8 @@ dropout key gives two 32-bit words, and element i keeps its value when
 
 with `fmix` the murmur3-style 32-bit finaliser (lowbias32's constants). The hash is a
 few integer operations that XLA fuses into the loop applying the mask, so nothing is
-materialised: the same mask costs 0.11 s, little more than the scaling itself (0.08 s).
+materialised: the same mask costs 0.12 s, against 0.06 s for the scaling alone
+(`benchmarks/dropout_mask.py`).
 The draws are a pure function of the key and the element's position, so a sharded
 array computes its own shard's draws and GradCache's recomputation reproduces them.
 """
