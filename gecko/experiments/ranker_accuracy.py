@@ -58,6 +58,8 @@ def measure(*, corpus_dir: str, output_dir: str, teacher: str, queries: int, nei
   """Score `queries` judged queries of `corpus_dir`'s `split` (a seeded sample) and
   return the summary (see the module docstring); `threads`: llama.cpp's CPU threads;
   `rc_score`: RC as log P(yes) or the yes-no margin (`gecko.fret.score.Scorer`)."""
+  from tqdm import tqdm
+
   from gecko import retrieval
   from gecko.data.input_format import GECKO
   from gecko.encode import encode
@@ -65,10 +67,8 @@ def measure(*, corpus_dir: str, output_dir: str, teacher: str, queries: int, nei
   from gecko.fret import pipeline, score
   from gecko.fret.cache import LLMCache
   from gecko.fret.llm import LlamaCpp
-  data = datasets.load_beir(corpus_dir, split=split)
-  judged_ids = sorted(q for q, docs in data.qrels.items() if any(v > 0 for v in docs.values()))
-  if not judged_ids:
-    raise ValueError(f"{corpus_dir}/qrels/{split}.tsv judges no query relevant to any passage.")
+  data = datasets.load_beir(corpus_dir, split=split)  # keeps queries with a relevant passage
+  judged_ids = sorted(data.qrels)
   rng = np.random.default_rng(seed)
   sample = sorted(rng.choice(judged_ids, size=min(queries, len(judged_ids)), replace=False))
   corpus = [{"id": doc_id, **doc} for doc_id, doc in data.corpus.items()]
@@ -82,7 +82,6 @@ def measure(*, corpus_dir: str, output_dir: str, teacher: str, queries: int, nei
                         rc_score=rc_score)
   per_query: dict[str, dict[str, float]] = {name: {} for name in RANKERS}
   reciprocal: dict[str, list[float]] = {name: [] for name in RANKERS}
-  from tqdm import tqdm
   for qid, row in zip(tqdm(sample, desc=f"rank ({teacher})", unit="query"), ranked, strict=True):
     passages = [corpus[i] for i in row]
     ql = scorer.ql(data.queries[qid], passages)

@@ -154,16 +154,23 @@ def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6
                       corpus=corpus_stats.as_dict())
   summary["queries"] = queries_summary
   if consistency_top_k is not None:
-    # A dropped query has no record, so every run checks it again: the records and this
-    # run's drops are all the queries the filter has judged, on a first run or a rerun.
-    judged = summary["records"] + inconsistent
-    summary["consistency"] = {"top_k": consistency_top_k, "checked_this_run": len(made),
-                              "dropped_this_run": inconsistent,
-                              "kept_fraction": summary["records"] / judged if judged else 0.0}
+    summary["consistency"] = _consistency_summary(
+        top_k=consistency_top_k, records=summary["records"], checked=len(made),
+        dropped=inconsistent)
   write_summary(summary, scores, output_dir)
   cache.close()
   _report(summary, failures=len(failures), inconsistent=inconsistent, output_dir=output_dir)
   return summary
+
+
+def _consistency_summary(*, top_k: int, records: int, checked: int, dropped: int
+                         ) -> dict[str, float]:
+  """The filter's figures. A dropped query has no record, so every run checks it again:
+  the records and this run's drops are all the queries the filter has judged, on a
+  first run or a rerun."""
+  judged = records + dropped
+  return {"top_k": top_k, "checked_this_run": checked, "dropped_this_run": dropped,
+          "kept_fraction": records / judged if judged else 0.0}
 
 
 def _relabel_and_write(made: Sequence[generate_lib.Generated], *, corpus: Sequence[dict],
