@@ -66,13 +66,17 @@ def _fuse(ql: Sequence[float] | None, rc: Sequence[float] | None, *, ranking: st
   missing = [name for name, s in (("ql", ql), ("rc", rc)) if s is None and name in NEEDS[ranking]]
   if missing:
     raise ValueError(f"ranking={ranking!r} needs the {missing[0].upper()} scores.")
+  present = ql if ql is not None else rc
+  if len(present) < 2:
+    raise ValueError(f"need at least 2 neighbours to pick a positive and a negative, "
+                     f"got {len(present)}.")
   ql_ranks = ranks(ql) if ql is not None else None
   rc_ranks = ranks(rc) if rc is not None else None
   fused = {"rrf": lambda: reciprocal_rank_fusion(ql, rc), "ql": lambda: 1.0 / ql_ranks,
            "rc": lambda: 1.0 / rc_ranks}[ranking]()
   tie_break = ql_ranks if ql_ranks is not None else rc_ranks
-  order = np.lexsort((np.arange(len(fused)), tie_break, -fused))  # best first
-  return fused, ql_ranks, rc_ranks, order
+  best_first = np.lexsort((np.arange(len(fused)), tie_break, -fused))
+  return fused, ql_ranks, rc_ranks, best_first
 
 
 def order(ql: Sequence[float] | None, rc: Sequence[float] | None, *,
@@ -91,10 +95,6 @@ def choose(ql: Sequence[float] | None, rc: Sequence[float] | None, *, negative: 
   """
   if negative not in NEGATIVE_CHOICES:
     raise ValueError(f"negative={negative!r}; use one of {NEGATIVE_CHOICES}.")
-  present = ql if ql is not None else rc
-  if present is not None and len(present) < 2:
-    raise ValueError(f"need at least 2 neighbours to pick a positive and a negative, "
-                     f"got {len(present)}.")
   fused, ql_ranks, rc_ranks, order = _fuse(ql, rc, ranking=ranking)
   positive = int(order[0])
   if negative == "lowest":
