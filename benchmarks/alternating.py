@@ -58,16 +58,29 @@ def timed(fn: Callable[[], object]) -> float:
 def alternate(ours: Callable[[], object], peer: Callable[[], object], *, rounds: int = 5,
               warmup: int = 1) -> Comparison:
   """Runs `warmup` untimed calls of each, then `rounds` timed rounds of ours, peer."""
+  times = rotate({"ours": ours, "peer": peer}, rounds=rounds, warmup=warmup)
+  return Comparison(times["ours"], times["peer"])
+
+
+def rotate(cases: dict[str, Callable[[], object]], *, rounds: int = 5, warmup: int = 1
+           ) -> dict[str, list[float]]:
+  """Several cases in turn (A B C A B C ...) after `warmup` untimed calls of each: the
+  per-round seconds of each case, for breakdowns with more than two sides."""
   if rounds < 1:
     raise ValueError(f"rounds must be >= 1, got {rounds}.")
   for _ in range(warmup):
-    ours()
-    peer()
-  result = Comparison([], [])
+    for fn in cases.values():
+      fn()
+  times: dict[str, list[float]] = {name: [] for name in cases}
   for _ in range(rounds):
-    result.ours.append(timed(ours))
-    result.peer.append(timed(peer))
-  return result
+    for name, fn in cases.items():
+      times[name].append(timed(fn))
+  return times
+
+
+def spread(seconds: list[float]) -> str:
+  """'median (min-max)' of per-round seconds."""
+  return f"{statistics.median(seconds):.3f} s ({min(seconds):.3f}-{max(seconds):.3f})"
 
 
 def cpu_model() -> tuple[str, list[str]]:

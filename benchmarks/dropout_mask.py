@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -43,15 +42,13 @@ def main() -> None:
           lambda key, x: layer.apply({}, x, deterministic=False, rngs={"dropout": key})),
       "scaling only (no mask)": jax.jit(lambda key, x: x / (1 - RATE)),
   }
-  times: dict[str, list[float]] = {name: [] for name in cases}
-  for name, f in cases.items():
-    f(jax.random.key(0), x).block_until_ready()
-  for r in range(args.rounds):
-    for name, f in cases.items():
-      times[name].append(alternating.timed(lambda: f(jax.random.key(r), x).block_until_ready()))
+  keys = iter(range(1 << 30))
+  times = alternating.rotate(
+      {name: (lambda f=f: f(jax.random.key(next(keys)), x).block_until_ready())
+       for name, f in cases.items()}, rounds=args.rounds)
   print(alternating.machine())
   for name, t in times.items():
-    print(f"{name}: {statistics.median(t):.3f} s ({min(t):.3f}-{max(t):.3f})")
+    print(f"{name}: {alternating.spread(t)}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
   .venv/bin/python benchmarks/fret_pipeline.py [--seeds 10] [--neighbors 20]
       [--retrieval_corpus 100000] [--retrieval_queries 1000] [--skip_pipeline]
+      [--breakdown] [--rounds 5]
 
 Pipeline: `gecko.fret.pipeline.run` over the standard-library docstring corpus
 (`gecko.fret.docstrings`) with the embedded SmolLM2 (llama.cpp) and MiniLM retrieval,
@@ -12,7 +13,7 @@ pipeline's own overhead: corpus reading, embedding, retrieval, bookkeeping, writ
 with the one-time corpus embedding (cached in OUTPUT_DIR for reruns) also shown apart.
 
 Retrieval: exact top-20 by inner product of `--retrieval_queries` random unit queries
-against `--retrieval_corpus` random unit 384-d passages, `gecko.fret.retrieval.top_n`
+against `--retrieval_corpus` random unit 384-d passages, `gecko.retrieval.top_n`
 (blocked JAX matmul + top-k) against faiss-cpu's `IndexFlatIP` in the same process;
 alternating rounds after a warm-up (median ratio, min-max), and the overlap of the two
 top-20 sets.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -118,6 +120,59 @@ def bench_retrieval(*, corpus_size: int, queries: int, k: int = 20, dim: int = 3
           "gecko_gflops": round(flops / ours / 1e9, 1), "top_k_overlap": round(float(overlap), 4)}
 
 
+def breakdown_retrieval(*, corpus_size: int, queries: int, k: int = 20, dim: int = 384,
+                        rounds: int = 5) -> dict:
+  """Where `top_n`'s time goes: its matrix products alone (XLA, both orientations, and
+  numpy's BLAS on the same blocks), the products plus the group maxima, the whole
+  call, and faiss, in turn each round."""
+  import faiss
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from gecko import retrieval
+  rng = np.random.default_rng(0)
+  corpus = rng.standard_normal((corpus_size, dim), dtype=np.float32)
+  q = rng.standard_normal((queries, dim), dtype=np.float32)
+  index = faiss.IndexFlatIP(dim)
+  index.add(corpus)
+  size = retrieval.equal_block_size(corpus_size, retrieval.DEFAULT_BLOCK)
+  host_blocks = [np.pad(b, ((0, size - len(b)), (0, 0)))
+                 for b in retrieval.blocks_of(corpus, size)]
+  blocks = [jnp.asarray(b) for b in host_blocks]
+  qj = jnp.asarray(q)
+  dot = jax.jit(lambda q, b: q @ b.T)
+  dot_t = jax.jit(lambda q, b: b @ q.T)
+  dot_max = jax.jit(lambda q, b: (q @ b.T).reshape(q.shape[0], -1, retrieval.GROUP).max(2))
+
+  def each(fn, *, host=False):
+    def run():
+      for b in (host_blocks if host else blocks):
+        out = fn(q if host else qj, b)
+        if not host:
+          out.block_until_ready()
+    return run
+
+  cases = {"top_n (jax), whole call": lambda: retrieval.top_n(q, corpus, k),
+           "faiss IndexFlatIP.search": lambda: index.search(q, k),
+           "xla dot q @ block.T": each(dot),
+           "xla dot block @ q.T": each(dot_t),
+           "xla dot + group maxima": each(dot_max),
+           "numpy (BLAS) dot, same blocks": each(lambda q, b: q @ b.T, host=True)}
+  times = alternating.rotate(cases, rounds=rounds)
+  flops = 2.0 * queries * corpus_size * dim
+  print(f"top-{k} breakdown, {queries} x {corpus_size} x {dim}, {len(blocks)} blocks of "
+        f"{size} rows:", flush=True)
+  rows = []
+  for name, t in times.items():
+    rate = flops / statistics.median(t) / 1e9
+    print(f"  {name}: {alternating.spread(t)}, {rate:.0f} GFLOP/s", flush=True)
+    rows.append({"case": name, "median_s": statistics.median(t), "min_s": min(t),
+                 "max_s": max(t), "gflops": round(rate, 1)})
+  return {"corpus": corpus_size, "queries": queries, "blocks": len(blocks),
+          "block_rows": size, "rows": rows}
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -126,10 +181,17 @@ def main(argv=None) -> int:
   parser.add_argument("--retrieval_corpus", type=int, default=100_000)
   parser.add_argument("--retrieval_queries", type=int, default=1000)
   parser.add_argument("--skip_pipeline", action="store_true")
+  parser.add_argument("--breakdown", action="store_true",
+                      help="also time top_n's parts (its products, group maxima) beside "
+                           "numpy's BLAS and faiss")
+  parser.add_argument("--rounds", type=int, default=5)
   args = parser.parse_args(argv)
   report = {"machine": alternating.machine()}
   report["retrieval"] = bench_retrieval(corpus_size=args.retrieval_corpus,
-                                        queries=args.retrieval_queries)
+                                        queries=args.retrieval_queries, rounds=args.rounds)
+  if args.breakdown:
+    report["retrieval_breakdown"] = breakdown_retrieval(
+        corpus_size=args.retrieval_corpus, queries=args.retrieval_queries, rounds=args.rounds)
   print(json.dumps(report, indent=2), flush=True)
   if not args.skip_pipeline:
     report["pipeline"] = bench_pipeline(seeds=args.seeds, neighbors=args.neighbors)

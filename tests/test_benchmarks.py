@@ -28,6 +28,17 @@ def test_alternate_runs_ours_and_the_peer_in_turn_and_reports_the_median_ratio()
   assert "CPU:" in alternating.machine() and "jax" in alternating.machine()
 
 
+def test_rotate_times_every_case_in_turn_each_round():
+  calls = []
+  times = alternating.rotate({k: (lambda k=k: calls.append(k)) for k in "abc"}, rounds=2,
+                             warmup=1)
+  assert calls == list("abc") * 3
+  assert list(times) == list("abc") and all(len(t) == 2 for t in times.values())
+  assert alternating.spread([3.0, 1.0, 2.0]) == "2.000 s (1.000-3.000)"
+  with pytest.raises(ValueError, match="rounds must be >= 1"):
+    alternating.rotate({"a": lambda: None}, rounds=0)
+
+
 @pytest.mark.slow
 def test_gpu_script_runs_in_smoke_mode(tmp_path):
   env = dict(cli_env(devices=1), OUT=str(tmp_path), PY=sys.executable)

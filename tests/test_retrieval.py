@@ -28,7 +28,12 @@ def test_top_n_equals_exact_search_over_blocks(embeddings, tmp_path):
                                      shape=corpus.shape)
   memmap[:] = corpus
   uneven = [corpus[:100], corpus[100:137], corpus[137:637], corpus[637:]]
-  for source, block_size in ((corpus, 64), (memmap, 333), (iter(uneven), 128), (corpus, 10**6)):
+  aligned = retrieval._aligned_zeros(corpus.shape)  # blocks handed to XLA without a copy
+  aligned[:] = corpus
+  assert retrieval._aliasable(aligned[200:400]) and not retrieval._aliasable(
+      aligned.ravel()[1:3201].reshape(200, 16))
+  for source, block_size in ((corpus, 64), (memmap, 333), (iter(uneven), 128), (corpus, 10**6),
+                             (aligned, 200)):
     index, scores = retrieval.top_n(queries, source, 20, block_size=block_size)
     np.testing.assert_array_equal(index, want_index)
     np.testing.assert_allclose(scores, want_scores, atol=1e-5)
@@ -44,6 +49,20 @@ def test_grouped_top_k_is_exact_on_large_blocks():
   index, scores = retrieval.top_n(queries, corpus, 20, block_size=4096)
   np.testing.assert_array_equal(index, want_index)
   np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
+
+
+def test_padding_rows_never_win_even_when_every_real_score_is_negative():
+  """Padded rows score 0: with every real score below 0, any leak would show. The blocks
+  leave a group cut in two and whole groups of padding (6,000 rows as 2 x 3,072; an
+  iterable whose last block has 1,000 rows of 4,096)."""
+  rng = np.random.default_rng(2)
+  queries = np.abs(rng.normal(size=(5, 8))).astype(np.float32)
+  corpus = -np.abs(rng.normal(size=(6000, 8))).astype(np.float32)
+  want_index, want_scores = _exact(queries, corpus, 20)
+  for source in (corpus, iter([corpus[:4096], corpus[4096:5096], corpus[5096:]])):
+    index, scores = retrieval.top_n(queries, source, 20, block_size=4096)
+    np.testing.assert_array_equal(index, want_index)
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
 
 
 def test_top_n_ties_keep_the_earlier_passage_and_bad_shapes_are_named():
