@@ -2,6 +2,7 @@
 MiniLM, real training and evaluation), so that the script behind EXPERIMENTS.md
 cannot rot."""
 
+import functools
 import json
 import os
 
@@ -103,16 +104,17 @@ def test_experiment_rows_and_report_end_to_end(beir_corpus, human_dirs, tmp_path
   start = _run(beir_corpus, tmp_path, "start", sts_dir=sts, banking77_dir=banking)
   assert "test@384" in start["scores_plain_format"] and "per_query" in start
 
-  # A soup of main's two seeds is evaluated as a row of its own.
+  # A soup of main's two seeds and main+human's one is evaluated as a row of its own.
   _run(beir_corpus, tmp_path, "main", seed=1)
   assert domain_adaptation.main([f"--corpus_dir={beir_corpus}", f"--output_dir={tmp_path}",
-                                 "--soup", "main"]) == 0
-  assert (tmp_path / "runs" / "soup(main)" / "params").is_dir()
+                                 "--soup", "main,main+human"]) == 0
+  soup = json.loads((tmp_path / "results" / "soup(main,main+human)_seed0.json").read_text())
+  assert len(soup["soup_of"]) == 3 and "3 runs of main, main+human" in soup["description"]
   table = domain_adaptation.report(str(tmp_path))
   rows = {line.split(" | ")[0].removeprefix("| "): line.split(" | ")
           for line in table.splitlines()[2:]}
   assert list(rows)[0] == "start" and {"main", "ql+consistent2", "main+human",
-                                       "in_domain", "soup(main)"} <= set(rows)
+                                       "in_domain", "soup(main,main+human)"} <= set(rows)
   assert rows["main"][1] == "2"
   assert rows["start"][2] == f"{start['scores_plain_format']['test@384']:.4f}"
   assert rows["main"][11].count("[") == 1  # Δ plain @384 with its interval
@@ -174,9 +176,17 @@ def test_bad_inputs_are_named(tmp_path):
   with pytest.raises(FileNotFoundError, match="run the variants first"):
     domain_adaptation.report(str(tmp_path))
   (tmp_path / "results").mkdir()
-  with pytest.raises(ValueError, match="--soup 'main' needs at least two finished seeds"):
-    domain_adaptation.soup_row(row="main", corpus_dir=str(tmp_path), output_dir=str(tmp_path),
-                               sts_dir=None, banking77_dir=None)
+  soup = functools.partial(domain_adaptation.soup_row, corpus_dir=str(tmp_path),
+                           output_dir=str(tmp_path), sts_dir=None, banking77_dir=None)
+  with pytest.raises(ValueError, match=r"no results/main_seed\*.json; evaluate its seeds"):
+    soup(row="main")
+  (tmp_path / "results" / "main_seed0.json").write_text("{}")
+  (tmp_path / "runs" / "main_seed0" / "export").mkdir(parents=True)
+  with pytest.raises(ValueError, match="--soup 'main' needs at least two finished seeds "
+                                       ".* found 1"):
+    soup(row="main")
+  with pytest.raises(ValueError, match=r"--soup 'main,ql': no results/ql_seed\*.json"):
+    soup(row="main,ql")
 
 
 def _write_result(directory, row, seed, score, per_query, variant=None, **extra):

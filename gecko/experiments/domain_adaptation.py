@@ -278,26 +278,32 @@ def run(*, corpus_dir: str, output_dir: str, variant: str, seed: int, passages: 
 
 def soup_row(*, row: str, corpus_dir: str, output_dir: str, sts_dir: str | None,
              banking77_dir: str | None) -> dict:
-  """The uniform soup of every finished seed of `row`, evaluated as a row of its own."""
+  """The uniform soup of every finished seed of `row` (or of several rows, "A,B"),
+  evaluated as a row of its own."""
   from gecko import soup
-  exports = sorted(glob.glob(os.path.join(output_dir, "runs", f"{glob.escape(row)}_seed*",
-                                          "export")))
+  rows = [r.strip() for r in row.split(",") if r.strip()]
+  exports, seeds = [], []
+  for name in rows:
+    found = sorted(glob.glob(os.path.join(output_dir, "results", f"{glob.escape(name)}_seed*.json")))
+    if not found:
+      raise ValueError(f"--soup {row!r}: no results/{name}_seed*.json; evaluate its seeds "
+                       f"first.")
+    seeds += found
+    exports += sorted(glob.glob(os.path.join(output_dir, "runs", f"{glob.escape(name)}_seed*",
+                                             "export")))
   if len(exports) < 2:
     raise ValueError(f"--soup {row!r} needs at least two finished seeds under "
                      f"{output_dir}/runs, found {len(exports)}.")
-  name = f"soup({row})"
+  name = f"soup({','.join(rows)})"
   path = os.path.join(output_dir, "runs", name)
   if not os.path.isdir(path):
     soup.soup(models=exports, output=path)
-  seeds = sorted(glob.glob(os.path.join(output_dir, "results", f"{glob.escape(row)}_seed*.json")))
-  if not seeds:
-    raise ValueError(f"--soup {row!r}: no results/{row}_seed*.json; evaluate its seeds first.")
   with open(seeds[0], encoding="utf-8") as f:
     first = json.load(f)
   tasks = evaluation_tasks(corpus_dir=corpus_dir, dev_dir=None, sts_dir=sts_dir,
                            banking77_dir=banking77_dir)
   result = {"row": name, "variant": first["variant"], "seed": 0, "soup_of": exports,
-            "description": f"uniform soup of {len(exports)} seeds of {row}",
+            "description": f"uniform soup of {len(exports)} runs of {', '.join(rows)}",
             "recipe": first.get("recipe"),
             **evaluate_both_formats(checkpoint=path, tasks=tasks, name=name, dims=DIMS,
                                     output_dir=os.path.join(output_dir, "eval"))}
@@ -347,7 +353,8 @@ def _parser() -> argparse.ArgumentParser:
   levers.add_argument("--human", action="store_true",
                       help="train on FRet plus STS-B train and Banking77 train")
   parser.add_argument("--soup", metavar="ROW", default=None,
-                      help="evaluate the uniform soup of ROW's finished seeds")
+                      help="evaluate the uniform soup of ROW's finished seeds (several "
+                           "rows: A,B)")
   parser.add_argument("--llm_url", default=None,
                       help="an OpenAI-compatible server instead of the embedded teacher")
   parser.add_argument("--llm_model", default=None, help="the server's model name")
