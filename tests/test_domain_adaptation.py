@@ -214,6 +214,7 @@ def test_report_averages_seeds_and_bootstraps_against_start(tmp_path):
   assert rows["| seed_positive"][11] == "+0.0000 [+0.0000, +0.0000]"
   # FRet moved 84% of the positives, but this row trains on the seed passages.
   assert rows["| seed_positive"][-1] == "0% |"
+  assert (tmp_path / "results.png").exists() and (tmp_path / "results_delta.png").exists()
 
 
 def test_ranker_accuracy_orders_and_hits_by_hand():

@@ -64,3 +64,36 @@ def plot_bars(path: str, table: Mapping[str, Mapping[str, float]], *,
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def plot_intervals(path: str, table: Mapping[str, Mapping[str, object]], *,
+                   xlabel: str = "difference to the start model") -> None:
+  """Differences with their intervals from {series: {panel: d}}, where each `d` has
+  `mean`, `low` and `high` (`gecko.evaluation.bootstrap.Difference`): one panel per
+  column, one row per series, a line at zero; filled markers where the interval
+  excludes zero."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  panels = list(dict.fromkeys(p for values in table.values() for p in values))
+  series = list(table)
+  fig, axes = plt.subplots(1, max(len(panels), 1), sharey=True, squeeze=False,
+                           figsize=(3.2 * max(len(panels), 1) + 3.0, 0.9 + 0.32 * len(series)))
+  for ax, panel in zip(axes[0], panels):
+    for y, name in enumerate(series):
+      d = table[name].get(panel)
+      if d is None:
+        continue
+      excludes_zero = d.low > 0 or d.high < 0
+      ax.errorbar(d.mean, y, xerr=[[d.mean - d.low], [d.high - d.mean]], fmt="o",
+                  color="C0", capsize=3, markerfacecolor="C0" if excludes_zero else "white")
+    ax.axvline(0.0, color="grey", linewidth=0.8)
+    ax.set_title(panel, fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+  axes[0][0].set_yticks(range(len(series)), series, fontsize=7)
+  axes[0][0].invert_yaxis()
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

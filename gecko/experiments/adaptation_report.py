@@ -71,13 +71,14 @@ def _cell(values: list[float]) -> str:
 
 
 def report(output_dir: str) -> str:
-  """results.md (mean ± std over seeds; Δ vs start with its 95% interval) and
-  results.png; returns the table."""
+  """results.md (mean ± std over seeds; Δ vs start with its 95% interval), results.png
+  (the scores) and results_delta.png (the Δs with their intervals); returns the table."""
   rows = load(output_dir)
   headers = ["row", "seeds", *(c[0] for c in COLUMNS), "Δ plain @384 vs start [95% CI]",
              "Δ Gecko @384 vs start [95% CI]", "positive ≠ seed"]
   lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
   means: dict[str, dict[str, float]] = {}
+  differences: dict[str, dict[str, bootstrap.Difference]] = {}
   for name, results in sorted(rows.items(), key=lambda item: _order(*item)):
     cells, means[name] = [], {}
     for header, fmt, key in COLUMNS:
@@ -88,6 +89,9 @@ def report(output_dir: str) -> str:
     for fmt in ("plain", "gecko"):
       diff = None if name == START else difference(rows, name, fmt)
       cells.append("—" if diff is None else f"{diff}{' *' if diff.significant else ''}")
+      if diff is not None:
+        label = "plain" if fmt == "plain" else "Gecko"
+        differences.setdefault(name, {})[f"SciFact {label} @{CI_DIM}"] = diff
     share = results[0].get("positive_not_seed_fraction")
     variant = VARIANTS.get(results[0]["variant"])
     if share is not None and variant is not None and variant.trains_on_seed:
@@ -101,5 +105,8 @@ def report(output_dir: str) -> str:
                     {n: {c: v for c, v in m.items() if c.startswith(("SciFact", "Gecko @384",
                                                                      "STS-B plain"))}
                      for n, m in means.items() if m})
+  if differences:
+    reports.plot_intervals(os.path.join(output_dir, "results_delta.png"), differences,
+                           xlabel="nDCG@10 − start, 95% interval")
   print(table)
   return table
