@@ -77,8 +77,10 @@ def plot_intervals(path: str, table: Mapping[str, Mapping[str, object]], *,
   import matplotlib.pyplot as plt
   panels = list(dict.fromkeys(p for values in table.values() for p in values))
   series = list(table)
+  labels = 0.07 * max((len(name) for name in series), default=0)  # inches for the names
   fig, axes = plt.subplots(1, max(len(panels), 1), sharey=True, squeeze=False,
-                           figsize=(3.2 * max(len(panels), 1) + 3.0, 0.9 + 0.32 * len(series)))
+                           figsize=(3.2 * max(len(panels), 1) + labels + 0.5,
+                                    0.9 + 0.32 * len(series)))
   for ax, panel in zip(axes[0], panels):
     for y, name in enumerate(series):
       d = table[name].get(panel)
@@ -95,5 +97,5 @@ def plot_intervals(path: str, table: Mapping[str, Mapping[str, object]], *,
   axes[0][0].invert_yaxis()
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=120, bbox_inches="tight")  # the row names whatever their length
   plt.close(fig)
