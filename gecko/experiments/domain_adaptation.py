@@ -34,9 +34,10 @@ One command per row of EXPERIMENTS.md; a row is the variant plus each lever pull
    queries at 384 and 256 dims (per query too, for the paired bootstrap), the dev set,
    STS-B test (`--sts_dir`) and Banking77 (`--banking77_dir`). `--variant=start`
    evaluates the untrained model; `--soup ROW` averages the parameters of ROW's seeds
-   (`gecko.soup`). Results go to OUTPUT_DIR/results/<row>_seed<seed>.json; `--report`
-   tabulates them with paired bootstrap intervals against the start model (results.md,
-   results.png).
+   (`--soup A,B`: of several rows; `gecko.soup`). Results go to
+   OUTPUT_DIR/results/<row>_seed<seed>.json; `--report` tabulates them with paired
+   bootstrap intervals against the start model (results.md, results.png, and
+   results_delta.png: each row's difference with its interval).
 """
 
 from __future__ import annotations
