@@ -28,7 +28,7 @@ def step_memory(*, batch_size: int, length: int, chunk: int | None) -> dict[str,
                           batch_size=batch_size, mesh_axes={"data": 1}, grad_cache_chunk=chunk)
   batch = program.abstract_batch(loss, batch_size=batch_size, query_length=length,
                                  passage_length=length)
-  memory = program.step.lower(program.abstract_state, batch).compile().memory_analysis()
+  memory = program.lower(program.abstract_state, batch).compile().memory_analysis()
   gib = 1024 ** 3
   return {"temp_gib": memory.temp_size_in_bytes / gib,
           "args_gib": memory.argument_size_in_bytes / gib,

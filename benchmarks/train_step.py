@@ -73,7 +73,7 @@ def gecko_step(data, *, batch_size: int, query_length: int, passage_length: int)
                           optimizer=AdamW(learning_rate=2e-5, total_steps=1000),
                           batch_size=batch_size, mesh_axes={"data": 1})
   holder = {"state": program.init_state(seed=0, params=minilm.params), "i": 0}
-  cost = program.step.lower(holder["state"], batches.batch(0)).compile().cost_analysis()
+  cost = program.lower(holder["state"], batches.batch(0)).compile().cost_analysis()
   flops = (cost[0] if isinstance(cost, list) else cost).get("flops", float("nan"))
 
   def step():

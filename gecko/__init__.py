@@ -5,4 +5,8 @@
 `gecko.data.vocabularies` (TensorFlow) for SeqIO pipelines.
 """
 
+from gecko import accelerators as _accelerators
+
 __version__ = "0.1.0"
+
+_accelerators.keep_libtpu_quiet()  # before JAX's first use (see gecko.accelerators)

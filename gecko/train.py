@@ -44,6 +44,7 @@ def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
           data_fn: Callable[..., BatchSource], model_dir: str, train_steps: int,
           tokenizer_from: str = "all-MiniLM-L6-v2", init_from: str | None = None,
           mesh_axes: Mapping[str, int] | None = None,
+          dcn_mesh_axes: Mapping[str, int] | None = None,
           additional_axis_rules: Sequence[tuple] = (), grad_cache_chunk: int | None = None,
           checkpoint_every: int = 1000, keep_checkpoints: int = 3, log_every: int = 50,
           max_nonfinite_steps: int = 5, seed: int = 0, export: bool = True,
@@ -62,7 +63,8 @@ def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
     tokenizer_from: Model whose tokenizer the data uses (a name or directory).
     init_from: Start from this model's weights (packaged name, Hugging Face directory,
       or the `export/` of an earlier stage); None for random initialisation.
-    mesh_axes: e.g. {"data": -1, "fsdp": 1, "model": 1}.
+    mesh_axes: The mesh within a slice, e.g. {"data": -1, "fsdp": 1, "model": 1}.
+    dcn_mesh_axes: The mesh across slices (multi-slice TPU), e.g. {"data": 2}.
     additional_axis_rules: Logical-axis rules taking precedence over the standard ones.
     grad_cache_chunk: Embed and back-propagate in chunks of this many examples
       (GradCache); None for the plain step.
@@ -87,6 +89,7 @@ def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
   loss.validate_features(data.feature_names)
   program = trainer.build(model=model, loss=loss, optimizer=optimizer,
                           batch_size=data.batch_size, mesh_axes=mesh_axes,
+                          dcn_mesh_axes=dcn_mesh_axes,
                           additional_axis_rules=additional_axis_rules,
                           grad_cache_chunk=grad_cache_chunk)
   ckpt = checkpointing.Checkpointer(model_dir, every=checkpoint_every, keep=keep_checkpoints)

@@ -20,6 +20,18 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def require_module(name: str, what: str) -> None:
+  """Skips the test, naming `what` needs `name`, when it is not installed; with
+  GECKO_REQUIRE_ALL=1 (CI, where `make install` installs everything) fails instead."""
+  import importlib.util
+  if importlib.util.find_spec(name) is not None:
+    return
+  message = f"{what} needs the module {name!r}, which is not installed"
+  if os.environ.get("GECKO_REQUIRE_ALL") == "1":
+    pytest.fail(message + " (GECKO_REQUIRE_ALL=1)")
+  pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def minilm_dir() -> str:
   """The real all-MiniLM-L6-v2 weights (installed by `make test` with --no-deps)."""

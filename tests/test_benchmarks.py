@@ -49,6 +49,15 @@ def test_gpu_script_runs_in_smoke_mode(tmp_path):
   errors = [r for r in report["rows"] if "error" in r]
   assert not errors, errors
   cases = [r["case"] for r in report["rows"]]
-  assert any(c.startswith("train gecko_1b") for c in cases), cases
+  assert any(c.startswith("jax train gecko_1b") for c in cases), cases
+  assert sum(c.startswith("torch") for c in cases) == 4, cases
   assert all(r["mfu"] > 0 for r in report["rows"] if "mfu" in r)
+  # JAX and torch ran in separate processes; the JAX part needs nothing the GPU image lacks.
+  jax_part = json.loads((tmp_path / "jax.json").read_text())
+  assert jax_part["framework"] == "jax" and jax_part["imports_not_on_the_image"] == []
+  assert json.loads((tmp_path / "torch.json").read_text())["framework"] == "torch"
+  assert {r["precision"] for r in report["rows"] if r["dtype"] == "float32"} == {
+      "strict float32 (no TF32)"}
+  assert all("ratio_vs_torch" in r for r in report["rows"]
+             if r["case"].startswith("jax") and "MiniLM" in r["case"])
   assert os.path.exists(tmp_path / "nvidia-smi.txt")

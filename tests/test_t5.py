@@ -163,7 +163,7 @@ def test_sharded_1b_train_step_compiles_on_eight_fake_devices(tmp_path):
   assert 0 < gib["temporaries"] < params_gib
   dense = report["parameters"] - 32128 * 2048  # the embedding lookup does no matmul
   tokens = 64 * (64 + 64 + 64)
-  assert report["model_flops_per_step"] == pytest.approx(
+  assert report["flops_per_step"] == pytest.approx(
       6 * dense * tokens + 3 * 64 * 12 * 24 * 2048 * 64 ** 2)
 
 
@@ -173,13 +173,13 @@ def test_compile_step_command_line_with_fake_devices(tmp_path):
       [sys.executable, "-m", "gecko.compile_step", "--fake_devices=4",
        "--gin_file=gin/models/tiny.gin", "--gin_file=gin/runs/finetune.gin",
        "--gin_file=gin/sharding/fsdp.gin", "--gin_file=gin/overlays/compile_step.gin",
-       "--gin.BATCH_SIZE=8", "--gin.MESH_AXES={'fsdp': 4}", "--gin.MODEL_DIR='/unused'",
-       f"--gin.compile_step.memory_report.output='{output}'"],
+       "--gin.BATCH_SIZE=8", "--gin.MESH_AXES={'fsdp': 4}", f"--json={output}"],
       cwd=REPO, capture_output=True, text=True, timeout=300,
       env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
   assert result.returncode == 0, result.stderr[-2000:]
   report = json.loads(output.read_text())
-  assert report["devices"] == 4 and report["mesh"]["fsdp"] == 4
+  assert report["chips"] == 4 and report["mesh"]["fsdp"] == 4
+  assert report["platform"] == "cpu" and report["hbm_capacity_bytes"] is None
   bad = subprocess.run([sys.executable, "-m", "gecko.compile_step", "--fake_devices=0"],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
   assert bad.returncode != 0 and "--fake_devices needs a positive count" in bad.stderr
@@ -187,7 +187,7 @@ def test_compile_step_command_line_with_fake_devices(tmp_path):
       [sys.executable, "-m", "gecko.compile_step", "--fake_devices=4",
        "--gin_file=gin/models/tiny.gin", "--gin_file=gin/runs/finetune.gin",
        "--gin_file=gin/sharding/fsdp.gin", "--gin_file=gin/overlays/compile_step.gin",
-       "--gin.BATCH_SIZE=6", "--gin.MESH_AXES={'fsdp': 4}", "--gin.MODEL_DIR='/unused'"],
+       "--gin.BATCH_SIZE=6", "--gin.MESH_AXES={'fsdp': 4}"],
       cwd=REPO, capture_output=True, text=True, timeout=300,
       env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
   assert odd.returncode != 0 and "batch_size=6 must be divisible" in odd.stderr

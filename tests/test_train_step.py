@@ -15,9 +15,10 @@ from gecko.training.optimizers import AdamW, decay_mask
 
 MODEL = DualEncoder(backbone=bert.BertConfig(vocab_size=64, hidden_size=32, num_layers=2,
                                              num_heads=4, mlp_dim=64, max_length=16,
-                                             dropout_rate=0.0),
+                                             dropout_rate=0.1),
                     embed_dim=16, dims=(8, 16))
 LOSS = GeckoLoss(temperature=0.1, dims=(8, 16), mask_false_negatives=True)
+RULES = partitioning.standard_logical_axis_rules()
 
 
 def _batch(batch_size=16, length=12, seed=0):
@@ -32,23 +33,51 @@ def _batch(batch_size=16, length=12, seed=0):
   return out
 
 
-def _loss_and_grads(mesh_axes, devices, *, grad_cache_chunk=None):
+def _loss_and_grads(mesh_axes, devices, *, grad_cache_chunk=None, model=MODEL):
+  """Loss and gradients of one step (dropout on), traced with the mesh and rules in force."""
   mesh = partitioning.make_mesh(mesh_axes, devices=devices)
   tx = optax.sgd(0.0)
-  _, shardings = train_step.state_shardings(MODEL, tx, mesh,
-                                            partitioning.standard_logical_axis_rules())
-  state = train_step.create_state(MODEL, tx, shardings, seed=0)
+  _, shardings = train_step.state_shardings(model, tx, mesh, RULES)
+  state = train_step.create_state(model, tx, shardings, seed=0)
   batch = jax.device_put(_batch(), partitioning.batch_sharding(mesh))
+  specs = jax.tree.map(lambda sharding: sharding.spec, shardings.params)
 
   def fn(state, batch):
     if grad_cache_chunk:
-      return train_step.grad_cache_loss_and_grads(MODEL, LOSS, state.params, batch, state.rng,
-                                                  state.step, chunk_size=grad_cache_chunk)
-    return train_step.plain_loss_and_grads(MODEL, LOSS, state.params, batch, state.rng,
+      return train_step.grad_cache_loss_and_grads(
+          model, LOSS, state.params, batch, state.rng, state.step, chunk_size=grad_cache_chunk,
+          data_shards=mesh.shape["data"], param_specs=specs)
+    return train_step.plain_loss_and_grads(model, LOSS, state.params, batch, state.rng,
                                            state.step)
 
-  loss, metrics, grads = jax.jit(fn)(state, batch)
+  with partitioning.in_force(mesh, RULES):
+    loss, metrics, grads = jax.jit(fn)(state, batch)
   return float(loss), jax.device_get(grads), state
+
+
+def _per_chunk_reference(chunk: int):
+  """jax.grad of the loss over embeddings computed chunk by chunk, each chunk with its
+  own dropout key (what GradCache computes, without its three passes)."""
+  tx = optax.sgd(0.0)
+  mesh = partitioning.make_mesh({"data": 1}, devices=jax.devices()[:1])
+  _, shardings = train_step.state_shardings(MODEL, tx, mesh, RULES)
+  state = train_step.create_state(MODEL, tx, shardings, seed=0)
+  batch = _batch()
+  chunks = len(batch["query_tokens"]) // chunk
+  embed = train_step._embed_fn(MODEL)
+
+  def objective(params):
+    embeddings = {}
+    for i, tower in enumerate(("query", "positive", "negative")):
+      keys = jax.random.split(train_step._tower_key(state.rng, state.step, i), chunks)
+      tokens, mask = (train_step._chunked(jnp.asarray(batch[f"{tower}_{f}"]), chunks)
+                      for f in ("tokens", "mask"))
+      embeddings[tower] = train_step._unchunked(
+          jnp.stack([embed(params, tokens[c], mask[c], keys[c]) for c in range(chunks)]))
+    return LOSS(embeddings, batch)
+
+  (loss, _), grads = jax.jit(jax.value_and_grad(objective, has_aux=True))(state.params)
+  return float(loss), jax.device_get(grads)
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +92,7 @@ def test_eight_fake_devices():
 @pytest.mark.parametrize("mesh_axes", [{"data": 8}, {"data": 4, "model": 2},
                                        {"data": 4, "fsdp": 2}, {"data": 2, "fsdp": 2, "model": 2}])
 def test_loss_and_grads_agree_across_meshes(reference, mesh_axes):
+  """Dropout is on (0.1): each shard draws its own part of the one global mask."""
   loss, grads, state = _loss_and_grads(mesh_axes, jax.devices())
   np.testing.assert_allclose(loss, reference[0], atol=1e-5)
   assert_trees_close(grads, reference[1], atol=1e-5, rtol=1e-4)
@@ -72,11 +102,22 @@ def test_loss_and_grads_agree_across_meshes(reference, mesh_axes):
     assert kernel.addressable_shards[0].data.shape[1] == 64 // mesh_axes["model"]
 
 
-@pytest.mark.parametrize("chunk", [4, 8])
-def test_grad_cache_equals_plain_step(reference, chunk):
-  loss, grads, _ = _loss_and_grads({"data": 8}, jax.devices(), grad_cache_chunk=chunk)
-  np.testing.assert_allclose(loss, reference[0], atol=1e-5)
-  assert_trees_close(grads, reference[1], atol=1e-5, rtol=1e-4)
+def test_dropout_is_on_in_these_tests(reference):
+  """Without dropout the step is deterministic; with it, another seed's step differs."""
+  import dataclasses
+  quiet = dataclasses.replace(MODEL, backbone=dataclasses.replace(MODEL.backbone,
+                                                                  dropout_rate=0.0))
+  loss, grads, _ = _loss_and_grads({"data": 1}, jax.devices()[:1], model=quiet)
+  assert abs(loss - reference[0]) > 1e-3
+
+
+@pytest.mark.parametrize("mesh_axes, chunk", [({"data": 1}, 4), ({"data": 8}, 8),
+                                              ({"data": 4, "fsdp": 2}, 8), ({"data": 2}, 4)])
+def test_grad_cache_equals_jax_grad_with_the_same_per_chunk_keys(mesh_axes, chunk):
+  loss, grads, _ = _loss_and_grads(mesh_axes, jax.devices(), grad_cache_chunk=chunk)
+  want_loss, want_grads = _per_chunk_reference(chunk)
+  np.testing.assert_allclose(loss, want_loss, atol=1e-5)
+  assert_trees_close(grads, want_grads, atol=1e-5, rtol=1e-4)
 
 
 def _full_step(params=None, lr=1e-2):

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gecko.models import attention
+from gecko.models import attention, dense
 from gecko.models import dropout as dropout_lib
 
 Array = jax.Array
@@ -38,6 +38,10 @@ class BertConfig:
     layer_norm_eps: Epsilon of every LayerNorm.
     dropout_rate: Dropout on embeddings, attention probabilities and block outputs.
     dtype: Computation dtype (parameters stay float32).
+    attention: The attention kernel (`gecko.models.attention.IMPLEMENTATIONS`; "auto"
+      takes the backend's fused kernel where the inputs allow).
+    attention_dropout_rate: Dropout on the attention probabilities; None means
+      `dropout_rate`. The fused kernels take none: 0.0 lets them run in training.
   """
 
   vocab_size: int = 30522
@@ -50,6 +54,8 @@ class BertConfig:
   layer_norm_eps: float = 1e-12
   dropout_rate: float = 0.1
   dtype: str = "float32"
+  attention: str = "auto"
+  attention_dropout_rate: float | None = None
 
   def __post_init__(self):
     for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim",
@@ -61,8 +67,18 @@ class BertConfig:
       raise ValueError(
           f"BertConfig.hidden_size={self.hidden_size} is not divisible by "
           f"num_heads={self.num_heads}; pick a head count that divides it.")
-    if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(f"BertConfig.dropout_rate must be in [0, 1), got {self.dropout_rate}.")
+    for name in ("dropout_rate", "attention_dropout_rate"):
+      rate = getattr(self, name)
+      if rate is not None and not 0.0 <= rate < 1.0:
+        raise ValueError(f"BertConfig.{name} must be in [0, 1), got {rate}.")
+    if self.attention not in attention.IMPLEMENTATIONS:
+      raise ValueError(f"BertConfig.attention={self.attention!r} is unknown; use one of "
+                       f"{list(attention.IMPLEMENTATIONS)}.")
+
+  @property
+  def attention_dropout(self) -> float:
+    """The dropout rate on the attention probabilities."""
+    return self.dropout_rate if self.attention_dropout_rate is None else self.attention_dropout_rate
 
   @property
   def head_dim(self) -> int:
@@ -120,27 +136,27 @@ def segment_positions(segment_ids: Array) -> Array:
 
 
 class SelfAttention(nn.Module):
-  """Multi-head self-attention over padded sequences (`bias`: `attention.padding_bias`)."""
+  """Multi-head self-attention over padded or packed sequences (`attention.Mask`)."""
 
   config: BertConfig
 
   @nn.compact
-  def __call__(self, x: Array, bias: Array, *, deterministic: bool) -> Array:
+  def __call__(self, x: Array, mask: attention.Mask, *, deterministic: bool) -> Array:
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
 
     def project(name: str) -> Array:
-      return nn.DenseGeneral(
+      return dense.DenseGeneral(
           features=(cfg.num_heads, cfg.head_dim), axis=-1, dtype=dtype, name=name,
           kernel_init=_param_axes(_init(), ("embed", "heads", "kv")),
           bias_init=_param_axes(nn.initializers.zeros, ("heads", "kv")))(x)
 
     query = project("query") * jnp.asarray(cfg.head_dim ** -0.5, dtype)
-    dropout = dropout_lib.Dropout(cfg.dropout_rate)
     context = attention.dot_product_attention(
-        query, project("key"), project("value"), bias,
-        dropout=lambda w: dropout(w, deterministic=deterministic))
-    return nn.DenseGeneral(
+        query, project("key"), project("value"), mask,
+        dropout=dropout_lib.attention_dropout(cfg.attention_dropout, deterministic),
+        implementation=cfg.attention)
+    return dense.DenseGeneral(
         features=cfg.hidden_size, axis=(-2, -1), dtype=dtype, name="output",
         kernel_init=_param_axes(_init(), ("heads", "kv", "embed")),
         bias_init=_param_axes(nn.initializers.zeros, ("embed",)))(context)
@@ -170,11 +186,11 @@ class EncoderLayer(nn.Module):
   config: BertConfig
 
   @nn.compact
-  def __call__(self, x: Array, bias: Array, deterministic: bool) -> Array:
+  def __call__(self, x: Array, mask: attention.Mask, deterministic: bool) -> Array:
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     dropout = dropout_lib.Dropout(cfg.dropout_rate)
-    h = SelfAttention(cfg, name="attention")(x, bias, deterministic=deterministic)
+    h = SelfAttention(cfg, name="attention")(x, mask, deterministic=deterministic)
     x = _LayerNorm(cfg.layer_norm_eps, dtype, name="attention_layer_norm")(
         x + dropout(h, deterministic=deterministic))
     h = MlpBlock(cfg, name="mlp")(x)
@@ -224,7 +240,7 @@ class BertEncoder(nn.Module):
                                            deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     layer_cls = nn.remat(EncoderLayer, static_argnums=(3,)) if self.remat else EncoderLayer
-    bias = attention.mask_bias(mask, packed=packed, dtype=jnp.dtype(cfg.dtype))
+    segments = attention.Mask(ids=mask, packed=packed)
     for i in range(cfg.num_layers):
-      x = layer_cls(cfg, name=f"layer_{i}")(x, bias, deterministic)
+      x = layer_cls(cfg, name=f"layer_{i}")(x, segments, deterministic)
     return x

@@ -15,9 +15,18 @@ materialised: the same mask costs 0.12 s, against 0.06 s for the scaling alone
 (`benchmarks/dropout_mask.py`).
 The draws are a pure function of the key and the element's position, so a sharded
 array computes its own shard's draws and GradCache's recomputation reproduces them.
+Positions are global: a trace that sees one slice of a larger array (GradCache's
+per-shard passes, `rows_of`) draws what that slice of the whole would draw, so the
+masks do not depend on the mesh. Beyond 2**32 elements (a batch of 4096 x 256 tokens
+through the 1.2B model's attention) the hash takes the row and the position within the
+row as two words.
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -25,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 _LEVELS = 1 << 32
+_ROW_SALT = jnp.uint32(0x9E3779B9)  # rows enter the >2**32 hash apart from positions
 
 
 def _fmix(h: jax.Array) -> jax.Array:
@@ -36,23 +46,58 @@ def _fmix(h: jax.Array) -> jax.Array:
   return h ^ (h >> 16)
 
 
-def element_index(shape: tuple[int, ...]) -> jax.Array:
-  """Each element's row-major position as uint32 (built from iotas, so it fuses)."""
+def element_index(shape: tuple[int, ...], *, first_row: jax.Array | int = 0) -> jax.Array:
+  """Each element's row-major position as uint32 (built from iotas, so it fuses), in
+  an array whose row 0 is row `first_row` of a larger one (positions wrap modulo 2**32)."""
   index = jnp.zeros(shape, jnp.uint32)
   stride = 1
   for axis in reversed(range(len(shape))):
-    index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
+    rows = jax.lax.broadcasted_iota(jnp.uint32, shape, axis)
+    if axis == 0:
+      rows = rows + jnp.asarray(first_row, jnp.uint32)
+    index = index + rows * jnp.uint32(stride % _LEVELS)
     stride *= shape[axis]
   return index
 
 
+# (this trace's piece, number of pieces) of every array dropout sees, split along the
+# leading (example) axis: GradCache's per-shard passes (`rows_of`).
+_PIECE: contextvars.ContextVar[tuple[jax.Array | int, int]] = contextvars.ContextVar(
+    "gecko_dropout_piece", default=(0, 1))
+
+
+@contextlib.contextmanager
+def rows_of(piece: jax.Array | int, pieces: int):
+  """While tracing inside: every array dropout sees is piece `piece` (0-based, may be
+  traced, e.g. a `vmap`ped index) of `pieces` equal slices of a larger array along the
+  leading axis, and draws exactly what that slice of the larger array would draw."""
+  token = _PIECE.set((piece, pieces))
+  try:
+    yield
+  finally:
+    _PIECE.reset(token)
+
+
 def hashed_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """32 pseudo-random bits per element of `shape`, a function of `key` and position."""
-  if int(np.prod(shape)) > _LEVELS:
-    raise ValueError(f"hashed_bits numbers elements with 32 bits; shape {shape} has more "
-                     f"than 2**32 elements: apply dropout to smaller pieces.")
+  """32 pseudo-random bits per element of `shape`, a function of `key` and position.
+
+  Positions are those in the whole array when this one is a slice of it (`rows_of`).
+  Up to 2**32 elements the hash is of the flat position; beyond, of (row, position
+  within the row), so a batch of 4096 x 256 tokens (or more) works too.
+  """
+  shape = tuple(shape)
+  piece, pieces = _PIECE.get() if shape else (0, 1)
+  first_row = piece * shape[0] if shape else 0
   words = jax.random.bits(key, (2,), jnp.uint32)
-  return _fmix(_fmix(element_index(shape) ^ words[0]) + words[1])
+  if int(np.prod(shape)) * pieces <= _LEVELS:
+    return _fmix(_fmix(element_index(shape, first_row=first_row) ^ words[0]) + words[1])
+  row_size = int(np.prod(shape[1:]))
+  if row_size > _LEVELS or shape[0] * pieces > _LEVELS:
+    raise ValueError(f"hashed_bits numbers rows and positions within a row with 32 bits "
+                     f"each; shape {shape} has more: apply dropout to smaller pieces.")
+  within = element_index((1,) + shape[1:])
+  rows = jax.lax.broadcasted_iota(jnp.uint32, shape, 0) + jnp.asarray(first_row, jnp.uint32)
+  return _fmix(_fmix(within ^ words[0]) + words[1] + _fmix(rows ^ _ROW_SALT))
 
 
 class Dropout(nn.Module):
@@ -72,3 +117,12 @@ class Dropout(nn.Module):
     keep = hashed_bits(self.make_rng("dropout"), x.shape) >= jnp.uint32(threshold)
     scale = jnp.asarray(_LEVELS / (_LEVELS - threshold), x.dtype)
     return jnp.where(keep, x * scale, jnp.zeros((), x.dtype))
+
+
+def attention_dropout(rate: float, deterministic: bool) -> Callable[[jax.Array], jax.Array] | None:
+  """Dropout for the attention weights, or None when it does nothing (evaluation, rate
+  0), which lets `gecko.models.attention` take a fused kernel."""
+  if deterministic or rate == 0.0:
+    return None
+  dropout = Dropout(rate)
+  return lambda weights: dropout(weights, deterministic=False)

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gecko.models import attention
+from gecko.models import attention, dense
 from gecko.models import dropout as dropout_lib
 
 Array = jax.Array
@@ -48,6 +48,10 @@ class T5Config:
     max_length: Longest input accepted (T5 has no absolute positions; this bounds
       the tokenizer, as the paper's 512).
     dtype: Computation dtype (parameters stay float32).
+    attention: The attention kernel (`gecko.models.attention.IMPLEMENTATIONS`; "auto"
+      takes the backend's fused kernel where the inputs allow).
+    attention_dropout_rate: Dropout on the attention probabilities; None means
+      `dropout_rate`. The fused kernels take none: 0.0 lets them run in training.
   """
 
   vocab_size: int = 32128
@@ -62,6 +66,8 @@ class T5Config:
   dropout_rate: float = 0.1
   max_length: int = 512
   dtype: str = "float32"
+  attention: str = "auto"
+  attention_dropout_rate: float | None = None
 
   def __post_init__(self):
     for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "head_dim", "mlp_dim",
@@ -72,8 +78,18 @@ class T5Config:
     if self.relative_buckets % 4:
       raise ValueError(f"T5Config.relative_buckets={self.relative_buckets} must be divisible "
                        "by 4 (half per direction, half of those exact); T5 uses 32.")
-    if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(f"T5Config.dropout_rate must be in [0, 1), got {self.dropout_rate}.")
+    for name in ("dropout_rate", "attention_dropout_rate"):
+      rate = getattr(self, name)
+      if rate is not None and not 0.0 <= rate < 1.0:
+        raise ValueError(f"T5Config.{name} must be in [0, 1), got {rate}.")
+    if self.attention not in attention.IMPLEMENTATIONS:
+      raise ValueError(f"T5Config.attention={self.attention!r} is unknown; use one of "
+                       f"{list(attention.IMPLEMENTATIONS)}.")
+
+  @property
+  def attention_dropout(self) -> float:
+    """The dropout rate on the attention probabilities."""
+    return self.dropout_rate if self.attention_dropout_rate is None else self.attention_dropout_rate
 
   @classmethod
   def xl(cls, **overrides) -> T5Config:
@@ -146,12 +162,13 @@ class SelfAttention(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, x: Array, bias: Array, *, deterministic: bool) -> Array:
+  def __call__(self, x: Array, mask: attention.Mask, bias: Array, *,
+               deterministic: bool) -> Array:
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
 
     def project(name: str, stddev: float) -> Array:
-      return nn.DenseGeneral(
+      return dense.DenseGeneral(
           features=(cfg.num_heads, cfg.head_dim), axis=-1, use_bias=False, dtype=dtype,
           name=name, kernel_init=_param_axes(_normal(stddev), ("embed", "heads", "kv")))(x)
 
@@ -159,10 +176,11 @@ class SelfAttention(nn.Module):
     query = project("query", (cfg.hidden_size * cfg.head_dim) ** -0.5)
     key = project("key", cfg.hidden_size ** -0.5)
     value = project("value", cfg.hidden_size ** -0.5)
-    dropout = dropout_lib.Dropout(cfg.dropout_rate)
     context = attention.dot_product_attention(
-        query, key, value, bias, dropout=lambda w: dropout(w, deterministic=deterministic))
-    return nn.DenseGeneral(
+        query, key, value, mask, bias=bias,
+        dropout=dropout_lib.attention_dropout(cfg.attention_dropout, deterministic),
+        implementation=cfg.attention)
+    return dense.DenseGeneral(
         features=cfg.hidden_size, axis=(-2, -1), use_bias=False, dtype=dtype, name="output",
         kernel_init=_param_axes(_normal((cfg.num_heads * cfg.head_dim) ** -0.5),
                                 ("heads", "kv", "embed")))(context)
@@ -196,12 +214,12 @@ class EncoderLayer(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x: Array, bias: Array) -> tuple[Array, None]:
+  def __call__(self, x: Array, mask: attention.Mask, bias: Array) -> tuple[Array, None]:
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     dropout = dropout_lib.Dropout(cfg.dropout_rate)
     h = RMSNorm(cfg.layer_norm_eps, dtype, name="attention_norm")(x)
-    h = SelfAttention(cfg, name="attention")(h, bias, deterministic=self.deterministic)
+    h = SelfAttention(cfg, name="attention")(h, mask, bias, deterministic=self.deterministic)
     x = x + dropout(h, deterministic=self.deterministic)
     h = RMSNorm(cfg.layer_norm_eps, dtype, name="mlp_norm")(x)
     h = GatedMlp(cfg, name="mlp")(h, deterministic=self.deterministic)
@@ -258,12 +276,12 @@ class T5Encoder(nn.Module):
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     length = input_ids.shape[-1]
     bias = RelativePositionBias(cfg, name="relative_bias")(length)
-    bias = bias + attention.mask_bias(mask, packed=packed)
+    segments = attention.Mask(ids=mask, packed=packed)
     block = nn.remat(EncoderLayer, prevent_cse=False) if self.remat else EncoderLayer
     layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True,
                                                                      "dropout": True},
                      in_axes=nn.broadcast, length=cfg.num_layers,
                      metadata_params={nn.PARTITION_NAME: "layers"})
-    x, _ = layers(cfg, deterministic=deterministic, name="layers")(x, bias)
+    x, _ = layers(cfg, deterministic=deterministic, name="layers")(x, segments, bias)
     x = RMSNorm(cfg.layer_norm_eps, dtype, name="final_norm")(x)
     return dropout(x, deterministic=deterministic)

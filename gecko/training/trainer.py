@@ -33,28 +33,45 @@ RUN_TIME_FIELDS = ("dtype", "dropout_rate")
 
 @dataclasses.dataclass(frozen=True)
 class Program:
-  """A model, loss and optimiser placed on a mesh, ready to initialise and step.
+  """A model, loss and optimiser placed on a mesh, ready to initialise, step or lower.
+
+  Every call traces with the mesh and the logical-axis rules in force
+  (`partitioning.in_force`), so the models' activation constraints take effect.
 
   Attributes:
     mesh: The device mesh.
+    rules: The logical-axis rules (logical name -> mesh axes).
     abstract_state: `jax.ShapeDtypeStruct`s of the TrainState, carrying its shardings.
     shardings: The TrainState's `NamedSharding`s.
-    step: The jitted `(state, batch) -> (state, metrics)`; the state is donated.
+    jitted_step: The jitted `(state, batch) -> (state, metrics)`; the state is donated.
     batch_sharding: How a global batch is laid out (examples over data x fsdp).
   """
 
   model: DualEncoder
   tx: Any
   mesh: Mesh
+  rules: tuple
   abstract_state: train_step.TrainState
   shardings: train_step.TrainState
-  step: Callable
+  jitted_step: Callable
   batch_sharding: NamedSharding
 
+  def step(self, state: train_step.TrainState, batch: Mapping[str, jax.Array]):
+    """One training step: `(new state, metrics)`."""
+    with partitioning.in_force(self.mesh, self.rules):
+      return self.jitted_step(state, batch)
+
+  def lower(self, state, batch):
+    """The step lowered for (abstract or concrete) `state` and `batch`."""
+    with partitioning.in_force(self.mesh, self.rules):
+      return self.jitted_step.lower(state, batch)
+
   def init_state(self, *, seed: int, params=None) -> train_step.TrainState:
-    """A sharded TrainState: random parameters, or `params` placed on the mesh."""
-    return train_step.create_state(self.model, self.tx, self.shardings, seed=seed,
-                                   params=params)
+    """A sharded TrainState: random parameters, or `params` (host arrays) placed on the
+    mesh with their shardings and passed in as arguments (never as constants)."""
+    with partitioning.in_force(self.mesh, self.rules):
+      return train_step.create_state(self.model, self.tx, self.shardings, seed=seed,
+                                     params=params)
 
   def global_batch(self, local: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
     """This process's rows assembled into the global (sharded) batch."""
@@ -74,29 +91,40 @@ class Program:
 
 
 def build(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW, batch_size: int,
-          mesh_axes: Mapping[str, int] | None = None, additional_axis_rules: Sequence[tuple] = (),
-          grad_cache_chunk: int | None = None) -> Program:
+          mesh_axes: Mapping[str, int] | None = None,
+          dcn_mesh_axes: Mapping[str, int] | None = None,
+          additional_axis_rules: Sequence[tuple] = (),
+          grad_cache_chunk: int | None = None, devices=None) -> Program:
   """Checks the configuration against the mesh and compiles nothing yet (jit is lazy).
+
+  `devices` (default: every device) may be a TPU topology's devices, to lower and
+  compile for a slice from a CPU host (`gecko.compile_step --topology`).
 
   Raises ValueError for a batch that does not split over the mesh, Matryoshka dims the
   model lacks, or a GradCache chunk that does not divide the batch.
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-  mesh = partitioning.make_mesh(mesh_axes)
+  mesh = partitioning.make_mesh(mesh_axes, dcn_axes=dcn_mesh_axes, devices=devices)
   partitioning.check_batch_size(batch_size, mesh)
   loss.check_dims(model.matryoshka_dims)
   if grad_cache_chunk and batch_size % grad_cache_chunk:
     raise ValueError(f"grad_cache_chunk={grad_cache_chunk} must divide the batch size "
                      f"{batch_size}.")
+  if grad_cache_chunk and grad_cache_chunk % mesh.shape["data"]:
+    raise ValueError(f"grad_cache_chunk={grad_cache_chunk} must be divisible by the mesh's "
+                     f"data axis ({mesh.shape['data']}); every chunk is split over it.")
   rules = partitioning.standard_logical_axis_rules(additional_axis_rules)
   tx = optimizer.transformation()
   abstract, shardings = train_step.state_shardings(model, tx, mesh, rules)
   step = train_step.jit_train_step(
-      train_step.make_train_step(model, loss, tx, grad_cache_chunk=grad_cache_chunk),
+      train_step.make_train_step(
+          model, loss, tx, grad_cache_chunk=grad_cache_chunk, data_shards=mesh.shape["data"],
+          param_specs=jax.tree.map(lambda s: s.spec, shardings.params)),
       shardings, mesh)
-  return Program(model=model, tx=tx, mesh=mesh, abstract_state=abstract, shardings=shardings,
-                 step=step, batch_sharding=partitioning.batch_sharding(mesh))
+  return Program(model=model, tx=tx, mesh=mesh, rules=rules, abstract_state=abstract,
+                 shardings=shardings, jitted_step=step,
+                 batch_sharding=partitioning.batch_sharding(mesh))
 
 
 def initial_params(model: DualEncoder, source: embedder_lib.Embedder, *, name: str, seed: int):
