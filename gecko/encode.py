@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import json
 import os
@@ -34,7 +35,7 @@ from jax.sharding import Mesh
 from gecko.data import jsonl, packing, placement
 from gecko.data.input_format import apply_prompt
 from gecko.models import embedder as embedder_lib
-from gecko.models import matryoshka
+from gecko.models import matryoshka, sharding
 
 IN_FLIGHT = 4  # batches dispatched ahead of the one being copied back
 # model -> {mesh: the model with its parameters replicated on that mesh}
@@ -138,6 +139,11 @@ def _embed(model: embedder_lib.Embedder, ids: list[list[int]], *, batch_size: in
   shards = placement.row_shards(mesh) if mesh is not None else 1
   limit = -(-max(len(b) for b in batches) // shards) * shards
   pending: collections.deque = collections.deque()
+  # On a mesh, the models' activation constraints and kernel choice follow it.
+  rules = sharding.standard_logical_axis_rules()
+
+  def context():
+    return sharding.in_force(mesh, rules) if mesh is not None else contextlib.nullcontext()
 
   def collect() -> None:
     batch, embeddings = pending.popleft()
@@ -155,7 +161,9 @@ def _embed(model: embedder_lib.Embedder, ids: list[list[int]], *, batch_size: in
       if mesh is not None:
         token_ids, segment_ids = (placement.put(x, placement.rows_sharding(mesh))
                                   for x in (token_ids, segment_ids))
-      pending.append((batch, model.embed_packed(token_ids, segment_ids, segments=MAX_SEGMENTS)))
+      with context():
+        embeddings = model.embed_packed(token_ids, segment_ids, segments=MAX_SEGMENTS)
+      pending.append((batch, embeddings))
       if len(pending) > IN_FLIGHT:
         collect()
     while pending:

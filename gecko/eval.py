@@ -21,9 +21,10 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 
+import jax
 import numpy as np
 
-from gecko.data import input_format
+from gecko.data import input_format, paths
 from gecko.encode import encode
 from gecko.evaluation import reports
 from gecko.evaluation import tasks as tasks_lib
@@ -71,16 +72,22 @@ def evaluate(*, checkpoint: str, tasks: Sequence[str | object], output_dir: str,
   name = model_name or embedder_lib.model_name(checkpoint)
   mesh = partitioning.make_mesh(mesh_axes) if mesh_axes else None
   embed = _RecentEncoder(model, batch_size=batch_size, mesh=mesh)
-  result_dir = os.path.join(output_dir, "results", name)
+  mirror = paths.Mirror(output_dir)  # a bucket OUTPUT_DIR: written here, then copied up
+  result_dir = os.path.join(mirror.root, "results", name)
   os.makedirs(result_dir, exist_ok=True)
-  results, failed, notes = _run_tasks(resolved, embed=embed, dims=dims, fmt=fmt,
-                                      result_dir=result_dir, model_name=name)
-  main_metrics = {t.name: t.main_score for t in resolved if t.name in results}
-  notes += [f"{task} failed: {reason}" for task, reason in failed.items()]
-  if results:
-    reports.write_markdown(os.path.join(output_dir, "results.md"), {name: results}, main_metrics,
-                           notes=notes)
-    reports.plot_scores(os.path.join(output_dir, "results.png"), {name: results}, main_metrics)
+  try:
+    results, failed, notes = _run_tasks(resolved, embed=embed, dims=dims, fmt=fmt,
+                                        result_dir=result_dir, model_name=name)
+    main_metrics = {t.name: t.main_score for t in resolved if t.name in results}
+    notes += [f"{task} failed: {reason}" for task, reason in failed.items()]
+    if results:
+      reports.write_markdown(os.path.join(mirror.root, "results.md"), {name: results},
+                             main_metrics, notes=notes)
+      reports.plot_scores(os.path.join(mirror.root, "results.png"), {name: results},
+                          main_metrics)
+  finally:
+    if jax.process_index() == 0:
+      mirror.push()
   if failed:
     raise EvaluationError(f"{len(failed)} of {len(resolved)} tasks failed "
                           f"({'; '.join(f'{t}: {r}' for t, r in failed.items())}); the results "

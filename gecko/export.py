@@ -15,7 +15,9 @@ The directory loads with `SentenceTransformer(DIR)` and `transformers.AutoModel`
 custom code (layout: `gecko.models.export`): safetensors weights (never pickle), the
 tokenizer, mean pooling, the projection as a bias-free `2_Dense`, Gecko's input format as
 named prompts, the Matryoshka dims, and a model card. A non-empty OUTPUT is refused
-without `--overwrite`.
+without `--overwrite`, and so is one that is, contains or lies inside an input; the
+new directory replaces the old one whole (written beside it, then renamed), so an
+interruption never leaves half of either. MODEL and OUTPUT may be bucket URLs (gs://).
 """
 
 from __future__ import annotations
@@ -26,14 +28,15 @@ import sys
 from collections.abc import Sequence
 
 from gecko import gin_flags
+from gecko.data import paths
 from gecko.models import embedder as embedder_lib
 from gecko.models import export as export_lib
 
 
 def is_run_dir(path: str) -> bool:
   """A training MODEL_DIR: checkpoints and the operative config.gin."""
-  return (os.path.isdir(os.path.join(path, "checkpoints"))
-          and os.path.exists(os.path.join(path, "config.gin")))
+  return (paths.isdir(paths.join(path, "checkpoints"))
+          and paths.exists(paths.join(path, "config.gin")))
 
 
 def restore_run(model_dir: str, *, step: int | None = None, tokenizer: str | None = None
@@ -49,7 +52,7 @@ def restore_run(model_dir: str, *, step: int | None = None, tokenizer: str | Non
 
   from gecko import gin_flags, train
   from gecko.training import checkpointing, trainer
-  gin_flags.configure([os.path.join(model_dir, "config.gin")], [])
+  gin_flags.configure([paths.local_copy(paths.join(model_dir, "config.gin"))], [])
   try:
     bindings = gin.get_bindings(train.train)
   finally:
@@ -67,8 +70,8 @@ def restore_run(model_dir: str, *, step: int | None = None, tokenizer: str | Non
   finally:
     ckpt.close()
   params = jax.device_get(state.params)
-  exported = os.path.join(model_dir, "export")
-  source = tokenizer or (exported if os.path.isdir(exported) else
+  exported = paths.join(model_dir, "export")
+  source = tokenizer or (exported if paths.isdir(exported) else
                          bindings.get("init_from") or bindings.get("tokenizer_from")
                          or "all-MiniLM-L6-v2")
   return (embedder_lib.Embedder(module=model, params=params,
@@ -77,9 +80,8 @@ def restore_run(model_dir: str, *, step: int | None = None, tokenizer: str | Non
 
 def _training_summary(model_dir: str, step: int) -> str:
   """The run's macros (its `config.gin` settings in brief) and the exported step."""
-  with open(os.path.join(model_dir, "config.gin"), encoding="utf-8") as f:
-    macros = [line for line in f.read().splitlines()
-              if line and line[0].isupper() and " = " in line and not line.startswith("MODEL_DIR")]
+  macros = [line for line in paths.read_text(paths.join(model_dir, "config.gin")).splitlines()
+            if line and line[0].isupper() and " = " in line and not line.startswith("MODEL_DIR")]
   return "\n".join([f"step {step} of {os.path.basename(os.path.normpath(model_dir))}", *macros])
 
 
@@ -98,15 +100,15 @@ def export(*, model: str, output: str, step: int | None = None, eval_dir: str | 
     default_prompt_name: A prompt `encode` applies when given none (default: none).
     name: The model card's title (default: the output directory's name).
   """
+  paths.check_apart(output, model, eval_dir, tokenizer)
   export_lib.check_output(output, overwrite=overwrite)  # before a checkpoint is restored
   results = None
   if eval_dir is not None:
-    path = os.path.join(eval_dir, "results.md")
-    if not os.path.exists(path):
+    path = paths.join(eval_dir, "results.md")
+    if not paths.exists(path):
       raise FileNotFoundError(f"--eval_dir {eval_dir!r} has no results.md (a gecko.eval "
                               "OUTPUT_DIR has one).")
-    with open(path, encoding="utf-8") as f:
-      results = f.read()
+    results = paths.read_text(path)
   if is_run_dir(model):
     embedder, step, bindings = restore_run(model, step=step, tokenizer=tokenizer)
     base, training = bindings.get("init_from"), _training_summary(model, step)

@@ -187,9 +187,9 @@ def write_operative_config(directory: str) -> None:
   if not config:
     return
   import jax
-  if jax.process_index() == 0:
-    with open(os.path.join(directory, "config.gin"), "w", encoding="utf-8") as f:
-      f.write(config)
+  if jax.process_index() == 0:  # one writer; a bucket path (gs://) too
+    from etils import epath
+    epath.Path(directory, "config.gin").write_text(config, encoding="utf-8")
 
 
 def run(fn: Callable, argv: Sequence[str], *, prog: str, doc: str,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
@@ -28,10 +27,12 @@ import jax
 import tqdm
 
 from gecko import gin_flags
+from gecko.data import paths
 from gecko.data.features import BatchSource
 from gecko.models import embedder as embedder_lib
 from gecko.models.dual_encoder import DualEncoder
 from gecko.training import checkpointing, trainer
+from gecko.training import preemption as preemption_lib
 from gecko.training.losses import GeckoLoss
 from gecko.training.optimizers import AdamW
 
@@ -81,7 +82,7 @@ def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
   """
   if train_steps < 1:
     raise ValueError(f"train_steps must be >= 1, got {train_steps}.")
-  os.makedirs(model_dir, exist_ok=True)
+  paths.makedirs(model_dir)
   source = embedder_lib.load(init_from) if init_from else None
   tokenizer = (source or embedder_lib.load(tokenizer_from)).tokenizer
   data = data_fn(tokenizer=tokenizer, process_index=jax.process_index(),
@@ -96,7 +97,36 @@ def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
   state, start = _start_state(program, ckpt, source, init_from=init_from, seed=seed)
   gin_flags.write_operative_config(model_dir)
   log = _MetricsLog(model_dir)
-  schedule = optimizer.schedule()
+  preemption = preemption_lib.Preemption()
+  try:
+    state, last, stopped = _loop(
+        program, data, state, start=start, train_steps=train_steps, ckpt=ckpt, log=log,
+        schedule=optimizer.schedule(), preemption=preemption, log_every=log_every,
+        max_nonfinite_steps=max_nonfinite_steps, seed=seed,
+        evaluate=(lambda state, done: _evaluate(eval_fn, model, state, tokenizer, model_dir, done))
+        if eval_fn is not None and eval_every else None, eval_every=eval_every)
+  finally:
+    preemption.close()
+    log.close()
+    ckpt.close()  # waits for the last write
+    data.close()
+  if stopped is not None:
+    print(f"gecko.train: preempted (SIGTERM); saved step {stopped} in {model_dir}; the same "
+          "command resumes from it.", file=sys.stderr)
+    return dict(last, preempted_at_step=stopped)
+  if export:
+    embedder_lib.save(embedder_lib.Embedder(module=model, params=trainer.host_params(state),
+                                            tokenizer=tokenizer),
+                      paths.join(model_dir, "export"), overwrite=True)
+  return last
+
+
+def _loop(program: trainer.Program, data: BatchSource, state, *, start: int, train_steps: int,
+          ckpt: checkpointing.Checkpointer, log: _MetricsLog, schedule, preemption,
+          log_every: int, max_nonfinite_steps: int, seed: int, evaluate, eval_every: int):
+  """Steps `start` to `train_steps`: (state, last logged metrics, the step saved on
+  preemption or None). Nothing reads the device each step: the non-finite streak is
+  read when metrics are logged and before a checkpoint is written."""
   window, last = trainer.MetricsWindow(), {}
   bar = tqdm.tqdm(total=train_steps, initial=start, desc="train", unit="step",
                   disable=jax.process_index() > 0, file=sys.stderr)
@@ -104,29 +134,28 @@ def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
     for step in range(start, train_steps):
       state, metrics = program.step(state, program.global_batch(data.batch(step)))
       window.add(metrics)
-      _check_finite(state, step=step, limit=max_nonfinite_steps, last_checkpoint=ckpt.latest_step)
       done = step + 1
+      if preemption.reached(done):
+        _check_finite(state, step=step, limit=max_nonfinite_steps, last_checkpoint=ckpt.latest_step)
+        ckpt.save(done, state, {"step": done, "seed": seed}, force=True)
+        return state, last, done
       if done % log_every == 0 or done == train_steps:
+        _check_finite(state, step=step, limit=max_nonfinite_steps, last_checkpoint=ckpt.latest_step)
         last = dict(window.average(batch_size=data.batch_size),
                     learning_rate=float(schedule(step)),
                     nonfinite_total=float(state.nonfinite_total))
         log(done, last)
         bar.set_postfix(loss=f"{last['loss']:.4f}")
-      ckpt.save(done, state, {"step": done, "seed": seed})
-      if eval_fn is not None and eval_every and (done % eval_every == 0 or done == train_steps):
-        log(done, _evaluate(eval_fn, model, state, tokenizer, model_dir, done))
+      if ckpt.due(done):
+        _check_finite(state, step=step, limit=max_nonfinite_steps, last_checkpoint=ckpt.latest_step)
+        ckpt.save(done, state, {"step": done, "seed": seed})
+      if evaluate is not None and (done % eval_every == 0 or done == train_steps):
+        log(done, evaluate(state, done))
       bar.update(1)
     ckpt.save(train_steps, state, {"step": train_steps, "seed": seed}, force=True)
   finally:
     bar.close()
-    log.close()
-    ckpt.close()
-    data.close()
-  if export:
-    embedder_lib.save(embedder_lib.Embedder(module=model, params=trainer.host_params(state),
-                                            tokenizer=tokenizer),
-                      os.path.join(model_dir, "export"), overwrite=True)
-  return last
+  return state, last, None
 
 
 def _start_state(program: trainer.Program, ckpt: checkpointing.Checkpointer,
@@ -151,29 +180,36 @@ def _check_finite(state, *, step: int, limit: int, last_checkpoint: int | None) 
 
 
 class _MetricsLog:
-  """Writes scalars to TensorBoard and (process 0) `MODEL_DIR/metrics.jsonl`."""
+  """Writes scalars to TensorBoard and (process 0) `MODEL_DIR/metrics.jsonl`; for a
+  bucket MODEL_DIR both are written locally and copied up after every write."""
 
   def __init__(self, model_dir: str):
     from clu import metric_writers  # TensorBoard (imports TensorFlow): training only
-    self._writer = metric_writers.create_default_writer(
-        model_dir, just_logging=jax.process_index() > 0)
-    self._path = os.path.join(model_dir, "metrics.jsonl")
+    self._primary = jax.process_index() == 0
+    self._mirror = paths.Mirror(model_dir)
+    self._writer = metric_writers.create_default_writer(self._mirror.root,
+                                                        just_logging=not self._primary)
+    self._path = self._mirror.local("metrics.jsonl", fetch=self._primary)
 
   def __call__(self, step: int, scalars: dict[str, float]) -> None:
     self._writer.write_scalars(step, scalars)
-    if jax.process_index() == 0:  # JSON has no NaN: a non-finite value is written as null
+    if self._primary:  # JSON has no NaN: a non-finite value is written as null
       row = {k: v if math.isfinite(v) else None for k, v in scalars.items()}
       with open(self._path, "a", encoding="utf-8") as f:
         f.write(json.dumps({"step": step, **row}, allow_nan=False) + "\n")
+      self._writer.flush()
+      self._mirror.push()
 
   def close(self) -> None:
     self._writer.flush()
+    if self._primary:
+      self._mirror.push()
 
 
 def _evaluate(eval_fn, model, state, tokenizer, model_dir: str, step: int) -> dict[str, float]:
   current = embedder_lib.Embedder(module=model, params=trainer.host_params(state),
                                   tokenizer=tokenizer)
-  results = eval_fn(checkpoint=current, output_dir=os.path.join(model_dir, "eval", str(step)),
+  results = eval_fn(checkpoint=current, output_dir=paths.join(model_dir, "eval", str(step)),
                     model_name=f"step_{step}")
   return {f"eval/{task}/{dim}": scores["main_score"]
           for task, per_dim in results.items() for dim, scores in per_dim.items()}

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Evaluate on a Cloud TPU VM (worker 0): launch/tpu_train.sh with --module=gecko.eval.
+# Evaluate on a Cloud TPU VM slice (every worker joins, as a slice's hosts must):
+# launch/tpu_train.sh with --module=gecko.eval.
 #
 #   launch/tpu_eval.sh --tpu=gecko-v5e-64 --zone=us-west4-a [--dry_run] \
 #     -- --gin_file=gin/runs/eval.gin --gin.CHECKPOINT="'gs://BUCKET/runs/ft1/export'" \

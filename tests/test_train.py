@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, SHARED_DATA, assert_trees_close, cli_env, run_cli
+from conftest import REPO, SHARED_DATA, assert_trees_close, cli_env, free_port, run_cli
 
 from gecko.models import embedder
 
@@ -83,16 +82,10 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path, triples,
   assert_trees_close(_exported(model_dir), _exported(uninterrupted), atol=1e-6)
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_agree_with_one(tmp_path, triples, uninterrupted):
   model_dir = tmp_path / "two"
-  port = _free_port()
+  port = free_port()
   procs = [subprocess.Popen(
       _train_cmd(model_dir, triples, 12, f"--coordinator_address=127.0.0.1:{port}",
                  "--num_processes=2", f"--process_id={i}"),
@@ -105,6 +98,62 @@ def test_two_processes_agree_with_one(tmp_path, triples, uninterrupted):
   single = [json.loads(line) for line in (uninterrupted / "metrics.jsonl").read_text().splitlines()]
   np.testing.assert_allclose([r["loss"] for r in rows], [r["loss"] for r in single], atol=1e-5)
   assert_trees_close(_exported(model_dir), _exported(uninterrupted), atol=1e-5)
+
+
+def _metrics_steps(model_dir):
+  path = model_dir / "metrics.jsonl"
+  return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait_for_step(procs, model_dir, step, timeout=900):
+  deadline = time.time() + timeout
+  while time.time() < deadline and all(p.poll() is None for p in procs):
+    if any(s >= step for s in _metrics_steps(model_dir)):
+      return
+    time.sleep(0.05)
+  raise AssertionError(f"no step {step} in {model_dir}/metrics.jsonl while the run lived")
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_step_it_reached_exits_0_and_resumes_exactly(tmp_path, triples,
+                                                                        uninterrupted):
+  """A spot VM's notice between checkpoint steps: that step is saved, the run exits 0
+  with one line, and the resumed run equals an uninterrupted one."""
+  model_dir = tmp_path / "preempted"
+  cmd = _train_cmd(model_dir, triples, 12, "--gin.CHECKPOINT_EVERY=100")  # none due before 12
+  proc = subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  _wait_for_step([proc], model_dir, 3)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-3000:]
+  saved = [int(n) for n in os.listdir(model_dir / "checkpoints")]
+  assert len(saved) == 1 and 3 <= saved[0] < 12, saved
+  assert f"preempted (SIGTERM); saved step {saved[0]} in {model_dir}" in err
+  assert not (model_dir / "export").exists()
+  resumed = run_cli(cmd)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"resuming from step {saved[0]}" in resumed.stderr
+  assert_trees_close(_exported(model_dir), _exported(uninterrupted), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_agreed_step(tmp_path, triples):
+  """JAX's preemption service: the notice reaches one host; both save the same step."""
+  model_dir = tmp_path / "two_preempted"
+  port = free_port()
+  procs = [subprocess.Popen(
+      _train_cmd(model_dir, triples, 40, f"--coordinator_address=127.0.0.1:{port}",
+                 "--num_processes=2", f"--process_id={i}", "--gin.CHECKPOINT_EVERY=100"),
+      cwd=REPO, env=cli_env(devices=4), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+      text=True) for i in range(2)]
+  _wait_for_step(procs, model_dir, 3)
+  procs[1].send_signal(signal.SIGTERM)
+  errors = [p.communicate(timeout=300)[1] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for e in errors]
+  saved = [int(n) for n in os.listdir(model_dir / "checkpoints")]
+  assert len(saved) == 1 and saved[0] < 40, saved
+  assert all(f"saved step {saved[0]}" in e for e in errors), [e[-500:] for e in errors]
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -236,3 +285,20 @@ def test_a_run_without_a_data_file_names_the_two_data_files(tmp_path):
   with pytest.raises(gin_flags.ConfigError, match=r"\['data_fn'\]: add a data file.*"
                      r"gin/data/seqio.gin.*gin/data/jsonl.gin"):
     gin_flags.call_configured(train.train)
+
+
+def test_importing_the_entry_points_starts_no_jax_backend():
+  """`jax.distributed.initialize` must come before any backend starts: an import that
+  creates an array (a module-level constant) breaks every multi-host run."""
+  code = ("import gecko.train, gecko.eval, gecko.compile_step, gecko.export, gecko.encode\n"
+          "from jax._src import xla_bridge\n"
+          "assert not xla_bridge.backends_are_initialized(), 'a backend started at import'\n")
+  result = run_cli([sys.executable, "-c", code], timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_preemption_service_attribute_gecko_reads_still_exists():
+  """gecko.training.preemption reads jax._src.distributed.global_state's
+  preemption_sync_manager (no public accessor): fail loudly if JAX renames it."""
+  from jax._src import distributed
+  assert hasattr(distributed.global_state, "preemption_sync_manager")

@@ -16,6 +16,8 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from gecko.data import paths
+
 
 def decode(line: str | bytes, *, where: str) -> Any:
   """One JSON value; a ValueError naming `where` (e.g. "file:12") when it is not JSON."""
@@ -37,9 +39,9 @@ def parse(lines: Iterable[str | bytes], *, path: str) -> Iterator[tuple[int, Any
 
 
 def _open(path: str):
-  if path.endswith(".gz"):
-    return gzip.open(path, "rb")
-  return open(path, "rb")
+  """A binary reader of a local or bucket (gs://) file; `.gz` decompressed."""
+  raw = paths.open_binary(path)
+  return gzip.open(raw, "rb") if path.endswith(".gz") else raw
 
 
 def read_numbered(path: str | os.PathLike, *, what: str = "JSONL file"
@@ -47,7 +49,7 @@ def read_numbered(path: str | os.PathLike, *, what: str = "JSONL file"
   """(line number, object) of every line; `what` names the file's role in the
   not-found error, and a line that is not a JSON object is an error naming it."""
   path = os.fspath(path)
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise FileNotFoundError(f"{what} not found: {path!r}.")
   records = []
   with _open(path) as f:

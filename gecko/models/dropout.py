@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 _LEVELS = 1 << 32
-_ROW_SALT = jnp.uint32(0x9E3779B9)  # rows enter the >2**32 hash apart from positions
+_ROW_SALT = 0x9E3779B9  # rows enter the >2**32 hash apart from positions
 
 
 def _fmix(h: jax.Array) -> jax.Array:
@@ -97,7 +97,7 @@ def hashed_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
                      f"each; shape {shape} has more: apply dropout to smaller pieces.")
   within = element_index((1,) + shape[1:])
   rows = jax.lax.broadcasted_iota(jnp.uint32, shape, 0) + jnp.asarray(first_row, jnp.uint32)
-  return _fmix(_fmix(within ^ words[0]) + words[1] + _fmix(rows ^ _ROW_SALT))
+  return _fmix(_fmix(within ^ words[0]) + words[1] + _fmix(rows ^ jnp.uint32(_ROW_SALT)))
 
 
 class Dropout(nn.Module):

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gecko.data import tokenization
+from gecko.data import paths, tokenization
 from gecko.data.packaged_models import PACKAGED_MODELS, resolve  # noqa: F401  (public here too)
 from gecko.models import bert, checkpoint_import, export, t5
 from gecko.models.dual_encoder import (
@@ -195,22 +195,28 @@ def init_params(module: DualEncoder, *, seed: int = 0) -> Params:
 
 
 def save(embedder: Embedder, directory: PathLike, *, overwrite: bool = False) -> str:
-  """Writes the model so `load(directory)` rebuilds it exactly; returns the directory."""
+  """Writes the model so `load(directory)` rebuilds it exactly; returns the directory.
+
+  `directory` may be a bucket URL (gs://...). The parameters go through orbax, which
+  every process calls (it coordinates hosts); the small files are written by process 0.
+  """
+  import jax
   import orbax.checkpoint as ocp
-  directory = os.path.abspath(os.fspath(directory))
-  if os.path.exists(os.path.join(directory, _GECKO_CONFIG)) and not overwrite:
+  directory = paths.absolute(directory)
+  if paths.exists(paths.join(directory, _GECKO_CONFIG)) and not overwrite:
     raise FileExistsError(f"{directory!r} already holds a saved model; pass overwrite=True.")
-  os.makedirs(directory, exist_ok=True)
+  paths.makedirs(directory)
   module = embedder.module
   backbone_type = next(k for k, v in _BACKBONES.items() if isinstance(module.backbone, v))
   config = {"backbone_type": backbone_type, "backbone": dataclasses.asdict(module.backbone),
             "embed_dim": module.embed_dim, "dims": list(module.matryoshka_dims),
             "prompts": embedder.prompts}
-  embedder.tokenizer.save(directory)
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(os.path.join(directory, "params"), embedder.params, force=True)
-  with open(os.path.join(directory, _GECKO_CONFIG), "w", encoding="utf-8") as f:
-    json.dump(config, f, indent=2)
+    checkpointer.save(paths.join(directory, "params"), embedder.params, force=True)
+  if jax.process_index() == 0:
+    with paths.staged_dir(directory) as local:  # the tokenizer writes local files
+      embedder.tokenizer.save(local)
+    paths.write_text(paths.join(directory, _GECKO_CONFIG), json.dumps(config, indent=2))
   return directory
 
 

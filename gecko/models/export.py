@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Mapping
 
 import numpy as np
 from safetensors import numpy as safetensors_numpy
 
-from gecko.data import tokenization
+from gecko.data import paths, tokenization
 from gecko.data.input_format import GECKO, TASK_STRINGS, InputFormat
 from gecko.models import bert, checkpoint_import, t5
 
@@ -119,16 +118,23 @@ def save_hf(embedder, directory: str | os.PathLike, *, overwrite: bool = False,
     FileExistsError: `directory` is not empty and `overwrite` is False.
     ValueError: `default_prompt_name` is not one of the prompts.
   """
-  directory = os.path.abspath(os.fspath(directory))
-  if check_output(directory, overwrite=overwrite, flag="overwrite=True (--overwrite)"):
-    shutil.rmtree(directory)
+  target = paths.absolute(directory)
+  check_output(target, overwrite=overwrite, flag="overwrite=True (--overwrite)")
   named = prompts(fmt)
   if default_prompt_name is not None and default_prompt_name not in named:
     raise ValueError(f"default_prompt_name={default_prompt_name!r} is not one of the prompts "
                      f"{sorted(named)}.")
+  with paths.replaced_dir(target) as directory:  # swapped in whole, or not at all
+    _write_hf(embedder, directory, named=named, fmt=fmt,
+              default_prompt_name=default_prompt_name, card=card)
+  return target
+
+
+def _write_hf(embedder, directory: str, *, named: Mapping[str, str], fmt: InputFormat,
+              default_prompt_name: str | None, card: str | None) -> None:
+  """The files of `save_hf`, into an empty local `directory`."""
   module, params = embedder.module, embedder.params
   config = module.backbone
-  os.makedirs(directory, exist_ok=True)
   _write_json(os.path.join(directory, "config.json"), _hf_config(config))
   tensors = checkpoint_import.tensors_from_encoder_params(params["encoder"], config=config)
   safetensors_numpy.save_file(tensors, os.path.join(directory, "model.safetensors"),
@@ -167,7 +173,6 @@ def save_hf(embedder, directory: str | os.PathLike, *, overwrite: bool = False,
                 "document_template": fmt.document_template}})
   with open(os.path.join(directory, "README.md"), "w", encoding="utf-8") as f:
     f.write(card if card is not None else model_card(embedder, named_prompts=named))
-  return directory
 
 
 def check_output(directory: str | os.PathLike, *, overwrite: bool,
@@ -175,7 +180,10 @@ def check_output(directory: str | os.PathLike, *, overwrite: bool,
   """Whether `directory` holds files (to be replaced); FileExistsError naming `flag`
   when it does and `overwrite` is False. Callers check before any costly work."""
   directory = os.fspath(directory)
-  full = os.path.isdir(directory) and bool(os.listdir(directory))
+  if paths.exists(directory) and not paths.isdir(directory):
+    raise FileExistsError(f"{directory!r} is a file; the output must be a folder (choose "
+                          "another path, or remove the file).")
+  full = paths.isdir(directory) and bool(paths.listdir(directory))
   if full and not overwrite:
     raise FileExistsError(f"{directory!r} is not empty; pass {flag} to replace its contents.")
   return full

@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from gecko.data import paths
 from gecko.training.train_step import all_finite
 
 _all_finite = jax.jit(all_finite)
@@ -55,7 +56,7 @@ class Checkpointer:
     self.every = every
     self.directory = directory
     self._manager = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(directory), "checkpoints"),
+        paths.join(paths.absolute(directory), "checkpoints"),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         item_names=("state", "meta"))
 
@@ -67,9 +68,13 @@ class Checkpointer:
     """The steps with a checkpoint, ascending."""
     return sorted(self._manager.all_steps())
 
+  def due(self, step: int) -> bool:
+    """Whether `step` is a checkpoint step."""
+    return step % self.every == 0
+
   def save(self, step: int, state, meta: dict[str, Any], *, force: bool = False) -> bool:
     """Saves if due (or forced); returns whether a checkpoint was written."""
-    if not force and step % self.every:
+    if not force and not self.due(step):
       return False
     if step in self._manager.all_steps():
       return False
@@ -102,7 +107,7 @@ class Checkpointer:
       where = self._set_aside(step)
       print(f"gecko: checkpoint step {step} cannot be restored: {reason}; moved it to "
             f"{where} (kept for inspection) and trying the previous one.", file=sys.stderr)
-    if steps or os.path.isdir(self._aside_dir):  # never start over on top of set-aside work
+    if steps or paths.isdir(self._aside_dir):  # never start over on top of set-aside work
       raise CheckpointError(
           f"no checkpoint under {self.directory}/checkpoints restores; the unreadable ones are "
           f"in {self._aside_dir}. Move a good one back into checkpoints/, or remove that "
@@ -118,7 +123,7 @@ class Checkpointer:
       try:
         return self.restore(abstract_state, step), None
       except Exception as e:  # orbax, tensorstore and json raise many types
-        reason = _diagnose(os.path.join(self._manager.directory, str(step)), e)
+        reason = _diagnose(paths.join(str(self._manager.directory), str(step)), e)
       time.sleep(1.0)  # the late reads finish, and complain, while captured
       gc.collect()  # so do the coroutines the failed restore left behind
       captured.drop()
@@ -126,17 +131,17 @@ class Checkpointer:
 
   @property
   def _aside_dir(self) -> str:
-    return os.path.join(os.path.abspath(self.directory), "checkpoints_unreadable")
+    return paths.join(paths.absolute(self.directory), "checkpoints_unreadable")
 
   def _set_aside(self, step: int) -> str:
-    source = os.path.join(self._manager.directory, str(step))
+    source = paths.join(str(self._manager.directory), str(step))
     target_dir = self._aside_dir
-    os.makedirs(target_dir, exist_ok=True)
-    target = os.path.join(target_dir, str(step))
+    paths.makedirs(target_dir)
+    target = paths.join(target_dir, str(step))
     suffix = 1
-    while os.path.exists(target):
-      target, suffix = os.path.join(target_dir, f"{step}.{suffix}"), suffix + 1
-    os.replace(source, target)
+    while paths.exists(target):
+      target, suffix = paths.join(target_dir, f"{step}.{suffix}"), suffix + 1
+    paths.as_path(source).rename(target)  # a bucket copies, then deletes
     self._manager.reload()
     return target
 
@@ -171,17 +176,11 @@ class _CapturedStderr:
 def _diagnose(step_dir: str, error: Exception) -> str:
   """Why a step does not restore, naming the file: the first metadata file that is not
   JSON (orbax's own error does not say which), else the error itself."""
-  for root, dirs, files in os.walk(step_dir):
-    dirs[:] = sorted(d for d in dirs if d != "d")  # "d/": array data, not JSON
-    for name in sorted(files):
-      path = os.path.join(root, name)
-      if name.endswith((".ocdbt", ".txt")):
-        continue
-      try:
-        with open(path, encoding="utf-8") as f:
-          json.load(f)
-      except (ValueError, UnicodeDecodeError) as e:
-        return f"{path} is not valid JSON ({'empty' if not os.path.getsize(path) else e})"
+  for path in _metadata_files(paths.as_path(step_dir)):
+    try:
+      json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+      return f"{path} is not valid JSON ({'empty' if not path.stat().length else e})"
   while error.__cause__ is not None:  # tensorstore's own error names the file it read
     error = error.__cause__
   text = str(error)
@@ -192,6 +191,19 @@ def _diagnose(step_dir: str, error: Exception) -> str:
             f"so the array {array.group(1)} cannot be restored")
   lines = [line.strip() for line in text.splitlines() if line.strip()]
   return f"{type(error).__name__}: {lines[0][:400] if lines else ''} (in {step_dir})"
+
+
+def _metadata_files(directory):
+  """The JSON files under a step folder (a folder's files, then its subfolders, each in
+  name order), skipping array data (`d/`, `.ocdbt` and `.txt` files)."""
+  if not directory.is_dir():
+    return
+  children = sorted(directory.iterdir(), key=lambda p: p.name)
+  folders = [c for c in children if c.is_dir()]
+  yield from (c for c in children if c not in folders and not c.name.endswith((".ocdbt", ".txt")))
+  for folder in folders:
+    if folder.name != "d":
+      yield from _metadata_files(folder)
 
 
 # How tensorstore names what it failed to read: the array inside the OCDBT database, the

@@ -1,18 +1,14 @@
-"""Device mesh and logical-axis rules: parameters and batches onto named mesh axes.
+"""Device mesh and shardings: parameters and batches onto the named mesh axes.
 
-Logical names (on every parameter, see `gecko.models.bert` and `gecko.models.t5`) map to mesh axes:
-
-  batch -> (data, fsdp)      examples split over data-parallel and FSDP replicas
-  embed -> fsdp              parameters sharded FSDP-style along the model width
-  vocab, mlp, heads -> model tensor (model) parallelism
-  kv, length, type, projection, relpos_buckets, layers -> replicated
-
+The mesh has the axes (data, fsdp, model), laid out by `jax.experimental.mesh_utils`
+over the TPU torus (and over slices, with DCN axes). The models' logical axis names
+map onto them by `gecko.models.sharding.standard_logical_axis_rules` (batch -> data and
+fsdp, embed -> fsdp, vocab/mlp/heads -> model), which `in_force` applies while tracing.
 A mesh axis of size 1 costs nothing, so one rule set serves 1 CPU to a TPU pod.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
@@ -21,25 +17,13 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from gecko.models import sharding
+
 MESH_AXES = ("data", "fsdp", "model")
-Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
-
-
-def standard_logical_axis_rules(additional_rules: Rules = ()) -> tuple:
-  """The rules above; `additional_rules` come first and so take precedence."""
-  return tuple(additional_rules) + (
-      ("batch", ("data", "fsdp")),
-      ("embed", "fsdp"),
-      ("vocab", "model"),
-      ("mlp", "model"),
-      ("heads", "model"),
-      ("kv", None),
-      ("length", None),
-      ("type", None),
-      ("projection", None),
-      ("relpos_buckets", None),
-      ("layers", None),
-  )
+Rules = sharding.Rules
+# The models' logical names and the context that applies them (gecko.models.sharding).
+standard_logical_axis_rules = sharding.standard_logical_axis_rules
+in_force = sharding.in_force
 
 
 def make_mesh(axes: Mapping[str, int] | None = None, *, devices=None,
@@ -60,31 +44,10 @@ def make_mesh(axes: Mapping[str, int] | None = None, *, devices=None,
       MaxText's `dcn_*` settings: e.g. `{"data": 2}` on two slices. Each axis's size
       in the mesh is its ICI size times its DCN size.
   """
-  axes, dcn_axes = dict(axes or {"data": -1}), dict(dcn_axes or {})
-  for what, given in (("mesh", axes), ("DCN mesh", dcn_axes)):
-    unknown = sorted(set(given) - set(MESH_AXES))
-    if unknown:
-      raise ValueError(f"Unknown {what} axes {unknown}; use {list(MESH_AXES)}.")
-  dcn = [int(dcn_axes.get(name, 1)) for name in MESH_AXES]
-  if any(size < 1 for size in dcn):
-    raise ValueError(f"DCN mesh axes must be positive sizes (no -1), got {dcn_axes}.")
-  slices = int(np.prod(dcn))
   devices = list(devices if devices is not None else jax.devices())
-  if len(devices) % slices:
-    raise ValueError(f"DCN mesh {dcn_axes} needs the {len(devices)} devices to split into "
-                     f"{slices} slices of equal size.")
-  per_slice = len(devices) // slices
-  sizes = [int(axes.get(name, 1)) for name in MESH_AXES]
-  if sizes.count(-1) > 1:
-    raise ValueError(f"At most one mesh axis may be -1, got {axes}.")
-  known = int(np.prod([s for s in sizes if s != -1]))
-  if -1 in sizes:
-    if per_slice % known:
-      raise ValueError(f"Mesh {axes} does not divide the {per_slice} devices"
-                       f"{' of a slice' if slices > 1 else ''}.")
-    sizes[sizes.index(-1)] = per_slice // known
-  wanted = int(np.prod(sizes))
-  if (-1 not in axes.values() and slices == 1 and wanted < len(devices)
+  sizes, dcn = mesh_sizes(axes, dcn_axes=dcn_axes, devices=len(devices))
+  wanted, slices = int(np.prod(sizes)), int(np.prod(dcn))
+  if (-1 not in dict(axes or {"data": -1}).values() and slices == 1 and wanted < len(devices)
       and jax.process_count() == 1):
     devices = devices[:wanted]
   if wanted * slices != len(devices):
@@ -99,13 +62,33 @@ def make_mesh(axes: Mapping[str, int] | None = None, *, devices=None,
   return Mesh(grid, MESH_AXES)
 
 
-@contextlib.contextmanager
-def in_force(mesh: Mesh, rules: Rules):
-  """The mesh and the logical-axis rules in force while tracing: every
-  `nn.with_logical_constraint` in the models then constrains its activation, and
-  attention picks the kernel of the mesh's platform (`gecko.models.attention`)."""
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    yield
+def mesh_sizes(axes: Mapping[str, int] | None, *, devices: int,
+               dcn_axes: Mapping[str, int] | None = None) -> tuple[list[int], list[int]]:
+  """(ICI sizes, DCN sizes) of the axes `MESH_AXES` on `devices` devices: an axis of -1
+  takes the devices of a slice the others leave. Checks the names and the division."""
+  axes, dcn_axes = dict(axes or {"data": -1}), dict(dcn_axes or {})
+  for what, given in (("mesh", axes), ("DCN mesh", dcn_axes)):
+    unknown = sorted(set(given) - set(MESH_AXES))
+    if unknown:
+      raise ValueError(f"Unknown {what} axes {unknown}; use {list(MESH_AXES)}.")
+  dcn = [int(dcn_axes.get(name, 1)) for name in MESH_AXES]
+  if any(size < 1 for size in dcn):
+    raise ValueError(f"DCN mesh axes must be positive sizes (no -1), got {dcn_axes}.")
+  slices = int(np.prod(dcn))
+  if devices % slices:
+    raise ValueError(f"DCN mesh {dcn_axes} needs the {devices} devices to split into "
+                     f"{slices} slices of equal size.")
+  per_slice = devices // slices
+  sizes = [int(axes.get(name, 1)) for name in MESH_AXES]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"At most one mesh axis may be -1, got {axes}.")
+  known = int(np.prod([s for s in sizes if s != -1]))
+  if -1 in sizes:
+    if per_slice % known:
+      raise ValueError(f"Mesh {axes} does not divide the {per_slice} devices"
+                       f"{' of a slice' if slices > 1 else ''}.")
+    sizes[sizes.index(-1)] = per_slice // known
+  return sizes, dcn
 
 
 def logical_shardings(boxed_tree, mesh: Mesh, rules: Rules):
@@ -114,12 +97,14 @@ def logical_shardings(boxed_tree, mesh: Mesh, rules: Rules):
   return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
-def check_batch_size(batch_size: int, mesh: Mesh) -> None:
-  """The global batch must split evenly over the (data, fsdp) devices."""
-  shards = int(mesh.shape["data"] * mesh.shape["fsdp"])
+def check_batch_size(batch_size: int, mesh: Mesh | Mapping[str, int]) -> None:
+  """The global batch must split evenly over the (data, fsdp) devices (`mesh`: a Mesh or
+  its axis sizes)."""
+  shape = dict(mesh.shape) if isinstance(mesh, Mesh) else dict(mesh)
+  shards = int(shape["data"] * shape["fsdp"])
   if batch_size % shards:
     raise ValueError(f"batch_size={batch_size} must be divisible by data x fsdp = {shards}, "
-                     f"the devices the batch is split over (mesh {dict(mesh.shape)}); change "
+                     f"the devices the batch is split over (mesh {shape}); change "
                      "BATCH_SIZE or MESH_AXES.")
 
 
