@@ -132,7 +132,7 @@ def _loop(program: trainer.Program, data: BatchSource, state, *, start: int, tra
                   disable=jax.process_index() > 0, file=sys.stderr)
   try:
     for step in range(start, train_steps):
-      state, metrics = program.step(state, program.global_batch(data.batch(step)))
+      state, metrics = program.step(state, program.batch_at(data, step))
       window.add(metrics)
       done = step + 1
       if preemption.reached(done):

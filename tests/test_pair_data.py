@@ -51,3 +51,82 @@ def test_long_texts_keep_their_final_sep(tokenizer):
 def test_bad_records_are_named(tokenizer, records, message):
   with pytest.raises(ValueError, match=message):
     pair_data.PairBatches(records=records, tokenizer=tokenizer, batch_size=2)
+
+
+_HOST_SCRIPT = r"""
+import json, sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+coordinator, pid, path, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+jax.distributed.initialize(coordinator_address=coordinator, num_processes=2, process_id=pid)
+import numpy as np
+from jax.experimental import multihost_utils
+from gecko.data import jsonl
+from gecko.data.pairs import PairBatches
+from gecko.models import bert, dual_encoder, embedder
+from gecko.training import trainer
+from gecko.training.losses import GeckoLoss
+from gecko.training.optimizers import AdamW
+
+reads = []
+original = jsonl.LineIndex.read
+def logged(self, indices):
+  indices = list(indices)
+  reads.append(sorted(set(int(i) for i in indices)))
+  return original(self, indices)
+jsonl.LineIndex.read = logged
+
+tokenizer = embedder.load("all-MiniLM-L6-v2").tokenizer
+model = dual_encoder.DualEncoder(backbone=bert.BertConfig(
+    vocab_size=len(tokenizer.vocab), hidden_size=32, num_layers=1, num_heads=2, mlp_dim=64))
+program = trainer.build(model=model, loss=GeckoLoss(temperature=0.05), batch_size=16,
+                        optimizer=AdamW(learning_rate=1e-4, total_steps=10), mesh_axes={"data": -1})
+
+def open_data():
+  return PairBatches(path=path, tokenizer=tokenizer, batch_size=16, check_records=False,
+                     process_index=pid, process_count=2)
+
+data, epoch = open_data(), {}
+reads.clear()  # opening reads record 0 (the file's shape); the epoch's reads start here
+for step in range(4):  # 64 records, batches of 16: one epoch
+  before = len(reads)
+  batch = program.batch_at(data, step)
+  epoch[step] = {"reads": sorted(i for r in reads[before:] for i in r),
+                 "queries": multihost_utils.process_allgather(batch["query_tokens"], tiled=True).tolist()}
+resumed = open_data()  # a restarted process
+opened = resumed.records_read
+batch = program.batch_at(resumed, 2)
+again = multihost_utils.process_allgather(batch["query_tokens"], tiled=True).tolist()
+json.dump({"epoch": epoch, "resume_reads": resumed.records_read - opened,
+           "resumed_equal": again == epoch[2]["queries"]}, open(out, "w"))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_read_disjoint_shares_and_resume_by_seeking(tmp_path):
+  """Each process decodes only the records of the rows its devices hold: the shares are
+  disjoint, make one epoch together, and a restarted process reads one batch's share."""
+  import json
+  import subprocess
+  import sys
+
+  from conftest import REPO, cli_env, free_port
+  path = tmp_path / "pairs.jsonl"
+  path.write_text("".join(json.dumps({"query": f"query {i}", "positive": f"passage {i}",
+                                      "negative": f"other {i}"}) + "\n" for i in range(64)))
+  port = free_port()
+  procs = [subprocess.Popen([sys.executable, "-c", _HOST_SCRIPT, f"127.0.0.1:{port}", str(i),
+                             str(path), str(tmp_path / f"host{i}.json")], cwd=REPO,
+                            env=cli_env(devices=4), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  for p in procs:
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+  hosts = [json.loads((tmp_path / f"host{i}.json").read_text()) for i in range(2)]
+  shares = [[i for step in h["epoch"].values() for i in step["reads"]] for h in hosts]
+  assert all(len(share) == 32 for share in shares)  # each host decoded half of the epoch
+  assert not set(shares[0]) & set(shares[1])
+  assert sorted(shares[0] + shares[1]) == list(range(64))
+  for step in ("0", "1", "2", "3"):
+    assert hosts[0]["epoch"][step]["queries"] == hosts[1]["epoch"][step]["queries"]
+  assert all(h["resume_reads"] == 8 and h["resumed_equal"] for h in hosts), hosts

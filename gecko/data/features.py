@@ -28,7 +28,7 @@ data source is any `BatchSource` (`gecko.data.pairs.PairBatches`,
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -69,3 +69,14 @@ class BatchSource(Protocol):
 
   def close(self) -> None:
     """Releases what the source holds open."""
+
+
+@runtime_checkable
+class RowSource(Protocol):
+  """A `BatchSource` that reads any rows of any step's global batch directly: the
+  trainer asks each process for the rows its devices hold (`gecko.data.pairs.PairBatches`)."""
+
+  batch_size: int
+
+  def rows(self, step: int, start: int, stop: int) -> dict[str, np.ndarray]:
+    """Rows `start:stop` of the global batch at `step`."""

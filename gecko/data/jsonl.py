@@ -16,6 +16,8 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from gecko.data import paths
 
 
@@ -59,6 +61,59 @@ def read_numbered(path: str | os.PathLike, *, what: str = "JSONL file"
                          f"{type(value).__name__} ({json.dumps(value)[:60]}).")
       records.append((number, value))
   return records
+
+
+class LineIndex:
+  """Random access to a JSONL file's records by number, without decoding the others.
+
+  One pass over the file's bytes finds where each non-blank line starts; `read(numbers)`
+  then seeks to just those lines and decodes them (errors name `file:line`).
+  `records_read` counts the records decoded, so callers can show they read only their
+  share. A `.gz` file cannot be seeked: its lines are held decompressed in memory.
+  """
+
+  def __init__(self, path: str | os.PathLike, *, what: str = "JSONL file"):
+    self.path = os.fspath(path)
+    if not paths.exists(self.path):
+      raise FileNotFoundError(f"{what} not found: {self.path!r}.")
+    self.records_read = 0
+    self._lines: list[bytes] | None = None
+    starts, numbers = [], []
+    with _open(self.path) as f:
+      if self.path.endswith(".gz"):
+        self._lines = []
+      offset = 0
+      for number, line in enumerate(f, 1):
+        if line.strip():
+          starts.append(offset)
+          numbers.append(number)
+          if self._lines is not None:
+            self._lines.append(line)
+        offset += len(line)
+    self._starts = np.asarray(starts, np.int64)
+    self._numbers = np.asarray(numbers, np.int64)
+
+  def __len__(self) -> int:
+    return len(self._starts)
+
+  def where(self, index: int) -> str:
+    """`file:line` of record `index`."""
+    return f"{self.path}:{self._numbers[index]}"
+
+  def read(self, indices: Iterable[int]) -> dict[int, Any]:
+    """{record index: its JSON value} for `indices` (each decoded once)."""
+    wanted = sorted(set(int(i) for i in indices))
+    out = {}
+    if self._lines is not None:
+      for i in wanted:
+        out[i] = decode(self._lines[i], where=self.where(i))
+    else:
+      with paths.open_binary(self.path) as f:
+        for i in wanted:
+          f.seek(int(self._starts[i]))
+          out[i] = decode(f.readline(), where=self.where(i))
+    self.records_read += len(wanted)
+    return out
 
 
 def read_objects(path: str | os.PathLike, *, what: str = "JSONL file") -> list[dict[str, Any]]:

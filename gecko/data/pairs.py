@@ -13,6 +13,7 @@ Gecko's format (`task: ... | query: ...`, `title: ... | text: ...`) or given a
 
 from __future__ import annotations
 
+import json
 import sys
 import zlib
 from collections.abc import Sequence
@@ -40,20 +41,33 @@ def _check_empty(numbered, fields) -> None:
             f"{field!r} (first: {empty[0]}); they train as empty texts.", file=sys.stderr)
 
 
+# Files up to this many records are read and checked whole when opened (a CPU run's
+# data: errors before the first step); larger ones record by record as batches need them.
+EAGER_CHECK_RECORDS = 100_000
+
+
 class PairBatches:
   """Deterministic, step-indexed, per-process batches of tokenized text pairs.
+
+  A JSONL file is indexed by one pass over its bytes (`gecko.data.jsonl.LineIndex`);
+  a process then reads only the records of the rows it holds (`rows`), so a resumed
+  run goes straight to its step and the processes of a pod share the file without
+  each reading all of it. Files of up to `EAGER_CHECK_RECORDS` records are read and
+  checked whole when opened.
 
   Args:
     tokenizer: The model's WordPiece tokenizer.
     batch_size: Global batch size (all processes together).
     query_length, passage_length: Fixed padded lengths (<= the tokenizer's max).
     records: Dicts with "query", "positive" and optionally "negative" strings.
-    path: Alternatively, a JSONL file of such records.
+    path: Alternatively, a JSONL file of such records (local or gs://).
     query_prompt, passage_prompt: Optional prefixes/templates (see `gecko.encode`).
     seed: Shuffling seed.
     shuffle: Visit records in a new random order each epoch; False keeps the file
       order (e.g. records pre-grouped so that each batch holds one topic or task).
-    process_index, process_count: This process's share of each global batch.
+    process_index, process_count: This process's share of each global batch (`batch`).
+    check_records: Read and check every record when opened; None: when the file has
+      at most `EAGER_CHECK_RECORDS` records (always for `records=`).
   """
 
   def __init__(self, *, tokenizer: tokenization.Tokenizer, batch_size: int,
@@ -61,55 +75,46 @@ class PairBatches:
                records: Sequence[dict[str, str]] | None = None, path: str | None = None,
                query_prompt: str | None = None, passage_prompt: str | None = None,
                seed: int = 0, shuffle: bool = True, process_index: int = 0,
-               process_count: int = 1):
+               process_count: int = 1, check_records: bool | None = None):
     if (records is None) == (path is None):
       raise ValueError("PairBatches needs exactly one of records= or path=.")
-    if records is not None:
-      numbered = [(f"records[{n}]", r) for n, r in enumerate(records)]
-    else:
-      numbered = [(f"{path}:{line}", r)
-                  for line, r in jsonl.read_numbered(path, what="Training data")]
-    records = [r for _, r in numbered]
-    if len(records) < batch_size:
-      raise ValueError(f"{len(records)} records cannot fill one batch of {batch_size}.")
     if batch_size % process_count:
       raise ValueError(f"batch_size={batch_size} is not divisible by {process_count} processes.")
-    for where, record in numbered:
-      for field in ("query", "positive"):
-        if not isinstance(record.get(field), str):
-          raise ValueError(f"{where}: needs a string {field!r}, got {record!r:.120}.")
-    with_negative = [isinstance(r.get("negative"), str) for r in records]
-    has_negative = all(with_negative)
-    if any(with_negative) and not has_negative:
-      where = numbered[with_negative.index(False)][0]
-      raise ValueError(f"{where}: has no string 'negative' while other records do; give "
-                       "every record a hard negative, or none (Eq. 2).")
-    _check_empty(numbered, ("query", "positive", "negative") if has_negative
-                 else ("query", "positive"))
+    self._index = jsonl.LineIndex(path, what="Training data") if path is not None else None
+    self.num_records = len(records) if records is not None else len(self._index)
+    if self.num_records < batch_size:
+      raise ValueError(f"{self.num_records} records cannot fill one batch of {batch_size}.")
     self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
     self.process_index, self.process_count = process_index, process_count
-    self.num_records = len(records)
+    self._tokenizer, self._prompts = tokenizer, {"query": query_prompt,
+                                                 "positive": passage_prompt,
+                                                 "negative": passage_prompt}
     self._lengths = {"query": min(query_length, tokenizer.max_length),
                      "positive": min(passage_length, tokenizer.max_length),
                      "negative": min(passage_length, tokenizer.max_length)}
-    texts = {
-        "query": apply_prompt([r["query"] for r in records], query_prompt),
-        "positive": apply_prompt([r["positive"] for r in records], passage_prompt),
-    }
-    if has_negative:
-      texts["negative"] = apply_prompt([r["negative"] for r in records], passage_prompt)
-    self._tokens = {}
-    for tower, values in texts.items():
-      ids, mask = tokenizer.pad(tokenizer.encode_batch(values), self._lengths[tower])
-      self._tokens[tower] = ids, mask
-    self._keys = {features.POSITIVE_KEY: np.array([text_key(t) for t in texts["positive"]],
-                                                  np.int32),
-                  features.QUERY_KEY: np.array([text_key(t) for t in texts["query"]], np.int32)}
+    eager = records is not None or (check_records if check_records is not None
+                                    else self.num_records <= EAGER_CHECK_RECORDS)
+    if eager:
+      numbered = ([(f"records[{n}]", r) for n, r in enumerate(records)] if records is not None
+                  else [(self._index.where(i), r) for i, r in
+                        sorted(self._index.read(range(self.num_records)).items())])
+      self._has_negative = _check_records(numbered)
+      self._encoded = self._encode([r for _, r in numbered])  # every row, tokenized once
+    else:
+      first = self._index.read([0])[0]
+      _check_records([(self._index.where(0), first)])
+      self._has_negative = isinstance(first, dict) and isinstance(first.get("negative"), str)
+      self._encoded = None
+
+  @property
+  def records_read(self) -> int:
+    """Records decoded from the file so far (0 for `records=`)."""
+    return self._index.records_read if self._index is not None else 0
 
   @property
   def feature_names(self) -> tuple[str, ...]:
     names = features.QUERY + features.POSITIVE
-    if "negative" in self._tokens:
+    if self._has_negative:
       names += features.NEGATIVE
     return names + (features.POSITIVE_KEY, features.QUERY_KEY)
 
@@ -124,18 +129,63 @@ class PairBatches:
       out.extend(order[offset:offset + self.batch_size - len(out)].tolist())
     return np.asarray(out)
 
+  def rows(self, step: int, start: int, stop: int) -> dict[str, np.ndarray]:
+    """Rows `start:stop` of the global batch at `step` (a `gecko.data.features` dict),
+    reading only their records."""
+    indices = self.global_indices(step)[start:stop]
+    if self._encoded is not None:
+      return {name: values[indices] for name, values in self._encoded.items()}
+    numbered = [(self._index.where(i), r) for i, r in self._index.read(indices).items()]
+    has_negative = _check_records(numbered, empties=False)
+    if has_negative != self._has_negative:
+      where = numbered[0][0]
+      raise ValueError(f"{where}: records {'have' if has_negative else 'lack'} a 'negative' "
+                       "that the file's first record "
+                       f"{'lacks' if has_negative else 'has'}; give every record a hard "
+                       "negative, or none (Eq. 2).")
+    by_index = {i: r for i, (_, r) in zip(sorted(set(indices.tolist())), numbered)}
+    return self._encode([by_index[int(i)] for i in indices])
+
   def batch(self, step: int) -> dict[str, np.ndarray]:
-    """This process's rows of the global batch at `step` (a `gecko.data.features` dict)."""
+    """This process's rows of the global batch at `step` (its `process_index`-th share)."""
     rows = self.batch_size // self.process_count
-    idx = self.global_indices(step)[self.process_index * rows:(self.process_index + 1) * rows]
+    return self.rows(step, self.process_index * rows, (self.process_index + 1) * rows)
+
+  def _encode(self, records: Sequence[dict[str, str]]) -> dict[str, np.ndarray]:
+    """Tokenized, padded towers and text keys of `records`, in order."""
     out = {}
-    for tower, (ids, mask) in self._tokens.items():
-      out[f"{tower}_tokens"], out[f"{tower}_mask"] = ids[idx], mask[idx]
-    for name, keys in self._keys.items():
-      out[name] = keys[idx]
+    texts = {}
+    for tower in ("query", "positive", "negative") if self._has_negative else ("query", "positive"):
+      texts[tower] = apply_prompt([r[tower] for r in records], self._prompts[tower])
+      ids, mask = self._tokenizer.pad(self._tokenizer.encode_batch(texts[tower]),
+                                      self._lengths[tower])
+      out[f"{tower}_tokens"], out[f"{tower}_mask"] = ids, mask
+    out[features.POSITIVE_KEY] = np.array([text_key(t) for t in texts["positive"]], np.int32)
+    out[features.QUERY_KEY] = np.array([text_key(t) for t in texts["query"]], np.int32)
     return out
 
   def close(self) -> None:
-    """Nothing to release (batches are built from memory); the same interface as
+    """Nothing to release (files are opened per read); the same interface as
     `SeqioBatches.close`."""
 
+
+def _check_records(numbered: Sequence[tuple[str, object]], *, empties: bool = True) -> bool:
+  """Checks (where, record) pairs (objects, string texts, a negative in all or none and,
+  with `empties`, empty texts); returns whether they have negatives."""
+  for where, record in numbered:
+    if not isinstance(record, dict):
+      raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__} "
+                       f"({json.dumps(record)[:60]}).")
+    for field in ("query", "positive"):
+      if not isinstance(record.get(field), str):
+        raise ValueError(f"{where}: needs a string {field!r}, got {record!r:.120}.")
+  with_negative = [isinstance(r.get("negative"), str) for _, r in numbered]
+  has_negative = all(with_negative)
+  if any(with_negative) and not has_negative:
+    where = numbered[with_negative.index(False)][0]
+    raise ValueError(f"{where}: has no string 'negative' while other records do; give "
+                     "every record a hard negative, or none (Eq. 2).")
+  if empties:
+    _check_empty(numbered, ("query", "positive", "negative") if has_negative
+                 else ("query", "positive"))
+  return has_negative

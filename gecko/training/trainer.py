@@ -78,6 +78,28 @@ class Program:
     return {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
             for k, v in local.items()}
 
+  def batch_at(self, data: features.BatchSource, step: int) -> dict[str, jax.Array]:
+    """The global batch at `step`. A `features.RowSource` is asked for exactly the rows
+    this process's devices hold under the batch sharding (its data axes, not its process
+    index); any other source gives this process's share (`data.batch(step)`)."""
+    if not isinstance(data, features.RowSource):
+      return self.global_batch(data.batch(step))
+    size = data.batch_size
+    spans = sorted({(index[0].start or 0, size if index[0].stop is None else index[0].stop)
+                    for index in self.batch_sharding.addressable_devices_indices_map(
+                        (size,)).values()})
+    rows = {span: data.rows(step, *span) for span in spans}
+    first = rows[spans[0]]
+
+    def feature(name):
+      shape = (size,) + first[name].shape[1:]
+      return jax.make_array_from_callback(
+          shape, self.batch_sharding,
+          lambda index: rows[(index[0].start or 0, size if index[0].stop is None
+                              else index[0].stop)][name])
+
+    return {name: feature(name) for name in first}
+
   def abstract_batch(self, loss: GeckoLoss, *, batch_size: int, query_length: int,
                      passage_length: int) -> dict[str, jax.ShapeDtypeStruct]:
     """The shapes of a global batch holding exactly the features `loss` needs."""
