@@ -165,5 +165,9 @@ def test_hashed_dropout_draws_are_independent_across_elements_and_keys():
   ones = np.unpackbits(bits.view(np.uint8)).reshape(-1, 32).mean(axis=0)
   assert np.abs(ones - 0.5).max() < 0.005  # every bit position is a fair coin
   np.testing.assert_array_equal(bits, dropout.hashed_bits(jax.random.key(3), shape))
-  with pytest.raises(ValueError, match=r"more than 2\*\*32 elements"):
-    dropout.hashed_bits(jax.random.key(0), (1 << 17, 1 << 16))
+  # Past 2**32 elements the hash takes (row, position in the row); only a single row
+  # past 2**32 elements is refused.
+  big = jax.eval_shape(lambda: dropout.hashed_bits(jax.random.key(0), (1 << 17, 1 << 16)))
+  assert big.shape == (1 << 17, 1 << 16)
+  with pytest.raises(ValueError, match=r"32 bits each; shape \(2, 8589934592\) has more"):
+    dropout.hashed_bits(jax.random.key(0), (2, 1 << 33))

@@ -189,6 +189,7 @@ def _collectives(hlo: str) -> tuple[dict[str, int], dict[str, int]]:
   return count(hlo), count("\n".join(texts[c] for c in inside))
 
 
+@pytest.mark.slow
 def test_grad_cache_reduces_gradients_over_data_once_per_step():
   """Per-chunk gradients stay on their data shard through the chunk loop: the loop body
   holds no collective, and the step's collectives do not grow with the chunk count."""

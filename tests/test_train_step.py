@@ -111,8 +111,10 @@ def test_dropout_is_on_in_these_tests(reference):
   assert abs(loss - reference[0]) > 1e-3
 
 
-@pytest.mark.parametrize("mesh_axes, chunk", [({"data": 1}, 4), ({"data": 8}, 8),
-                                              ({"data": 4, "fsdp": 2}, 8), ({"data": 2}, 4)])
+@pytest.mark.parametrize("mesh_axes, chunk", [
+    ({"data": 8}, 8), ({"data": 4, "fsdp": 2}, 8),
+    pytest.param({"data": 1}, 4, marks=pytest.mark.slow),
+    pytest.param({"data": 2}, 4, marks=pytest.mark.slow)])
 def test_grad_cache_equals_jax_grad_with_the_same_per_chunk_keys(mesh_axes, chunk):
   loss, grads, _ = _loss_and_grads(mesh_axes, jax.devices(), grad_cache_chunk=chunk)
   want_loss, want_grads = _per_chunk_reference(chunk)
