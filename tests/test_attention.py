@@ -10,6 +10,7 @@ import pytest
 from jax.experimental.pallas import tpu as pltpu
 
 from gecko.models import attention, bert, dual_encoder, embedder, t5
+from test_packing import TINY_BACKBONES
 
 B, L, H, D = 2, 128, 2, 32  # 128: the TPU kernel's tile
 
@@ -135,12 +136,7 @@ def test_a_kernel_that_cannot_run_falls_back_with_a_log_line(caplog):
   np.testing.assert_array_equal(out, _reference(q, k, v, mask, None))
 
 
-@pytest.mark.parametrize("backbone", [
-    bert.BertConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=48,
-                    max_length=32, dropout_rate=0.0),
-    t5.T5Config(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, head_dim=8,
-                mlp_dim=48, relative_max_distance=20, max_length=32, dropout_rate=0.0),
-], ids=["bert", "t5"])
+@pytest.mark.parametrize("backbone", TINY_BACKBONES, ids=["bert", "t5"])
 def test_models_embed_alike_through_jax_nn(backbone):
   """The encoders reach every path through their config's `attention` field."""
   import dataclasses

@@ -67,12 +67,15 @@ def test_segment_positions_and_bias():
   assert not allowed[5].any()  # padding attends nowhere (its output is never pooled)
 
 
-@pytest.mark.parametrize("backbone", [
+TINY_BACKBONES = [
     bert.BertConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=48,
                     max_length=32, dropout_rate=0.0),
     t5.T5Config(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, head_dim=8,
                 mlp_dim=48, relative_max_distance=20, max_length=32, dropout_rate=0.0),
-], ids=["bert", "t5"])
+]
+
+
+@pytest.mark.parametrize("backbone", TINY_BACKBONES, ids=["bert", "t5"])
 def test_packed_rows_give_the_one_text_per_row_embeddings(backbone):
   module = dual_encoder.DualEncoder(backbone=backbone, embed_dim=16, dims=(8, 16))
   params = embedder.init_params(module, seed=3)

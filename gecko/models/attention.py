@@ -91,6 +91,24 @@ def _same_segment(segment_ids: Array) -> Array:
   return (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] > 0)
 
 
+def check_settings(config) -> None:
+  """Checks a backbone config's `dropout_rate`, `attention_dropout_rate` (None: the same
+  as `dropout_rate`) and `attention` (one of `IMPLEMENTATIONS`), naming the config."""
+  owner = type(config).__name__
+  for name in ("dropout_rate", "attention_dropout_rate"):
+    rate = getattr(config, name)
+    if rate is not None and not 0.0 <= rate < 1.0:
+      raise ValueError(f"{owner}.{name} must be in [0, 1), got {rate}.")
+  if config.attention not in IMPLEMENTATIONS:
+    raise ValueError(f"{owner}.attention={config.attention!r} is unknown; use one of "
+                     f"{list(IMPLEMENTATIONS)}.")
+
+
+def weights_dropout(config) -> float:
+  """A backbone config's dropout rate on the attention weights."""
+  return config.dropout_rate if config.attention_dropout_rate is None else config.attention_dropout_rate
+
+
 def mesh_platform() -> str:
   """The platform attention compiles for: the device mesh in force, else the default
   backend (a TPU topology's mesh on a CPU host gives "tpu")."""

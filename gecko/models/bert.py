@@ -67,18 +67,12 @@ class BertConfig:
       raise ValueError(
           f"BertConfig.hidden_size={self.hidden_size} is not divisible by "
           f"num_heads={self.num_heads}; pick a head count that divides it.")
-    for name in ("dropout_rate", "attention_dropout_rate"):
-      rate = getattr(self, name)
-      if rate is not None and not 0.0 <= rate < 1.0:
-        raise ValueError(f"BertConfig.{name} must be in [0, 1), got {rate}.")
-    if self.attention not in attention.IMPLEMENTATIONS:
-      raise ValueError(f"BertConfig.attention={self.attention!r} is unknown; use one of "
-                       f"{list(attention.IMPLEMENTATIONS)}.")
+    attention.check_settings(self)
 
   @property
   def attention_dropout(self) -> float:
     """The dropout rate on the attention probabilities."""
-    return self.dropout_rate if self.attention_dropout_rate is None else self.attention_dropout_rate
+    return attention.weights_dropout(self)
 
   @property
   def head_dim(self) -> int:

@@ -78,18 +78,12 @@ class T5Config:
     if self.relative_buckets % 4:
       raise ValueError(f"T5Config.relative_buckets={self.relative_buckets} must be divisible "
                        "by 4 (half per direction, half of those exact); T5 uses 32.")
-    for name in ("dropout_rate", "attention_dropout_rate"):
-      rate = getattr(self, name)
-      if rate is not None and not 0.0 <= rate < 1.0:
-        raise ValueError(f"T5Config.{name} must be in [0, 1), got {rate}.")
-    if self.attention not in attention.IMPLEMENTATIONS:
-      raise ValueError(f"T5Config.attention={self.attention!r} is unknown; use one of "
-                       f"{list(attention.IMPLEMENTATIONS)}.")
+    attention.check_settings(self)
 
   @property
   def attention_dropout(self) -> float:
     """The dropout rate on the attention probabilities."""
-    return self.dropout_rate if self.attention_dropout_rate is None else self.attention_dropout_rate
+    return attention.weights_dropout(self)
 
   @classmethod
   def xl(cls, **overrides) -> T5Config:
