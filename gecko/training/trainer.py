@@ -28,7 +28,7 @@ from gecko.training.losses import GeckoLoss
 from gecko.training.optimizers import AdamW
 
 # Backbone fields a run chooses freely, whatever the checkpoint it starts from says.
-RUN_TIME_FIELDS = ("dtype", "dropout_rate")
+RUN_TIME_FIELDS = ("dtype", "dropout_rate", "attention", "attention_dropout_rate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,20 +85,17 @@ class Program:
     if not isinstance(data, features.RowSource):
       return self.global_batch(data.batch(step))
     size = data.batch_size
-    spans = sorted({(index[0].start or 0, size if index[0].stop is None else index[0].stop)
-                    for index in self.batch_sharding.addressable_devices_indices_map(
-                        (size,)).values()})
-    rows = {span: data.rows(step, *span) for span in spans}
+
+    def span(index) -> tuple[int, int]:  # a device's rows of the global batch
+      return index[0].start or 0, size if index[0].stop is None else index[0].stop
+
+    spans = sorted({span(index) for index in
+                    self.batch_sharding.addressable_devices_indices_map((size,)).values()})
+    rows = {s: data.rows(step, *s) for s in spans}
     first = rows[spans[0]]
-
-    def feature(name):
-      shape = (size,) + first[name].shape[1:]
-      return jax.make_array_from_callback(
-          shape, self.batch_sharding,
-          lambda index: rows[(index[0].start or 0, size if index[0].stop is None
-                              else index[0].stop)][name])
-
-    return {name: feature(name) for name in first}
+    return {name: jax.make_array_from_callback(
+        (size,) + first[name].shape[1:], self.batch_sharding,
+        lambda index, name=name: rows[span(index)][name]) for name in first}
 
   def abstract_batch(self, loss: GeckoLoss, *, batch_size: int, query_length: int,
                      passage_length: int) -> dict[str, jax.ShapeDtypeStruct]:
