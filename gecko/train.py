@@ -28,10 +28,10 @@ import tqdm
 
 from gecko import gin_flags
 from gecko.data import paths
-from gecko.data.features import BatchSource
+from gecko.data.features import BatchSource, ResumableSource
 from gecko.models import embedder as embedder_lib
 from gecko.models.dual_encoder import DualEncoder
-from gecko.training import checkpointing, trainer
+from gecko.training import checkpointing, partitioning, trainer
 from gecko.training import preemption as preemption_lib
 from gecko.training.losses import GeckoLoss
 from gecko.training.optimizers import AdamW
@@ -57,7 +57,8 @@ def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
     loss: The Gecko loss (Eq. 2 / Eq. 3 switches, temperature, MRL dims).
     optimizer: Optimiser and learning-rate schedule.
     data_fn: Builds the batch source (`gecko.data.features.BatchSource`) given
-      `tokenizer=, process_index=, process_count=`.
+      `tokenizer=, shard_index=, shard_count=` (this process's input shard under the
+      batch sharding, `gecko.training.partitioning.data_shard`).
     model_dir: Checkpoints, TensorBoard events, metrics.jsonl, config.gin and the
       exported model.
     train_steps: Total steps (a resumed run continues up to this).
@@ -85,8 +86,9 @@ def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
   paths.makedirs(model_dir)
   source = embedder_lib.load(init_from) if init_from else None
   tokenizer = (source or embedder_lib.load(tokenizer_from)).tokenizer
-  data = data_fn(tokenizer=tokenizer, process_index=jax.process_index(),
-                 process_count=jax.process_count())
+  shard_index, shard_count = partitioning.data_shard(
+      partitioning.make_mesh(mesh_axes, dcn_axes=dcn_mesh_axes))
+  data = data_fn(tokenizer=tokenizer, shard_index=shard_index, shard_count=shard_count)
   loss.validate_features(data.feature_names)
   program = trainer.build(model=model, loss=loss, optimizer=optimizer,
                           batch_size=data.batch_size, mesh_axes=mesh_axes,
@@ -94,7 +96,7 @@ def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
                           additional_axis_rules=additional_axis_rules,
                           grad_cache_chunk=grad_cache_chunk)
   ckpt = checkpointing.Checkpointer(model_dir, every=checkpoint_every, keep=keep_checkpoints)
-  state, start = _start_state(program, ckpt, source, init_from=init_from, seed=seed)
+  state, start = _start_state(program, ckpt, source, data, init_from=init_from, seed=seed)
   gin_flags.write_operative_config(model_dir)
   log = _MetricsLog(model_dir)
   preemption = preemption_lib.Preemption()
@@ -137,7 +139,8 @@ def _loop(program: trainer.Program, data: BatchSource, state, *, start: int, tra
       done = step + 1
       if preemption.reached(done):
         _check_finite(state, step=step, limit=max_nonfinite_steps, last_checkpoint=ckpt.latest_step)
-        ckpt.save(done, state, {"step": done, "seed": seed}, force=True)
+        ckpt.save(done, state, {"step": done, "seed": seed}, position=_position(data, done),
+                  force=True)
         return state, last, done
       if done % log_every == 0 or done == train_steps:
         _check_finite(state, step=step, limit=max_nonfinite_steps, last_checkpoint=ckpt.latest_step)
@@ -148,24 +151,35 @@ def _loop(program: trainer.Program, data: BatchSource, state, *, start: int, tra
         bar.set_postfix(loss=f"{last['loss']:.4f}")
       if ckpt.due(done):
         _check_finite(state, step=step, limit=max_nonfinite_steps, last_checkpoint=ckpt.latest_step)
-        ckpt.save(done, state, {"step": done, "seed": seed})
+        ckpt.save(done, state, {"step": done, "seed": seed}, position=_position(data, done))
       if evaluate is not None and (done % eval_every == 0 or done == train_steps):
         log(done, evaluate(state, done))
       bar.update(1)
-    ckpt.save(train_steps, state, {"step": train_steps, "seed": seed}, force=True)
+    ckpt.save(train_steps, state, {"step": train_steps, "seed": seed},
+              position=_position(data, train_steps), force=True)
   finally:
     bar.close()
   return state, last, None
 
 
+def _position(data: BatchSource, step: int) -> bytes | None:
+  return data.position(step) if isinstance(data, ResumableSource) else None
+
+
 def _start_state(program: trainer.Program, ckpt: checkpointing.Checkpointer,
-                 source: embedder_lib.Embedder | None, *, init_from: str | None, seed: int):
-  """(state, first step): the latest checkpoint, else `init_from`'s weights, else random."""
+                 source: embedder_lib.Embedder | None, data: BatchSource, *,
+                 init_from: str | None, seed: int):
+  """(state, first step): the latest checkpoint (and the input's position there), else
+  `init_from`'s weights, else random."""
   restored = ckpt.restore_latest(program.abstract_state)
   if restored is not None:
     state, meta = restored
-    print(f"gecko.train: resuming from step {meta['step']} in {ckpt.directory}", file=sys.stderr)
-    return state, int(meta["step"])
+    step = int(meta["step"])
+    print(f"gecko.train: resuming from step {step} in {ckpt.directory}", file=sys.stderr)
+    position = ckpt.position(step) if isinstance(data, ResumableSource) else None
+    if position is not None:
+      data.seek(step, position)
+    return state, step
   params = (trainer.initial_params(program.model, source, name=init_from, seed=seed)
             if source is not None else None)
   return program.init_state(seed=seed, params=params), 0

@@ -29,7 +29,7 @@ def test_batches_are_a_pure_function_of_the_step(tokenizer):
 def test_processes_split_the_global_batch(tokenizer):
   whole = pair_data.PairBatches(records=RECORDS, tokenizer=tokenizer, batch_size=4)
   parts = [pair_data.PairBatches(records=RECORDS, tokenizer=tokenizer, batch_size=4,
-                                 process_index=i, process_count=2) for i in range(2)]
+                                 shard_index=i, shard_count=2) for i in range(2)]
   for key, value in whole.batch(5).items():
     np.testing.assert_array_equal(value, np.concatenate([p.batch(5)[key] for p in parts]))
 
@@ -84,7 +84,7 @@ program = trainer.build(model=model, loss=GeckoLoss(temperature=0.05), batch_siz
 
 def open_data():
   return PairBatches(path=path, tokenizer=tokenizer, batch_size=16, check_records=False,
-                     process_index=pid, process_count=2)
+                     shard_index=pid, shard_count=2)
 
 data, epoch = open_data(), {}
 reads.clear()  # opening reads record 0 (the file's shape); the epoch's reads start here

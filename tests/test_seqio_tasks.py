@@ -334,7 +334,7 @@ def test_batches_are_deterministic_resumable_and_sharded(data_dir, minilm):
   resumed = make().batch(3)
   for key, value in resumed.items():
     np.testing.assert_array_equal(value, sequential[3][key])
-  parts = [make(process_index=i, process_count=2) for i in range(2)]
+  parts = [make(shard_index=i, shard_count=2) for i in range(2)]
   keys = [{int(k) for s in range(3) for k in p.batch(s)["query_key"]} for p in parts]
   assert parts[0].batch(0)["query_tokens"].shape == (2, 32)
   assert not keys[0] & keys[1]  # each process reads its own shard of the examples

@@ -80,3 +80,17 @@ class RowSource(Protocol):
 
   def rows(self, step: int, start: int, stop: int) -> dict[str, np.ndarray]:
     """Rows `start:stop` of the global batch at `step`."""
+
+
+@runtime_checkable
+class ResumableSource(Protocol):
+  """A `BatchSource` whose position is more than its step (a streaming pipeline's
+  buffers and read offsets): the trainer saves it with every checkpoint and seeks to it
+  on resume (`gecko.data.seqio_batches.SeqioBatches`)."""
+
+  def position(self, step: int) -> bytes:
+    """The state before batch `step`, right after batch `step - 1` was read."""
+
+  def seek(self, step: int, position: bytes) -> bool:
+    """Restores `position(step)`; False when it does not fit (the source then says so
+    and reaches `step` another way)."""

@@ -65,7 +65,8 @@ class PairBatches:
     seed: Shuffling seed.
     shuffle: Visit records in a new random order each epoch; False keeps the file
       order (e.g. records pre-grouped so that each batch holds one topic or task).
-    process_index, process_count: This process's share of each global batch (`batch`).
+    shard_index, shard_count: This process's share of each global batch (`batch`; the
+      trainer asks for its devices' rows directly through `rows`).
     check_records: Read and check every record when opened; None: when the file has
       at most `EAGER_CHECK_RECORDS` records (always for `records=`).
   """
@@ -74,18 +75,19 @@ class PairBatches:
                query_length: int = 64, passage_length: int = 64,
                records: Sequence[dict[str, str]] | None = None, path: str | None = None,
                query_prompt: str | None = None, passage_prompt: str | None = None,
-               seed: int = 0, shuffle: bool = True, process_index: int = 0,
-               process_count: int = 1, check_records: bool | None = None):
+               seed: int = 0, shuffle: bool = True, shard_index: int = 0,
+               shard_count: int = 1, check_records: bool | None = None):
     if (records is None) == (path is None):
       raise ValueError("PairBatches needs exactly one of records= or path=.")
-    if batch_size % process_count:
-      raise ValueError(f"batch_size={batch_size} is not divisible by {process_count} processes.")
+    if not 0 <= shard_index < shard_count or batch_size % shard_count:
+      raise ValueError(f"input shard {shard_index} of {shard_count} does not split "
+                       f"batch_size={batch_size}: the batch must divide into the shards.")
     self._index = jsonl.LineIndex(path, what="Training data") if path is not None else None
     self.num_records = len(records) if records is not None else len(self._index)
     if self.num_records < batch_size:
       raise ValueError(f"{self.num_records} records cannot fill one batch of {batch_size}.")
     self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
-    self.process_index, self.process_count = process_index, process_count
+    self.shard_index, self.shard_count = shard_index, shard_count
     self._tokenizer, self._prompts = tokenizer, {"query": query_prompt,
                                                  "positive": passage_prompt,
                                                  "negative": passage_prompt}
@@ -147,9 +149,9 @@ class PairBatches:
     return self._encode([by_index[int(i)] for i in indices])
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
-    """This process's rows of the global batch at `step` (its `process_index`-th share)."""
-    rows = self.batch_size // self.process_count
-    return self.rows(step, self.process_index * rows, (self.process_index + 1) * rows)
+    """Shard `shard_index`'s rows of the global batch at `step`."""
+    rows = self.batch_size // self.shard_count
+    return self.rows(step, self.shard_index * rows, (self.shard_index + 1) * rows)
 
   def _encode(self, records: Sequence[dict[str, str]]) -> dict[str, np.ndarray]:
     """Tokenized, padded towers and text keys of `records`, in order."""

@@ -7,18 +7,26 @@
 Each task's examples are tokenized by the task, converted by
 `gecko.data.feature_converters.DualEncoderFeatureConverter`, and mixed by rate, either
 example by example or, with `homogeneous=True`, batch by batch, so that every batch
-holds a single task and its in-batch negatives come from the same domain. On several
-processes each reads its own shard of every task and batches its own rows; the task
-choice per batch is drawn from the shared seed, so it agrees across processes.
+holds a single task and its in-batch negatives come from the same domain.
 
-The pipeline is deterministic given the seed: `batch(step)` after a restart skips to
-`step` and yields what an uninterrupted run saw (skipping re-reads the data; cheap for
-the data sizes of a CPU run, and linear in the step for large ones).
+On a mesh of several processes the input is split into shards by the batch sharding's
+data axes (`gecko.training.partitioning.data_shard`): shard i holds rows
+[i*n, (i+1)*n) of every global batch, and reads only its share of every file task
+(`gecko.data.sources`: JSONL by byte range, gzip and TFRecord by file). The task choice
+per batch is drawn from the shared seed, so it agrees across shards.
+
+The pipeline is deterministic given the seed, and resumable without re-reading:
+`position(step)` is the `tf.data` iterator's state before batch `step` (its shuffle
+buffers and read offsets, a few MB), which the trainer stores in each checkpoint, and
+`seek(step, position)` puts a new pipeline there. Without a position, `batch(step)`
+skips to `step` (re-reading everything before it, and saying so).
 """
 
 from __future__ import annotations
 
 import importlib
+import json
+import sys
 from collections.abc import Mapping
 
 import numpy as np
@@ -51,7 +59,8 @@ class SeqioBatches:
     shuffle_buffer: Examples held for shuffling, per task and process (filled before
       the first batch, from the repeated data).
     task_modules: Modules imported first to register the tasks.
-    process_index, process_count: This process's share of each global batch.
+    shard_index, shard_count: This process's input shard: rows
+      [shard_index*n, (shard_index+1)*n) of each global batch, n = batch_size/shard_count.
   """
 
   def __init__(self, *, mixture_or_task_name: str, tokenizer: tokenization.Tokenizer,
@@ -62,14 +71,15 @@ class SeqioBatches:
                rates: Mapping[str, float] | None = None, homogeneous: bool = False,
                skip_bad_records: bool = False, split: str = "train", seed: int = 0,
                shuffle_buffer: int = 1000, task_modules: tuple[str, ...] = ("gecko_tasks",),
-               process_index: int = 0, process_count: int = 1):
+               shard_index: int = 0, shard_count: int = 1):
     import seqio
 
     from gecko.data import sources as seqio_sources
     for module in task_modules:
       importlib.import_module(module)
-    if batch_size % process_count:
-      raise ValueError(f"batch_size={batch_size} is not divisible by {process_count} processes.")
+    if not 0 <= shard_index < shard_count or batch_size % shard_count:
+      raise ValueError(f"input shard {shard_index} of {shard_count} does not split "
+                       f"batch_size={batch_size}: the batch must divide into the shards.")
     try:
       provider = seqio.get_mixture_or_task(mixture_or_task_name)
     except ValueError as e:
@@ -98,7 +108,7 @@ class SeqioBatches:
     self.with_negative = "negative" in self.tasks[0][0].output_features
     self.name, self.batch_size, self.split, self.seed = mixture_or_task_name, batch_size, split, seed
     self.homogeneous, self.shuffle_buffer = homogeneous, shuffle_buffer
-    self.process_index, self.process_count = process_index, process_count
+    self.shard_index, self.shard_count = shard_index, shard_count
     self.lengths = {"query": min(query_length, tokenizer.max_length),
                     "positive": min(passage_length, tokenizer.max_length),
                     "negative": min(passage_length, tokenizer.max_length)}
@@ -126,8 +136,8 @@ class SeqioBatches:
     from gecko.data.feature_converters import DualEncoderFeatureConverter
     converter = DualEncoderFeatureConverter(with_negative=self.with_negative)
     lengths = {t: self.lengths[t] for t in converter.towers}
-    rows = self.batch_size // self.process_count
-    shard = seqio.ShardInfo(index=self.process_index, num_shards=self.process_count)
+    rows = self.batch_size // self.shard_count
+    shard = seqio.ShardInfo(index=self.shard_index, num_shards=self.shard_count)
     per_task = []
     with seqio_sources.using(self.options):
       for task, _ in self.tasks:
@@ -148,16 +158,73 @@ class SeqioBatches:
     return mixed.with_options(options).prefetch(2)
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
-    """This process's rows of the global batch at `step` (a `gecko.data.features` dict)."""
+    """This shard's rows of the global batch at `step` (a `gecko.data.features` dict)."""
     if self._iterator is None or step != self._next_step:
-      self._iterator = self.dataset().skip(step).as_numpy_iterator()
+      self._iterator = iter(self.dataset())
+      if step:
+        print(f"gecko.data: no input position for step {step}; skipping {step} batches to "
+              "reach it (this re-reads them).", file=sys.stderr)
+        for _ in range(step):
+          next(self._iterator)
+    try:
+      batch = next(self._iterator)
+    except StopIteration:
+      raise ValueError(f"input shard {self.shard_index} of {self.shard_count} of "
+                       f"{self.name!r} has no examples: the data is too small for "
+                       f"{self.shard_count} shards.") from None
     self._next_step = step + 1
-    return next(self._iterator)
+    return {name: value.numpy() for name, value in batch.items()}
+
+  def position(self, step: int) -> bytes:
+    """The pipeline's state before batch `step` (the batch after the last one read),
+    behind a line naming the pipeline it belongs to."""
+    import tensorflow as tf
+    if self._iterator is None or step != self._next_step:
+      raise ValueError(f"the input is before step {self._next_step}, not {step}: a position is "
+                       "taken right after the batch before it.")
+    state = tf.raw_ops.SerializeIterator(resource_handle=self._iterator._iterator_resource,
+                                         external_state_policy=_IGNORE_EXTERNAL_STATE)
+    return self._identity() + b"\n" + tf.io.serialize_tensor(state).numpy()
+
+  def seek(self, step: int, position: bytes) -> bool:
+    """Puts the pipeline where `position(step)` was taken, so that the next batch is
+    `step`'s; False (said on stderr) when the position is another pipeline's: `batch`
+    then skips to `step` instead."""
+    import tensorflow as tf
+    header, _, state = position.partition(b"\n")
+    problem = None
+    if header != self._identity():
+      problem = f"it was saved by {header.decode('utf-8', 'replace')[:300]}"
+    else:
+      iterator = iter(self.dataset())
+      try:
+        tf.raw_ops.DeserializeIterator(resource_handle=iterator._iterator_resource,
+                                       serialized=tf.io.parse_tensor(state, tf.variant))
+      except tf.errors.OpError as e:
+        problem = f"it does not fit this pipeline ({e.message.splitlines()[0][:200]})"
+    if problem:
+      print(f"gecko.data: the input position saved at step {step} is not used: {problem}, "
+            f"and this run reads {self._identity().decode()}.", file=sys.stderr)
+      self._iterator, self._next_step = None, None
+      return False
+    self._iterator, self._next_step = iterator, step
+    return True
+
+  def _identity(self) -> bytes:
+    return json.dumps({"task": self.name, "split": self.split, "shard": [self.shard_index,
+                       self.shard_count], "batch_size": self.batch_size, "seed": self.seed,
+                       "homogeneous": self.homogeneous, "rates": self.rates},
+                      sort_keys=True).encode()
 
   def close(self) -> None:
     """Releases the tf.data iterator now: left to interpreter shutdown (e.g. behind an
     exception's traceback), its threads can deadlock the exit."""
     self._iterator, self._next_step = None, None
+
+
+# `tf.data`'s ExternalStatePolicy IGNORE: the pipeline's Python functions (JSON decoding,
+# tokenizing) are pure, so its state is its offsets and buffers alone.
+_IGNORE_EXTERNAL_STATE = 1
 
 
 def _check_vocabulary(task, tokenizer: tokenization.Tokenizer) -> None:

@@ -10,6 +10,15 @@ features) from local paths or any `tf.io.gfile` filesystem (`gs://...`), given a
 globs relative to `DataOptions.data_dir` (default: `$GECKO_DATA_DIR`). A malformed
 line or a record without a required field stops the pipeline with `file:line` in the
 error, or, with `skip_bad_records=True`, is skipped, counted in `SKIPPED` and logged.
+
+Input shards (`seqio.ShardInfo`, one per row block of the global batch) read only
+their share: uncompressed JSONL is cut into byte ranges of at most `CHUNK_BYTES`
+(a line belongs to the range its first byte is in), dealt to the shards in turn and
+read by seeking; gzipped JSONL and TFRecord are dealt by file (by record, with a
+warning, when there are fewer files than shards). Every stage is a checkpointable
+`tf.data` stage, so a pipeline's iterator state is its position
+(`gecko.data.seqio_batches.SeqioBatches.position`). `RECORDS_READ` counts the records
+this process decoded, by file.
 """
 
 from __future__ import annotations
@@ -36,6 +45,8 @@ if TYPE_CHECKING:
 
 FRET_POSITIVES = ("llm", "seed")
 SKIPPED: collections.Counter = collections.Counter()  # file -> bad records skipped
+RECORDS_READ: collections.Counter = collections.Counter()  # file -> records decoded here
+CHUNK_BYTES = 1 << 20  # the largest byte range of a JSONL file read in one call
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -116,15 +127,6 @@ def glob(patterns: str | Sequence[str]) -> list[str]:
   return files
 
 
-def _lines(path: str) -> Iterator[str]:
-  if not path.endswith(".gz"):
-    with tf.io.gfile.GFile(path, "r") as f:  # text mode decodes UTF-8
-      yield from f
-    return
-  with tf.io.gfile.GFile(path, "rb") as raw:
-    yield from io.TextIOWrapper(gzip.GzipFile(fileobj=raw), encoding="utf-8")
-
-
 def _check(record, fields: Mapping[str, type | tuple], optional: Sequence[str]) -> str | None:
   if not isinstance(record, dict):
     return f"expected a JSON object, got {type(record).__name__}"
@@ -138,43 +140,161 @@ def _check(record, fields: Mapping[str, type | tuple], optional: Sequence[str]) 
   return None
 
 
+class _Decoder:
+  """JSONL lines to records of string `fields`: a bad line raises naming `file:line`, or
+  with `skip_bad` is counted in `SKIPPED` (and the first one of each file logged)."""
+
+  def __init__(self, fields: Mapping[str, type | tuple], optional: Sequence[str], skip_bad: bool):
+    self.fields, self.optional, self.skip_bad = fields, optional, skip_bad
+
+  def __call__(self, line: bytes | str, *, path: str,
+               where: Callable[[], str]) -> dict[str, str] | None:
+    try:
+      record = jsonl.decode(line, where="@")
+      problem = _check(record, self.fields, self.optional)
+    except ValueError as e:
+      problem = str(e).removeprefix("@: ").rstrip(".")
+    if problem:
+      if not self.skip_bad:
+        raise ValueError(f"{where()}: {problem}. Fix the record, or pass "
+                         "skip_bad_records=True to skip and count bad records.")
+      if not SKIPPED[path]:
+        logging.warning("skipping bad records in %s (first: %s: %s); counted in "
+                        "gecko.data.sources.SKIPPED", path, where(), problem)
+      SKIPPED[path] += 1
+      return None
+    RECORDS_READ[path] += 1
+    return {name: "" if record.get(name) is None else str(record[name]) for name in self.fields}
+
+
+def _lines(path: str) -> Iterator[str]:
+  if not path.endswith(".gz"):
+    with tf.io.gfile.GFile(path, "r") as f:  # text mode decodes UTF-8
+      yield from f
+    return
+  with tf.io.gfile.GFile(path, "rb") as raw:
+    yield from io.TextIOWrapper(gzip.GzipFile(fileobj=raw), encoding="utf-8")
+
+
 def read_jsonl(files: Sequence[str], *, fields: Mapping[str, type | tuple],
                optional: Sequence[str] = (), skip_bad: bool = False) -> Iterator[dict[str, str]]:
   """Records with `fields` as strings (absent optional fields: ""), in file order."""
+  decoder = _Decoder(fields, optional, skip_bad)
   for path in files:
-    skipped, first = 0, None
     for n, line in enumerate(_lines(path), 1):
-      if not line.strip():
-        continue
-      try:
-        record = jsonl.decode(line, where=f"{path}:{n}")
-        problem = _check(record, fields, optional)
-      except ValueError as e:
-        problem = str(e).removeprefix(f"{path}:{n}: ").rstrip(".")
-      if problem:
-        if not skip_bad:
-          raise ValueError(f"{path}:{n}: {problem}. Fix the record, or pass "
-                           "skip_bad_records=True to skip and count bad records.")
-        skipped, first = skipped + 1, first or f"{path}:{n}: {problem}"
-        continue
-      yield {name: "" if record.get(name) is None else str(record[name]) for name in fields}
-    if skipped:
-      SKIPPED[path] += skipped
-      logging.warning("skipped %d bad records in %s (first: %s)", skipped, path, first)
+      if line.strip():
+        record = decoder(line, path=path, where=lambda n=n: f"{path}:{n}")
+        if record is not None:
+          yield record
 
 
-def _blocks(records: Iterator[dict[str, str]], fields, size: int = 512
-            ) -> Iterator[dict[str, list[str]]]:
-  """Records regrouped as columns of up to `size` rows."""
-  block = {name: [] for name in fields}
-  for record in records:
-    for name in fields:
-      block[name].append(record[name])
-    if len(block[next(iter(fields))]) == size:
-      yield block
-      block = {name: [] for name in fields}
-  if block[next(iter(fields))]:
-    yield block
+def _line_number(path: str, offset: int) -> int:
+  """The line that starts at byte `offset` (read only to name a bad record)."""
+  newlines, done = 0, 0
+  with tf.io.gfile.GFile(path, "rb") as f:
+    while done < offset:
+      block = f.read(min(1 << 20, offset - done))
+      if not block:
+        break
+      newlines, done = newlines + block.count(b"\n"), done + len(block)
+  return newlines + 1
+
+
+def _byte_chunks(files: Sequence[str], shard: seqio.ShardInfo) -> list[tuple[str, int, int]]:
+  """Shard `shard`'s byte ranges (path, start, stop) of uncompressed `files`: each file
+  is cut into at least `num_shards` ranges of at most `CHUNK_BYTES`, dealt in turn."""
+  chunks = []
+  for path in files:
+    size = tf.io.gfile.stat(path).length
+    step = max(1, min(CHUNK_BYTES, -(-size // shard.num_shards)))
+    chunks += [(path, start, min(start + step, size)) for start in range(0, size, step)]
+  return chunks[shard.index::shard.num_shards]
+
+
+def _read_chunk(path: str, start: int, stop: int, decoder: _Decoder) -> list[dict[str, str]]:
+  """The records of the lines that begin in bytes [start, stop) of `path`: a line
+  belongs to the range its first byte is in, so ranges that tile a file read each line
+  once."""
+  records = []
+  with tf.io.gfile.GFile(path, "rb") as f:
+    if start:
+      f.seek(start - 1)
+      f.readline()  # the line under way at `start` belongs to the range before
+    position = f.tell()
+    while position < stop:
+      line = f.readline()
+      if not line:
+        break
+      here, position = position, position + len(line)
+      if line.strip():
+        record = decoder(line, path=path, where=lambda here=here: f"{path}:{_line_number(path, here)}")
+        if record is not None:
+          records.append(record)
+  return records
+
+
+def _columns(records: Sequence[dict[str, str]], fields) -> list[list[bytes]]:
+  return [[r[name].encode("utf-8") for r in records] for name in fields]
+
+
+def _from_columns(ds: tf.data.Dataset, fields) -> tf.data.Dataset:
+  """A dataset of per-call column lists (from `tf.py_function`) as one of records."""
+  names = list(fields)
+  return ds.map(lambda *columns: {n: tf.ensure_shape(c, [None]) for n, c in zip(names, columns)}
+                ).unbatch()
+
+
+def _jsonl_dataset(files: Sequence[str], decoder: _Decoder, shard: seqio.ShardInfo,
+                   shuffle_seed: int | None) -> tf.data.Dataset:
+  """Uncompressed JSONL: this shard's byte ranges only, each read by seeking to it."""
+  chunks = _byte_chunks(files, shard)
+  if not chunks:
+    raise ValueError(f"input shard {shard.index} of {shard.num_shards} has no bytes of "
+                     f"{list(files)}: the data is smaller than the number of shards.")
+  ds = tf.data.Dataset.from_tensor_slices(tuple(map(list, zip(*chunks))))
+  if shuffle_seed is not None:
+    ds = ds.shuffle(len(chunks), seed=shuffle_seed)
+
+  def read(path, start, stop):
+    records = _read_chunk(path.numpy().decode(), int(start), int(stop), decoder)
+    return _columns(records, decoder.fields)
+  return _from_columns(ds.map(lambda *chunk: tf.py_function(
+      read, chunk, [tf.string] * len(decoder.fields))), decoder.fields)
+
+
+def _own_files(files: list[str], shard: seqio.ShardInfo, kind: str) -> tuple[list[str], bool]:
+  """(the files this shard reads, whether it must also keep only every n-th record)."""
+  if shard.num_shards == 1:
+    return files, False
+  if len(files) >= shard.num_shards:
+    return files[shard.index::shard.num_shards], False
+  logging.warning("%d %s file(s) for %d input shards: each shard reads them whole and keeps "
+                  "every %d-th record; write at least %d files (or uncompressed JSONL, which "
+                  "is split by byte range) so that each shard reads only its own.",
+                  len(files), kind, shard.num_shards, shard.num_shards, shard.num_shards)
+  return files, True
+
+
+def _gzip_dataset(files: list[str], decoder: _Decoder, shard: seqio.ShardInfo) -> tf.data.Dataset:
+  """Gzipped JSONL (not seekable): whole files per shard, lines decoded in blocks."""
+  files, by_record = _own_files(files, shard, "gzipped JSONL")
+  lines = tf.data.Dataset.from_tensor_slices(files).flat_map(lambda path: tf.data.Dataset.zip((
+      tf.data.TextLineDataset(path, compression_type="GZIP"),
+      tf.data.Dataset.range(1, 1 << 62), tf.data.Dataset.from_tensors(path).repeat())))
+  if by_record:
+    lines = lines.shard(shard.num_shards, shard.index)
+
+  def decode(texts, numbers, names):
+    records = []
+    for text, number, name in zip(texts.numpy(), numbers.numpy(), names.numpy()):
+      if text.strip():
+        path = name.decode()
+        record = decoder(text, path=path, where=lambda: f"{path}:{number}")
+        if record is not None:
+          records.append(record)
+    return _columns(records, decoder.fields)
+  return _from_columns(lines.batch(256).map(lambda *block: tf.py_function(
+      decode, block, [tf.string] * len(decoder.fields))), decoder.fields)
 
 
 def _is_tfrecord(path: str) -> bool:
@@ -182,30 +302,55 @@ def _is_tfrecord(path: str) -> bool:
 
 
 def file_dataset(files: Sequence[str], *, fields: Mapping[str, type | tuple],
-                 optional: Sequence[str] = (), skip_bad: bool = False) -> tf.data.Dataset:
-  """JSONL and TFRecord files as one dataset of string `fields`."""
-  signature = {name: tf.TensorSpec((None,), tf.string) for name in fields}
+                 optional: Sequence[str] = (), skip_bad: bool = False,
+                 shard: seqio.ShardInfo | None = None,
+                 shuffle_seed: int | None = None) -> tf.data.Dataset:
+  """JSONL and TFRecord files as one dataset of string `fields`: input shard `shard`'s
+  share of them (see the module docstring); `shuffle_seed` shuffles the order of the
+  byte ranges each epoch. Every stage is checkpointable (`tf.data` iterator state)."""
+  shard = shard or seqio.ShardInfo(index=0, num_shards=1)
+  decoder = _Decoder(fields, optional, skip_bad)
   parts = []
-  jsonl_files = [f for f in files if not _is_tfrecord(f)]
-  if jsonl_files:  # parsed in Python, handed over in blocks (one py_func call per block)
-    parts.append(tf.data.Dataset.from_generator(
-        lambda: _blocks(read_jsonl(jsonl_files, fields=fields, optional=optional, skip_bad=skip_bad),
-                        fields), output_signature=signature).unbatch())
+  plain = [f for f in files if not _is_tfrecord(f) and not f.endswith(".gz")]
+  if plain:
+    parts.append(_jsonl_dataset(plain, decoder, shard, shuffle_seed))
+  gzipped = [f for f in files if not _is_tfrecord(f) and f.endswith(".gz")]
+  if gzipped:
+    parts.append(_gzip_dataset(gzipped, decoder, shard))
   tfrecords = [f for f in files if _is_tfrecord(f)]
   if tfrecords:
+    tfrecords, by_record = _own_files(tfrecords, shard, "TFRecord")
     spec = {name: tf.io.FixedLenFeature([], tf.string, default_value="" if name in optional
                                         else None) for name in fields}
-    parts.append(tf.data.TFRecordDataset(tfrecords).map(
-        lambda x: tf.io.parse_single_example(x, spec), num_parallel_calls=tf.data.AUTOTUNE))
+    records = tf.data.TFRecordDataset(tfrecords)
+    if by_record:
+      records = records.shard(shard.num_shards, shard.index)
+    parts.append(records.map(lambda x: tf.io.parse_single_example(x, spec),
+                             num_parallel_calls=tf.data.AUTOTUNE))
   ds = parts[0]
   for part in parts[1:]:
     ds = ds.concatenate(part)
   return ds
 
 
+class ShardedFileSource(seqio.FunctionDataSource):
+  """A file source that reads only its input shard's share (`supports_arbitrary_sharding`:
+  SeqIO hands the shard down instead of reading everything and dropping the rest)."""
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return True
+
+  def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
+                  shard_info: seqio.ShardInfo | None = None, *, sequence_length=None,
+                  use_cached: bool = False, num_epochs: int | None = 1) -> tf.data.Dataset:
+    del sequence_length, use_cached, num_epochs  # as FunctionDataSource
+    return self._dataset_fn(split=split, shuffle_files=shuffle, seed=seed, shard=shard_info)
+
+
 def file_source(patterns: str | Sequence[str], *, fields: Mapping[str, type | tuple],
                 optional: Sequence[str] = (), splits: Sequence[str] = ("train",),
-                alternatives: bool = False) -> seqio.FunctionDataSource:
+                alternatives: bool = False) -> ShardedFileSource:
   """A streaming source over the files matching `DATA_DIR/pattern` (`{split}` filled in).
 
   `alternatives=True`: the patterns are encodings of the same records (e.g. TFRecord
@@ -213,7 +358,8 @@ def file_source(patterns: str | Sequence[str], *, fields: Mapping[str, type | tu
   """
   patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
 
-  def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+  def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None,
+                 shard: seqio.ShardInfo | None = None) -> tf.data.Dataset:
     options = active()
     paths = [options.path(p.format(split=split)) for p in patterns]
     if alternatives:
@@ -221,8 +367,9 @@ def file_source(patterns: str | Sequence[str], *, fields: Mapping[str, type | tu
     files = glob(paths)
     if shuffle_files:
       random.Random(seed).shuffle(files)
-    return file_dataset(files, fields=fields, optional=optional, skip_bad=options.skip_bad_records)
-  return seqio.FunctionDataSource(dataset_fn, splits=splits)
+    return file_dataset(files, fields=fields, optional=optional, skip_bad=options.skip_bad_records,
+                        shard=shard, shuffle_seed=(seed or 0) if shuffle_files else None)
+  return ShardedFileSource(dataset_fn, splits=splits)
 
 
 def rows_source(load: Callable[[DataOptions, str], list[dict]],

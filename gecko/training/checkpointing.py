@@ -6,9 +6,11 @@ metadata) is set aside, never deleted: `restore_latest` moves it to
 previous one; it fails with one clear line only when no checkpoint restores.
 
 A checkpoint holds the sharded TrainState (params, optimiser state, step, RNG, the
-non-finite counters) and a small JSON `meta` (the data position and the run's
-settings). The data position is the step (`gecko.data.pairs` is step-indexed), so a
-resumed run reproduces an uninterrupted one. Orbax writes to a temporary directory
+non-finite counters), a small JSON `meta` (the step and the run's settings) and, for
+a streaming input (`gecko.data.seqio_batches`), each process's input position
+(`input/process-P-of-N`, the `tf.data` iterator state). Step-indexed inputs
+(`gecko.data.pairs`) need only the step. Either way a resumed run reproduces an
+uninterrupted one. Orbax writes to a temporary directory
 and renames on completion: a run killed mid-save leaves the previous checkpoint
 intact. A state with non-finite parameters is never written.
 """
@@ -24,6 +26,8 @@ import tempfile
 import time
 from typing import Any
 
+import dataclasses
+
 import jax
 import orbax.checkpoint as ocp
 
@@ -35,6 +39,35 @@ _all_finite = jax.jit(all_finite)
 
 def params_are_finite(params) -> bool:
   return bool(_all_finite(params))
+
+
+def _position_file() -> str:
+  return f"process-{jax.process_index():05d}-of-{jax.process_count():05d}"
+
+
+class _PositionHandler(ocp.JsonCheckpointHandler):
+  """Each process's input position (bytes) in a file of its own, under orbax's commit:
+  written to the step's temporary folder, renamed with the rest of the checkpoint."""
+
+  async def _save_fn(self, x, directory):
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / _position_file()).write_bytes(x)
+
+  def restore(self, directory, item=None, args=None) -> bytes:
+    del item, args
+    return (directory / _position_file()).read_bytes()
+
+
+@ocp.args.register_with_handler(_PositionHandler, for_save=True)
+@dataclasses.dataclass
+class _PositionSave(ocp.args.CheckpointArgs):
+  item: bytes
+
+
+@ocp.args.register_with_handler(_PositionHandler, for_restore=True)
+@dataclasses.dataclass
+class _PositionRestore(ocp.args.CheckpointArgs):
+  item: None = None
 
 
 class CheckpointError(RuntimeError):
@@ -58,7 +91,7 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
         paths.join(paths.absolute(directory), "checkpoints"),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-        item_names=("state", "meta"))
+        item_names=("state", "meta", "input"))
 
   @property
   def latest_step(self) -> int | None:
@@ -72,8 +105,10 @@ class Checkpointer:
     """Whether `step` is a checkpoint step."""
     return step % self.every == 0
 
-  def save(self, step: int, state, meta: dict[str, Any], *, force: bool = False) -> bool:
-    """Saves if due (or forced); returns whether a checkpoint was written."""
+  def save(self, step: int, state, meta: dict[str, Any], *, position: bytes | None = None,
+           force: bool = False) -> bool:
+    """Saves if due (or forced); returns whether a checkpoint was written. `position`:
+    this process's input position before batch `step` (a streaming input's)."""
     if not force and not self.due(step):
       return False
     if step in self._manager.all_steps():
@@ -82,9 +117,17 @@ class Checkpointer:
       print(f"gecko: parameters at step {step} are not finite; no checkpoint written (the last "
             "good one is kept).", file=sys.stderr)
       return False
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+    if position is not None:
+      items["input"] = _PositionSave(position)
+    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
     return True
+
+  def position(self, step: int) -> bytes | None:
+    """This process's input position saved with `step`, or None when there is none (a
+    step-indexed input, or a checkpoint from another number of processes)."""
+    path = paths.join(str(self._manager.directory), str(step), "input", _position_file())
+    return paths.as_path(path).read_bytes() if paths.exists(path) else None
 
   def restore(self, abstract_state, step: int | None = None):
     """(state, meta) of `step` (default: latest), placed with the abstract state's shardings."""

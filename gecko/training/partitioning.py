@@ -113,5 +113,32 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
 
 
+def data_shard(mesh: Mesh, *, process: int | None = None) -> tuple[int, int]:
+  """(index, count): the input shard of `process` (default: this one) under the batch
+  sharding. Shard i is rows [i*n, (i+1)*n) of every global batch; processes whose
+  devices hold the same rows (model-parallel copies) share a shard. The shard follows
+  the data axes, not the process number: mesh_utils may order processes differently.
+
+  Raises ValueError when a process's rows are not one block of the batch.
+  """
+  process = jax.process_index() if process is None else process
+  blocks = int(mesh.shape["data"] * mesh.shape["fsdp"])
+  rows: dict[int, set[int]] = {}
+  for device, index in batch_sharding(mesh).devices_indices_map((blocks,)).items():
+    start = index[0].start or 0
+    stop = blocks if index[0].stop is None else index[0].stop
+    rows.setdefault(device.process_index, set()).update(range(start, stop))
+  spans = {}
+  for owner, held in rows.items():
+    lo, hi = min(held), max(held) + 1
+    if len(held) != hi - lo or (hi - lo) * len({min(r) for r in rows.values()}) != blocks:
+      raise ValueError(f"process {owner} holds batch rows {sorted(held)} of {blocks} blocks, "
+                       "which is not one equal share; lay the mesh out so that each process "
+                       "holds one contiguous block of (data, fsdp).")
+    spans[owner] = lo
+  starts = sorted(set(spans.values()))
+  return starts.index(spans[process]), len(starts)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
