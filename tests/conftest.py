@@ -28,8 +28,8 @@ def require_module(name: str, what: str) -> None:
     return
   message = f"{what} needs the module {name!r}, which is not installed"
   if os.environ.get("GECKO_REQUIRE_ALL") == "1":
-    pytest.fail(message + " (GECKO_REQUIRE_ALL=1)")
-  pytest.skip(message)
+    pytest.fail(message + " (GECKO_REQUIRE_ALL=1)", pytrace=False)
+  pytest.skip(message, allow_module_level=True)
 
 
 @pytest.fixture(scope="session")
@@ -147,7 +147,7 @@ FRET_TOPICS = {
 @pytest.fixture(scope="module")
 def fret_corpus(tmp_path_factory) -> pathlib.Path:
   """The FRET_TOPICS passages as JSONL (ids gecko0 ... python2); needs the embedded LLM."""
-  pytest.importorskip("llama_cpp", reason="the embedded LLM needs the [local] extra")
+  require_module("llama_cpp", "the embedded LLM (the [local] extra)")
   path = tmp_path_factory.mktemp("corpus") / "passages.jsonl"
   with open(path, "w") as f:
     for topic, texts in FRET_TOPICS.items():
@@ -173,6 +173,8 @@ PIECES = ("the", "query", "passage", "search", "result", "task", "fact", "answer
 def write_tiny_t5(directory, *, gated=True, layers=2):
   """A random HF T5EncoderModel in its own safetensors layout (plus a tiny spiece.model);
   returns the torch model (the reference). Needs torch and transformers (the [mteb] extra)."""
+  require_module("torch", "a tiny Hugging Face T5 (the [mteb] extra)")
+  require_module("transformers", "a tiny Hugging Face T5 (the [mteb] extra)")
   import sentencepiece
   import torch
   import transformers

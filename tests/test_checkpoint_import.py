@@ -52,7 +52,8 @@ def test_imported_weights_reproduce_an_independent_numpy_bert(tiny_hf_dir):
   assert ids[0] == TINY_VOCAB.index("[CLS]") and ids[-1] == TINY_VOCAB.index("[SEP]")
   expected = _reference_forward(tensors, np.array(ids), TINY_HF_CONFIG)
   got = encode([text], model=model)[0]
-  np.testing.assert_allclose(got, expected, atol=2e-5)
+  # float32 against float64 agrees to about 4e-8 here; a tanh GELU is off by 1.6e-6.
+  np.testing.assert_allclose(got, expected, atol=3e-7)
 
 
 def test_bert_prefix_is_accepted(tmp_path):

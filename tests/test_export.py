@@ -9,22 +9,29 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, cli_env, write_tiny_t5
+from conftest import REPO, cli_env, require_module, write_tiny_t5
 
 from gecko import export as export_cli
 from gecko.data import jsonl
 from gecko.encode import encode
 from gecko.models import embedder, export
 
-st = pytest.importorskip("sentence_transformers", reason="pip install '.[dev]'")
+require_module("sentence_transformers", "the export round trip (the [dev] extra)")
+import sentence_transformers as st  # noqa: E402
 TEXTS = [str(t) for t in np.load(pathlib.Path(__file__).parent / "fixtures" /
                                  "minilm_reference.npz")["texts"]]
 
 
-def _min_cosine(a, b):
+def _gap(a, b) -> float:
+  """The largest element difference of the unit vectors: about 2e-7 between two
+  float32 implementations of one model, about 2e-4 for a tanh GELU or a LayerNorm
+  epsilon of 1e-5 (which a cosine >= 0.9999 lets pass)."""
   a = a / np.linalg.norm(a, axis=-1, keepdims=True)
   b = b / np.linalg.norm(b, axis=-1, keepdims=True)
-  return float(np.sum(a * b, axis=-1).min())
+  return float(np.abs(a - b).max())
+
+
+TOLERANCE = 1e-5
 
 
 def _same_params(a, b) -> bool:
@@ -36,10 +43,10 @@ def _same_params(a, b) -> bool:
 def test_minilm_exports_to_sentence_transformers_with_gecko_prompts(minilm, tmp_path):
   out = export.save_hf(minilm, tmp_path / "minilm")
   model = st.SentenceTransformer(out, device="cpu")
-  assert _min_cosine(model.encode(TEXTS), encode(TEXTS, model=minilm)) >= 0.9999
+  assert _gap(model.encode(TEXTS), encode(TEXTS, model=minilm)) <= TOLERANCE
   query = "task: search result | query: "
-  assert _min_cosine(model.encode(TEXTS, prompt_name="query"),
-                     encode(TEXTS, model=minilm, prompt=query)) >= 0.9999
+  assert _gap(model.encode(TEXTS, prompt_name="query"),
+              encode(TEXTS, model=minilm, prompt=query)) <= TOLERANCE
   assert model.prompts["query"] == query and model.prompts["document"] == "title: none | text: "
   assert model.similarity_fn_name == "cosine"
   assert not list(pathlib.Path(out).rglob("*.bin"))  # safetensors only, never pickle
@@ -73,7 +80,7 @@ def test_tiny_t5_with_a_projection_loads_as_a_t5_encoder(tmp_path):
   assert type(model[0].auto_model).__name__ == "T5EncoderModel"
   assert [type(m).__name__ for m in model] == ["Transformer", "Pooling", "Dense", "Normalize"]
   texts = ["the query returns a list", "python module error", "fact answer file string"]
-  assert _min_cosine(model.encode(texts), encode(texts, model=source)) >= 0.9999
+  assert _gap(model.encode(texts), encode(texts, model=source)) <= TOLERANCE
   back = embedder.load(out)
   assert _same_params(back.params, source.params) and back.dims == (8, 16)
 
@@ -114,8 +121,8 @@ def test_a_trained_projection_and_matryoshka_dims_survive_the_export(triples, tm
   assert result.returncode == 0, result.stderr[-3000:]
   trained = embedder.load(run / "export")
   model = st.SentenceTransformer(str(tmp_path / "st"), device="cpu", truncate_dim=256)
-  assert _min_cosine(model.encode(TEXTS, normalize_embeddings=True),
-                     encode(TEXTS, model=trained, dim=256)) >= 0.9999
+  assert _gap(model.encode(TEXTS, normalize_embeddings=True),
+              encode(TEXTS, model=trained, dim=256)) <= TOLERANCE
   back = embedder.load(tmp_path / "st")
   assert _same_params(back.params, trained.params) and back.dims == (256, 768)
   card = (tmp_path / "st" / "README.md").read_text()

@@ -6,12 +6,11 @@ import json
 import sys
 
 import pytest
-from conftest import fret_records, run_cli
+from conftest import fret_records, require_module, run_cli
 
 from gecko.fret import schema
 
-pytest.importorskip("apache_beam", reason="the Beam pipeline needs the [beam] extra "
-                    "(make test installs it)")
+require_module("apache_beam", "the Beam pipeline (the [beam] extra, which make install installs)")
 
 
 def _by_id(records):

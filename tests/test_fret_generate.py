@@ -8,6 +8,8 @@ import pytest
 from gecko.fret import generate
 from gecko.fret.cache import LLMCache
 
+from conftest import require_module
+
 PASSAGES = [
     {"id": "p1", "title": "Gecko", "text": "Geckos are lizards. Their toe pads have tiny hairs "
      "that stick to walls, so geckos can climb glass."},
@@ -80,7 +82,7 @@ def test_malformed_outputs_are_retried_then_recorded_as_failures():
 
 def test_smollm2_generates_tasks_and_queries_and_a_rerun_hits_the_cache(tmp_path):
   """20 real passages: Python standard-library docstrings."""
-  pytest.importorskip("llama_cpp", reason="the embedded LLM needs the [local] extra")
+  require_module("llama_cpp", "the embedded LLM (the [local] extra)")
   from gecko.fret import docstrings
   from gecko.fret.llm import LlamaCpp
   model = LlamaCpp(n_ctx=1024)

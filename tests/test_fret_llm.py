@@ -13,14 +13,13 @@ import urllib.request
 import zlib
 
 import pytest
-from conftest import free_port
+from conftest import free_port, require_module
 
 from gecko.fret import llm
 
 
 def _need_llama_cpp():
-  pytest.importorskip("llama_cpp",
-                      reason="the embedded LLM needs the [local] extra (make test installs it)")
+  require_module("llama_cpp", "the embedded LLM (the [local] extra, which make install installs)")
 
 COUNTING = "1, 2, 3, 4, 5, 6,"
 CAPITAL = "The capital of France is"

@@ -8,7 +8,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, cli_env, free_port
+from conftest import REPO, cli_env, free_port, require_module
 
 from gecko import encode as encode_lib
 from gecko import retrieval
@@ -72,7 +72,7 @@ def test_top_n_on_eight_devices_equals_one_device(monkeypatch):
 
 
 def test_faiss_backend_gives_the_same_neighbours():
-  pytest.importorskip("faiss", reason="the optional backend: pip install faiss-cpu")
+  require_module("faiss", "the optional faiss backend (faiss-cpu, in the [dev] extra)")
   rng = np.random.default_rng(1)
   corpus = rng.standard_normal((5000, 32)).astype(np.float32)
   queries = rng.standard_normal((50, 32)).astype(np.float32)

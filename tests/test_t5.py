@@ -10,15 +10,23 @@ import gin
 import jax
 import numpy as np
 import pytest
-from conftest import PIECES, REPO, write_tiny_t5
+from conftest import PIECES, REPO, require_module, write_tiny_t5
 
 from gecko import compile_step, gin_flags
 from gecko.models import checkpoint_import, dual_encoder, embedder, t5
 
-torch = pytest.importorskip("torch", reason="the reference T5 is transformers' (pip install '.[mteb]')")
-transformers = pytest.importorskip("transformers", reason="pip install '.[mteb]'")
+
+
+def _reference_libraries():
+  """torch and transformers, whose T5 is the reference (the [mteb] extra)."""
+  require_module("torch", "the reference T5 (the [mteb] extra)")
+  require_module("transformers", "the reference T5 (the [mteb] extra)")
+  import torch
+  import transformers
+  return torch, transformers
 
 def _reference_states(model, ids, mask):
+  torch, _ = _reference_libraries()
   with torch.no_grad():
     out = model(input_ids=torch.tensor(np.asarray(ids)),
                 attention_mask=torch.tensor(np.asarray(mask))).last_hidden_state
@@ -45,6 +53,7 @@ def test_token_states_match_transformers_t5_encoder(tmp_path):
 
 
 def test_relative_position_buckets_match_transformers():
+  torch, transformers = _reference_libraries()
   attention = transformers.models.t5.modeling_t5.T5Attention
   relative = torch.arange(64)[None, :] - torch.arange(64)[:, None]
   want = attention._relative_position_bucket(relative, bidirectional=True, num_buckets=32,
@@ -56,6 +65,7 @@ def test_relative_position_buckets_match_transformers():
 def test_gtr_style_directory_imports_whole_and_round_trips(tmp_path):
   """A sentence-transformers T5 directory (mean pooling, bias-free 2_Dense, Normalize)
   gives the same embeddings as the reference computed with torch, and save/load keeps them."""
+  torch, _ = _reference_libraries()
   from safetensors.torch import save_file
 
   reference = write_tiny_t5(tmp_path)

@@ -3,7 +3,7 @@ the Gecko tasks tokenize with the trained model's own vocabulary."""
 
 import pytest
 
-tf = pytest.importorskip("tensorflow")  # a core dependency; imported here, never by `import gecko`
+import tensorflow as tf  # a core dependency; imported here, never by `import gecko`
 import json  # noqa: E402
 
 import gecko_tasks  # noqa: E402,F401  (registers the tasks)
