@@ -192,6 +192,43 @@ def write_operative_config(directory: str) -> None:
     epath.Path(directory, "config.gin").write_text(config, encoding="utf-8")
 
 
+def config_changes(directory: str) -> dict[str, tuple[str | None, str | None]]:
+  """{binding: (value in `directory/config.gin`, value now)} for every binding of gin's
+  operative config that differs from the saved one, with macro references (`%NAME`)
+  resolved, so that a changed macro shows on each binding that reads it. Empty when
+  nothing was saved."""
+  import gin
+  from etils import epath
+  path = epath.Path(directory, "config.gin")
+  if not path.exists():
+    return {}
+  saved = _bindings(path.read_text(encoding="utf-8"))
+  now = _bindings(gin.operative_config_str())
+  return {name: (saved.get(name), now.get(name)) for name in sorted(set(saved) | set(now))
+          if saved.get(name) != now.get(name)}
+
+
+def _bindings(config: str) -> dict[str, str]:
+  """`name = value` statements of an operative config, continuation lines joined and
+  `%MACRO` values replaced by the macro's value."""
+  statements: list[str] = []
+  for line in config.splitlines():
+    if not line.strip() or line.lstrip().startswith("#") or line.startswith(("from ", "import ")):
+      continue
+    if line[0].isspace() and statements:
+      statements[-1] += " " + line.strip()
+    else:
+      statements.append(line.strip())
+  bindings = {}
+  for statement in statements:
+    name, _, value = statement.partition(" = ")
+    bindings[name.strip()] = value.replace("\\ ", "").strip()
+  for name, value in bindings.items():
+    if value.startswith("%") and value[1:] in bindings:
+      bindings[name] = bindings[value[1:]]
+  return bindings
+
+
 def run(fn: Callable, argv: Sequence[str], *, prog: str, doc: str,
         expected: tuple[type[Exception], ...] = (), **kwargs) -> int:
   """Parses flags, configures gin, and calls `fn` with its bindings (and `kwargs`);

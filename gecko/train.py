@@ -18,6 +18,7 @@ On several hosts pass `--multihost` (TPU pods: coordinator found automatically) 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -84,42 +85,42 @@ def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
   if train_steps < 1:
     raise ValueError(f"train_steps must be >= 1, got {train_steps}.")
   paths.makedirs(model_dir)
-  source = embedder_lib.load(init_from) if init_from else None
-  tokenizer = (source or embedder_lib.load(tokenizer_from)).tokenizer
-  shard_index, shard_count = partitioning.data_shard(
-      partitioning.make_mesh(mesh_axes, dcn_axes=dcn_mesh_axes))
-  data = data_fn(tokenizer=tokenizer, shard_index=shard_index, shard_count=shard_count)
-  loss.validate_features(data.feature_names)
-  program = trainer.build(model=model, loss=loss, optimizer=optimizer,
-                          batch_size=data.batch_size, mesh_axes=mesh_axes,
-                          dcn_mesh_axes=dcn_mesh_axes,
-                          additional_axis_rules=additional_axis_rules,
-                          grad_cache_chunk=grad_cache_chunk)
-  ckpt = checkpointing.Checkpointer(model_dir, every=checkpoint_every, keep=keep_checkpoints)
-  state, start = _start_state(program, ckpt, source, data, init_from=init_from, seed=seed)
-  gin_flags.write_operative_config(model_dir)
-  log = _MetricsLog(model_dir)
-  preemption = preemption_lib.Preemption()
-  try:
+  with contextlib.ExitStack() as cleanup:  # undone in reverse, whatever happens
+    if jax.process_index() == 0:
+      cleanup.enter_context(paths.locked(model_dir, what="MODEL_DIR"))
+    source = embedder_lib.load(init_from) if init_from else None
+    tokenizer = (source or embedder_lib.load(tokenizer_from)).tokenizer
+    shard_index, shard_count = partitioning.data_shard(
+        partitioning.make_mesh(mesh_axes, dcn_axes=dcn_mesh_axes))
+    data = data_fn(tokenizer=tokenizer, shard_index=shard_index, shard_count=shard_count)
+    cleanup.callback(data.close)  # tf.data's threads, left to interpreter exit, can hang it
+    loss.validate_features(data.feature_names)
+    program = trainer.build(model=model, loss=loss, optimizer=optimizer,
+                            batch_size=data.batch_size, mesh_axes=mesh_axes,
+                            dcn_mesh_axes=dcn_mesh_axes,
+                            additional_axis_rules=additional_axis_rules,
+                            grad_cache_chunk=grad_cache_chunk)
+    ckpt = checkpointing.Checkpointer(model_dir, every=checkpoint_every, keep=keep_checkpoints)
+    cleanup.callback(ckpt.close)  # waits for the last write
+    state, start = _start_state(program, ckpt, source, data, init_from=init_from, seed=seed,
+                                train_steps=train_steps)
+    gin_flags.write_operative_config(model_dir)
+    log = cleanup.enter_context(contextlib.closing(_MetricsLog(model_dir)))
+    preemption = cleanup.enter_context(contextlib.closing(preemption_lib.Preemption()))
     state, last, stopped = _loop(
         program, data, state, start=start, train_steps=train_steps, ckpt=ckpt, log=log,
         schedule=optimizer.schedule(), preemption=preemption, log_every=log_every,
         max_nonfinite_steps=max_nonfinite_steps, seed=seed,
         evaluate=(lambda state, done: _evaluate(eval_fn, model, state, tokenizer, model_dir, done))
         if eval_fn is not None and eval_every else None, eval_every=eval_every)
-  finally:
-    preemption.close()
-    log.close()
-    ckpt.close()  # waits for the last write
-    data.close()
-  if stopped is not None:
+    if export and stopped is None:
+      embedder_lib.save(embedder_lib.Embedder(module=model, params=trainer.host_params(state),
+                                              tokenizer=tokenizer),
+                        paths.join(model_dir, "export"), overwrite=True)
+  if stopped is not None:  # said once the checkpoint is written (closing waits for it)
     print(f"gecko.train: preempted (SIGTERM); saved step {stopped} in {model_dir}; the same "
           "command resumes from it.", file=sys.stderr)
     return dict(last, preempted_at_step=stopped)
-  if export:
-    embedder_lib.save(embedder_lib.Embedder(module=model, params=trainer.host_params(state),
-                                            tokenizer=tokenizer),
-                      paths.join(model_dir, "export"), overwrite=True)
   return last
 
 
@@ -139,7 +140,7 @@ def _loop(program: trainer.Program, data: BatchSource, state, *, start: int, tra
       done = step + 1
       if preemption.reached(done):
         _check_finite(state, step=step, limit=max_nonfinite_steps, last_checkpoint=ckpt.latest_step)
-        ckpt.save(done, state, {"step": done, "seed": seed}, position=_position(data, done),
+        ckpt.save(done, state, _meta(done, seed, data), position=_position(data, done),
                   force=True)
         return state, last, done
       if done % log_every == 0 or done == train_steps:
@@ -151,15 +152,19 @@ def _loop(program: trainer.Program, data: BatchSource, state, *, start: int, tra
         bar.set_postfix(loss=f"{last['loss']:.4f}")
       if ckpt.due(done):
         _check_finite(state, step=step, limit=max_nonfinite_steps, last_checkpoint=ckpt.latest_step)
-        ckpt.save(done, state, {"step": done, "seed": seed}, position=_position(data, done))
+        ckpt.save(done, state, _meta(done, seed, data), position=_position(data, done))
       if evaluate is not None and (done % eval_every == 0 or done == train_steps):
         log(done, evaluate(state, done))
       bar.update(1)
-    ckpt.save(train_steps, state, {"step": train_steps, "seed": seed},
+    ckpt.save(train_steps, state, _meta(train_steps, seed, data),
               position=_position(data, train_steps), force=True)
   finally:
     bar.close()
   return state, last, None
+
+
+def _meta(step: int, seed: int, data: BatchSource) -> dict:
+  return {"step": step, "seed": seed, "batch_size": data.batch_size}
 
 
 def _position(data: BatchSource, step: int) -> bytes | None:
@@ -168,13 +173,27 @@ def _position(data: BatchSource, step: int) -> bytes | None:
 
 def _start_state(program: trainer.Program, ckpt: checkpointing.Checkpointer,
                  source: embedder_lib.Embedder | None, data: BatchSource, *,
-                 init_from: str | None, seed: int):
+                 init_from: str | None, seed: int, train_steps: int):
   """(state, first step): the latest checkpoint (and the input's position there), else
-  `init_from`'s weights, else random."""
+  `init_from`'s weights, else random. A run whose checkpoints are past `train_steps`,
+  or were trained with another batch size, is refused before anything is written."""
+  latest = ckpt.latest_step
+  if latest is not None and latest > train_steps:
+    raise ValueError(f"{ckpt.directory} is at step {latest}, past TRAIN_STEPS={train_steps}; "
+                     "nothing would be trained, and its later checkpoints could be pruned. "
+                     f"Raise TRAIN_STEPS above {latest} to train on, or use a new MODEL_DIR.")
+  if latest is not None:  # before anything is read or written
+    ckpt.check_shapes(program.abstract_state, latest)
+    _check_config(ckpt.directory, step=latest)
   restored = ckpt.restore_latest(program.abstract_state)
   if restored is not None:
     state, meta = restored
     step = int(meta["step"])
+    if meta.get("batch_size", data.batch_size) != data.batch_size:
+      raise ValueError(f"step {step} in {ckpt.directory} was trained with batch size "
+                       f"{meta['batch_size']}, and this run's is {data.batch_size}: the data "
+                       "position would no longer match. Resume with BATCH_SIZE="
+                       f"{meta['batch_size']}, or use a new MODEL_DIR.")
     print(f"gecko.train: resuming from step {step} in {ckpt.directory}", file=sys.stderr)
     position = ckpt.position(step) if isinstance(data, ResumableSource) else None
     if position is not None:
@@ -183,6 +202,23 @@ def _start_state(program: trainer.Program, ckpt: checkpointing.Checkpointer,
   params = (trainer.initial_params(program.model, source, name=init_from, seed=seed)
             if source is not None else None)
   return program.init_state(seed=seed, params=params), 0
+
+
+def _check_config(model_dir: str, *, step: int) -> None:
+  """Compares the run's settings with the `config.gin` its checkpoints were trained
+  with: a changed loss is refused (the checkpoints would mean another objective), any
+  other change (learning rate, schedule, steps, data) is said in one line."""
+  changes = gin_flags.config_changes(model_dir)
+  if not changes:
+    return
+  said = lambda names: "; ".join(f"{n} {changes[n][0]} -> {changes[n][1]}" for n in names)  # noqa: E731
+  loss = [n for n in changes if n.split("/")[-1].startswith(("losses.GeckoLoss.", "GeckoLoss."))]
+  if loss:
+    raise ValueError(f"the loss changed since {model_dir} was trained ({said(loss)}): resume with "
+                     "the settings in its config.gin, or give this run a new MODEL_DIR.")
+  macros = {changes[n] for n in changes if n.isupper()}  # a changed macro, said once
+  names = [n for n in changes if n.isupper() or changes[n] not in macros]
+  print(f"gecko.train: settings changed since step {step}: {said(names)}.", file=sys.stderr)
 
 
 def _check_finite(state, *, step: int, limit: int, last_checkpoint: int | None) -> None:
@@ -232,7 +268,7 @@ def _evaluate(eval_fn, model, state, tokenizer, model_dir: str, step: int) -> di
 def main(argv: Sequence[str]) -> int:
   return gin_flags.run(train, argv, prog="python -m gecko.train", doc=__doc__,
                        expected=(NonFiniteLossError, checkpointing.CheckpointError,
-                                 FileNotFoundError, ValueError))
+                                 paths.FolderInUseError, FileNotFoundError, ValueError))
 
 
 if __name__ == "__main__":

@@ -164,11 +164,12 @@ def test_fret_against_a_dead_server_exits_at_once_naming_the_url(tmp_path):
   assert keyless.returncode == 1 and "GECKO_NO_SUCH_KEY (api_key_env) is not set" in keyless.stderr
 
 
-def test_fret_stops_when_the_first_calls_all_fail_and_when_nothing_was_written(tmp_path):
-  from gecko.fret import pipeline
+def _dead_llm():
+  """A backend class whose every call fails (what a server gone mid-run looks like),
+  counting the calls."""
   from gecko.fret.llm import LLMError
 
-  class Dead:  # a backend whose every call fails (what a server gone mid-run looks like)
+  class Dead:
     name, model, query_likelihood, relevance_classification = "dead", "m", True, True
     calls = 0
 
@@ -178,7 +179,14 @@ def test_fret_stops_when_the_first_calls_all_fail_and_when_nothing_was_written(t
     def generate(self, prompts, **kwargs):
       type(self).calls += 1
       raise LLMError("POST http://x/v1/completions failed after 6 attempts (last: HTTP 503)")
+  return Dead
 
+
+def test_fret_stops_when_the_first_calls_all_fail_and_when_nothing_was_written(tmp_path):
+  from gecko.fret import pipeline
+  from gecko.fret.llm import LLMError
+
+  Dead = _dead_llm()
   corpus = tmp_path / "p.jsonl"
   jsonl.write(corpus, ({"id": str(i), "text": f"passage number {i}"} for i in range(40)))
   with pytest.raises(LLMError, match=r"the first 8 passages' LLM calls all failed.*HTTP 503"):
@@ -339,3 +347,142 @@ def test_the_shared_sts_file_still_loads():
   from gecko.evaluation import datasets
   data = datasets.load_sts(str(SHARED_DATA / "stsb"), split="test")
   assert len(data.scores) > 1000 and all(np.isfinite(data.scores))
+
+
+# A run folder protects itself: one run at a time, and a resume whose settings would
+# change what its checkpoints mean is refused before anything is moved or written.
+@pytest.fixture(scope="module")
+def trained(triples, tmp_path_factory):
+  from gecko import train
+  run = tmp_path_factory.mktemp("runs") / "trained"
+  args = [f"--gin_file={f}" for f in RUN] + [f"--gin.TRAIN_DATA='{triples}'",
+                                             f"--gin.MODEL_DIR='{run}'"]
+  assert train.main(args + ["--gin.TRAIN_STEPS=6"]) == 0
+  return run, args
+
+
+def _listing(run):
+  return sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.name != ".lock")
+
+
+def test_a_second_run_on_a_busy_model_dir_stops_at_once(trained, capsys):
+  from gecko import train
+  from gecko.data import paths
+  run, args = trained
+  before = _listing(run)
+  with paths.locked(run, what="MODEL_DIR"):  # a run under way (the lock is the OS's flock)
+    assert train.main(args + ["--gin.TRAIN_STEPS=8"]) == 1
+  err = capsys.readouterr().err
+  assert f"MODEL_DIR '{run}' is in use by pid" in err and "another folder" in err
+  assert _listing(run) == before
+
+
+@pytest.mark.parametrize("change, message", [
+    (["--gin.TRAIN_STEPS=4"], r"is at step 6, past TRAIN_STEPS=4.*Raise TRAIN_STEPS above 6"),
+    (["--gin.TRAIN_STEPS=8", "--gin.BATCH_SIZE=16"],
+     r"trained with batch size 8, and this run's is 16.*BATCH_SIZE=8"),
+    (["--gin.TRAIN_STEPS=8", "--gin.EMBED_DIM=32", "--gin.MATRYOSHKA_DIMS=(16, 32)"],
+     r"hold another model than this run's: .*\['projection'\].* -> \[(32, )?32\].*"
+     r"Nothing was moved"),
+    (["--gin.TRAIN_STEPS=8", "--gin.TEMPERATURE=0.1"],
+     r"the loss changed since .* \(losses.GeckoLoss.temperature 0.05 -> 0.1\).*new MODEL_DIR"),
+])
+def test_a_resume_with_changed_settings_is_refused_and_loses_nothing(trained, capsys, change,
+                                                                     message):
+  from gecko import train
+  run, args = trained
+  before = {p: (run / p).read_bytes() for p in _listing(run) if (run / p).is_file()}
+  assert train.main(args + change) == 1
+  assert re.search(message, capsys.readouterr().err)
+  after = {p: (run / p).read_bytes() for p in _listing(run) if (run / p).is_file()}
+  assert after == before  # no checkpoint moved or pruned, config.gin not rewritten
+  assert not (run / "checkpoints_unreadable").exists()
+  assert train.main(args + ["--gin.TRAIN_STEPS=6"]) == 0  # the original settings still resume
+
+
+def test_a_second_fret_run_on_a_busy_output_dir_does_no_llm_work(tmp_path):
+  from gecko.data import paths
+  from gecko.fret import pipeline
+
+  Counting = _dead_llm()  # any call would be LLM work done twice
+  corpus = tmp_path / "p.jsonl"
+  jsonl.write(corpus, ({"id": str(i), "text": f"passage number {i}"} for i in range(4)))
+  out = tmp_path / "out"
+  with paths.locked(out, what="OUTPUT_DIR"):
+    with pytest.raises(paths.FolderInUseError, match=f"OUTPUT_DIR '{out}' is in use by pid"):
+      pipeline.run(corpus_path=str(corpus), output_dir=str(out), llm=Counting(), num_neighbors=2)
+  assert Counting.calls == 0 and sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+def test_a_resume_with_another_learning_rate_goes_on_and_says_so(trained, tmp_path, capsys):
+  from gecko import train
+  run, args = trained
+  copy = tmp_path / "copy"
+  shutil.copytree(run, copy)
+  args = [a for a in args if not a.startswith("--gin.MODEL_DIR")] + [f"--gin.MODEL_DIR='{copy}'"]
+  assert train.main(args + ["--gin.TRAIN_STEPS=8", "--gin.LEARNING_RATE=0.002"]) == 0
+  err = capsys.readouterr().err
+  assert "settings changed since step 6: LEARNING_RATE 0.001 -> 0.002; " in err
+  assert "TRAIN_STEPS 6 -> 8" in err and "optimizers.AdamW.learning_rate" not in err
+  assert "resuming from step 6" in err and (copy / "checkpoints" / "8").exists()
+
+
+def test_the_lock_of_a_killed_run_is_taken_over_with_a_line(tmp_path, capsys):
+  import signal
+
+  from gecko.data import paths
+  run = tmp_path / "run"
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time\nfrom gecko.data import paths\n"
+       f"with paths.locked({str(run)!r}, what='MODEL_DIR'):\n  print('held', flush=True)\n"
+       "  time.sleep(600)"], cwd=REPO, stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline().strip() == "held"
+  with pytest.raises(paths.FolderInUseError, match=f"is in use by pid {holder.pid} on "):
+    with paths.locked(run, what="MODEL_DIR"):
+      pass
+  holder.send_signal(signal.SIGKILL)
+  holder.wait()
+  with paths.locked(run, what="MODEL_DIR"):
+    assert f"took over the lock of MODEL_DIR '{run}' from pid {holder.pid} on " in (
+        capsys.readouterr().err)
+  with paths.locked(run, what="MODEL_DIR"):  # a clean end leaves nothing to take over
+    assert "took over" not in capsys.readouterr().err
+
+
+# Legal but suspicious input is said; input that would give a wrong result is refused.
+def test_the_same_model_twice_in_a_soup_is_said(minilm, capsys):
+  from gecko.models import soup
+  soup.average([minilm, minilm])
+  assert "models 0 and 1 of the soup have the same parameters" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["spearman", "pearson"])
+def test_constant_gold_scores_are_refused_not_nan(name):
+  from gecko.evaluation import metrics
+  with pytest.raises(ValueError, match="every gold score is 3.0: .* undefined for constant"):
+    getattr(metrics, name)([0.1, 0.5, 0.9], [3.0, 3.0, 3.0])
+  assert 0.99 < getattr(metrics, name)([0.1, 0.5, 0.9], [1.0, 2.0, 3.0]) <= 1.0
+
+
+def test_a_placeholder_other_than_text_in_a_prompt_is_refused(minilm):
+  from gecko.encode import encode
+  with pytest.raises(ValueError, match=r"has the placeholder\(s\) \{query\}; the only one"):
+    encode(["a text"], model=minilm, prompt="task: search | query: {query}")
+  plain, templated = encode(["a text"], model=minilm, prompt="query: "), encode(
+      ["a text"], model=minilm, prompt="query: {text}")
+  np.testing.assert_array_equal(plain, templated)
+
+
+def test_fret_says_what_its_corpus_reader_skipped(tmp_path, capsys):
+  from gecko.fret import pipeline
+  corpus = tmp_path / "c.jsonl"
+  corpus.write_text('{"id": "a", "text": "one"}\n{"id": "a", "text": "again"}\n'
+                    '{"id": "b", "text": "  "}\n{"id": "c", "text": "two"}\n'
+                    '{"id": "d", "text": "three"}\n')
+  with pytest.raises(pipeline.NoRecordsError):
+    pipeline.run(corpus_path=str(corpus), output_dir=str(tmp_path / "out"), llm=_dead_llm()(),
+                 num_neighbors=2, num_seeds=9)
+  err = capsys.readouterr().err
+  assert f"gecko.fret: 1 passages repeat an earlier id in {corpus}; skipped." in err
+  assert f"gecko.fret: 1 passages are empty in {corpus}; skipped." in err
+  assert f"NUM_SEEDS=9 but {corpus} has 3 passages; every passage is a seed." in err

@@ -24,6 +24,7 @@ free of TensorFlow).
 from __future__ import annotations
 
 import dataclasses
+import re
 import string
 from collections.abc import Mapping, Sequence
 
@@ -128,6 +129,10 @@ def apply_prompt(texts: Sequence[str], prompt: str | None) -> list[str]:
     return list(texts)
   if not isinstance(prompt, str):
     raise TypeError(f"prompt must be a str or None, got {type(prompt).__name__}: {prompt!r}.")
+  others = sorted(set(re.findall(r"\{(\w+)\}", prompt)) - {"text"})
+  if others:
+    raise ValueError(f"prompt {prompt!r} has the placeholder(s) {{{'}, {'.join(others)}}}; the "
+                     "only one a template takes is {text} (anything else is a prefix).")
   if "{text}" in prompt:
     return [prompt.replace("{text}", t) for t in texts]
   return [prompt + t for t in texts]

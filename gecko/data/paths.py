@@ -27,6 +27,7 @@ import contextlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 
@@ -200,6 +201,59 @@ class Mirror:
     if self.remote:
       local = os.path.join(self.root, name) if name else self.root
       upload(local, join(self.directory, name) if name else self.directory)
+
+
+class FolderInUseError(RuntimeError):
+  """Another live process holds the folder's lock."""
+
+
+@contextlib.contextmanager
+def locked(directory: PathLike, *, what: str) -> Iterator[None]:
+  """Holds `directory/.lock` for the block, so that two runs never share a folder: a
+  second one fails at once, naming the holder (pid, host, start). The lock is the
+  operating system's (`flock`), so a killed run's lock is free; the next run takes it
+  over and says whose it was. A bucket folder has no such lock and is not locked
+  (several hosts of one run share it).
+
+  Raises:
+    FolderInUseError: Another process holds it.
+  """
+  if is_remote(directory):
+    yield
+    return
+  import fcntl
+  import socket
+  import time
+  makedirs(directory)
+  path = os.path.join(os.fspath(directory), ".lock")
+  handle = open(path, "a+", encoding="utf-8")
+  try:
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      handle.seek(0)
+      holder = handle.read().strip() or "another process"
+      raise FolderInUseError(
+          f"{what} {os.fspath(directory)!r} is in use by {holder}; wait for that run to end, "
+          "or give this one another folder.") from None
+    handle.seek(0)
+    previous = handle.read().strip()
+    if previous:  # a clean end clears the file: its holder was killed or crashed
+      print(f"gecko: took over the lock of {what} {os.fspath(directory)!r} from {previous}, "
+            "which ended without releasing it.", file=sys.stderr)
+    _rewrite(handle, f"pid {os.getpid()} on {socket.gethostname()} since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    yield
+    _rewrite(handle, "")
+  finally:
+    handle.close()  # releases the lock
+
+
+def _rewrite(handle, text: str) -> None:
+  handle.seek(0)
+  handle.truncate()
+  handle.write(text)
+  handle.flush()
 
 
 def check_apart(output: PathLike, *inputs: PathLike, flag: str = "--output") -> None:

@@ -49,15 +49,23 @@ def mrr_at_k(relevant: Mapping[str, float], ranking: Sequence[str], k: int) -> f
   return 0.0
 
 
+def _check_varies(gold: Sequence[float], *, what: str) -> None:
+  if len(set(float(g) for g in gold)) == 1:
+    raise ValueError(f"every gold score is {float(gold[0])}: {what} correlation is undefined "
+                     "for constant scores; check the data's score column.")
+
+
 def spearman(predicted: Sequence[float], gold: Sequence[float]) -> float:
   """Spearman rank correlation (ties get average ranks)."""
   if len(predicted) != len(gold) or len(gold) < 2:
     raise ValueError(f"spearman needs two equal-length sequences of >= 2 values, got "
                      f"{len(predicted)} and {len(gold)}.")
+  _check_varies(gold, what="Spearman")
   return float(scipy.stats.spearmanr(predicted, gold).statistic)
 
 
 def pearson(predicted: Sequence[float], gold: Sequence[float]) -> float:
+  _check_varies(gold, what="Pearson")
   return float(scipy.stats.pearsonr(predicted, gold).statistic)
 
 

@@ -37,7 +37,7 @@ import numpy as np
 import tqdm
 
 from gecko import retrieval
-from gecko.data import jsonl
+from gecko.data import jsonl, paths
 from gecko.data.input_format import GECKO
 from gecko.fret import diversity, score
 from gecko.fret import generate as generate_lib
@@ -120,47 +120,48 @@ def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6
                 batch_size=batch_size, consistency_top_k=consistency_top_k,
                 dedup_cosine=dedup_cosine)
   corpus, corpus_stats = read_corpus(corpus_path)
+  _say_corpus(corpus_stats, path=corpus_path, num_seeds=num_seeds)
   if num_neighbors > len(corpus):
     raise ValueError(f"num_neighbors={num_neighbors} must be in [2, {len(corpus)}] (the corpus).")
   if getattr(llm, "check", None):
     llm.check()  # a dead server or a missing key fails here, in seconds
-  os.makedirs(output_dir, exist_ok=True)
-  gin_flags.write_operative_config(output_dir)
-  cache = LLMCache(os.path.join(output_dir, "llm_cache.sqlite"))
-  writer = ShardWriter(output_dir, shard_size=shard_size, tfrecord=tfrecord)
-  generator = generate_lib.Generator(llm=llm, cache=cache, seed=seed, **(generator_options or {}))
-  scorer = score.Scorer(llm=llm, cache=cache, ranking=ranking, **(scorer_options or {}))
-  seeds = corpus[:num_seeds] if num_seeds is not None else corpus
-  done = writer.done_ids()
-  todo = [p for p in seeds if p["id"] not in done]
-  generated = _generate(generator, todo, chunk=max(1, int(getattr(llm, "concurrency", 1))))
-  made = [g for g in generated if isinstance(g, generate_lib.Generated)]
-  failures = [g for g in generated if isinstance(g, generate_lib.Failure)]
-  made, queries_summary = _deduplicate(made, earlier=read_records(writer.shards()),
-                                       threshold=dedup_cosine, encoder=encoder,
-                                       batch_size=batch_size)
-  vectors = embed_corpus(corpus, encoder=encoder, output_dir=output_dir, batch_size=batch_size)
-  scoring_failures, inconsistent, scores = _relabel_and_write(
-      made, corpus=corpus, vectors=vectors, writer=writer, scorer=scorer, encoder=encoder,
-      batch_size=batch_size, num_neighbors=num_neighbors, negative=negative, ranking=ranking,
-      seed=seed, llm_label=f"{llm.name}:{llm.model}", consistency_top_k=consistency_top_k)
-  failures += scoring_failures
-  writer.close()
-  _append_failures(output_dir, failures)
-  summary = summarize(read_records(writer.shards()), shards=len(writer.shards()),
-                      failures=len(failures), skipped=len(seeds) - len(todo),
-                      llm_calls=generator.llm_calls + scorer.llm_calls,
-                      cache_hits=cache.hits, seconds=time.perf_counter() - start,
-                      corpus=corpus_stats.as_dict())
-  summary["queries"] = queries_summary
-  if consistency_top_k is not None:
-    summary["consistency"] = _consistency_summary(
-        top_k=consistency_top_k, records=summary["records"], checked=len(made),
-        dropped=inconsistent)
-  write_summary(summary, scores, output_dir)
-  cache.close()
-  _report(summary, failures=len(failures), inconsistent=inconsistent, output_dir=output_dir)
-  return summary
+  with paths.locked(output_dir, what="OUTPUT_DIR"):  # two runs would do the LLM work twice
+    gin_flags.write_operative_config(output_dir)
+    cache = LLMCache(os.path.join(output_dir, "llm_cache.sqlite"))
+    writer = ShardWriter(output_dir, shard_size=shard_size, tfrecord=tfrecord)
+    generator = generate_lib.Generator(llm=llm, cache=cache, seed=seed, **(generator_options or {}))
+    scorer = score.Scorer(llm=llm, cache=cache, ranking=ranking, **(scorer_options or {}))
+    seeds = corpus[:num_seeds] if num_seeds is not None else corpus
+    done = writer.done_ids()
+    todo = [p for p in seeds if p["id"] not in done]
+    generated = _generate(generator, todo, chunk=max(1, int(getattr(llm, "concurrency", 1))))
+    made = [g for g in generated if isinstance(g, generate_lib.Generated)]
+    failures = [g for g in generated if isinstance(g, generate_lib.Failure)]
+    made, queries_summary = _deduplicate(made, earlier=read_records(writer.shards()),
+                                         threshold=dedup_cosine, encoder=encoder,
+                                         batch_size=batch_size)
+    vectors = embed_corpus(corpus, encoder=encoder, output_dir=output_dir, batch_size=batch_size)
+    scoring_failures, inconsistent, scores = _relabel_and_write(
+        made, corpus=corpus, vectors=vectors, writer=writer, scorer=scorer, encoder=encoder,
+        batch_size=batch_size, num_neighbors=num_neighbors, negative=negative, ranking=ranking,
+        seed=seed, llm_label=f"{llm.name}:{llm.model}", consistency_top_k=consistency_top_k)
+    failures += scoring_failures
+    writer.close()
+    _append_failures(output_dir, failures)
+    summary = summarize(read_records(writer.shards()), shards=len(writer.shards()),
+                        failures=len(failures), skipped=len(seeds) - len(todo),
+                        llm_calls=generator.llm_calls + scorer.llm_calls,
+                        cache_hits=cache.hits, seconds=time.perf_counter() - start,
+                        corpus=corpus_stats.as_dict())
+    summary["queries"] = queries_summary
+    if consistency_top_k is not None:
+      summary["consistency"] = _consistency_summary(
+          top_k=consistency_top_k, records=summary["records"], checked=len(made),
+          dropped=inconsistent)
+    write_summary(summary, scores, output_dir)
+    cache.close()
+    _report(summary, failures=len(failures), inconsistent=inconsistent, output_dir=output_dir)
+    return summary
 
 
 def _consistency_summary(*, top_k: int, records: int, checked: int, dropped: int
@@ -256,6 +257,19 @@ def _generate(generator: generate_lib.Generator, todo: Sequence[dict], *, chunk:
       bar.update(len(todo[i:i + chunk]))
       _stop_if_every_call_failed(generated)
   return generated
+
+
+def _say_corpus(stats, *, path: str, num_seeds: int | None) -> None:
+  """A line on stderr for each thing the corpus reader skipped, and for NUM_SEEDS
+  beyond the corpus (legal, but rarely meant); the summary counts them too."""
+  for count, what in ((stats.duplicate_ids_skipped, "passages repeat an earlier id"),
+                      (stats.empty_skipped, "passages are empty"),
+                      (stats.invalid_utf8_lines, "lines are not valid UTF-8")):
+    if count:
+      print(f"gecko.fret: {count} {what} in {path}; skipped.", file=sys.stderr)
+  if num_seeds is not None and num_seeds > stats.passages:
+    print(f"gecko.fret: NUM_SEEDS={num_seeds} but {path} has {stats.passages} passages; "
+          "every passage is a seed.", file=sys.stderr)
 
 
 def _report(summary: dict, *, failures: int, inconsistent: int, output_dir: str) -> None:
@@ -362,8 +376,8 @@ def _plot(scores: dict[str, list[float]], file: BinaryIO) -> None:
 def main(argv: Sequence[str]) -> int:
   from gecko import gin_flags
   return gin_flags.run(run, argv, prog="python -m gecko.fret", doc=__doc__,
-                       expected=(LLMError, NoRecordsError, FileNotFoundError,
-                                 ValueError))
+                       expected=(LLMError, NoRecordsError, paths.FolderInUseError,
+                                 FileNotFoundError, ValueError))
 
 
 if __name__ == "__main__":

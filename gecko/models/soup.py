@@ -9,6 +9,7 @@ average checkpoints.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 
 import jax
@@ -49,9 +50,20 @@ def average(models: Sequence[Embedder], *, weights: Sequence[float] | None = Non
     if model.tokenizer.vocab != first.tokenizer.vocab:
       raise ValueError(f"model {i} has another vocabulary than model 0.")
 
+  for i, model in enumerate(models[1:], 1):
+    twin = next((j for j in range(i) if _same_params(models[j].params, model.params)), None)
+    if twin is not None:
+      print(f"gecko: models {twin} and {i} of the soup have the same parameters, so that "
+            "model counts twice (check for a repeated path).", file=sys.stderr)
+
   def mean(*leaves):
     total = sum(w * np.asarray(x, np.float64) for w, x in zip(weights, leaves))
     return total.astype(np.float32)
   params = jax.tree.map(mean, *[m.params for m in models])
   return Embedder(module=first.module, params=params, tokenizer=first.tokenizer,
                   prompts=dict(first.prompts))
+
+
+def _same_params(a, b) -> bool:
+  return all(np.array_equal(np.asarray(x), np.asarray(y))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))

@@ -74,6 +74,15 @@ class CheckpointError(RuntimeError):
   """Checkpoints exist, but none of them restores."""
 
 
+class ModelChangedError(ValueError):
+  """The checkpoints hold a model of other shapes than the run's (its settings changed)."""
+
+
+def _shapes(params) -> dict[str, list[int]]:
+  return {jax.tree_util.keystr(path): list(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+
+
 class Checkpointer:
   """Saves and restores TrainStates under `directory/checkpoints`.
 
@@ -117,6 +126,7 @@ class Checkpointer:
       print(f"gecko: parameters at step {step} are not finite; no checkpoint written (the last "
             "good one is kept).", file=sys.stderr)
       return False
+    meta = dict(meta, shapes=_shapes(state.params))
     items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
     if position is not None:
       items["input"] = _PositionSave(position)
@@ -144,6 +154,7 @@ class Checkpointer:
     """
     steps = self.steps()[::-1]
     for step in steps:
+      self.check_shapes(abstract_state, step)
       restored, reason = self._attempt(abstract_state, step)
       if reason is None:
         return restored
@@ -156,6 +167,28 @@ class Checkpointer:
           f"in {self._aside_dir}. Move a good one back into checkpoints/, or remove that "
           "folder to start this run from scratch.")
     return None
+
+  def check_shapes(self, abstract_state, step: int) -> None:
+    """ModelChangedError when checkpoint `step` says it holds parameters of other shapes
+    than `abstract_state`'s: a changed setting, not a damaged checkpoint, so nothing is
+    set aside. A checkpoint whose `meta` cannot be read is left to `_attempt`."""
+    with _CapturedStderr() as captured:  # orbax's notes on the items left unread
+      captured.drop()
+      try:
+        meta = self._manager.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore())).meta
+      except Exception:  # unreadable: `_attempt` diagnoses it
+        return
+    saved, wanted = meta.get("shapes"), _shapes(abstract_state.params)
+    if not saved or saved == wanted:
+      return
+    changes = [f"{name} {saved.get(name, 'absent')} -> {wanted.get(name, 'absent')}"
+               for name in sorted(set(saved) | set(wanted)) if saved.get(name) != wanted.get(name)]
+    raise ModelChangedError(
+        f"the checkpoints in {self.directory} hold another model than this run's: "
+        f"{'; '.join(changes[:3])}{f' (and {len(changes) - 3} more)' if len(changes) > 3 else ''}. "
+        "A model setting changed since the run started (e.g. EMBED_DIM): resume with the "
+        "original settings (config.gin), or give this run a new MODEL_DIR. Nothing was moved.")
 
   def _attempt(self, abstract_state, step: int):
     """((state, meta), None), or (None, why it does not restore). After a failure, reads
