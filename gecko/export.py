@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 from gecko import gin_flags
 from gecko.data import paths
+from gecko.data.packaged_models import DEFAULT_MODEL
 from gecko.models import embedder as embedder_lib
 from gecko.models import export as export_lib
 
@@ -73,7 +74,7 @@ def restore_run(model_dir: str, *, step: int | None = None, tokenizer: str | Non
   exported = paths.join(model_dir, "export")
   source = tokenizer or (exported if paths.isdir(exported) else
                          bindings.get("init_from") or bindings.get("tokenizer_from")
-                         or "all-MiniLM-L6-v2")
+                         or DEFAULT_MODEL)
   return (embedder_lib.Embedder(module=model, params=params,
                                 tokenizer=embedder_lib.load(source).tokenizer), step, bindings)
 

@@ -106,16 +106,16 @@ def configure(gin_files: Sequence[str], bindings: Sequence[str], search_paths=()
 
 
 def _macros() -> set[str]:
-  """The macros the parsed configuration defines."""
-  from gin import config
-  return {scope for scope, selector in config._CONFIG if selector == "gin.macro"}  # noqa: SLF001
+  """The macros the parsed configuration defines: gin's public `config_str()` lists each
+  as a `NAME = value` line (a binding's name always has a dot)."""
+  import gin
+  return set(re.findall(r"^(\w+) = ", gin.config_str(), flags=re.MULTILINE))
 
 
 def _referenced_macros() -> set[str]:
   """The macros some binding of the parsed configuration uses (`%NAME`)."""
-  from gin import config
-  return {name for values in config._CONFIG.values()  # noqa: SLF001
-          for value in values.values() for name in re.findall(r"%(\w+)", repr(value))}
+  import gin
+  return set(re.findall(r"%(\w+)", gin.config_str()))
 
 
 def _parse_binding(binding: str) -> None:

@@ -30,6 +30,7 @@ import tqdm
 from gecko import gin_flags
 from gecko.data import paths
 from gecko.data.features import BatchSource, ResumableSource
+from gecko.data.packaged_models import DEFAULT_MODEL
 from gecko.models import embedder as embedder_lib
 from gecko.models.dual_encoder import DualEncoder
 from gecko.training import checkpointing, partitioning, trainer
@@ -44,7 +45,7 @@ class NonFiniteLossError(RuntimeError):
 
 def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
           data_fn: Callable[..., BatchSource], model_dir: str, train_steps: int,
-          tokenizer_from: str = "all-MiniLM-L6-v2", init_from: str | None = None,
+          tokenizer_from: str = DEFAULT_MODEL, init_from: str | None = None,
           mesh_axes: Mapping[str, int] | None = None,
           dcn_mesh_axes: Mapping[str, int] | None = None,
           additional_axis_rules: Sequence[tuple] = (), grad_cache_chunk: int | None = None,

@@ -16,6 +16,7 @@ from conftest import REPO, SHARED_DATA, assert_trees_close, cli_env
 
 from gecko import gin_flags
 from gecko.data import jsonl
+from gecko.fret.config import FretConfig
 
 RUN = ["gin/models/tiny.gin", "gin/runs/finetune.gin", "gin/data/jsonl.gin",
        "gin/overlays/local_tiny.gin"]
@@ -169,9 +170,12 @@ def _dead_llm():
   counting the calls."""
   from gecko.fret.llm import LLMError
 
-  class Dead:
+  class Dead:  # a gecko.fret.llm.LLM
     name, model, query_likelihood, relevance_classification = "dead", "m", True, True
-    calls = 0
+    concurrency, calls = 1, 0
+
+    def check(self):  # the server answered before the run; it fails during it
+      pass
 
     def truncate(self, text, max_tokens):
       return text
@@ -190,12 +194,12 @@ def test_fret_stops_when_the_first_calls_all_fail_and_when_nothing_was_written(t
   corpus = tmp_path / "p.jsonl"
   jsonl.write(corpus, ({"id": str(i), "text": f"passage number {i}"} for i in range(40)))
   with pytest.raises(LLMError, match=r"the first 8 passages' LLM calls all failed.*HTTP 503"):
-    pipeline.run(corpus_path=str(corpus), output_dir=str(tmp_path / "out"), llm=Dead(),
-                 num_neighbors=2)
+    pipeline.run(FretConfig(corpus=str(corpus), output_dir=str(tmp_path / "out"),
+                            num_neighbors=2), llm=Dead())
   assert Dead.calls == 8  # stopped after 8 of 40 passages
   with pytest.raises(pipeline.NoRecordsError, match="no FRet record was written: 3 passages"):
-    pipeline.run(corpus_path=str(corpus), output_dir=str(tmp_path / "out"), llm=Dead(),
-                 num_neighbors=2, num_seeds=3)
+    pipeline.run(FretConfig(corpus=str(corpus), output_dir=str(tmp_path / "out"),
+                            num_neighbors=2, num_seeds=3), llm=Dead())
 
 
 # 4. Counts that would mean "all" by accident are refused up front.
@@ -207,9 +211,10 @@ def test_fret_stops_when_the_first_calls_all_fail_and_when_nothing_was_written(t
 ])
 def test_fret_counts_are_checked_before_any_work(tmp_path, kwargs, message):
   from gecko.fret import pipeline
+  shard_size = kwargs.pop("shard_size", 1000)  # the writer's; the rest are FretConfig's
   with pytest.raises(ValueError, match=message):
-    pipeline.run(corpus_path=str(tmp_path / "missing.jsonl"), output_dir=str(tmp_path),
-                 llm=None, **kwargs)
+    pipeline.run(FretConfig(corpus=str(tmp_path / "missing.jsonl"), output_dir=str(tmp_path),
+                            **kwargs), llm=_dead_llm()(), shard_size=shard_size)
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -410,7 +415,8 @@ def test_a_second_fret_run_on_a_busy_output_dir_does_no_llm_work(tmp_path):
   out = tmp_path / "out"
   with paths.locked(out, what="OUTPUT_DIR"):
     with pytest.raises(paths.FolderInUseError, match=f"OUTPUT_DIR '{out}' is in use by pid"):
-      pipeline.run(corpus_path=str(corpus), output_dir=str(out), llm=Counting(), num_neighbors=2)
+      pipeline.run(FretConfig(corpus=str(corpus), output_dir=str(out), num_neighbors=2),
+                   llm=Counting())
   assert Counting.calls == 0 and sorted(p.name for p in out.iterdir()) == [".lock"]
 
 
@@ -480,8 +486,8 @@ def test_fret_says_what_its_corpus_reader_skipped(tmp_path, capsys):
                     '{"id": "b", "text": "  "}\n{"id": "c", "text": "two"}\n'
                     '{"id": "d", "text": "three"}\n')
   with pytest.raises(pipeline.NoRecordsError):
-    pipeline.run(corpus_path=str(corpus), output_dir=str(tmp_path / "out"), llm=_dead_llm()(),
-                 num_neighbors=2, num_seeds=9)
+    pipeline.run(FretConfig(corpus=str(corpus), output_dir=str(tmp_path / "out"),
+                            num_neighbors=2, num_seeds=9), llm=_dead_llm()())
   err = capsys.readouterr().err
   assert f"gecko.fret: 1 passages repeat an earlier id in {corpus}; skipped." in err
   assert f"gecko.fret: 1 passages are empty in {corpus}; skipped." in err

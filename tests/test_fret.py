@@ -12,7 +12,7 @@ import pytest
 
 from gecko.fret import label, schema
 from gecko.fret.cache import LLMCache, call_key, through
-from gecko.fret.shards import ShardWriter
+from gecko.fret.records import ShardWriter
 
 
 def test_ranks_and_reciprocal_rank_fusion_by_hand():
@@ -49,6 +49,17 @@ def test_choose_positive_and_negative_by_hand():
   assert label.choose(None, rc, ranking="rc").positive == 0
   with pytest.raises(ValueError, match="needs the RC scores"):
     label.choose(ql, None, ranking="rrf")
+
+
+def test_the_seed_always_competes_and_the_random_negative_is_per_record():
+  from gecko.fret import relabel
+  assert relabel.with_seed([3, 1, 2], 5) == [3, 1, 5]  # not retrieved: takes the last place
+  assert relabel.with_seed([3, 5, 2], 5) == [3, 5, 2]  # retrieved: left where it is
+  assert relabel.with_seed(np.array([4, 0]), 0) == [4, 0]
+  draws = [relabel.record_rng(0, "q1").integers(1 << 30) for _ in range(2)]
+  assert draws[0] == draws[1]  # the same record draws the same negative on every run
+  assert relabel.record_rng(0, "q2").integers(1 << 30) != draws[0]
+  assert relabel.record_rng(1, "q1").integers(1 << 30) != draws[0]
 
 
 def test_cache_round_trip_keys_and_counts(tmp_path):

@@ -52,6 +52,34 @@ def test_local_errors_are_named(tmp_path):
   _need_llama_cpp()
   with pytest.raises(FileNotFoundError, match="nope.gguf"):
     llm.LlamaCpp(model_path=str(tmp_path / "nope.gguf"))
+  moved = llm.LlamaCpp()
+  moved.model_path = str(tmp_path / "moved.gguf")  # there when made, gone when the run starts
+  with pytest.raises(llm.LLMError, match="no GGUF file at .*moved.gguf"):
+    moved.check()
+
+
+def test_both_backends_are_the_llm_protocol(local):
+  members = {name for name in vars(llm.LLM) if not name.startswith("_")}
+  members |= set(llm.LLM.__annotations__)
+  assert members == {"name", "model", "concurrency", "query_likelihood",
+                     "relevance_classification", "check", "generate", "truncate",
+                     "log_likelihood", "label_logprobs"}
+  server = llm.OpenAICompatible(base_url="http://127.0.0.1:9/v1", model="m")
+  for backend in (local, server):
+    assert [name for name in sorted(members) if not hasattr(backend, name)] == []
+  assert local.concurrency == 1 and server.concurrency == 8
+  local.check()  # the packaged GGUF is there
+
+
+def test_the_private_llama_cpp_flag_gecko_switches_is_still_there(local):
+  """llama-cpp-python has no public way to switch between last-row and every-row
+  logits on a loaded model; `gecko.fret.llm._logits` flips `Llama._logits_all`. If an
+  upgrade renames it, this fails by name (and `_logits` raises, never scores wrongly)."""
+  local.truncate("load the model", 2)
+  assert hasattr(local._llm, "_logits_all"), "llama_cpp.Llama._logits_all is gone"
+  with llm._logits(local._llm, every_row=False):
+    assert local._llm._logits_all is False
+  assert local._llm._logits_all is True  # restored: the model was loaded with logits_all
 
 
 @pytest.fixture(scope="module")
@@ -245,15 +273,16 @@ class _FlakyProxy(http.server.BaseHTTPRequestHandler):
 def test_fret_through_a_server_failing_a_third_of_its_calls_completes_on_a_rerun(
     server, fret_corpus, tmp_path, capfd):
   from gecko.fret import pipeline
+  from gecko.fret.config import FretConfig
   _FlakyProxy.upstream, _FlakyProxy.failing, _FlakyProxy.failed = server, True, 0
   httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FlakyProxy)
   threading.Thread(target=httpd.serve_forever, daemon=True).start()
   try:
     backend = llm.OpenAICompatible(base_url=f"http://127.0.0.1:{httpd.server_address[1]}/v1",
                                    model="smollm2", max_retries=0, concurrency=2)
-    run = dict(corpus_path=str(fret_corpus), output_dir=str(tmp_path), llm=backend,
-               num_seeds=6, num_neighbors=3, ranking="rc")
-    first = pipeline.run(**run)
+    config = FretConfig(corpus=str(fret_corpus), output_dir=str(tmp_path), num_seeds=6,
+                        num_neighbors=3, ranking="rc")
+    first = pipeline.run(config, llm=backend)
     assert _FlakyProxy.failed > 0
     failures = [json.loads(line) for line in (tmp_path / "failures.jsonl").read_text().splitlines()]
     call_failures = [f for f in failures if f["reason"].startswith(("LLM call failed",
@@ -262,7 +291,7 @@ def test_fret_through_a_server_failing_a_third_of_its_calls_completes_on_a_rerun
     assert first["records"] + first["failures_this_run"] == 6
     assert f"{first['failures_this_run']} passages failed this run" in capfd.readouterr().err
     _FlakyProxy.failing = False
-    again = pipeline.run(**run)  # the cache keeps every call that succeeded
+    again = pipeline.run(config, llm=backend)  # the cache keeps every call that succeeded
     assert again["records"] > first["records"]
     retried = [json.loads(line) for line in
                (tmp_path / "failures.jsonl").read_text().splitlines()][len(failures):]

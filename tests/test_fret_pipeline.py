@@ -10,6 +10,7 @@ import pytest
 from conftest import FRET_TOPICS, fret_records, run_cli
 
 from gecko.fret import schema
+from gecko.fret.config import FretConfig
 
 
 def test_pipeline_writes_records_summary_and_resumes_from_the_cache(fret_corpus, tmp_path):
@@ -28,7 +29,9 @@ def test_pipeline_writes_records_summary_and_resumes_from_the_cache(fret_corpus,
     assert r["positive_is_seed"] == (r["positive_id"] == r["seed_id"])
     assert r["positive_id"][:-1] in FRET_TOPICS and r["llm"].startswith("llama_cpp:SmolLM2")
   assert (out / "summary.png").stat().st_size > 0
-  assert "pipeline.run.num_neighbors = %NUM_NEIGHBORS" in (out / "config.gin").read_text()
+  assert "FretConfig.num_neighbors = %NUM_NEIGHBORS" in (out / "config.gin").read_text()
+  _assert_labels_follow_the_scores(records, corpus_path=fret_corpus, output_dir=out,
+                                   num_neighbors=4)
 
   # Rerun: everything is done; no LLM call, nothing written twice.
   result = run_cli(cmd, timeout=600)
@@ -75,6 +78,52 @@ def test_corpus_formats_and_what_is_skipped(tmp_path):
     read_corpus(str(messy))
 
 
+def _assert_labels_follow_the_scores(records, *, corpus_path, output_dir, num_neighbors):
+  """Each record's pair, re-derived by hand: MiniLM's top-N for the record's query (the
+  seed put last when not among them), the LLM's QL and RC scores of those candidates
+  (read back from the run's cache: no LLM call), ranks with ties to the better
+  retrieved, 1/rank fused, and the best (ties: better QL rank, then better retrieved)
+  as the positive and the worst as the negative. A swapped or shifted pair fails."""
+  import numpy as np
+
+  from gecko.data.input_format import GECKO
+  from gecko.encode import encode
+  from gecko.fret.cache import LLMCache
+  from gecko.fret.corpus import read_corpus
+  from gecko.fret.llm import LlamaCpp
+  from gecko.fret.score import Scorer
+  corpus, _ = read_corpus(str(corpus_path))
+  documents = encode([GECKO.document(p["text"], title=p["title"]) for p in corpus],
+                     model="all-MiniLM-L6-v2")
+  cache = LLMCache(str(output_dir / "llm_cache.sqlite"))
+  scorer = Scorer(llm=LlamaCpp(n_ctx=1024), cache=cache)
+
+  def by_hand_ranks(scores):
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    return {i: rank + 1 for rank, i in enumerate(order)}
+  for r in records:
+    query = encode([GECKO.query(r["query"], task=r["task"])], model="all-MiniLM-L6-v2")[0]
+    top = [int(i) for i in np.argsort(-(documents @ query), kind="stable")[:num_neighbors]]
+    seed = next(i for i, p in enumerate(corpus) if p["id"] == r["seed_id"])
+    if seed not in top:
+      top[-1] = seed
+    candidates = [corpus[i] for i in top]
+    ql = scorer.ql(r["query"], candidates)
+    rc = scorer.rc(r["task"], r["query"], candidates)
+    ql_rank, rc_rank = by_hand_ranks(ql), by_hand_ranks(rc)
+    best_first = sorted(range(len(top)), key=lambda i: (-(1 / ql_rank[i] + 1 / rc_rank[i]),
+                                                        ql_rank[i], i))
+    positive, negative = best_first[0], best_first[-1]
+    assert (r["positive_id"], r["negative_id"]) == (candidates[positive]["id"],
+                                                    candidates[negative]["id"]), r["id"]
+    assert r["positive_text"] == candidates[positive]["text"]
+    assert r["negative_text"] == candidates[negative]["text"]
+    assert (r["positive_ql"], r["positive_rc"]) == (ql[positive], rc[positive])
+    assert (r["negative_ql"], r["negative_rc"]) == (ql[negative], rc[negative])
+  assert scorer.llm_calls == 0  # every score came from the run's own cache
+  cache.close()
+
+
 def test_messy_passages_never_break_the_records(fret_corpus, tmp_path):
   """Empty, 1 MB, invalid UTF-8, duplicate-id and prompt-injecting passages."""
   from gecko.fret import pipeline
@@ -95,8 +144,8 @@ def test_messy_passages_never_break_the_records(fret_corpus, tmp_path):
   order = lines[-5:] + lines[:-5]  # the messy passages first, so they are the seeds
   messy.write_bytes(b"\n".join(order) + b"\n")
   out = tmp_path / "fret"
-  summary = pipeline.run(corpus_path=str(messy), output_dir=str(out),
-                         llm=LlamaCpp(n_ctx=1024), num_seeds=4, num_neighbors=3, shard_size=10)
+  summary = pipeline.run(FretConfig(corpus=str(messy), output_dir=str(out), num_seeds=4,
+                                    num_neighbors=3), llm=LlamaCpp(n_ctx=1024), shard_size=10)
   assert summary["corpus"] == {"passages": 15, "empty_skipped": 1, "duplicate_ids_skipped": 1,
                                "invalid_utf8_lines": 1}
   records = fret_records(out)
@@ -171,8 +220,9 @@ def test_failed_llm_calls_are_reported_and_a_rerun_completes_the_run(fret_corpus
   out, real = tmp_path / "fret", LlamaCpp(n_ctx=1024)
   seeds = [f"{t}{i}" for t in ("gecko", "moon") for i in range(3)]
   failing = _FailingFor(real, generate="27 days", score="van der Waals")
-  summary = pipeline.run(corpus_path=str(fret_corpus), output_dir=str(out), llm=failing,
-                         num_seeds=6, num_neighbors=3, shard_size=10)
+  config = FretConfig(corpus=str(fret_corpus), output_dir=str(out), num_seeds=6,
+                      num_neighbors=3)
+  summary = pipeline.run(config, llm=failing, shard_size=10)
   failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
   reasons = {f["id"]: f["reason"] for f in failures}
   assert reasons["moon0"].startswith("LLM call failed: POST")  # its generation
@@ -182,8 +232,7 @@ def test_failed_llm_calls_are_reported_and_a_rerun_completes_the_run(fret_corpus
   assert sorted([*first, *reasons]) == sorted(seeds)  # every seed written or reported
 
   # The server is back: a rerun writes the missing records and keeps the others.
-  again = pipeline.run(corpus_path=str(fret_corpus), output_dir=str(out), llm=real,
-                       num_seeds=6, num_neighbors=3, shard_size=10)
+  again = pipeline.run(config, llm=real, shard_size=10)
   records = fret_records(out)
   assert again["failures_this_run"] == 0 and again["skipped_already_written"] == len(first)
   assert sorted(r["id"] for r in records) == sorted(seeds)
@@ -191,7 +240,7 @@ def test_failed_llm_calls_are_reported_and_a_rerun_completes_the_run(fret_corpus
 
 
 def test_consistency_filter_by_hand():
-  from gecko.fret.pipeline import consistent
+  from gecko.fret.relabel import consistent
   record = {"positive_id": "b"}
   assert consistent(record, ranked_ids=["a", "b", "c"], top_k=2)
   assert not consistent(record, ranked_ids=["a", "b", "c"], top_k=1)
@@ -206,13 +255,13 @@ def test_round_trip_consistency_keeps_records_whose_positive_the_encoder_ranks_f
   from gecko.fret import pipeline
   from gecko.fret.corpus import read_corpus
   from gecko.fret.llm import LlamaCpp
-  summary = pipeline.run(corpus_path=str(fret_corpus), output_dir=str(tmp_path), llm=LlamaCpp(),
-                         num_seeds=6, num_neighbors=3, ranking="ql", consistency_top_k=1)
+  config = FretConfig(corpus=str(fret_corpus), output_dir=str(tmp_path), num_seeds=6,
+                      num_neighbors=3, ranking="ql", consistency_top_k=1)
+  summary = pipeline.run(config, llm=LlamaCpp())
   checked = summary["consistency"]
   assert checked["checked_this_run"] == summary["records"] + checked["dropped_this_run"]
   assert checked["kept_fraction"] == pytest.approx(summary["records"] / checked["checked_this_run"])
-  rerun = pipeline.run(corpus_path=str(fret_corpus), output_dir=str(tmp_path), llm=LlamaCpp(),
-                       num_seeds=6, num_neighbors=3, ranking="ql", consistency_top_k=1)
+  rerun = pipeline.run(config, llm=LlamaCpp())
   # The rerun judges the dropped queries again (they have no record), and no other.
   assert rerun["consistency"]["checked_this_run"] == checked["dropped_this_run"]
   assert rerun["consistency"]["kept_fraction"] == pytest.approx(checked["kept_fraction"])
@@ -224,5 +273,5 @@ def test_round_trip_consistency_keeps_records_whose_positive_the_encoder_ranks_f
     (top,), _ = retrieval.top_n(query, vectors, 1)
     assert corpus[int(top[0])]["id"] == record["positive_id"]
   with pytest.raises(ValueError, match="consistency_top_k=4 must be <= num_neighbors=3"):
-    pipeline.run(corpus_path=str(fret_corpus), output_dir=str(tmp_path), llm=None,
-                 num_neighbors=3, consistency_top_k=4)
+    FretConfig(corpus=str(fret_corpus), output_dir=str(tmp_path), num_neighbors=3,
+               consistency_top_k=4)

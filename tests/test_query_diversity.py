@@ -83,10 +83,11 @@ def test_sampled_generation_is_seeded_per_passage_and_reproducible(tmp_path):
 def test_a_pipeline_run_drops_near_duplicate_queries(fret_corpus, tmp_path):
   from gecko.encode import encode
   from gecko.fret import pipeline
+  from gecko.fret.config import FretConfig
   threshold = 0.6
-  summary = pipeline.run(corpus_path=str(fret_corpus), output_dir=str(tmp_path),
-                         llm=llm.LlamaCpp(n_ctx=1024), num_seeds=8, num_neighbors=2,
-                         ranking="ql", dedup_cosine=threshold)
+  summary = pipeline.run(FretConfig(corpus=str(fret_corpus), output_dir=str(tmp_path),
+                                    num_seeds=8, num_neighbors=2, ranking="ql",
+                                    dedup_cosine=threshold), llm=llm.LlamaCpp(n_ctx=1024))
   queries = summary["queries"]
   failures = summary["failures_this_run"]
   assert queries["dedup_cosine"] == threshold

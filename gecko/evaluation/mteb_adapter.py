@@ -41,6 +41,7 @@ from mteb.types import PromptType
 
 from gecko import encode as encode_lib
 from gecko.data import input_format
+from gecko.data.packaged_models import DEFAULT_MODEL
 from gecko.evaluation import datasets as local_datasets
 from gecko.evaluation import tasks as local_tasks
 from gecko.models import embedder as embedder_lib
@@ -65,7 +66,7 @@ class GeckoEncoder(AbsEncoder):
   """
 
   def __init__(self, model_name: str | None = None, revision: str | None = None, *,
-               model: embedder_lib.PathLike | embedder_lib.Embedder = "all-MiniLM-L6-v2",
+               model: embedder_lib.PathLike | embedder_lib.Embedder = DEFAULT_MODEL,
                dim: int | None = None, gecko_format: bool = True,
                task_strings: Mapping[str, str] | None = None, batch_size: int = 32,
                release_date: str | None = None, device: str | None = None,

@@ -43,12 +43,13 @@ import time
 from collections.abc import Sequence
 
 from gecko.data import jsonl
+from gecko.data.packaged_models import DEFAULT_MODEL
 from gecko.evaluation import reports
 from gecko.experiments import arguments, fine_tuning
 from gecko.fret import heldout
 from gecko.gin_flags import gin_string
 
-START_MODEL = "all-MiniLM-L6-v2"
+START_MODEL = DEFAULT_MODEL
 HELD_OUT_TASK = "DocstringQueries"
 HELD_OUT_FRACTION = 3
 
@@ -112,8 +113,9 @@ def run(*, output_dir: str, seeds: int, neighbors: int, ranking: str, steps: int
   """The demo's stages (module docstring); returns {model: {task: main score}}."""
   from gecko import eval as eval_lib
   from gecko.fret import pipeline
+  from gecko.fret import records as fret_records
+  from gecko.fret.config import FretConfig
   from gecko.fret.llm import LlamaCpp
-  from gecko.fret.shards import ShardWriter
   start = time.perf_counter()
   os.makedirs(output_dir, exist_ok=True)
   corpus_path = os.path.join(output_dir, "passages.jsonl")
@@ -124,10 +126,9 @@ def run(*, output_dir: str, seeds: int, neighbors: int, ranking: str, steps: int
   fret_dir = os.path.join(output_dir, "fret_run")
   print(f"[2/5] FRet over {seeds} seed passages (N={neighbors}, ranking {ranking}) -> "
         f"{fret_dir}", file=sys.stderr)
-  summary = pipeline.run(corpus_path=corpus_path, output_dir=fret_dir, llm=LlamaCpp(),
-                         num_seeds=seeds, num_neighbors=neighbors, ranking=ranking,
-                         shard_size=1000)
-  records = pipeline.read_records(ShardWriter(fret_dir).shards())
+  summary = pipeline.run(FretConfig(corpus=corpus_path, output_dir=fret_dir, num_seeds=seeds,
+                                    num_neighbors=neighbors, ranking=ranking), llm=LlamaCpp())
+  records = fret_records.read(fret_dir)
 
   data_root, eval_dir = os.path.join(output_dir, "data"), os.path.join(output_dir, "heldout")
   n_train, n_test = split_records(records, data_dir=data_root, eval_dir=eval_dir, corpus=corpus)

@@ -53,6 +53,7 @@ import sys
 from collections.abc import Sequence
 
 from gecko.data import jsonl
+from gecko.data.packaged_models import DEFAULT_MODEL
 from gecko.experiments import arguments, fine_tuning, in_domain
 from gecko.experiments.adaptation_report import report
 from gecko.experiments.recipes import (
@@ -67,7 +68,7 @@ from gecko.gin_flags import gin_string
 
 __all__ = ["report", "run", "main", "write_corpus"]
 
-START_MODEL = "all-MiniLM-L6-v2"
+START_MODEL = DEFAULT_MODEL
 EXPERIMENT_GIN = "gin/experiments/fret_adaptation.gin"
 DIMS = (256, 384)
 DEV_FRACTION = 5
@@ -93,6 +94,7 @@ def run_fret(*, output_dir: str, corpus_path: str, variant: Variant, recipe: Rec
              passages: int, neighbors: int, llm) -> dict:
   """FRet records for `variant` under `recipe`; all but the base relabel from its cache."""
   from gecko.fret import pipeline
+  from gecko.fret.config import FretConfig
   fret_dir = os.path.join(output_dir, recipe.fret_name(variant))
   base = dataclasses.replace(recipe, consistency_top_k=None)  # the filter relabels its cache
   base_dir = os.path.join(output_dir, base.fret_name(BASE))
@@ -101,11 +103,10 @@ def run_fret(*, output_dir: str, corpus_path: str, variant: Variant, recipe: Rec
              passages=passages, neighbors=neighbors, llm=llm)
     copy_missing(glob.glob(os.path.join(base_dir, "llm_cache.sqlite")) +
                  glob.glob(os.path.join(base_dir, "corpus_embeddings_*.npy")), fret_dir)
-  return pipeline.run(corpus_path=corpus_path, output_dir=fret_dir, llm=llm,
-                      num_seeds=passages, num_neighbors=neighbors, ranking=variant.ranking,
-                      negative=variant.negative, generator_options=recipe.llm_options(),
-                      dedup_cosine=recipe.dedup_cosine,
-                      consistency_top_k=recipe.consistency_top_k)
+  return pipeline.run(FretConfig(
+      corpus=corpus_path, output_dir=fret_dir, num_seeds=passages, num_neighbors=neighbors,
+      ranking=variant.ranking, negative=variant.negative, generator_options=recipe.llm_options(),
+      dedup_cosine=recipe.dedup_cosine, consistency_top_k=recipe.consistency_top_k), llm=llm)
 
 
 def copy_missing(paths: Sequence[str], directory: str) -> None:
@@ -194,9 +195,8 @@ def training_records(*, variant: Variant, recipe: Recipe, corpus_dir: str, outpu
                      corpus_path: str, passages: int, neighbors: int, llm_url: str | None,
                      llm_model: str | None) -> tuple[str, list[dict], dict]:
   """(the records' name, the records, what made them) for a training row."""
-  from gecko.fret import pipeline
+  from gecko.fret import records as fret_records
   from gecko.fret.llm import LlamaCpp, OpenAICompatible
-  from gecko.fret.shards import ShardWriter
   if variant.source == "in_domain":
     name = "in_domain"
     copy_missing(glob.glob(os.path.join(output_dir, "fret_*", "corpus_embeddings_*.npy")),
@@ -210,7 +210,7 @@ def training_records(*, variant: Variant, recipe: Recipe, corpus_dir: str, outpu
   summary = run_fret(output_dir=output_dir, corpus_path=corpus_path, variant=variant,
                      recipe=recipe, passages=passages, neighbors=neighbors, llm=llm)
   name = recipe.fret_name(variant)
-  made = pipeline.read_records(ShardWriter(os.path.join(output_dir, name)).shards())
+  made = fret_records.read(os.path.join(output_dir, name))
   keys = ("positive_not_seed_fraction", "queries", "consistency")
   return name, made, {k: summary[k] for k in keys if k in summary}
 

@@ -36,13 +36,13 @@ def records(*, corpus_dir: str, corpus_path: str, output_dir: str, neighbors: in
   from gecko.data.input_format import GECKO
   from gecko.encode import encode
   from gecko.evaluation import datasets
-  from gecko.fret import pipeline
+  from gecko.fret import corpus as corpus_lib
   data = datasets.load_beir(corpus_dir, split="train")
   corpus = jsonl.read_objects(corpus_path, what="FRet corpus")
   index = {p["id"]: i for i, p in enumerate(corpus)}
   os.makedirs(output_dir, exist_ok=True)
-  vectors = pipeline.embed_corpus(corpus, encoder=encoder, output_dir=output_dir,
-                                  batch_size=batch_size)
+  vectors = corpus_lib.embed(corpus, encoder=encoder, output_dir=output_dir,
+                            batch_size=batch_size)
   query_ids = sorted(data.qrels)
   queries = encode([GECKO.query(data.queries[q], task=task) for q in query_ids], model=encoder,
                    batch_size=batch_size)

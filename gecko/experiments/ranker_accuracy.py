@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from gecko.data.packaged_models import DEFAULT_MODEL
 from gecko.experiments import arguments
 from gecko.experiments.recipes import TEACHERS
 
@@ -52,7 +53,7 @@ def rankings(ql: Sequence[float], rc: Sequence[float]) -> dict[str, list[int]]:
 
 
 def measure(*, corpus_dir: str, output_dir: str, teacher: str, queries: int, neighbors: int,
-            encoder: str = "all-MiniLM-L6-v2", task: str = DEFAULT_TASK, split: str = "train",
+            encoder: str = DEFAULT_MODEL, task: str = DEFAULT_TASK, split: str = "train",
             seed: int = 0, threads: int | None = None, rc_score: str = "yes"
             ) -> dict[str, object]:
   """Score `queries` judged queries of `corpus_dir`'s `split` (a seeded sample) and
@@ -64,7 +65,8 @@ def measure(*, corpus_dir: str, output_dir: str, teacher: str, queries: int, nei
   from gecko.data.input_format import GECKO
   from gecko.encode import encode
   from gecko.evaluation import bootstrap, datasets
-  from gecko.fret import pipeline, score
+  from gecko.fret import corpus as corpus_lib
+  from gecko.fret import score
   from gecko.fret.cache import LLMCache
   from gecko.fret.llm import LlamaCpp
   data = datasets.load_beir(corpus_dir, split=split)  # keeps queries with a relevant passage
@@ -73,7 +75,7 @@ def measure(*, corpus_dir: str, output_dir: str, teacher: str, queries: int, nei
   sample = sorted(rng.choice(judged_ids, size=min(queries, len(judged_ids)), replace=False))
   corpus = [{"id": doc_id, **doc} for doc_id, doc in data.corpus.items()]
   os.makedirs(output_dir, exist_ok=True)
-  vectors = pipeline.embed_corpus(corpus, encoder=encoder, output_dir=output_dir, batch_size=64)
+  vectors = corpus_lib.embed(corpus, encoder=encoder, output_dir=output_dir, batch_size=64)
   embedded = encode([GECKO.query(data.queries[q], task=task) for q in sample], model=encoder,
                     batch_size=64)
   ranked, _ = retrieval.top_n(embedded, vectors, neighbors)

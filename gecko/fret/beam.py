@@ -9,17 +9,21 @@ r"""The FRet pipeline on Apache Beam (extra `[beam]`), for corpora beyond one ma
 
 Everything after `--` goes to Beam's PipelineOptions (none: the local DirectRunner).
 The stages are those of `gecko.fret.pipeline`, as transforms, and share its code
-(generation, `relabel`, the record schema), so both produce the same records:
+(the `FretConfig`, generation, de-duplication, the `Relabeler`, the record schema), so
+both produce the same records from the same LLM answers:
 
   ReadCorpus   JSONL / BEIR corpus.jsonl lines (invalid UTF-8 replaced, empty passages
                dropped, one passage per id kept; all counted as Beam metrics)
   Seeds        every passage, or NUM_SEEDS of them chosen by a hash of (seed, id)
   Generate     batched LLM calls per worker; failures to failures-*.jsonl
+  Deduplicate  with DEDUP_COSINE only: every query on one worker, judged in seed-hash
+               order (a run-wide ordered pass, as on one machine)
   Embed        corpus and queries with the encoder (loaded once per worker)
   Retrieve     exact top-N: each corpus block is scored against all queries (a side
                input) and the per-block top-N lists are merged per query, so the
                corpus never has to fit on one worker
-  Relabel      QL and/or RC scores, ranking, positive and hard negative (`gecko.fret.relabel`)
+  Relabel      QL and/or RC scores, ranking, positive and hard negative
+               (`gecko.fret.relabel`), then the consistency filter (CONSISTENCY_TOP_K)
   Write        fret-SSSSS-of-NNNNN.jsonl (and .tfrecord) shards in OUTPUT_DIR, which the
                `gecko_fret` SeqIO task reads; summary.json / summary.png at the end
 
@@ -28,6 +32,10 @@ only when the pipeline commits them). `cache_path` (a local SQLite file) makes a
 DirectRunner rerun repeat no LLM call; leave it None on Dataflow. Plain-text corpora
 need line numbers for ids, which Beam's text source does not give: convert them to
 JSONL first. A repeated id keeps its smallest (title, text), not the first in the file.
+With NUM_SEEDS, and for DEDUP_COSINE's order, passages are taken by a hash of (seed, id),
+highest first, where the local runner takes them in file order; on a corpus written in
+that order both runners make the same records. Without DEDUP_COSINE the summary's
+median pairwise query cosine is not computed (it would gather every query on one worker).
 """
 
 from __future__ import annotations
@@ -46,14 +54,15 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from gecko import retrieval
+from gecko.data import paths
 from gecko.data.input_format import GECKO
 from gecko.fret import corpus as corpus_lib
+from gecko.fret import diversity, records, schema
 from gecko.fret import generate as generate_lib
-from gecko.fret import label, schema, score
-from gecko.fret import pipeline as pipeline_lib
-from gecko.fret import relabel as relabel_lib
 from gecko.fret.cache import LLMCache
-from gecko.fret.llm import LLMError
+from gecko.fret.config import FretConfig, check_count
+from gecko.fret.llm import LLM, LLMError
+from gecko.fret.relabel import Relabeler, consistent
 
 NAMESPACE = "gecko.fret"
 CORPUS_COUNTERS = ("passages", "empty_skipped", "duplicate_ids_skipped", "invalid_utf8_lines")
@@ -121,40 +130,63 @@ class _Generate(_LLMDoFn):
         yield result.id, result
       else:
         _count("failures")
-        yield beam.pvalue.TaggedOutput("failures", pipeline_lib.failure_record(result))
+        yield beam.pvalue.TaggedOutput("failures", records.failure_record(result))
     _count("llm_calls", self.generator.llm_calls - before)
 
 
 class _Relabel(_LLMDoFn):
-  def __init__(self, *, options: dict, negative: str, ranking: str, seed: int, **kwargs):
+  def __init__(self, *, config: FretConfig, **kwargs):
     super().__init__(**kwargs)
-    self.options, self.negative, self.ranking, self.seed = options, negative, ranking, seed
+    self.config = config
 
   def setup(self):
     super().setup()
-    self.scorer = score.Scorer(llm=self.llm, cache=self.cache, ranking=self.ranking,
-                               **self.options)
+    self.relabeler = Relabeler.for_run(self.config, llm=self.llm, cache=self.cache)
 
   def process(self, item):
     qid, joined = item
-    (generated,), (passages,) = joined["generated"], joined["candidates"]
+    (generated,), (passages,), (ranked,) = (joined["generated"], joined["candidates"],
+                                            joined["ranked"])
     seed_passage = next(p for p in passages if p["id"] == qid)
-    before = self.scorer.llm_calls
+    before = self.relabeler.llm_calls
+    _count("relabel_inputs")
     try:
-      record, _, _ = relabel_lib.relabel(
-          generated, passages=passages, seed_passage=seed_passage, scorer=self.scorer,
-          negative=self.negative, ranking=self.ranking, seed=self.seed,
-          llm_label=f"{self.llm.name}:{self.llm.model}")
+      record = self.relabeler(generated, passages=passages, seed_passage=seed_passage).record
     except LLMError as e:
       _count("failures")
-      yield beam.pvalue.TaggedOutput("failures", pipeline_lib.failure_record(
+      yield beam.pvalue.TaggedOutput("failures", records.failure_record(
           generate_lib.Failure(id=qid, task_type=generated.task_type,
                                reason=f"scoring failed: {e}", outputs=())))
       return
     finally:
-      _count("llm_calls", self.scorer.llm_calls - before)
+      _count("llm_calls", self.relabeler.llm_calls - before)
+    top_k = self.config.consistency_top_k
+    if top_k is not None and not consistent(record, ranked_ids=ranked, top_k=top_k):
+      _count("inconsistent")
+      return
     _count("records")
     yield record
+
+
+class _Deduplicate(beam.DoFn):
+  """Every generated query at once -> the kept ones (`gecko.fret.diversity`), judged in
+  seed-hash order, and the summary's "queries" entry as a tagged output."""
+
+  def __init__(self, *, config: FretConfig):
+    self.config = config
+
+  def setup(self):
+    from gecko.models import embedder
+    self.model = embedder.load(self.config.encoder)
+
+  def process(self, generated):
+    rank = _seed_rank(self.config.seed)
+    ordered = [g for _, g in sorted(generated, key=lambda item: rank(item[0]), reverse=True)]
+    kept, summary = diversity.deduplicate(ordered, earlier=[], threshold=self.config.dedup_cosine,
+                                          encoder=self.model, batch_size=self.config.batch_size)
+    yield beam.pvalue.TaggedOutput("queries", json.dumps(summary))
+    for g in kept:
+      yield g.id, g
 
 
 class _Embed(beam.DoFn):
@@ -239,34 +271,45 @@ def _candidates(item):
 
 
 def _seed_rank(seed: int):
-  return lambda passage: zlib.crc32(f"{seed}:{passage['id']}".encode("utf-8"))
+  """The order of passage ids for NUM_SEEDS and de-duplication: highest first."""
+  return lambda pid: (zlib.crc32(f"{seed}:{pid}".encode("utf-8")), pid)
 
 
-def build(root: beam.Pipeline, *, corpus_path: str, output_dir: str, llm, encoder: str,
-          num_seeds: int | None, num_neighbors: int, negative: str, ranking: str,
-          tfrecord: bool, num_shards: int, generator_options: dict, scorer_options: dict,
-          batch_size: int, block_size: int, cache_path: str | None, seed: int) -> None:
+def build(root: beam.Pipeline, config: FretConfig, *, llm: LLM, num_shards: int,
+          block_size: int, cache_path: str | None) -> None:
   """Adds the FRet stages to `root` (see the module docstring)."""
   llm_args = {"llm": llm, "cache_path": cache_path}
+  batch_size, output_dir = config.batch_size, config.output_dir
   passages = (root
-              | "ReadCorpus" >> beam.io.ReadFromText(corpus_path, coder=beam.coders.BytesCoder())
-              | "Parse" >> beam.ParDo(_ParsePassage(corpus_path))
+              | "ReadCorpus" >> beam.io.ReadFromText(config.corpus,
+                                                     coder=beam.coders.BytesCoder())
+              | "Parse" >> beam.ParDo(_ParsePassage(config.corpus))
               | "GroupById" >> beam.GroupByKey()
               | "OnePerId" >> beam.Map(_one_per_id))
   corpus = passages | "Values" >> beam.Values()
-  if num_seeds is not None:
-    seeds = (corpus | "ChooseSeeds" >> beam.combiners.Top.Of(num_seeds, key=_seed_rank(seed))
+  if config.num_seeds is not None:
+    rank = _seed_rank(config.seed)
+    seeds = (corpus | "ChooseSeeds" >> beam.combiners.Top.Of(config.num_seeds,
+                                                             key=lambda p: rank(p["id"]))
              | "Unpack" >> beam.FlatMap(lambda chosen: chosen))
   else:
     seeds = corpus
-  chunk = max(1, int(getattr(llm, "concurrency", 1)))
   generated = (seeds
-               | "BatchSeeds" >> beam.BatchElements(min_batch_size=1, max_batch_size=chunk)
-               | "Generate" >> beam.ParDo(_Generate(options=generator_options, seed=seed,
-                                                    **llm_args)).with_outputs("failures",
-                                                                              main="generated"))
-  embed = _Embed(encoder=encoder, batch_size=batch_size)
-  queries = (generated.generated
+               | "BatchSeeds" >> beam.BatchElements(min_batch_size=1,
+                                                    max_batch_size=max(1, int(llm.concurrency)))
+               | "Generate" >> beam.ParDo(_Generate(options=dict(config.generator_options),
+                                                    seed=config.seed, **llm_args)
+                                          ).with_outputs("failures", main="generated"))
+  kept = generated.generated
+  if config.dedup_cosine is not None:
+    deduplicated = (kept | "AllGenerated" >> beam.combiners.ToList()
+                    | "Deduplicate" >> beam.ParDo(_Deduplicate(config=config)).with_outputs(
+                        "queries", main="kept"))
+    kept = deduplicated.kept
+    _ = deduplicated.queries | "WriteQueries" >> beam.io.WriteToText(
+        os.path.join(output_dir, QUERIES), shard_name_template="")
+  embed = _Embed(encoder=config.encoder, batch_size=batch_size)
+  queries = (kept
              | "QueryText" >> beam.MapTuple(lambda qid, g: (qid, GECKO.query(g.query,
                                                                               task=g.task)))
              | "BatchQueries" >> beam.BatchElements(min_batch_size=batch_size,
@@ -281,9 +324,10 @@ def build(root: beam.Pipeline, *, corpus_path: str, output_dir: str, llm, encode
                 | "EmbedCorpus" >> beam.ParDo(embed)
                 | "Blocks" >> beam.BatchElements(min_batch_size=1,
                                                  max_batch_size=max(1, block_size // batch_size))
-                | "BlockTopN" >> beam.ParDo(_BlockTopN(n=num_neighbors, block_size=block_size),
+                | "BlockTopN" >> beam.ParDo(_BlockTopN(n=config.num_neighbors,
+                                                       block_size=block_size),
                                             queries=beam.pvalue.AsSingleton(queries))
-                | "MergeTopN" >> beam.CombinePerKey(_MergeTopN(num_neighbors)))
+                | "MergeTopN" >> beam.CombinePerKey(_MergeTopN(config.num_neighbors)))
   candidates = (
       {"wanted": neighbours | "Wanted" >> beam.FlatMap(_wanted), "passage": passages}
       | "JoinPassages" >> beam.CoGroupByKey()
@@ -291,18 +335,17 @@ def build(root: beam.Pipeline, *, corpus_path: str, output_dir: str, llm, encode
       | "GroupByQuery" >> beam.GroupByKey()
       | "Candidates" >> beam.Map(_candidates))
   relabelled = (
-      {"generated": generated.generated, "candidates": candidates}
+      {"generated": kept, "candidates": candidates, "ranked": neighbours}
       | "JoinQueries" >> beam.CoGroupByKey()
-      | "Relabel" >> beam.ParDo(_Relabel(options=scorer_options, negative=negative,
-                                         ranking=ranking, seed=seed, **llm_args)
+      | "Relabel" >> beam.ParDo(_Relabel(config=config, **llm_args)
                                 ).with_outputs("failures", main="records"))
-  records = relabelled.records
+  written = relabelled.records
   prefix = os.path.join(output_dir, "fret")
-  _ = (records | "ToJson" >> beam.Map(lambda r: json.dumps(r, ensure_ascii=False))
+  _ = (written | "ToJson" >> beam.Map(lambda r: json.dumps(r, ensure_ascii=False))
        | "WriteJsonl" >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl",
                                              num_shards=num_shards))
-  if tfrecord:
-    _ = (records | "ToExample" >> beam.Map(schema.tf_example)
+  if config.tfrecord:
+    _ = (written | "ToExample" >> beam.Map(schema.tf_example)
          | "WriteTFRecord" >> beam.io.WriteToTFRecord(prefix, file_name_suffix=".tfrecord",
                                                       num_shards=num_shards))
   _ = ((generated.failures, relabelled.failures) | "AllFailures" >> beam.Flatten()
@@ -311,19 +354,18 @@ def build(root: beam.Pipeline, *, corpus_path: str, output_dir: str, llm, encode
                                                 file_name_suffix=".jsonl"))
 
 
-def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6-v2",
-        num_seeds: int | None = None, num_neighbors: int = 20, negative: str = "lowest",
-        ranking: str = "rrf", tfrecord: bool = False, num_shards: int = 0,
-        generator_options: dict | None = None, scorer_options: dict | None = None,
-        batch_size: int = 64, block_size: int = 65536, cache_path: str | None = None,
-        seed: int = 0, pipeline_args: Sequence[str] = ()) -> dict[str, object]:
+# The Deduplicate stage's summary entry, read into summary.json and then removed.
+QUERIES = "queries-summary.json"
+
+
+def run(config: FretConfig, *, llm: LLM, num_shards: int = 0, block_size: int = 65536,
+        cache_path: str | None = None, pipeline_args: Sequence[str] = ()) -> dict[str, object]:
   """Runs the FRet pipeline on Beam and waits for it; returns the run summary.
 
   Args:
-    corpus_path, output_dir, llm, encoder, num_seeds, num_neighbors, negative, ranking,
-      tfrecord, generator_options, scorer_options, batch_size, seed: as in
-      `gecko.fret.pipeline.run` (local or gs:// paths), except that NUM_SEEDS seeds are
-      a hash-chosen sample rather than the first passages of the file.
+    config: Every setting of the run, as for `gecko.fret.pipeline.run` (local or gs://
+      paths; see the module docstring for how NUM_SEEDS chooses).
+    llm: The backend (`gecko.fret.llm`), pickled to the workers.
     num_shards: Output shards (0: the runner decides).
     block_size: Corpus rows scored per retrieval call (exact search shuffles about
       queries x num_neighbors x corpus / block_size candidates).
@@ -332,46 +374,46 @@ def run(*, corpus_path: str, output_dir: str, llm, encoder: str = "all-MiniLM-L6
     pipeline_args: Beam pipeline options, e.g. ["--runner=DataflowRunner", ...].
   """
   from gecko import gin_flags
-  if corpus_lib.is_plain_text(corpus_path):
-    raise ValueError(f"{corpus_path}: the Beam pipeline reads JSONL or BEIR corpus.jsonl; "
+  if corpus_lib.is_plain_text(config.corpus):
+    raise ValueError(f"{config.corpus}: the Beam pipeline reads JSONL or BEIR corpus.jsonl; "
                      "convert the plain-text corpus to JSONL ({\"id\", \"text\"} per line).")
-  pipeline_lib.check_count("num_seeds", num_seeds, allow_none=True)
-  pipeline_lib.check_count("num_neighbors", num_neighbors, minimum=2)
-  pipeline_lib.check_count("num_shards", num_shards, minimum=0)
-  pipeline_lib.check_count("block_size", block_size)
-  if getattr(llm, "check", None):
-    llm.check()  # a dead server or a missing key fails here, before any worker starts
-  for name, value, choices in (("negative", negative, label.NEGATIVE_CHOICES),
-                               ("ranking", ranking, label.RANKINGS)):
-    if value not in choices:
-      raise ValueError(f"{name}={value!r}; use one of {choices}.")
-  start = time.perf_counter()
+  check_count("num_shards", num_shards, minimum=0)
+  check_count("block_size", block_size)
+  llm.check()  # a dead server or a missing key fails here, before any worker starts
+  start, output_dir = time.perf_counter(), config.output_dir
   if not FileSystems.exists(output_dir):
     FileSystems.mkdirs(output_dir)
   if not output_dir.startswith("gs://"):
     gin_flags.write_operative_config(output_dir)
   root = beam.Pipeline(options=PipelineOptions(list(pipeline_args)))
-  build(root, corpus_path=corpus_path, output_dir=output_dir, llm=llm, encoder=encoder,
-        num_seeds=num_seeds, num_neighbors=num_neighbors, negative=negative, ranking=ranking,
-        tfrecord=tfrecord, num_shards=num_shards, generator_options=generator_options or {},
-        scorer_options=scorer_options or {}, batch_size=batch_size, block_size=block_size,
-        cache_path=cache_path, seed=seed)
+  build(root, config, llm=llm, num_shards=num_shards, block_size=block_size,
+        cache_path=cache_path)
   result = root.run()
   result.wait_until_finish()
   counters = {c.key.metric.name: c.committed for c in
               result.metrics().query()["counters"] if c.key.metric.namespace == NAMESPACE}
-  shards = [m.path for m in FileSystems.match([os.path.join(output_dir, "fret-*.jsonl")])[0]
-            .metadata_list]
-  records = pipeline_lib.read_records(sorted(shards), open_binary=FileSystems.open)
-  scores = {f"{name}_{part}": [r[f"{part}_{name}"] for r in records
-                                if r[f"{part}_{name}"] is not None]
-            for name in ("ql", "rc") for part in ("positive", "negative")}
-  summary = pipeline_lib.summarize(
-      records, shards=len(shards), failures=counters.get("failures", 0), skipped=0,
-      llm_calls=counters.get("llm_calls", 0), cache_hits=0,
-      seconds=time.perf_counter() - start,
-      corpus={name: counters.get(name, 0) for name in CORPUS_COUNTERS})
-  pipeline_lib.write_summary(summary, scores, output_dir, create=FileSystems.create)
+  written = records.read(output_dir)
+  summary = records.summarize(
+      written, shards=len(records.shard_paths(output_dir)),
+      failures=counters.get("failures", 0), skipped=0, llm_calls=counters.get("llm_calls", 0),
+      cache_hits=0, seconds=time.perf_counter() - start,
+      corpus={name: counters.get(name, 0) for name in CORPUS_COUNTERS},
+      queries=_queries_summary(config, output_dir),
+      consistency=None if config.consistency_top_k is None else records.consistency_summary(
+          top_k=config.consistency_top_k, records=len(written),
+          checked=counters.get("relabel_inputs", 0), dropped=counters.get("inconsistent", 0)))
+  records.write_summary(summary, records.score_lists(written), output_dir)
+  return summary
+
+
+def _queries_summary(config: FretConfig, output_dir: str) -> dict[str, object]:
+  """The Deduplicate stage's figures (taken out of OUTPUT_DIR), or none without it."""
+  if config.dedup_cosine is None:
+    return {"dedup_cosine": None, "dropped_this_run": 0, "dropped_fraction": 0.0,
+            "median_pairwise_cosine": None}
+  path = paths.join(output_dir, QUERIES)
+  summary = json.loads(paths.read_text(path))
+  FileSystems.delete([path])
   return summary
 
 
@@ -388,6 +430,7 @@ def main(argv: Sequence[str]) -> int:
   from gecko import gin_flags
   gin_argv, beam_argv = split_args(argv)
   return gin_flags.run(run, gin_argv, prog="python -m gecko.fret.beam", doc=__doc__,
+                       expected=(LLMError, FileNotFoundError, ValueError),
                        pipeline_args=beam_argv)
 
 

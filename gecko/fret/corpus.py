@@ -18,7 +18,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterator, Sequence
+
+import numpy as np
 
 
 @dataclasses.dataclass
@@ -90,3 +93,20 @@ def read_corpus(path: str) -> tuple[list[dict[str, str]], CorpusStats]:
   if not corpus:
     raise ValueError(f"{path} holds no passages ({stats.as_dict()}).")
   return corpus, stats
+
+
+def embed(corpus: Sequence[dict], *, encoder: str, output_dir: str, batch_size: int) -> np.ndarray:
+  """The passages' embeddings in the Gecko document format, cached in `output_dir`
+  (keyed by encoder and corpus ids)."""
+  from gecko.data.input_format import GECKO
+  from gecko.encode import encode
+  ids = "\n".join(p["id"] for p in corpus)
+  key = zlib.crc32(f"{encoder}\n{ids}".encode("utf-8"))
+  path = os.path.join(output_dir, f"corpus_embeddings_{key:08x}.npy")
+  if os.path.exists(path):
+    return np.load(path, mmap_mode="r")
+  vectors = encode([GECKO.document(p["text"], title=p["title"]) for p in corpus], model=encoder,
+                   batch_size=batch_size, show_progress=True)
+  np.save(path + ".partial.npy", vectors)
+  os.replace(path + ".partial.npy", path)
+  return vectors

@@ -64,3 +64,33 @@ def median_pairwise_cosine(vectors: np.ndarray, *, seed: int = 0) -> float | Non
   first = rng.integers(0, n, MAX_PAIRS)
   second = (first + rng.integers(1, n, MAX_PAIRS)) % n  # never the same row
   return float(np.median(np.einsum("pd,pd->p", vectors[first], vectors[second])))
+
+
+def deduplicate(made: Sequence, *, earlier: Sequence[dict], threshold: float | None,
+                encoder, batch_size: int) -> tuple[list, dict[str, object]]:
+  """This run's generated queries (`made`, in order) without near-duplicates of earlier
+  kept ones (all of them when `threshold` is None), and the summary's "queries" entry.
+
+  Args:
+    made: `gecko.fret.generate.Generated` queries, judged in this order.
+    earlier: Records written before (their queries are compared against, never dropped).
+    threshold: `keep_mask`'s cosine, or None.
+    encoder: The run's encoder (a name, a directory or a loaded `Embedder`).
+    batch_size: Encoder batch size.
+  """
+  from gecko.encode import encode
+  if not made and not earlier:
+    return [], {"dedup_cosine": threshold, "dropped_this_run": 0, "dropped_fraction": 0.0,
+                "median_pairwise_cosine": None}
+  texts = [r["query"] for r in earlier] + [g.query for g in made]
+  vectors = encode(texts, model=encoder, batch_size=batch_size)
+  keep = np.ones(len(texts), bool)
+  if threshold is not None:
+    keep = keep_mask(vectors, [r["task_type"] for r in earlier] + [g.task_type for g in made],
+                     threshold=threshold, earlier=len(earlier))
+  new_keep = keep[len(earlier):]
+  dropped = int((~new_keep).sum())
+  return [g for g, k in zip(made, new_keep) if k], {
+      "dedup_cosine": threshold, "dropped_this_run": dropped,
+      "dropped_fraction": dropped / len(made) if made else 0.0,
+      "median_pairwise_cosine": median_pairwise_cosine(vectors[keep])}

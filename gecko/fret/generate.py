@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 
 from gecko.fret import cache as cache_lib
-from gecko.fret.llm import LLMError
+from gecko.fret.llm import LLM, LLMError
 
 TASK_TYPES = ("question answering", "search result", "fact checking", "sentence similarity")
 PROMPTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prompts")
@@ -109,7 +109,7 @@ class Generator:
   """Writes (task, query) for passages with an LLM backend (see `gecko.fret.llm`).
 
   Attributes:
-    llm: A backend with `generate` and `truncate`.
+    llm: The backend (`gecko.fret.llm.LLM`).
     cache: LLM-call cache (None: no caching).
     prompt: Packaged prompt name or file path.
     task_types: The task types to draw from.
@@ -124,7 +124,7 @@ class Generator:
     seed: Seeds the task-type draw and the sampling.
   """
 
-  llm: object
+  llm: LLM
   cache: cache_lib.LLMCache | None = None
   prompt: str = "generate"
   task_types: Sequence[str] = TASK_TYPES

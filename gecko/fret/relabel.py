@@ -1,21 +1,29 @@
-"""FRet steps 3–4 for one generated query: score its neighbours, fuse, write the record.
+"""FRet steps 3 and 4 joined for one query: a `Relabeler` scores the candidates
+(`gecko.fret.score`), ranks them and picks the pair (`gecko.fret.label`), and builds
+the record (`gecko.fret.schema`).
 
-Shared by the one-machine pipeline (`gecko.fret.pipeline`) and the Beam pipeline
-(`gecko.fret.beam`), so both produce the same records from the same inputs. The
-random hard negative is drawn from a generator seeded by (seed, query id), so a
-record does not depend on which records were processed before it (resumed runs and
-Beam bundles give the same answer as one uninterrupted run).
+Both runners (`gecko.fret.pipeline`, `gecko.fret.beam`) make one from the run's
+`FretConfig`, so both produce the same records from the same inputs. The random hard
+negative is drawn from a generator seeded by (seed, query id), so a record does not
+depend on which records were processed before it (resumed runs and Beam bundles give
+the same answer as one uninterrupted run).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from gecko.fret import label as label_lib
+from gecko.fret import score
+from gecko.fret.cache import LLMCache
+from gecko.fret.config import FretConfig
 from gecko.fret.generate import Generated
+from gecko.fret.llm import LLM
 
 
 def with_seed(neighbors: Sequence[int], seed_index: int) -> list[int]:
@@ -26,34 +34,71 @@ def with_seed(neighbors: Sequence[int], seed_index: int) -> list[int]:
   return row
 
 
+def consistent(record: Mapping, *, ranked_ids: Sequence[str], top_k: int) -> bool:
+  """Round-trip consistency: the record's positive is among the first `top_k` passages
+  the encoder retrieved for the record's own query (`ranked_ids`, best first)."""
+  return record["positive_id"] in list(ranked_ids)[:top_k]
+
+
 def record_rng(seed: int, record_id: str) -> np.random.Generator:
   return np.random.default_rng([seed, zlib.crc32(record_id.encode("utf-8"))])
 
 
-def _at(scores: Sequence[float] | None, index: int) -> float | None:
-  return None if scores is None else scores[index]
+class Relabelled(NamedTuple):
+  """A record, and every candidate's QL and RC score (None where not computed)."""
+
+  record: dict[str, object]
+  ql: list[float] | None
+  rc: list[float] | None
 
 
-def relabel(generated: Generated, *, passages: Sequence[Mapping[str, str]],
-            seed_passage: Mapping[str, str], scorer, negative: str, ranking: str, seed: int,
-            llm_label: str) -> tuple[dict[str, object], list[float] | None, list[float] | None]:
-  """The FRet record for `generated` over its candidate `passages` (the seed among
-  them), with every passage's QL and RC scores; a score the ranking does not use is
-  not computed (None, and None in the record)."""
-  needs = label_lib.NEEDS.get(ranking, ())
-  ql = scorer.ql(generated.query, passages) if "ql" in needs else None
-  rc = scorer.rc(generated.task, generated.query, passages) if "rc" in needs else None
-  chosen = label_lib.choose(ql, rc, negative=negative, ranking=ranking,
-                           rng=record_rng(seed, generated.id))
-  pos, neg = passages[chosen.positive], passages[chosen.negative]
-  record = {
-      "id": generated.id, "task_type": generated.task_type, "task": generated.task,
-      "query": generated.query, "seed_id": seed_passage["id"],
-      "seed_title": seed_passage["title"], "seed_text": seed_passage["text"],
-      "positive_id": pos["id"], "positive_title": pos["title"], "positive_text": pos["text"],
-      "negative_id": neg["id"], "negative_title": neg["title"], "negative_text": neg["text"],
-      "positive_is_seed": pos["id"] == seed_passage["id"],
-      "positive_ql": _at(ql, chosen.positive), "positive_rc": _at(rc, chosen.positive),
-      "negative_ql": _at(ql, chosen.negative), "negative_rc": _at(rc, chosen.negative),
-      "llm": llm_label}
-  return record, ql, rc
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Relabeler:
+  """Attributes:
+    scorer: The LLM's scores (`gecko.fret.score.Scorer`).
+    negative: "lowest" fused candidate or a "random" other one.
+    ranking: "rrf", "ql" or "rc" (`gecko.fret.label`); a score the ranking does not
+      use is not computed (None, and None in the record).
+    seed: With the query id, seeds the random negative.
+    llm_label: The record's "llm" field ("backend:model").
+  """
+
+  scorer: score.Scorer
+  negative: str
+  ranking: str
+  seed: int
+  llm_label: str
+
+  @classmethod
+  def for_run(cls, config: FretConfig, *, llm: LLM, cache: LLMCache | None) -> Relabeler:
+    """The relabeler of a run: `config`'s ranking, negative rule, seed and scorer options."""
+    return cls(scorer=score.Scorer(llm=llm, cache=cache, ranking=config.ranking,
+                                   **config.scorer_options),
+               negative=config.negative, ranking=config.ranking, seed=config.seed,
+               llm_label=f"{llm.name}:{llm.model}")
+
+  @property
+  def llm_calls(self) -> int:
+    return self.scorer.llm_calls
+
+  def __call__(self, generated: Generated, *, passages: Sequence[Mapping[str, str]],
+               seed_passage: Mapping[str, str]) -> Relabelled:
+    """The record for `generated` over its candidate `passages` (the seed among them)."""
+    needs = label_lib.NEEDS[self.ranking]
+    ql = self.scorer.ql(generated.query, passages) if "ql" in needs else None
+    rc = self.scorer.rc(generated.task, generated.query, passages) if "rc" in needs else None
+    chosen = label_lib.choose(ql, rc, negative=self.negative, ranking=self.ranking,
+                              rng=record_rng(self.seed, generated.id))
+    pos, neg = passages[chosen.positive], passages[chosen.negative]
+    at = lambda scores, i: None if scores is None else scores[i]  # noqa: E731
+    record = {
+        "id": generated.id, "task_type": generated.task_type, "task": generated.task,
+        "query": generated.query, "seed_id": seed_passage["id"],
+        "seed_title": seed_passage["title"], "seed_text": seed_passage["text"],
+        "positive_id": pos["id"], "positive_title": pos["title"], "positive_text": pos["text"],
+        "negative_id": neg["id"], "negative_title": neg["title"], "negative_text": neg["text"],
+        "positive_is_seed": pos["id"] == seed_passage["id"],
+        "positive_ql": at(ql, chosen.positive), "positive_rc": at(rc, chosen.positive),
+        "negative_ql": at(ql, chosen.negative), "negative_rc": at(rc, chosen.negative),
+        "llm": self.llm_label}
+    return Relabelled(record, ql, rc)

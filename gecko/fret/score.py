@@ -1,4 +1,4 @@
-"""FRet step 3: the LLM scores each (query, neighbour) pair two ways.
+"""FRet step 3: the LLM scores each (query, candidate passage) pair two ways.
 
   QL  query likelihood: log P(" " + query | QL prompt with the passage), prompt
       `prompts/ql.txt` ({passage}); needs a backend with `query_likelihood`.
@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from gecko.fret import cache as cache_lib
 from gecko.fret import label as label_lib
 from gecko.fret.generate import load_prompt, passage_text
+from gecko.fret.llm import LLM
 
 RC_SCORES = ("yes", "margin")
 LABELS = (" yes", " no")
@@ -26,7 +27,7 @@ LABELS = (" yes", " no")
 @dataclasses.dataclass(kw_only=True)
 class Scorer:
   """Attributes:
-    llm: A backend with `log_likelihood` and `label_logprobs` (see `gecko.fret.llm`).
+    llm: The backend (`gecko.fret.llm.LLM`; `log_likelihood` and `label_logprobs`).
     cache: LLM-call cache (None: no caching).
     ql_prompt, rc_prompt: Packaged prompt names or file paths.
     rc_score: "yes" (log P(yes)) or "margin" (log P(yes) - log P(no)).
@@ -35,7 +36,7 @@ class Scorer:
       it uses (a server without prompt logprobs can still rank by RC alone).
   """
 
-  llm: object
+  llm: LLM
   cache: cache_lib.LLMCache | None = None
   ql_prompt: str = "ql"
   rc_prompt: str = "rc"
@@ -48,11 +49,12 @@ class Scorer:
       raise ValueError(f"rc_score={self.rc_score!r}; use one of {RC_SCORES}.")
     if self.ranking not in label_lib.RANKINGS:
       raise ValueError(f"ranking={self.ranking!r}; use one of {label_lib.RANKINGS}.")
-    flags = {"ql": "query_likelihood", "rc": "relevance_classification"}
-    for score in label_lib.NEEDS[self.ranking]:
-      if not getattr(self.llm, flags[score]):
+    gives = {"query likelihood": self.llm.query_likelihood,
+             "relevance classification": self.llm.relevance_classification}
+    for score, what in (("ql", "query likelihood"), ("rc", "relevance classification")):
+      if score in label_lib.NEEDS[self.ranking] and not gives[what]:
         raise ValueError(f"the {self.llm.name} backend ({self.llm.model}) cannot give "
-                         f"{flags[score].replace('_', ' ')} scores, which ranking="
+                         f"{what} scores, which ranking="
                          f"{self.ranking!r} uses; rank by the other score or use a backend "
                          "that gives both (see gecko.fret.llm).")
     self.ql_template = load_prompt(self.ql_prompt, fields=("{passage}",))

@@ -1,0 +1,98 @@
+"""Every FRet setting in one frozen, validated object, shared by both runners.
+
+  config = FretConfig(corpus="passages.jsonl", output_dir="/tmp/fret", num_seeds=1000)
+  pipeline.run(config, llm=LlamaCpp())                    # one machine
+  beam.run(config, llm=LlamaCpp(), pipeline_args=[...])   # Apache Beam
+
+gin binds it once (`gin/runs/fret.gin`: `config.FretConfig`), and both
+`pipeline.run.config` and `beam.run.config` take that binding, so a setting cannot reach
+one runner and not the other. Each field is checked here, once, when the object is
+made. What only lays out the output (the local writer's `shard_size`, Beam's
+`num_shards`, `block_size` and cache) stays with the runner: it changes no record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from gecko.data.packaged_models import DEFAULT_MODEL
+from gecko.fret import label
+
+
+def check_count(name: str, value, *, minimum: int = 1, allow_none: bool = False) -> None:
+  """A count must be an int >= `minimum` (None only where it means "all")."""
+  if value is None and allow_none:
+    return
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    what = " or None (every passage)" if allow_none else ""
+    raise ValueError(f"{name} must be an int >= {minimum}{what}, got {value!r}.")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FretConfig:
+  """Attributes:
+    corpus: The seeds and the retrieval pool: JSONL {"id", "text", "title"?}, BEIR
+      corpus.jsonl, or .txt with one passage per line (local runner only; see
+      `gecko.fret.corpus`). Local or gs://.
+    output_dir: Shards, LLM cache, summary.json / summary.png, config.gin.
+    encoder: Embedding model for retrieval (packaged name or directory).
+    num_seeds: Seed passages to use (None: all). The local runner takes the first
+      ones in the file; Beam, which has no file order, the ones with the highest hash
+      of (seed, id).
+    num_neighbors: N, neighbours retrieved and relabelled per query (>= 2).
+    negative: "lowest" fused neighbour or a "random" other one.
+    ranking: "rrf" (QL and RC fused), or "ql" / "rc" alone (the paper's ablation).
+    tfrecord: Also write each shard as TFRecord (tf.train.Example).
+    generator_options: Extra `gecko.fret.generate.Generator` attributes, e.g.
+      {"task_types": [...], "prompt": "my_prompt.txt", "sampling": True}.
+    scorer_options: Extra `gecko.fret.score.Scorer` attributes, e.g. {"rc_score": "margin"}.
+    batch_size: Encoder batch size.
+    seed: Task-type draw, retries and random negatives.
+    consistency_top_k: Round-trip consistency filter (Promptagator): keep a record only
+      if its positive is among the encoder's top k passages for its own query (no LLM
+      call; k <= num_neighbors). None: keep every record.
+    dedup_cosine: Query diversity (`gecko.fret.diversity`): a new query above this
+      cosine to an earlier kept query of the same task type is dropped. None: keep
+      every query.
+  """
+
+  corpus: str
+  output_dir: str
+  encoder: str = DEFAULT_MODEL
+  num_seeds: int | None = None
+  num_neighbors: int = 20
+  negative: str = "lowest"
+  ranking: str = "rrf"
+  tfrecord: bool = False
+  generator_options: Mapping[str, object] = dataclasses.field(default_factory=dict)
+  scorer_options: Mapping[str, object] = dataclasses.field(default_factory=dict)
+  batch_size: int = 64
+  seed: int = 0
+  consistency_top_k: int | None = None
+  dedup_cosine: float | None = None
+
+  def __post_init__(self):
+    for name in ("corpus", "output_dir", "encoder"):
+      value = getattr(self, name)
+      if not isinstance(value, str) or not value:
+        raise ValueError(f"FretConfig.{name} must be a non-empty path or name, got {value!r}.")
+    check_count("num_seeds", self.num_seeds, allow_none=True)
+    check_count("num_neighbors", self.num_neighbors, minimum=2)
+    check_count("batch_size", self.batch_size)
+    check_count("consistency_top_k", self.consistency_top_k, allow_none=True)
+    for name, value, choices in (("negative", self.negative, label.NEGATIVE_CHOICES),
+                                 ("ranking", self.ranking, label.RANKINGS)):
+      if value not in choices:
+        raise ValueError(f"{name}={value!r}; use one of {choices}.")
+    if self.dedup_cosine is not None and not -1.0 < self.dedup_cosine <= 1.0:
+      raise ValueError(f"dedup_cosine must be a cosine in (-1, 1] or None, "
+                       f"got {self.dedup_cosine!r}.")
+    if self.consistency_top_k is not None and self.consistency_top_k > self.num_neighbors:
+      raise ValueError(f"consistency_top_k={self.consistency_top_k} must be <= num_neighbors="
+                       f"{self.num_neighbors} (the passages retrieved per query).")
+    for name in ("generator_options", "scorer_options"):
+      if not isinstance(getattr(self, name), Mapping):
+        raise ValueError(f"FretConfig.{name} must be a dict, got {getattr(self, name)!r}.")
+    if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+      raise ValueError(f"seed must be an int, got {self.seed!r}.")
