@@ -7,11 +7,14 @@ setuptools.setup(
     version="0.1.0",
     description="Open JAX/TPU implementation of the Gecko text-embedding recipe.",
     python_requires=">=3.11",
-    packages=setuptools.find_packages(include=["gecko", "gecko.*"]) + ["gecko_tasks"],
-    package_dir={"gecko_tasks": "tasks"},
-    # The gin files ship inside the package (`gecko/gin/`), so `--gin_file=gin/runs/...`
-    # resolves from an installed package in any directory (gecko.gin_flags).
-    package_data={"gecko": ["py.typed", "gin/*/*.gin"], "gecko.fret": ["prompts/*.txt"]},
+    packages=setuptools.find_packages(include=["gecko", "gecko.*"]) + ["gecko_tasks",
+                                                                       "gecko.gin"],
+    # The top-level gin/ ships inside the package as gecko/gin/ (as tasks/ ships as
+    # gecko_tasks), so `--gin_file=gin/runs/...` resolves from a checkout and from an
+    # installed package in any directory (gecko.gin_flags).
+    package_dir={"gecko_tasks": "tasks", "gecko.gin": "gin"},
+    package_data={"gecko": ["py.typed"], "gecko.gin": ["*/*.gin"],
+                  "gecko.fret": ["prompts/*.txt"]},
     install_requires=[
         "jax>=0.6",
         "flax>=0.10",

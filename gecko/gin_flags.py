@@ -6,8 +6,8 @@
   --gin_search_path=DIR  extra directories for gin files and `include`s
 
 Gin files are found relative to the working directory, then among the files the
-package ships (`gecko/gin/`, as `gin/runs/finetune.gin` or `runs/finetune.gin`, so an
-installed package needs no checkout), then `--gin_search_path`. Configuration mistakes
+package ships (the top-level `gin/`, installed as `gecko/gin/`: as `gin/runs/finetune.gin`
+or `runs/finetune.gin`, so an installed package needs no checkout), then `--gin_search_path`. Configuration mistakes
 (an unknown binding, a missing file, a `%gin.REQUIRED` macro left unset, a macro no file
 declares or uses, an unquoted string, a value a bound class refuses) end the program
 with one line naming the problem and exit status 2.
@@ -24,8 +24,19 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 
-PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))  # holds gin/: "gin/runs/x.gin"
-GIN_DIR = os.path.join(PACKAGE_DIR, "gin")                # "runs/x.gin"
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _gin_dir() -> str:
+  """The gin files: `gecko/gin/` in an installed package (setup.py maps the top-level
+  gin/ there), the checkout's top-level `gin/` in an editable install."""
+  installed = os.path.join(PACKAGE_DIR, "gin")
+  return installed if os.path.isdir(installed) else os.path.join(
+      os.path.dirname(PACKAGE_DIR), "gin")
+
+
+GIN_DIR = _gin_dir()                      # "runs/x.gin" resolves here
+GIN_PARENT = os.path.dirname(GIN_DIR)     # "gin/runs/x.gin" resolves here
 
 _SEARCH_PATHS: set[str] = set()
 
@@ -78,7 +89,7 @@ def configure(gin_files: Sequence[str], bindings: Sequence[str], search_paths=()
   """Parses gin files and bindings; raises ConfigError with a one-line message."""
   import gin
   gin.clear_config()  # a second configuration in one process starts from nothing
-  for path in (os.getcwd(), PACKAGE_DIR, GIN_DIR, *search_paths):
+  for path in (os.getcwd(), GIN_PARENT, GIN_DIR, *search_paths):
     if path not in _SEARCH_PATHS:  # gin keeps its search paths across clear_config
       _SEARCH_PATHS.add(path)
       gin.add_config_file_search_path(path)

@@ -113,7 +113,7 @@ def _probe(model=gin.REQUIRED):
 @pytest.fixture
 def gin_model():
   gin.clear_config()
-  gin.add_config_file_search_path(gin_flags.PACKAGE_DIR)  # holds gin/
+  gin.add_config_file_search_path(gin_flags.GIN_PARENT)  # holds gin/
 
   def build(files, bindings=()):
     gin.parse_config_files_and_bindings(files, list(bindings) + ["probe.model = %MODEL"])

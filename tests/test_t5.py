@@ -127,7 +127,7 @@ def _probe(model=gin.REQUIRED):
 
 def _gecko_1b():
   gin.clear_config()
-  gin_flags.configure([f"{REPO}/gecko/gin/models/gecko_1b.gin"], ["t5_probe.model = %MODEL"])
+  gin_flags.configure([f"{REPO}/gin/models/gecko_1b.gin"], ["t5_probe.model = %MODEL"])
   try:
     return _probe()
   finally:

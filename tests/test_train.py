@@ -193,7 +193,7 @@ def test_too_many_non_finite_steps_abort_and_write_no_checkpoint(tmp_path, tripl
   from gecko.models.dual_encoder import DualEncoder
   gin.clear_config()
   gin.add_config_file_search_path(str(REPO / "gecko"))  # tiny.gin includes gin/models/...
-  gin.parse_config_files_and_bindings([str(REPO / "gecko/gin/models/tiny.gin")], [])
+  gin.parse_config_files_and_bindings([str(REPO / "gin/models/tiny.gin")], [])
   backbone = bert.BertConfig(**{f: gin.query_parameter(f"bert.BertConfig.{f}")
                                 for f in ("hidden_size", "num_layers", "num_heads", "mlp_dim",
                                           "max_length", "dropout_rate")})
