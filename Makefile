@@ -33,7 +33,7 @@ test-all: $(VENV)/.installed
 # The recipe end to end on this CPU (FRet -> fine-tune -> evaluate); e.g.
 # make demo DEMO_ARGS="--seeds 100 --data_dir ../shared/data"
 demo: $(VENV)/.installed
-	$(PY) -m gecko.demo $(DEMO_ARGS)
+	$(PY) -m gecko.experiments.demo $(DEMO_ARGS)
 
 $(VENV)/.bench-installed: $(VENV)/.installed benchmarks/requirements.txt
 	$(PIP) install -r benchmarks/requirements.txt

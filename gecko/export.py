@@ -12,7 +12,7 @@ first device, whatever mesh wrote it (an FSDP run on a TPU pod included), with t
 model, loss and optimiser rebuilt from `MODEL_DIR/config.gin`.
 
 The directory loads with `SentenceTransformer(DIR)` and `transformers.AutoModel` and no
-custom code (layout: `gecko.models.export`): safetensors weights (never pickle), the
+custom code (layout: `gecko.models.hf_directory`): safetensors weights (never pickle), the
 tokenizer, mean pooling, the projection as a bias-free `2_Dense`, Gecko's input format as
 named prompts, the Matryoshka dims, and a model card. A non-empty OUTPUT is refused
 without `--overwrite`, and so is one that is, contains or lies inside an input; the
@@ -31,7 +31,7 @@ from gecko import gin_flags
 from gecko.data import paths
 from gecko.data.packaged_models import DEFAULT_MODEL
 from gecko.models import embedder as embedder_lib
-from gecko.models import export as export_lib
+from gecko.models import hf_directory
 
 
 def is_run_dir(path: str) -> bool:
@@ -102,7 +102,7 @@ def export(*, model: str, output: str, step: int | None = None, eval_dir: str | 
     name: The model card's title (default: the output directory's name).
   """
   paths.check_apart(output, model, eval_dir, tokenizer)
-  export_lib.check_output(output, overwrite=overwrite)  # before a checkpoint is restored
+  hf_directory.check_output(output, overwrite=overwrite)  # before a checkpoint is restored
   results = None
   if eval_dir is not None:
     path = paths.join(eval_dir, "results.md")
@@ -118,10 +118,10 @@ def export(*, model: str, output: str, step: int | None = None, eval_dir: str | 
       raise ValueError(f"--step applies to a training MODEL_DIR; {model!r} is not one "
                        "(it has no checkpoints/ and config.gin).")
     embedder, base, training = embedder_lib.load(model), model, None
-  card = export_lib.model_card(
-      embedder, named_prompts=export_lib.prompts(), base_model=base, training=training,
+  card = hf_directory.model_card(
+      embedder, named_prompts=hf_directory.prompts(), base_model=base, training=training,
       results=results, name=name or os.path.basename(os.path.normpath(output)))
-  return export_lib.save_hf(embedder, output, overwrite=overwrite, card=card,
+  return hf_directory.save_hf(embedder, output, overwrite=overwrite, card=card,
                             default_prompt_name=default_prompt_name)
 
 
@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--tokenizer", default=None,
                       help="with a MODEL_DIR: the model whose tokenizer to ship (default: the "
                            "run's export/, else its init_from)")
-  parser.add_argument("--default_prompt", default=None, choices=sorted(export_lib.prompts()),
+  parser.add_argument("--default_prompt", default=None, choices=sorted(hf_directory.prompts()),
                       help="a prompt applied when encode() is given none (default: none)")
   parser.add_argument("--name", default=None, help="the model card's title")
   parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")

@@ -107,6 +107,7 @@ def configure(gin_files: Sequence[str], bindings: Sequence[str], search_paths=()
   finally:
     root.removeFilter(_quiet_misses)
   declared = _macros()
+  bindings = [_renamed(binding) for binding in bindings]
   for binding in bindings:
     _parse_binding(binding)
   _check_macros(bindings, declared)
@@ -114,6 +115,23 @@ def configure(gin_files: Sequence[str], bindings: Sequence[str], search_paths=()
     gin.finalize()  # a `%gin.REQUIRED` macro left unset fails here
   except Exception as e:
     raise ConfigError(_one_line(e)) from e
+
+
+# Gin names that now match their module's name; the old ones still work, with a
+# warning, for one release (0.2 removes them).
+DEPRECATED_NAMES = {"seqio_data": "seqio_batches", "pair_data": "pairs"}
+
+
+def _renamed(binding: str, *, warn: bool = True) -> str:
+  """`binding` with a deprecated gin name replaced by the module's (and a warning)."""
+  renamed = binding
+  for old, new in DEPRECATED_NAMES.items():
+    renamed = re.sub(rf"(?<![\w.]){old}\.", f"{new}.", renamed)
+  if warn and renamed != binding:
+    print(f"gecko: the gin name in '{binding.strip()}' is deprecated; write "
+          f"'{renamed.strip()}' (the module's name). The old names go in release 0.2.",
+          file=sys.stderr)
+  return renamed
 
 
 def _macros() -> set[str]:
@@ -231,8 +249,8 @@ def _bindings(config: str) -> dict[str, str]:
     else:
       statements.append(line.strip())
   bindings = {}
-  for statement in statements:
-    name, _, value = statement.partition(" = ")
+  for statement in statements:  # a config.gin saved under a deprecated name reads as now
+    name, _, value = _renamed(statement, warn=False).partition(" = ")
     bindings[name.strip()] = value.replace("\\ ", "").strip()
   for name, value in bindings.items():
     if value.startswith("%") and value[1:] in bindings:

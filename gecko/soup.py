@@ -17,11 +17,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gecko import export as export_cli
-from gecko import gin_flags
+from gecko import export, gin_flags
+from gecko.models import averaging, hf_directory
 from gecko.models import embedder as embedder_lib
-from gecko.models import export as export_lib
-from gecko.models import soup as soup_lib
 
 
 def load(spec: str) -> embedder_lib.Embedder:
@@ -29,8 +27,8 @@ def load(spec: str) -> embedder_lib.Embedder:
   path, sep, step = spec.rpartition("@")
   if not (sep and step.isdigit()):  # no step: the whole spec is the model
     path, step = spec, ""
-  if export_cli.is_run_dir(path):
-    model, _, _ = export_cli.restore_run(path, step=int(step) if step else None)
+  if export.is_run_dir(path):
+    model, _, _ = export.restore_run(path, step=int(step) if step else None)
     return model
   if step:
     raise ValueError(f"{spec!r}: @STEP applies to a training MODEL_DIR (checkpoints/ and "
@@ -40,12 +38,12 @@ def load(spec: str) -> embedder_lib.Embedder:
 
 def soup(*, models: Sequence[str], output: str, weights: Sequence[float] | None = None,
          overwrite: bool = False) -> str:
-  """Loads `models`, averages them (`gecko.models.soup.average`) and saves the soup."""
+  """Loads `models`, averages them (`gecko.models.averaging.average`) and saves the soup."""
   if len(models) < 2:
     raise ValueError(f"a soup averages at least two models, got {len(models)}.")
-  weights = soup_lib.check_weights(weights, len(models))  # before any model is loaded
-  export_lib.check_output(output, overwrite=overwrite)  # before any model is loaded
-  return embedder_lib.save(soup_lib.average([load(m) for m in models], weights=weights),
+  weights = averaging.check_weights(weights, len(models))  # before any model is loaded
+  hf_directory.check_output(output, overwrite=overwrite)  # before any model is loaded
+  return embedder_lib.save(averaging.average([load(m) for m in models], weights=weights),
                            output, overwrite=overwrite)
 
 

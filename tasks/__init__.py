@@ -3,7 +3,7 @@
   import gecko_tasks      # registers everything below
 
 File sources live under <root> = TASK_DATA_DIR (gin; SeqioBatches.data_dir) or
-$GECKO_DATA_DIR, local or gs://; JSONL may be gzipped (README: "SeqIO tasks").
+$GECKO_DATA_DIR, local or gs://; JSONL may be gzipped (docs/training.md: "SeqIO tasks and mixtures").
 
 Pre-finetuning (Eq. 2 data: query + positive):
   gecko_pft_qa            <root>/prefinetune/qa/*.jsonl          {"question", "answer", "title"?}

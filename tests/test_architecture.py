@@ -1,4 +1,4 @@
-"""The layering of `gecko/` (README "Layout"): every import of ours, at module level or
+"""The layering of `gecko/` (docs/layout.md): every import of ours, at module level or
 inside a function, must follow the arrows below. Like import-linter's layers contract,
 but read straight from the source with `ast`, so it needs nothing installed."""
 
@@ -29,7 +29,6 @@ ALLOWED: dict[str, set[str]] = {
     "gecko.experiments": {"gecko.data", "gecko.models", "gecko.encode", "gecko.retrieval",
                           "gecko.gin_flags", "gecko.training", "gecko.evaluation",
                           "gecko.fret", *ENTRY_POINTS},
-    "gecko.demo": {"gecko.experiments"},             # `python -m gecko.demo`, an alias
     # The SeqIO registrations: the input side, the FRet record schema and the loaders
     # of the human-annotated files.
     "gecko_tasks": {"gecko.data", "gecko.fret.schema", "gecko.evaluation.datasets"},

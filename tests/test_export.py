@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from conftest import REPO, cli_env, require_module, write_tiny_t5
 
-from gecko import export as export_cli
+from gecko import export
 from gecko.data import jsonl
 from gecko.encode import encode
-from gecko.models import embedder, export
+from gecko.models import embedder, hf_directory
 
 require_module("sentence_transformers", "the export round trip (the [dev] extra)")
 import sentence_transformers as st  # noqa: E402
@@ -41,7 +41,7 @@ def _same_params(a, b) -> bool:
 
 
 def test_minilm_exports_to_sentence_transformers_with_gecko_prompts(minilm, tmp_path):
-  out = export.save_hf(minilm, tmp_path / "minilm")
+  out = hf_directory.save_hf(minilm, tmp_path / "minilm")
   model = st.SentenceTransformer(out, device="cpu")
   assert _gap(model.encode(TEXTS), encode(TEXTS, model=minilm)) <= TOLERANCE
   query = "task: search result | query: "
@@ -55,7 +55,7 @@ def test_minilm_exports_to_sentence_transformers_with_gecko_prompts(minilm, tmp_
   # ... and back: the same parameters bit for bit, the same dims and prompts.
   back = embedder.load(out)
   assert _same_params(back.params, minilm.params) and back.dims == minilm.dims
-  assert back.prompts == export.prompts() and back.tokenizer.max_length == 256
+  assert back.prompts == hf_directory.prompts() and back.tokenizer.max_length == 256
   card = (pathlib.Path(out) / "README.md").read_text()
   assert 'SentenceTransformer("PATH")' in card and "| `query` | `task: search result" in card
 
@@ -64,18 +64,18 @@ def test_a_non_empty_output_needs_overwrite(minilm, tmp_path):
   (tmp_path / "out").mkdir()
   (tmp_path / "out" / "keep.txt").write_text("mine")
   with pytest.raises(FileExistsError, match="is not empty; pass overwrite=True"):
-    export.save_hf(minilm, tmp_path / "out")
+    hf_directory.save_hf(minilm, tmp_path / "out")
   assert (tmp_path / "out" / "keep.txt").exists()
-  export.save_hf(minilm, tmp_path / "out", overwrite=True)
+  hf_directory.save_hf(minilm, tmp_path / "out", overwrite=True)
   assert not (tmp_path / "out" / "keep.txt").exists()
   with pytest.raises(ValueError, match="default_prompt_name='q' is not one of the prompts"):
-    export.save_hf(minilm, tmp_path / "other", default_prompt_name="q")
+    hf_directory.save_hf(minilm, tmp_path / "other", default_prompt_name="q")
 
 
 def test_tiny_t5_with_a_projection_loads_as_a_t5_encoder(tmp_path):
   write_tiny_t5(tmp_path / "t5")
   source = embedder.from_huggingface(tmp_path / "t5", embed_dim=16, dims=(8, 16), seed=3)
-  out = export.save_hf(source, tmp_path / "out")
+  out = hf_directory.save_hf(source, tmp_path / "out")
   model = st.SentenceTransformer(out, device="cpu")
   assert type(model[0].auto_model).__name__ == "T5EncoderModel"
   assert [type(m).__name__ for m in model] == ["Transformer", "Pooling", "Dense", "Normalize"]
@@ -155,4 +155,4 @@ def test_an_fsdp_run_on_eight_devices_exports_on_one(triples, tmp_path):
 
 def test_step_needs_a_training_run(tmp_path):
   with pytest.raises(ValueError, match="--step applies to a training MODEL_DIR"):
-    export_cli.export(model="all-MiniLM-L6-v2", output=str(tmp_path / "o"), step=3)
+    export.export(model="all-MiniLM-L6-v2", output=str(tmp_path / "o"), step=3)

@@ -1,4 +1,4 @@
-"""When things go wrong (README): every command line with bad input or a fault says what
+"""When things go wrong (docs/troubleshooting.md): every command line with bad input or a fault says what
 is wrong, where, and how to fix it, and loses nothing. One test per defect; the
 messages are asserted."""
 
@@ -457,8 +457,8 @@ def test_the_lock_of_a_killed_run_is_taken_over_with_a_line(tmp_path, capsys):
 
 # Legal but suspicious input is said; input that would give a wrong result is refused.
 def test_the_same_model_twice_in_a_soup_is_said(minilm, capsys):
-  from gecko.models import soup
-  soup.average([minilm, minilm])
+  from gecko.models import averaging
+  averaging.average([minilm, minilm])
   assert "models 0 and 1 of the soup have the same parameters" in capsys.readouterr().err
 
 

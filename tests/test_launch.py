@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO
 
 TRAIN, EVAL = REPO / "launch" / "tpu_train.sh", REPO / "launch" / "tpu_eval.sh"
-# The README's Cloud TPU example.
+# The Cloud TPU example of docs/cloud_tpu.md.
 RUN = ["--gin_file=gin/experiments/minilm_finetune.gin",
        "--gin.MODEL_DIR='gs://BUCKET/runs/ft1'", "--gin.TASK_DATA_DIR='gs://BUCKET/data'",
        "--gin.TRAIN_STEPS=20000", "--gin.BATCH_SIZE=1024", "--gin.MESH_AXES={'data': -1, 'fsdp': 8}"]

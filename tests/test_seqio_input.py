@@ -245,7 +245,7 @@ def test_a_killed_seqio_run_resumes_from_its_input_position_exactly(tmp_path):
             "--gin_file=gin/runs/finetune.gin", "--gin_file=gin/data/seqio.gin",
             "--gin_file=gin/overlays/local_tiny.gin", f"--gin.TASK_DATA_DIR='{root}'",
             "--gin.MIXTURE_OR_TASK_NAME='gecko_fret_only'", "--gin.TRAIN_STEPS=8", "--gin.CHECKPOINT_EVERY=4",
-            "--gin.seqio_data.SeqioBatches.shuffle_buffer=8", f"--gin.MODEL_DIR='{model_dir}'"]
+            "--gin.seqio_batches.SeqioBatches.shuffle_buffer=8", f"--gin.MODEL_DIR='{model_dir}'"]
   whole = run_cli(command(tmp_path / "whole"))
   assert whole.returncode == 0, whole.stderr[-3000:]
   killed = tmp_path / "killed"

@@ -8,7 +8,7 @@ from conftest import TINY_HF_CONFIG, TINY_VOCAB, hf_bert_tensors, write_hf_check
 
 from gecko import soup as soup_cli
 from gecko.data import jsonl
-from gecko.models import embedder, soup
+from gecko.models import averaging, embedder
 
 
 def _tiny(tmp_path, seed, **kwargs):
@@ -20,8 +20,8 @@ def _tiny(tmp_path, seed, **kwargs):
 
 def test_uniform_and_weighted_soups_are_the_hand_computed_averages(tmp_path):
   a, b = _tiny(tmp_path, 0), _tiny(tmp_path, 1)
-  uniform = soup.average([a, b])
-  weighted = soup.average([a, b], weights=[1, 3])
+  uniform = averaging.average([a, b])
+  weighted = averaging.average([a, b], weights=[1, 3])
   for leaf_a, leaf_b, leaf_u, leaf_w in zip(*(jax.tree.leaves(m.params)
                                               for m in (a, b, uniform, weighted))):
     x, y = np.asarray(leaf_a, np.float64), np.asarray(leaf_b, np.float64)
@@ -30,8 +30,8 @@ def test_uniform_and_weighted_soups_are_the_hand_computed_averages(tmp_path):
   query = np.asarray(a.params["encoder"]["layer_0"]["attention"]["query"]["kernel"])
   assert not np.array_equal(query, uniform.params["encoder"]["layer_0"]["attention"]["query"]
                             ["kernel"])  # the two models differ, so the soup is neither
-  assert soup.average([a]).params is not a.params  # a soup of one is a copy, equal
-  assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(soup.average([a]).params),
+  assert averaging.average([a]).params is not a.params  # a soup of one is a copy, equal
+  assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(averaging.average([a]).params),
                                                    jax.tree.leaves(a.params)))
 
 
@@ -44,19 +44,19 @@ def test_uniform_and_weighted_soups_are_the_hand_computed_averages(tmp_path):
 def test_bad_weights_are_named(tmp_path, weights, message):
   a = _tiny(tmp_path, 0)
   with pytest.raises(ValueError, match=message):
-    soup.average([a, a], weights=weights)
+    averaging.average([a, a], weights=weights)
 
 
 def test_models_of_another_architecture_are_refused(tmp_path):
   with pytest.raises(ValueError, match="model 1 has another architecture"):
-    soup.average([_tiny(tmp_path, 0), _tiny(tmp_path, 1, dims=(4, 8))])
+    averaging.average([_tiny(tmp_path, 0), _tiny(tmp_path, 1, dims=(4, 8))])
   with pytest.raises(ValueError, match="a soup needs at least one model"):
-    soup.average([])
+    averaging.average([])
 
 
 def test_soup_of_a_runs_steps_is_saved_and_evaluated(tmp_path):
   from gecko import eval as eval_lib
-  from gecko import export as export_cli
+  from gecko import export
   from gecko import train
   from gecko.evaluation import tasks
   data = tmp_path / "triples.jsonl"
@@ -69,7 +69,7 @@ def test_soup_of_a_runs_steps_is_saved_and_evaluated(tmp_path):
                      "--gin.TRAIN_STEPS=2", "--gin.CHECKPOINT_EVERY=1"]) == 0
   assert soup_cli.main(["--model", f"{run}@1", "--model", str(run), "--weights", "3,1",
                         "--output", str(tmp_path / "soup")]) == 0
-  step1, _, _ = export_cli.restore_run(str(run), step=1)
+  step1, _, _ = export.restore_run(str(run), step=1)
   step2 = embedder.load(run / "export")
   made = embedder.load(tmp_path / "soup")
   for got, x, y in zip(*(jax.tree.leaves(m.params) for m in (made, step1, step2))):

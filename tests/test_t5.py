@@ -264,7 +264,7 @@ def test_tiny_t5_trains_on_the_fret_seqio_task_with_its_sentencepiece_ids(tmp_pa
       f"INIT_FROM = '{ckpt}'", "MIXTURE_OR_TASK_NAME = 'gecko_fret_only'", "TRAIN_STEPS = 4",
       "BATCH_SIZE = 8", "QUERY_LENGTH = 16", "PASSAGE_LENGTH = 16", "EMBED_DIM = 16",
       "MATRYOSHKA_DIMS = (8, 16)", "DTYPE = 'float32'", "WARMUP_STEPS = 1",
-      "CHECKPOINT_EVERY = 4", "train.train.log_every = 2", "seqio_data.SeqioBatches.shuffle_buffer = 32"]
+      "CHECKPOINT_EVERY = 4", "train.train.log_every = 2", "seqio_batches.SeqioBatches.shuffle_buffer = 32"]
   gin.clear_config()
   try:
     gin_flags.configure(["gin/models/gecko_1b.gin", "gin/runs/finetune.gin",

@@ -226,7 +226,7 @@ def test_minilm_fine_tunes_on_the_stsb_seqio_task_with_falling_loss(tmp_path):
               "QUERY_LENGTH = 24", "PASSAGE_LENGTH = 24", "EMBED_DIM = 768",
               "MATRYOSHKA_DIMS = (256, 768)", "TEMPERATURE = 0.02", "LEARNING_RATE = 5e-5",
               "WARMUP_STEPS = 5", "MESH_AXES = {'data': 1}", "CHECKPOINT_EVERY = 40",
-              "train.train.log_every = 10", "seqio_data.SeqioBatches.shuffle_buffer = 256"]
+              "train.train.log_every = 10", "seqio_batches.SeqioBatches.shuffle_buffer = 256"]
   gin.clear_config()
   try:
     gin_flags.configure(["gin/models/minilm_l6.gin", "gin/runs/finetune.gin",

@@ -13,7 +13,7 @@ for documents: what MTEB feeds a model not trained with a format, e.g. an import
 sentence-transformers model). `TASK_STRINGS` gives the task string of each MTEB task
 type. A format is a plain frozen dataclass, so gin can bind a custom one:
 
-  seqio_data.SeqioBatches.input_format = @input_format.InputFormat()
+  seqio_batches.SeqioBatches.input_format = @input_format.InputFormat()
   input_format.InputFormat.query_template = '{task} {text}'
 
 The same template gives the same string in Python (`query`, `document`) and inside

@@ -122,8 +122,8 @@ def glob(patterns: str | Sequence[str]) -> list[str]:
   files = sorted({f for pattern in patterns for f in tf.io.gfile.glob(pattern)})
   if not files:
     raise FileNotFoundError(f"no files match {' or '.join(map(repr, patterns))}; see the data "
-                            "layout in README.md (\"SeqIO tasks\") or set TASK_DATA_DIR "
-                            "(SeqioBatches.data_dir) / GECKO_DATA_DIR.")
+                            "layout in docs/training.md (\"SeqIO tasks and mixtures\") or "
+                            "set TASK_DATA_DIR (SeqioBatches.data_dir) / GECKO_DATA_DIR.")
   return files
 
 
@@ -413,7 +413,7 @@ def tfds_rows(name: str, *, fields: Mapping[str, str]) -> Callable[[DataOptions,
       raise FileNotFoundError(
           f"the TFDS dataset {name!r} is not prepared in {where}: prepare it once with "
           f"`tfds build {name.split(':')[0]} --data_dir={where}`, or let the run download it "
-          "with --gin.seqio_data.SeqioBatches.tfds_download=True.") from e
+          "with --gin.seqio_batches.SeqioBatches.tfds_download=True.") from e
     rows = []
     for example in tfds.as_numpy(ds):
       rows.append({ours: _python(example[theirs]) for ours, theirs in fields.items()})

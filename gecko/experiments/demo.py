@@ -1,6 +1,6 @@
-r"""The Gecko recipe end to end on one CPU: `make demo` (or `python -m gecko.demo`).
+r"""The Gecko recipe end to end on one CPU: `make demo` (or `python -m gecko.experiments.demo`).
 
-  python -m gecko.demo [--output_dir /tmp/gecko_demo] [--seeds 100] [--neighbors 5]
+  python -m gecko.experiments.demo [--output_dir /tmp/gecko_demo] [--seeds 100] [--neighbors 5]
       [--ranking ql] [--steps 12] [--batch_size 16] [--learning_rate 2e-5]
       [--data_dir ../shared/data]
 
@@ -170,7 +170,7 @@ def run(*, output_dir: str, seeds: int, neighbors: int, ranking: str, steps: int
 
 def main(argv: Sequence[str] | None = None) -> int:
   from gecko.fret import label
-  parser = argparse.ArgumentParser(prog="python -m gecko.demo", description=__doc__,
+  parser = argparse.ArgumentParser(prog="python -m gecko.experiments.demo", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--output_dir", default="/tmp/gecko_demo")
   parser.add_argument("--seeds", type=arguments.at_least(1), default=100,

@@ -4,7 +4,7 @@ Two families: BERT (`BertModel`, e.g. MiniLM) and T5 v1.1 (`T5EncoderModel`, or 
 encoder half of `T5ForConditionalGeneration`, e.g. t5-v1_1-xl, GTR-XL). The mapping is
 explicit, one line per parameter (`_bert_key_map`, `_t5_key_map`), each with the
 transform and its inverse, so `tensors_from_encoder_params` (the exporter's direction,
-`gecko.models.export`) reads the same table the other way. Every HF tensor is
+`gecko.models.hf_directory`) reads the same table the other way. Every HF tensor is
 checked against the shape `jax.eval_shape` gives for our module; a mismatch names the
 key, the expected shape and the found shape. Sharded checkpoints
 (`model.safetensors.index.json`) are read shard by shard.

@@ -28,7 +28,7 @@ import numpy as np
 
 from gecko.data import paths, tokenization
 from gecko.data.packaged_models import PACKAGED_MODELS, resolve  # noqa: F401  (public here too)
-from gecko.models import bert, checkpoint_import, export, t5
+from gecko.models import bert, checkpoint_import, hf_directory, t5
 from gecko.models.dual_encoder import (
   BackboneConfig,
   DualEncoder,
@@ -129,7 +129,7 @@ def from_huggingface(model_dir: PathLike, *, embed_dim: int | None = None,
       uses 768); None keeps the backbone's pooled output (sentence-transformers), or
       the checkpoint's own projection when it has one (`2_Dense`, as GTR-T5).
     dims: Matryoshka dims, e.g. `(256, 768)`; empty means the directory's own (a
-      directory written by `gecko.models.export` records them), else the full size only.
+      directory written by `gecko.models.hf_directory` records them), else the full size only.
     seed: Seed for the projection's initialisation.
   """
   model_dir = os.fspath(model_dir)
@@ -141,7 +141,7 @@ def from_huggingface(model_dir: PathLike, *, embed_dim: int | None = None,
                             "safetensors weights are required; pickle files are never loaded.")
   config = checkpoint_import.config_from_hf(os.path.join(model_dir, "config.json"))
   _check_pooling(model_dir)
-  st_config = export.read_st_config(model_dir)
+  st_config = hf_directory.read_st_config(model_dir)
   dims = tuple(dims) or tuple(st_config.get("gecko", {}).get("matryoshka_dims", ()))
   dense = _sentence_transformers_dense(model_dir, config)
   if dense is not None and embed_dim not in (None, dense.shape[1]):

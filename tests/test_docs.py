@@ -1,0 +1,164 @@
+"""Every command the README and docs/ show names things that exist: modules, scripts,
+make targets, command-line flags, gin files, and the gin names (macros, configurables)
+those files define. A renamed flag or a moved gin file fails here, not in a reader's
+terminal."""
+
+import importlib.util
+import re
+import shlex
+
+import pytest
+from conftest import REPO
+
+PAGES = sorted([REPO / "README.md", *(REPO / "docs").glob("*.md")])
+FENCE = re.compile(r"^```(?:bash|sh|shell)\n(.*?)^```", re.MULTILINE | re.DOTALL)
+GIN_FLAG = "gecko/gin_flags.py"
+
+
+def commands(page):
+  """(page, line) for each command in the page's code blocks, continuations joined."""
+  for block in FENCE.findall(page.read_text()):
+    joined = re.sub(r"\\\n\s*", " ", block)
+    for line in joined.splitlines():
+      line = line.split(" #")[0].strip()
+      if line and not line.startswith("#"):
+        yield line
+
+
+ALL = [(page.relative_to(REPO).as_posix(), line) for page in PAGES for line in commands(page)]
+
+
+def _words(line):
+  try:
+    return shlex.split(line)
+  except ValueError:  # an unbalanced quote in a shown fragment: split on blanks
+    return line.split()
+
+
+def _gin_path(name):
+  for base in (REPO, REPO / "gin"):
+    if (base / name).is_file():
+      return base / name
+  return None
+
+
+def _gin_texts(files):
+  """The text of `files` and of every file they include, transitively."""
+  seen, texts, todo = set(), [], list(files)
+  while todo:
+    path = _gin_path(todo.pop())
+    if path is None or path in seen:
+      continue
+    seen.add(path)
+    text = path.read_text()
+    texts.append(text)
+    todo += re.findall(r"^include\s+'([^']+)'", text, flags=re.MULTILINE)
+  return "\n".join(texts)
+
+
+def _check_gin(words, problems):
+  files = [w.split("=", 1)[1].strip("'\"") for w in words if w.startswith("--gin_file=")]
+  for name in files:
+    if _gin_path(name) is None:
+      problems.append(f"no gin file {name}")
+  text = _gin_texts(files)
+  imported = set(re.findall(r"^from \S+ import (?:\S+ as )?(\w+)", text, flags=re.MULTILINE))
+  for word in words:
+    if not word.startswith("--gin."):
+      continue
+    name = word[len("--gin."):].split("=", 1)[0]
+    if "." not in name:
+      if not re.search(rf"^{name} = |%{name}\b", text, flags=re.MULTILINE):
+        problems.append(f"--gin.{name}: no macro {name} in {files}")
+    elif name.split(".")[0] not in imported:
+      problems.append(f"--gin.{name}: {files} import no module named {name.split('.')[0]}")
+
+
+def _module_sources(module):
+  spec = importlib.util.find_spec(module)
+  if spec is None:
+    return None
+  sources = [spec.origin]
+  if spec.submodule_search_locations:  # a package: its __main__ and what that runs
+    main = importlib.util.find_spec(module + ".__main__")
+    sources = [main.origin] if main else []
+    sources += [importlib.util.find_spec(f"{module}.{m}").origin for m in re.findall(
+        rf"from {re.escape(module)} import (\w+)", open(main.origin).read())] if main else []
+  return "".join(open(s).read() for s in sources if s)
+
+
+def _check_flags(words, source, what, problems):
+  for word in words:
+    if word == "--":  # what follows belongs to another program (Beam, the trainer)
+      break
+    flag = word.split("=", 1)[0]
+    if not flag.startswith("--") or flag.startswith("--gin"):
+      continue
+    known = (f'"{flag}"' in source  # argparse
+             or re.search(rf'_take_flag\(\w+, "{flag[2:]}"', source)  # compile_step
+             or re.search(rf"^\s*{re.escape(flag)}[=)|]", source, re.MULTILINE))  # a case arm
+    if not known:
+      problems.append(f"{what} has no flag {flag}")
+
+
+def check(line):
+  """The problems of one shown command (empty: it names only what exists)."""
+  problems, words = [], _words(line)
+  for i, word in enumerate(words):
+    if word == "-m" and i and words[i - 1].endswith("python") and i + 1 < len(words):
+      module = words[i + 1]
+      if not module.startswith("gecko"):
+        continue
+      source = _module_sources(module)
+      if source is None:
+        problems.append(f"no module {module}")
+        continue
+      if "gin_flags.run" in source:
+        source += (REPO / GIN_FLAG).read_text()
+      _check_flags(words[i + 2:], source, module, problems)
+    elif word.endswith((".py", ".sh")) and "/" in word and not word.startswith(("-", "gs:")):
+      script = REPO / word.lstrip("./")
+      if word.startswith(("benchmarks/", "launch/", "experiments/", "./launch/")):
+        if not script.is_file():
+          problems.append(f"no script {word}")
+        else:  # with the scripts it hands on to (tpu_eval.sh runs tpu_train.sh)
+          source = script.read_text()
+          source += "".join((script.parent / other).read_text() for other in set(
+              re.findall(r"(\w+\.sh)", source)) if (script.parent / other).is_file())
+          _check_flags(words[i + 1:], source, word, problems)
+    elif word == "make" and i + 1 < len(words) and not words[i + 1].startswith("-"):
+      target = words[i + 1]
+      if "=" not in target and not re.search(rf"^{re.escape(target)}:",
+                                            (REPO / "Makefile").read_text(), re.MULTILINE):
+        problems.append(f"no make target {target}")
+  if any(w.startswith("--gin") for w in words):
+    _check_gin(words, problems)
+  return problems
+
+
+def test_the_pages_show_commands():
+  assert len(ALL) > 40 and {page for page, _ in ALL} >= {"README.md"}
+
+
+@pytest.mark.parametrize("page, line", ALL, ids=[f"{p}:{i}" for i, (p, _) in enumerate(ALL)])
+def test_a_shown_command_names_what_exists(page, line):
+  assert check(line) == []
+
+
+def test_the_check_catches_what_no_longer_exists():
+  """The check itself: each kind of stale name is found."""
+  assert check("python -m gecko.nowhere --x=1") == ["no module gecko.nowhere"]
+  assert check("python -m gecko.export --model m --outptu o") == [
+      "gecko.export has no flag --outptu"]
+  assert check("python -m gecko.train --gin_file=gin/runs/nofile.gin") == [
+      "no gin file gin/runs/nofile.gin"]
+  assert check("python -m gecko.train --gin_file=gin/runs/finetune.gin --gin.TRAIN_STESP=3") == [
+      "--gin.TRAIN_STESP: no macro TRAIN_STESP in ['gin/runs/finetune.gin']"]
+  assert check("python -m gecko.fret --gin_file=gin/runs/fret.gin "
+               "--gin.pipline.run.shard_size=3") == [
+      "--gin.pipline.run.shard_size: ['gin/runs/fret.gin'] import no module named pipline"]
+  assert check("make tset") == ["no make target tset"]
+  assert check("benchmarks/no_such.py --rounds 3") == ["no script benchmarks/no_such.py"]
+  assert check("python -m gecko.train --gin_file=gin/runs/finetune.gin "
+               "--gin_file=gin/data/seqio.gin --gin.TRAIN_STEPS=3 "
+               "--gin.seqio_batches.SeqioBatches.shuffle_buffer=8") == []
