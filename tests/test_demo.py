@@ -6,7 +6,7 @@ import json
 import pytest
 
 from gecko.evaluation import datasets
-from gecko.experiments import demo, fine_tuning
+from gecko.experiments import demo
 
 
 def _record(i):
@@ -35,14 +35,15 @@ def test_split_records_writes_training_shards_and_a_held_out_beir_task(tmp_path)
 
 
 def test_train_command_fine_tunes_minilm_on_fret_with_matryoshka_heads(tmp_path):
-  command = demo.train_command(model_dir="/m", data_dir="/d", steps=30, batch_size=8,
-                               learning_rate=2e-5)
+  training = demo.fine_tuning(model_dir="/m", data_dir="/d", steps=30, batch_size=8,
+                              learning_rate=2e-5)
+  command = training.args()
   for flag in ("--gin_file=gin/runs/finetune.gin", "--gin_file=gin/data/seqio.gin",
                "--gin.MIXTURE_OR_TASK_NAME='gecko_fret_only'", "--gin.TRAIN_STEPS=30",
                "--gin.MATRYOSHKA_DIMS=(128, 384)", "--gin.INIT_FROM='all-MiniLM-L6-v2'",
                "--gin.TASK_DATA_DIR='/d'", "--gin.BATCH_SIZE=8", "--gin.LEARNING_RATE=2e-05"):
     assert flag in command
-  assert fine_tuning.command_line(command).startswith("python -m gecko.train --gin_file=")
+  assert training.command_line().startswith("python -m gecko.train --gin_file=")
 
 
 def test_paths_with_quotes_reach_gin_as_they_are():
@@ -51,8 +52,8 @@ def test_paths_with_quotes_reach_gin_as_they_are():
 
   from gecko import gin_flags
   odd = "/tmp/it's \\ \"here\""
-  command = demo.train_command(model_dir=odd, data_dir=odd + "/data", steps=2, batch_size=8,
-                               learning_rate=2e-5)
+  command = demo.fine_tuning(model_dir=odd, data_dir=odd + "/data", steps=2, batch_size=8,
+                             learning_rate=2e-5).args()
   bindings = [f[len("--gin."):].replace("=", " = ", 1) for f in command
               if f.startswith(("--gin.MODEL_DIR", "--gin.TASK_DATA_DIR"))]
   gin.clear_config()

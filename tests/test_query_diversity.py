@@ -80,6 +80,7 @@ def test_sampled_generation_is_seeded_per_passage_and_reproducible(tmp_path):
     generate.Generator(llm=model, top_p=0.0)
 
 
+@pytest.mark.slow  # a pipeline run with the real LLM; keep_mask is tested by hand above
 def test_a_pipeline_run_drops_near_duplicate_queries(fret_corpus, tmp_path):
   from gecko.encode import encode
   from gecko.fret import pipeline
@@ -91,6 +92,7 @@ def test_a_pipeline_run_drops_near_duplicate_queries(fret_corpus, tmp_path):
   queries = summary["queries"]
   failures = summary["failures_this_run"]
   assert queries["dedup_cosine"] == threshold
+  assert queries["dropped_this_run"] > 0  # the filter had work to do
   assert summary["records"] + queries["dropped_this_run"] + failures == 8
   assert queries["dropped_fraction"] == pytest.approx(
       queries["dropped_this_run"] / (8 - failures))

@@ -37,34 +37,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 import time
 from collections.abc import Sequence
 
-from gecko.data import jsonl
 from gecko.data.packaged_models import DEFAULT_MODEL
 from gecko.evaluation import reports
-from gecko.experiments import arguments, fine_tuning
+from gecko.experiments import arguments, stages
 from gecko.fret import heldout
-from gecko.gin_flags import gin_string
 
 START_MODEL = DEFAULT_MODEL
 HELD_OUT_TASK = "DocstringQueries"
 HELD_OUT_FRACTION = 3
+DIM = 384
 
 
 def held_out(record_id: str) -> bool:
   """One record in HELD_OUT_FRACTION is held out, chosen by a hash of its id."""
   return heldout.is_held_out(record_id, fraction=HELD_OUT_FRACTION)
-
-
-def write_corpus(path: str, *, seed: int = 0) -> list[dict[str, str]]:
-  from gecko.fret import docstrings
-  passages = docstrings.passages()
-  random.Random(seed).shuffle(passages)
-  jsonl.write(path, passages)
-  return passages
 
 
 def split_records(records: Sequence[dict], *, data_dir: str, eval_dir: str,
@@ -78,20 +68,19 @@ def split_records(records: Sequence[dict], *, data_dir: str, eval_dir: str,
                                qrels={"test": "positive_id", "seed": "seed_id"})
 
 
-def train_command(*, model_dir: str, data_dir: str, steps: int, batch_size: int,
-                  learning_rate: float) -> list[str]:
-  """The `gecko.train` arguments of the fine-tuning stage (printed and run)."""
-  return ["--gin_file=gin/models/minilm_l6.gin", "--gin_file=gin/runs/finetune.gin",
-          "--gin_file=gin/data/seqio.gin", f"--gin.MODEL_DIR={gin_string(model_dir)}",
-          f"--gin.TASK_DATA_DIR={gin_string(data_dir)}", f"--gin.TRAIN_STEPS={steps}",
-          "--gin.MIXTURE_OR_TASK_NAME='gecko_fret_only'", f"--gin.BATCH_SIZE={batch_size}",
-          f"--gin.INIT_FROM={gin_string(START_MODEL)}", "--gin.MATRYOSHKA_DIMS=(128, 384)",
-          f"--gin.WARMUP_STEPS={max(1, steps // 10)}", f"--gin.LEARNING_RATE={learning_rate}",
-          "--gin.QUERY_LENGTH=32", "--gin.PASSAGE_LENGTH=128",
-          f"--gin.CHECKPOINT_EVERY={steps}"]
+def fine_tuning(*, model_dir: str, data_dir: str, steps: int, batch_size: int,
+                learning_rate: float) -> stages.FineTuning:
+  """The fine-tuning stage: MiniLM, the Gecko loss and Matryoshka heads on gecko_fret_only."""
+  return stages.FineTuning(
+      gin_files=("gin/models/minilm_l6.gin", "gin/runs/finetune.gin", "gin/data/seqio.gin"),
+      model_dir=model_dir, data_dir=data_dir, steps=steps, batch_size=batch_size,
+      learning_rate=learning_rate,
+      macros={"MIXTURE_OR_TASK_NAME": "gecko_fret_only", "INIT_FROM": START_MODEL,
+              "MATRYOSHKA_DIMS": (128, DIM), "QUERY_LENGTH": 32, "PASSAGE_LENGTH": 128})
 
 
-def evaluation_tasks(*, eval_dir: str, data_dir: str | None) -> list:
+def held_out_tasks(*, eval_dir: str, data_dir: str | None) -> list:
+  """The held-out queries in both views, and STS-B when `data_dir` holds it."""
   from gecko.evaluation import tasks
   out = [tasks.RetrievalTask(name=HELD_OUT_TASK, path=eval_dir),
          tasks.RetrievalTask(name=f"{HELD_OUT_TASK}-seed", path=eval_dir, split="seed")]
@@ -111,24 +100,22 @@ def run(*, output_dir: str, seeds: int, neighbors: int, ranking: str, steps: int
         batch_size: int, learning_rate: float,
         data_dir: str | None) -> dict[str, dict[str, float]]:
   """The demo's stages (module docstring); returns {model: {task: main score}}."""
-  from gecko import eval as eval_lib
-  from gecko.fret import pipeline
-  from gecko.fret import records as fret_records
+  from gecko.fret import docstrings
   from gecko.fret.config import FretConfig
   from gecko.fret.llm import LlamaCpp
   start = time.perf_counter()
   os.makedirs(output_dir, exist_ok=True)
   corpus_path = os.path.join(output_dir, "passages.jsonl")
-  corpus = write_corpus(corpus_path)
+  corpus = stages.write_corpus(docstrings.passages(), corpus_path)
   print(f"[1/5] corpus: {len(corpus)} standard-library docstrings -> {corpus_path}",
         file=sys.stderr)
 
   fret_dir = os.path.join(output_dir, "fret_run")
   print(f"[2/5] FRet over {seeds} seed passages (N={neighbors}, ranking {ranking}) -> "
         f"{fret_dir}", file=sys.stderr)
-  summary = pipeline.run(FretConfig(corpus=corpus_path, output_dir=fret_dir, num_seeds=seeds,
-                                    num_neighbors=neighbors, ranking=ranking), llm=LlamaCpp())
-  records = fret_records.read(fret_dir)
+  records, summary = stages.fret(FretConfig(corpus=corpus_path, output_dir=fret_dir,
+                                            num_seeds=seeds, num_neighbors=neighbors,
+                                            ranking=ranking), llm=LlamaCpp())
 
   data_root, eval_dir = os.path.join(output_dir, "data"), os.path.join(output_dir, "heldout")
   n_train, n_test = split_records(records, data_dir=data_root, eval_dir=eval_dir, corpus=corpus)
@@ -136,26 +123,21 @@ def run(*, output_dir: str, seeds: int, neighbors: int, ranking: str, steps: int
         f"({summary['positive_not_seed_fraction']:.0%} of positives are not the seed)",
         file=sys.stderr)
 
-  model_dir = os.path.join(output_dir, "model")
-  command = train_command(model_dir=model_dir, data_dir=data_root, steps=steps,
-                          batch_size=batch_size, learning_rate=learning_rate)
   print("[4/5] fine-tuning", file=sys.stderr)
-  export = fine_tuning.fine_tune(command, model_dir=model_dir)
+  export = fine_tuning(model_dir=os.path.join(output_dir, "model"), data_dir=data_root,
+                       steps=steps, batch_size=batch_size, learning_rate=learning_rate).run()
 
   print("[5/5] evaluating the start and the fine-tuned model", file=sys.stderr)
-  tasks = evaluation_tasks(eval_dir=eval_dir, data_dir=data_dir)
-  table = {}
+  tasks = held_out_tasks(eval_dir=eval_dir, data_dir=data_dir)
+  scores = {model: stages.evaluate_formats(checkpoint, tasks=tasks, dims=(DIM,),
+                                           output_dir=os.path.join(output_dir, "eval"),
+                                           name=model)
+            for model, checkpoint in (("start", START_MODEL), ("fine-tuned", export))}
   # Both models in the start model's own plain format and in the Gecko format the
   # fine-tuning teaches: each format compares like for like.
-  runs = (("start, plain", "start_plain", START_MODEL, False),
-          ("fine-tuned, plain", "fine_tuned_plain", export, False),
-          ("start, Gecko format", "start_gecko_format", START_MODEL, True),
-          ("fine-tuned, Gecko format", "fine_tuned", export, True))
-  for name, slug, checkpoint, gecko_format in runs:
-    results = eval_lib.evaluate(checkpoint=checkpoint, tasks=tasks, gecko_format=gecko_format,
-                                output_dir=os.path.join(output_dir, "eval"), dims=(384,),
-                                model_name=slug)
-    table[name] = main_scores(results, 384)
+  table = {f"{model}, {label}": main_scores(scores[model][fmt], DIM)
+           for label, fmt in (("plain", "plain"), ("Gecko format", "gecko"))
+           for model in ("start", "fine-tuned")}
   reports.plot_bars(os.path.join(output_dir, "demo.png"), table)
   with open(os.path.join(output_dir, "demo.json"), "w", encoding="utf-8") as f:
     json.dump({"scores": table, "records": len(records), "train": n_train, "held_out": n_test,

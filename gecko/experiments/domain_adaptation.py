@@ -47,14 +47,13 @@ import dataclasses
 import glob
 import json
 import os
-import random
 import shutil
 import sys
 from collections.abc import Sequence
 
 from gecko.data import jsonl
 from gecko.data.packaged_models import DEFAULT_MODEL
-from gecko.experiments import arguments, fine_tuning, in_domain
+from gecko.experiments import arguments, in_domain, stages
 from gecko.experiments.adaptation_report import report
 from gecko.experiments.recipes import (
   HUMAN_MIXTURE_GIN,
@@ -64,7 +63,6 @@ from gecko.experiments.recipes import (
   Variant,
 )
 from gecko.fret import heldout
-from gecko.gin_flags import gin_string
 
 __all__ = ["report", "run", "main", "write_corpus"]
 
@@ -72,28 +70,24 @@ START_MODEL = DEFAULT_MODEL
 EXPERIMENT_GIN = "gin/experiments/fret_adaptation.gin"
 DIMS = (256, 384)
 DEV_FRACTION = 5
-FORMATS = {"plain": False, "gecko": True}
 BASE = VARIANTS["main"]
 
 
-def write_corpus(corpus_dir: str, path: str, *, seed: int = 0) -> int:
-  """The BEIR corpus as FRet JSONL in a fixed shuffled order; returns its size."""
+def write_corpus(corpus_dir: str, path: str) -> int:
+  """The BEIR corpus as FRet JSONL in a fixed shuffled order (`stages.write_corpus`);
+  returns its size."""
   from gecko.fret import corpus as corpus_lib
   source = os.path.join(corpus_dir, "corpus.jsonl")
   if not os.path.exists(source):
     raise FileNotFoundError(f"{source!r} not found: --corpus_dir must be a BEIR directory "
                             "(corpus.jsonl, queries.jsonl, qrels/test.tsv).")
-  passages, _ = corpus_lib.read_corpus(source)
-  random.Random(seed).shuffle(passages)
-  if not os.path.exists(path):
-    jsonl.write(path, passages)
-  return len(passages)
+  return len(stages.write_corpus(corpus_lib.read_corpus(source)[0], path))
 
 
 def run_fret(*, output_dir: str, corpus_path: str, variant: Variant, recipe: Recipe,
-             passages: int, neighbors: int, llm) -> dict:
-  """FRet records for `variant` under `recipe`; all but the base relabel from its cache."""
-  from gecko.fret import pipeline
+             passages: int, neighbors: int, llm) -> tuple[list[dict], dict]:
+  """(records, summary) for `variant` under `recipe`; all but the base relabel from
+  its cache."""
   from gecko.fret.config import FretConfig
   fret_dir = os.path.join(output_dir, recipe.fret_name(variant))
   base = dataclasses.replace(recipe, consistency_top_k=None)  # the filter relabels its cache
@@ -103,7 +97,7 @@ def run_fret(*, output_dir: str, corpus_path: str, variant: Variant, recipe: Rec
              passages=passages, neighbors=neighbors, llm=llm)
     copy_missing(glob.glob(os.path.join(base_dir, "llm_cache.sqlite")) +
                  glob.glob(os.path.join(base_dir, "corpus_embeddings_*.npy")), fret_dir)
-  return pipeline.run(FretConfig(
+  return stages.fret(FretConfig(
       corpus=corpus_path, output_dir=fret_dir, num_seeds=passages, num_neighbors=neighbors,
       ranking=variant.ranking, negative=variant.negative, generator_options=recipe.llm_options(),
       dedup_cosine=recipe.dedup_cosine, consistency_top_k=recipe.consistency_top_k), llm=llm)
@@ -148,15 +142,15 @@ def human_data(*, output_dir: str, data_dir: str, sts_dir: str | None,
   return mixed
 
 
-def train_command(*, variant: Variant, recipe: Recipe, model_dir: str, data_dir: str,
-                  steps: int, batch_size: int, learning_rate: float, seed: int) -> list[str]:
-  """The `gecko.train` arguments of one row (printed and run)."""
+def fine_tuning(*, variant: Variant, recipe: Recipe, model_dir: str, data_dir: str,
+                steps: int, batch_size: int, learning_rate: float,
+                seed: int) -> stages.FineTuning:
+  """The fine-tuning stage of one row: the experiment's gin file, the variant's and the
+  recipe's."""
   files = [EXPERIMENT_GIN, *variant.gin_files, *([HUMAN_MIXTURE_GIN] if recipe.human else [])]
-  return [*(f"--gin_file={f}" for f in files),
-          f"--gin.MODEL_DIR={gin_string(model_dir)}", f"--gin.TASK_DATA_DIR={gin_string(data_dir)}",
-          f"--gin.TRAIN_STEPS={steps}", f"--gin.BATCH_SIZE={batch_size}",
-          f"--gin.LEARNING_RATE={learning_rate}", f"--gin.WARMUP_STEPS={max(1, steps // 10)}",
-          f"--gin.SEED={seed}", f"--gin.CHECKPOINT_EVERY={steps}"]
+  return stages.FineTuning(gin_files=tuple(files), model_dir=model_dir, data_dir=data_dir,
+                           steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+                           macros={"SEED": seed})
 
 
 def evaluation_tasks(*, corpus_dir: str, dev_dir: str | None, sts_dir: str | None,
@@ -175,14 +169,12 @@ def evaluation_tasks(*, corpus_dir: str, dev_dir: str | None, sts_dir: str | Non
 
 def evaluate_both_formats(*, checkpoint: str, tasks: Sequence, output_dir: str, name: str,
                           dims: Sequence[int] | None) -> dict:
-  """Scores in the plain and the Gecko input format: {"scores_<format>_format":
-  {task@dim: main score}, "per_query": {format: {dim: {query: nDCG@10}}}}."""
-  from gecko import eval as eval_lib
+  """Scores in the plain and the Gecko input format (`stages.evaluate_formats`):
+  {"scores_<format>_format": {task@dim: main score}, "per_query": {format: {dim:
+  {query: nDCG@10}}}}."""
   out: dict = {"per_query": {}}
-  for fmt, gecko_format in FORMATS.items():
-    results = eval_lib.evaluate(checkpoint=checkpoint, tasks=tasks, gecko_format=gecko_format,
-                                dims=dims, output_dir=os.path.join(output_dir, fmt),
-                                model_name=name)
+  for fmt, results in stages.evaluate_formats(checkpoint, tasks=tasks, dims=dims,
+                                              output_dir=output_dir, name=name).items():
     out[f"scores_{fmt}_format"] = {f"{task}@{dim}": scores["main_score"]
                                    for task, per_dim in results.items()
                                    for dim, scores in per_dim.items()}
@@ -195,24 +187,22 @@ def training_records(*, variant: Variant, recipe: Recipe, corpus_dir: str, outpu
                      corpus_path: str, passages: int, neighbors: int, llm_url: str | None,
                      llm_model: str | None) -> tuple[str, list[dict], dict]:
   """(the records' name, the records, what made them) for a training row."""
-  from gecko.fret import records as fret_records
   from gecko.fret.llm import LlamaCpp, OpenAICompatible
   if variant.source == "in_domain":
     name = "in_domain"
     copy_missing(glob.glob(os.path.join(output_dir, "fret_*", "corpus_embeddings_*.npy")),
                  os.path.join(output_dir, name))  # any FRet run's embeddings of the pool
-    made = in_domain.records(corpus_dir=corpus_dir, corpus_path=corpus_path,
-                             output_dir=os.path.join(output_dir, name), neighbors=neighbors,
-                             encoder=START_MODEL)
-    return name, made, {"positive_not_seed_fraction": 0.0}
+    records = in_domain.records(corpus_dir=corpus_dir, corpus_path=corpus_path,
+                                output_dir=os.path.join(output_dir, name),
+                                neighbors=neighbors, encoder=START_MODEL)
+    return name, records, {"positive_not_seed_fraction": 0.0}
   llm = (OpenAICompatible(base_url=llm_url, model=llm_model) if llm_url
          else LlamaCpp(model_path=recipe.teacher))
-  summary = run_fret(output_dir=output_dir, corpus_path=corpus_path, variant=variant,
-                     recipe=recipe, passages=passages, neighbors=neighbors, llm=llm)
+  records, summary = run_fret(output_dir=output_dir, corpus_path=corpus_path, variant=variant,
+                              recipe=recipe, passages=passages, neighbors=neighbors, llm=llm)
   name = recipe.fret_name(variant)
-  made = fret_records.read(os.path.join(output_dir, name))
   keys = ("positive_not_seed_fraction", "queries", "consistency")
-  return name, made, {k: summary[k] for k in keys if k in summary}
+  return name, records, {k: summary[k] for k in keys if k in summary}
 
 
 def train_row(*, variant_name: str, recipe: Recipe, corpus_dir: str, output_dir: str,
@@ -221,7 +211,7 @@ def train_row(*, variant_name: str, recipe: Recipe, corpus_dir: str, output_dir:
               banking77_dir: str | None, llm_url: str | None, llm_model: str | None) -> dict:
   """Records, split, fine-tuning and both formats' scores of one training row."""
   variant = VARIANTS[variant_name]
-  records_name, records, made = training_records(
+  records_name, records, provenance = training_records(
       variant=variant, recipe=recipe, corpus_dir=corpus_dir, output_dir=output_dir,
       corpus_path=corpus_path, passages=passages, neighbors=neighbors, llm_url=llm_url,
       llm_model=llm_model)
@@ -234,14 +224,14 @@ def train_row(*, variant_name: str, recipe: Recipe, corpus_dir: str, output_dir:
                           banking77_dir=banking77_dir)
   name = f"{recipe.row_name(variant_name)}_seed{seed}"
   model_dir = os.path.join(output_dir, "runs", name)
-  command = train_command(variant=variant, recipe=recipe, model_dir=model_dir,
-                          data_dir=data_dir, steps=steps, batch_size=batch_size,
-                          learning_rate=learning_rate, seed=seed)
-  export = fine_tuning.fine_tune(command, model_dir=model_dir)
+  training = fine_tuning(variant=variant, recipe=recipe, model_dir=model_dir, data_dir=data_dir,
+                         steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+                         seed=seed)
+  export = training.run()
   tasks = evaluation_tasks(corpus_dir=corpus_dir, dev_dir=dev_dir, sts_dir=sts_dir,
                            banking77_dir=banking77_dir)
   return {"records": len(records), "train": n_train, "dev": n_dev,
-          "command": fine_tuning.command_line(command), **made,
+          "command": training.command_line(), **provenance,
           **evaluate_both_formats(checkpoint=export, tasks=tasks, name=name, dims=DIMS,
                                   output_dir=os.path.join(output_dir, "eval"))}
 
