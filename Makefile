@@ -10,7 +10,7 @@ CONSTRAINTS := -c constraints.txt
 # mteb (the [mteb] extra) needs torch; pinned first so that no CUDA build is pulled in.
 TORCH ?= torch==2.13.0
 
-.PHONY: test test-all bench demo install install-models constraints clean
+.PHONY: test test-all mutants bench demo install install-models constraints clean
 
 $(VENV)/.installed: setup.py constraints.txt model-packages.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,6 +29,10 @@ test: $(VENV)/.installed
 
 test-all: $(VENV)/.installed
 	$(PY) -m pytest -q --durations=20 tests
+
+# Proof that the suite catches wrong code: each listed mistake must fail a test.
+mutants: $(VENV)/.installed
+	$(PY) tests/mutants.py
 
 # The recipe end to end on this CPU (FRet -> fine-tune -> evaluate); e.g.
 # make demo DEMO_ARGS="--seeds 100 --data_dir ../shared/data"

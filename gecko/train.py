@@ -91,14 +91,13 @@ def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
       cleanup.enter_context(paths.locked(model_dir, what="MODEL_DIR"))
     source = embedder_lib.load(init_from) if init_from else None
     tokenizer = (source or embedder_lib.load(tokenizer_from)).tokenizer
-    shard_index, shard_count = partitioning.data_shard(
-        partitioning.make_mesh(mesh_axes, dcn_axes=dcn_mesh_axes))
+    mesh = partitioning.make_mesh(mesh_axes, dcn_axes=dcn_mesh_axes)
+    shard_index, shard_count = partitioning.data_shard(mesh)
     data = data_fn(tokenizer=tokenizer, shard_index=shard_index, shard_count=shard_count)
     cleanup.callback(data.close)  # tf.data's threads, left to interpreter exit, can hang it
     loss.validate_features(data.feature_names)
     program = trainer.build(model=model, loss=loss, optimizer=optimizer,
-                            batch_size=data.batch_size, mesh_axes=mesh_axes,
-                            dcn_mesh_axes=dcn_mesh_axes,
+                            batch_size=data.batch_size, mesh=mesh,
                             additional_axis_rules=additional_axis_rules,
                             grad_cache_chunk=grad_cache_chunk)
     ckpt = checkpointing.Checkpointer(model_dir, every=checkpoint_every, keep=keep_checkpoints)
@@ -125,9 +124,10 @@ def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
   return last
 
 
-def _loop(program: trainer.Program, data: BatchSource, state, *, start: int, train_steps: int,
-          ckpt: checkpointing.Checkpointer, log: _MetricsLog, schedule, preemption,
-          log_every: int, max_nonfinite_steps: int, seed: int, evaluate, eval_every: int):
+def _loop(program: trainer.ShardedTraining, data: BatchSource, state, *, start: int,
+          train_steps: int, ckpt: checkpointing.Checkpointer, log: _MetricsLog, schedule,
+          preemption, log_every: int, max_nonfinite_steps: int, seed: int, evaluate,
+          eval_every: int):
   """Steps `start` to `train_steps`: (state, last logged metrics, the step saved on
   preemption or None). Nothing reads the device each step: the non-finite streak is
   read when metrics are logged and before a checkpoint is written."""
@@ -168,11 +168,12 @@ def _meta(step: int, seed: int, data: BatchSource) -> dict:
   return {"step": step, "seed": seed, "batch_size": data.batch_size}
 
 
-def _position(data: BatchSource, step: int) -> bytes | None:
-  return data.position(step) if isinstance(data, ResumableSource) else None
+def _position(data: BatchSource, step: int) -> Callable[[], bytes] | None:
+  """The input's position before `step`, taken only if a checkpoint is written."""
+  return (lambda: data.position(step)) if isinstance(data, ResumableSource) else None
 
 
-def _start_state(program: trainer.Program, ckpt: checkpointing.Checkpointer,
+def _start_state(program: trainer.ShardedTraining, ckpt: checkpointing.Checkpointer,
                  source: embedder_lib.Embedder | None, data: BatchSource, *,
                  init_from: str | None, seed: int, train_steps: int):
   """(state, first step): the latest checkpoint (and the input's position there), else

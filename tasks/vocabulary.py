@@ -3,12 +3,13 @@
 import seqio
 import tensorflow as tf
 
+from gecko.data.packaged_models import DEFAULT_MODEL
 from gecko.data.vocabularies import ModelVocabulary
 
 # The trained model's own tokenizer (SeqioBatches passes it: WordPiece for MiniLM/BERT,
 # SentencePiece for T5), so every task serves every backbone; outside a pipeline, the
 # MiniLM / BERT-base uncased WordPiece (ids cut at 512; SeqioBatches truncates further).
-VOCABULARY = ModelVocabulary("all-MiniLM-L6-v2", max_length=512)
+VOCABULARY = ModelVocabulary(DEFAULT_MODEL, max_length=512)
 
 
 def _feature(vocabulary) -> seqio.Feature:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from gecko.fret.llm import TEACHERS as PACKAGED_TEACHERS
+
 DEFAULT_TEACHER = "smollm2-135m"
-TEACHERS = (DEFAULT_TEACHER, "gemma3-270m")
+TEACHERS = tuple(PACKAGED_TEACHERS)  # the packaged GGUF teachers, DEFAULT_TEACHER first
 SEED_POSITIVE_GIN = "gin/ablations/fret_seed_positive.gin"
 HUMAN_MIXTURE_GIN = "gin/experiments/human_mixture.gin"
 

@@ -17,6 +17,7 @@ intact. A state with non-finite parameters is never written.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -24,9 +25,8 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
-
-import dataclasses
 
 import jax
 import orbax.checkpoint as ocp
@@ -114,10 +114,13 @@ class Checkpointer:
     """Whether `step` is a checkpoint step."""
     return step % self.every == 0
 
-  def save(self, step: int, state, meta: dict[str, Any], *, position: bytes | None = None,
+  def save(self, step: int, state, meta: dict[str, Any], *,
+           position: bytes | Callable[[], bytes | None] | None = None,
            force: bool = False) -> bool:
     """Saves if due (or forced); returns whether a checkpoint was written. `position`:
-    this process's input position before batch `step` (a streaming input's)."""
+    this process's input position before batch `step` (a streaming input's), or a
+    function giving it, called only when a checkpoint is written (a finished run that
+    is started again writes nothing, and asks its input for nothing)."""
     if not force and not self.due(step):
       return False
     if step in self._manager.all_steps():
@@ -127,6 +130,8 @@ class Checkpointer:
             "good one is kept).", file=sys.stderr)
       return False
     meta = dict(meta, shapes=_shapes(state.params))
+    if callable(position):
+      position = position()
     items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
     if position is not None:
       items["input"] = _PositionSave(position)

@@ -113,6 +113,12 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
 
 
+def row_span(index: tuple, size: int) -> tuple[int, int]:
+  """[start, stop) of the batch rows a device holds, from its index in
+  `Sharding.devices_indices_map((size,))`."""
+  return index[0].start or 0, size if index[0].stop is None else index[0].stop
+
+
 def data_shard(mesh: Mesh, *, process: int | None = None) -> tuple[int, int]:
   """(index, count): the input shard of `process` (default: this one) under the batch
   sharding. Shard i is rows [i*n, (i+1)*n) of every global batch; processes whose
@@ -125,9 +131,7 @@ def data_shard(mesh: Mesh, *, process: int | None = None) -> tuple[int, int]:
   blocks = int(mesh.shape["data"] * mesh.shape["fsdp"])
   rows: dict[int, set[int]] = {}
   for device, index in batch_sharding(mesh).devices_indices_map((blocks,)).items():
-    start = index[0].start or 0
-    stop = blocks if index[0].stop is None else index[0].stop
-    rows.setdefault(device.process_index, set()).update(range(start, stop))
+    rows.setdefault(device.process_index, set()).update(range(*row_span(index, blocks)))
   spans = {}
   for owner, held in rows.items():
     lo, hi = min(held), max(held) + 1

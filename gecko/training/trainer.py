@@ -32,7 +32,7 @@ RUN_TIME_FIELDS = ("dtype", "dropout_rate", "attention", "attention_dropout_rate
 
 
 @dataclasses.dataclass(frozen=True)
-class Program:
+class ShardedTraining:
   """A model, loss and optimiser placed on a mesh, ready to initialise, step or lower.
 
   Every call traces with the mesh and the logical-axis rules in force
@@ -85,17 +85,14 @@ class Program:
     if not isinstance(data, features.RowSource):
       return self.global_batch(data.batch(step))
     size = data.batch_size
-
-    def span(index) -> tuple[int, int]:  # a device's rows of the global batch
-      return index[0].start or 0, size if index[0].stop is None else index[0].stop
-
-    spans = sorted({span(index) for index in
+    spans = sorted({partitioning.row_span(index, size) for index in
                     self.batch_sharding.addressable_devices_indices_map((size,)).values()})
     rows = {s: data.rows(step, *s) for s in spans}
     first = rows[spans[0]]
     return {name: jax.make_array_from_callback(
         (size,) + first[name].shape[1:], self.batch_sharding,
-        lambda index, name=name: rows[span(index)][name]) for name in first}
+        lambda index, name=name: rows[partitioning.row_span(index, size)][name])
+        for name in first}
 
   def abstract_batch(self, loss: GeckoLoss, *, batch_size: int, query_length: int,
                      passage_length: int) -> dict[str, jax.ShapeDtypeStruct]:
@@ -113,18 +110,22 @@ def build(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW, batch_size: 
           mesh_axes: Mapping[str, int] | None = None,
           dcn_mesh_axes: Mapping[str, int] | None = None,
           additional_axis_rules: Sequence[tuple] = (),
-          grad_cache_chunk: int | None = None, devices=None) -> Program:
+          grad_cache_chunk: int | None = None, devices=None,
+          mesh: Mesh | None = None) -> ShardedTraining:
   """Checks the configuration against the mesh and compiles nothing yet (jit is lazy).
 
-  `devices` (default: every device) may be a TPU topology's devices, to lower and
-  compile for a slice from a CPU host (`gecko.compile_step --topology`).
+  The mesh is `mesh` when given (a caller that already laid it out, e.g. to choose the
+  input shard), else laid out here from `mesh_axes` / `dcn_mesh_axes` over `devices`
+  (default: every device; a TPU topology's devices lower and compile for a slice from a
+  CPU host, `gecko.compile_step --topology`).
 
   Raises ValueError for a batch that does not split over the mesh, Matryoshka dims the
   model lacks, or a GradCache chunk that does not divide the batch.
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-  mesh = partitioning.make_mesh(mesh_axes, dcn_axes=dcn_mesh_axes, devices=devices)
+  if mesh is None:
+    mesh = partitioning.make_mesh(mesh_axes, dcn_axes=dcn_mesh_axes, devices=devices)
   partitioning.check_batch_size(batch_size, mesh)
   loss.check_dims(model.matryoshka_dims)
   if grad_cache_chunk and batch_size % grad_cache_chunk:
@@ -141,9 +142,9 @@ def build(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW, batch_size: 
           model, loss, tx, grad_cache_chunk=grad_cache_chunk, data_shards=mesh.shape["data"],
           param_specs=jax.tree.map(lambda s: s.spec, shardings.params)),
       shardings, mesh)
-  return Program(model=model, tx=tx, mesh=mesh, rules=rules, abstract_state=abstract,
-                 shardings=shardings, jitted_step=step,
-                 batch_sharding=partitioning.batch_sharding(mesh))
+  return ShardedTraining(model=model, tx=tx, mesh=mesh, rules=rules,
+                         abstract_state=abstract, shardings=shardings, jitted_step=step,
+                         batch_sharding=partitioning.batch_sharding(mesh))
 
 
 def initial_params(model: DualEncoder, source: embedder_lib.Embedder, *, name: str, seed: int):
