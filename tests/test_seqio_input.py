@@ -279,3 +279,17 @@ def test_a_killed_seqio_run_resumes_from_its_input_position_exactly(tmp_path):
   assert again.returncode == 0, again.stderr[-3000:]
   assert "resuming from step 8" in again.stderr
   assert sorted(p for p in os.listdir(killed / "checkpoints") if p.isdigit()) == ["4", "8"]
+
+
+def test_the_private_tf_iterator_handle_gecko_reads_still_exists():
+  """`seqio_batches.iterator_resource` reads tf.data's private `_iterator_resource`
+  (no public handle exists); a TensorFlow that renames it fails here by name."""
+  from gecko.data import seqio_batches
+  iterator = iter(tf.data.Dataset.range(3))
+  next(iterator)
+  state = tf.raw_ops.SerializeIterator(
+      resource_handle=seqio_batches.iterator_resource(iterator), external_state_policy=1)
+  restored = iter(tf.data.Dataset.range(3))
+  tf.raw_ops.DeserializeIterator(resource_handle=seqio_batches.iterator_resource(restored),
+                                 serialized=state)
+  assert int(next(restored)) == 1  # where the first one stood

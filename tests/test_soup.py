@@ -81,7 +81,15 @@ def test_soup_of_a_runs_steps_is_saved_and_evaluated(tmp_path):
                                    {"sentence1": "what is 4", "sentence2": "it is 5", "score": 2}])
   results = eval_lib.evaluate(checkpoint=str(tmp_path / "soup"), output_dir=str(tmp_path / "ev"),
                               tasks=[tasks.STSTask(name="S", path=str(sts))])
-  assert -1.0 <= results["S"][64]["main_score"] <= 1.0
+  # Spearman of the soup's own cosines, by scipy.
+  import scipy.stats
+
+  from gecko.encode import encode
+  pairs = jsonl.read_objects(str(sts / "test.jsonl"), what="STS")
+  a, b = (encode([p[key] for p in pairs], model=str(tmp_path / "soup"))
+          for key in ("sentence1", "sentence2"))
+  expected = scipy.stats.spearmanr(np.sum(a * b, axis=1), [p["score"] for p in pairs])[0]
+  assert results["S"][64]["main_score"] == pytest.approx(expected, abs=1e-9)
   with pytest.raises(ValueError, match="@STEP applies to a training MODEL_DIR"):
     soup_cli.load(f"{tmp_path / 'soup'}@3")
   assert soup_cli.main(["--model", str(run), "--output", str(tmp_path / "one")]) == 2

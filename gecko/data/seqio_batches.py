@@ -182,7 +182,7 @@ class SeqioBatches:
     if self._iterator is None or step != self._next_step:
       raise ValueError(f"the input is before step {self._next_step}, not {step}: a position is "
                        "taken right after the batch before it.")
-    state = tf.raw_ops.SerializeIterator(resource_handle=self._iterator._iterator_resource,
+    state = tf.raw_ops.SerializeIterator(resource_handle=iterator_resource(self._iterator),
                                          external_state_policy=_IGNORE_EXTERNAL_STATE)
     return self._identity() + b"\n" + tf.io.serialize_tensor(state).numpy()
 
@@ -198,7 +198,7 @@ class SeqioBatches:
     else:
       iterator = iter(self.dataset())
       try:
-        tf.raw_ops.DeserializeIterator(resource_handle=iterator._iterator_resource,
+        tf.raw_ops.DeserializeIterator(resource_handle=iterator_resource(iterator),
                                        serialized=tf.io.parse_tensor(state, tf.variant))
       except tf.errors.OpError as e:
         problem = f"it does not fit this pipeline ({e.message.splitlines()[0][:200]})"
@@ -225,6 +225,20 @@ class SeqioBatches:
 # `tf.data`'s ExternalStatePolicy IGNORE: the pipeline's Python functions (JSON decoding,
 # tokenizing) are pure, so its state is its offsets and buffers alone.
 _IGNORE_EXTERNAL_STATE = 1
+
+
+def iterator_resource(iterator):
+  """The resource handle of a `tf.data` iterator, which SerializeIterator and
+  DeserializeIterator take. It is private (`_iterator_resource`): TensorFlow's public
+  route to an iterator's state, `tf.train.Checkpoint(iterator=...)`, writes checkpoint
+  files, where an orbax checkpoint item needs the state as bytes. A test
+  (`tests/test_seqio_input.py`) fails by name if the attribute goes away, and so does
+  this, rather than saving no position."""
+  if not hasattr(iterator, "_iterator_resource"):
+    raise RuntimeError("this TensorFlow's tf.data iterator has no _iterator_resource, which "
+                       "gecko.data.seqio_batches reads to save the input position; install "
+                       "the version in constraints.txt.")
+  return iterator._iterator_resource
 
 
 def _check_vocabulary(task, tokenizer: tokenization.Tokenizer) -> None:
