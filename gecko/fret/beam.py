@@ -279,7 +279,6 @@ def build(root: beam.Pipeline, config: FretConfig, *, llm: LLM, num_shards: int,
           block_size: int, cache_path: str | None) -> None:
   """Adds the FRet stages to `root` (see the module docstring)."""
   llm_args = {"llm": llm, "cache_path": cache_path}
-  batch_size, output_dir = config.batch_size, config.output_dir
   passages = (root
               | "ReadCorpus" >> beam.io.ReadFromText(config.corpus,
                                                      coder=beam.coders.BytesCoder())
@@ -307,27 +306,8 @@ def build(root: beam.Pipeline, config: FretConfig, *, llm: LLM, num_shards: int,
                         "queries", main="kept"))
     kept = deduplicated.kept
     _ = deduplicated.queries | "WriteQueries" >> beam.io.WriteToText(
-        os.path.join(output_dir, QUERIES), shard_name_template="")
-  embed = _Embed(encoder=config.encoder, batch_size=batch_size)
-  queries = (kept
-             | "QueryText" >> beam.MapTuple(lambda qid, g: (qid, GECKO.query(g.query,
-                                                                              task=g.task)))
-             | "BatchQueries" >> beam.BatchElements(min_batch_size=batch_size,
-                                                    max_batch_size=batch_size * 8)
-             | "EmbedQueries" >> beam.ParDo(embed)
-             | "AllQueries" >> beam.combiners.ToList())
-  neighbours = (corpus
-                | "DocumentText" >> beam.Map(lambda p: (p["id"], GECKO.document(
-                    p["text"], title=p["title"])))
-                | "BatchDocuments" >> beam.BatchElements(min_batch_size=batch_size,
-                                                         max_batch_size=batch_size * 8)
-                | "EmbedCorpus" >> beam.ParDo(embed)
-                | "Blocks" >> beam.BatchElements(min_batch_size=1,
-                                                 max_batch_size=max(1, block_size // batch_size))
-                | "BlockTopN" >> beam.ParDo(_BlockTopN(n=config.num_neighbors,
-                                                       block_size=block_size),
-                                            queries=beam.pvalue.AsSingleton(queries))
-                | "MergeTopN" >> beam.CombinePerKey(_MergeTopN(config.num_neighbors)))
+        os.path.join(config.output_dir, QUERIES), shard_name_template="")
+  neighbours = _neighbours(corpus, kept, config=config, block_size=block_size)
   candidates = (
       {"wanted": neighbours | "Wanted" >> beam.FlatMap(_wanted), "passage": passages}
       | "JoinPassages" >> beam.CoGroupByKey()
@@ -339,18 +319,48 @@ def build(root: beam.Pipeline, config: FretConfig, *, llm: LLM, num_shards: int,
       | "JoinQueries" >> beam.CoGroupByKey()
       | "Relabel" >> beam.ParDo(_Relabel(config=config, **llm_args)
                                 ).with_outputs("failures", main="records"))
-  written = relabelled.records
-  prefix = os.path.join(output_dir, "fret")
-  _ = (written | "ToJson" >> beam.Map(lambda r: json.dumps(r, ensure_ascii=False))
+  _write(relabelled.records, (generated.failures, relabelled.failures), config=config,
+         num_shards=num_shards)
+
+
+def _neighbours(corpus, kept, *, config: FretConfig, block_size: int):
+  """(query id, the encoder's top-N passage ids, best first) for each kept query: the
+  corpus embedded in blocks, each block's top-N against every query, merged."""
+  batch_size = config.batch_size
+  embed = _Embed(encoder=config.encoder, batch_size=batch_size)
+  queries = (kept
+             | "QueryText" >> beam.MapTuple(lambda qid, g: (qid, GECKO.query(g.query,
+                                                                              task=g.task)))
+             | "BatchQueries" >> beam.BatchElements(min_batch_size=batch_size,
+                                                    max_batch_size=batch_size * 8)
+             | "EmbedQueries" >> beam.ParDo(embed)
+             | "AllQueries" >> beam.combiners.ToList())
+  return (corpus
+          | "DocumentText" >> beam.Map(lambda p: (p["id"], GECKO.document(
+              p["text"], title=p["title"])))
+          | "BatchDocuments" >> beam.BatchElements(min_batch_size=batch_size,
+                                                   max_batch_size=batch_size * 8)
+          | "EmbedCorpus" >> beam.ParDo(embed)
+          | "Blocks" >> beam.BatchElements(min_batch_size=1,
+                                           max_batch_size=max(1, block_size // batch_size))
+          | "BlockTopN" >> beam.ParDo(_BlockTopN(n=config.num_neighbors, block_size=block_size),
+                                      queries=beam.pvalue.AsSingleton(queries))
+          | "MergeTopN" >> beam.CombinePerKey(_MergeTopN(config.num_neighbors)))
+
+
+def _write(records, failures, *, config: FretConfig, num_shards: int) -> None:
+  """The record shards (JSONL, and TFRecord if asked) and failures-*.jsonl."""
+  prefix = os.path.join(config.output_dir, "fret")
+  _ = (records | "ToJson" >> beam.Map(lambda r: json.dumps(r, ensure_ascii=False))
        | "WriteJsonl" >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl",
                                              num_shards=num_shards))
   if config.tfrecord:
-    _ = (written | "ToExample" >> beam.Map(schema.tf_example)
+    _ = (records | "ToExample" >> beam.Map(schema.tf_example)
          | "WriteTFRecord" >> beam.io.WriteToTFRecord(prefix, file_name_suffix=".tfrecord",
                                                       num_shards=num_shards))
-  _ = ((generated.failures, relabelled.failures) | "AllFailures" >> beam.Flatten()
+  _ = (failures | "AllFailures" >> beam.Flatten()
        | "FailuresToJson" >> beam.Map(json.dumps)
-       | "WriteFailures" >> beam.io.WriteToText(os.path.join(output_dir, "failures"),
+       | "WriteFailures" >> beam.io.WriteToText(os.path.join(config.output_dir, "failures"),
                                                 file_name_suffix=".jsonl"))
 
 

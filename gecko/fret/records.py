@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 
 from gecko.data import jsonl, paths
 from gecko.fret import schema
+from gecko.fret.config import check_count
 
 # A complete JSONL shard of either runner.
 SHARD = re.compile(r"fret-\d{5}(-of-\d{5})?\.jsonl$")
@@ -63,8 +64,7 @@ class ShardWriter:
   """
 
   def __init__(self, output_dir: str, *, shard_size: int = 1000, tfrecord: bool = False):
-    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
-      raise ValueError(f"shard_size must be an int >= 1, got {shard_size!r}.")
+    check_count("shard_size", shard_size)
     self.output_dir, self.shard_size, self.tfrecord = output_dir, shard_size, tfrecord
     os.makedirs(output_dir, exist_ok=True)
     numbers = (re.match(r"fret-(\d{5})\.jsonl$", name) for name in os.listdir(output_dir))
