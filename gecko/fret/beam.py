@@ -419,8 +419,7 @@ def run(config: FretConfig, *, llm: LLM, num_shards: int = 0, block_size: int = 
 def _queries_summary(config: FretConfig, output_dir: str) -> dict[str, object]:
   """The Deduplicate stage's figures (taken out of OUTPUT_DIR), or none without it."""
   if config.dedup_cosine is None:
-    return {"dedup_cosine": None, "dropped_this_run": 0, "dropped_fraction": 0.0,
-            "median_pairwise_cosine": None}
+    return diversity.nothing_judged(None)
   path = paths.join(output_dir, QUERIES)
   summary = json.loads(paths.read_text(path))
   FileSystems.delete([path])

@@ -66,6 +66,13 @@ def median_pairwise_cosine(vectors: np.ndarray, *, seed: int = 0) -> float | Non
   return float(np.median(np.einsum("pd,pd->p", vectors[first], vectors[second])))
 
 
+def nothing_judged(threshold: float | None) -> dict[str, object]:
+  """The summary's "queries" entry when no query was judged (or, on Beam without a
+  threshold, gathered)."""
+  return {"dedup_cosine": threshold, "dropped_this_run": 0, "dropped_fraction": 0.0,
+          "median_pairwise_cosine": None}
+
+
 def deduplicate(made: Sequence, *, earlier: Sequence[dict], threshold: float | None,
                 encoder, batch_size: int) -> tuple[list, dict[str, object]]:
   """This run's generated queries (`made`, in order) without near-duplicates of earlier
@@ -80,8 +87,7 @@ def deduplicate(made: Sequence, *, earlier: Sequence[dict], threshold: float | N
   """
   from gecko.encode import encode
   if not made and not earlier:
-    return [], {"dedup_cosine": threshold, "dropped_this_run": 0, "dropped_fraction": 0.0,
-                "median_pairwise_cosine": None}
+    return [], nothing_judged(threshold)
   texts = [r["query"] for r in earlier] + [g.query for g in made]
   vectors = encode(texts, model=encoder, batch_size=batch_size)
   keep = np.ones(len(texts), bool)
