@@ -32,7 +32,7 @@ import numpy as np
 import tqdm
 from jax.sharding import Mesh
 
-from gecko.data import jsonl, packing, placement
+from gecko.data import jsonl, packing, paths, placement
 from gecko.data.input_format import apply_prompt
 from gecko.models import embedder as embedder_lib
 from gecko.models import matryoshka, sharding
@@ -251,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   try:
     output = check_output(args.output)
+    paths.check_apart(output, args.input, args.model, flag="--output")
     texts = read_texts(args.input, field=args.field)
     mesh = Mesh(np.asarray(jax.devices()), ("data",)) if args.all_devices else None
     embeddings = encode(texts, model=args.model, batch_size=args.batch_size, dim=args.dim,

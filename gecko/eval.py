@@ -62,6 +62,7 @@ def evaluate(*, checkpoint: str, tasks: Sequence[str | object], output_dir: str,
   failed ones. Data the loaders dropped (qrels naming unknown documents or queries,
   judged queries without a relevant document) is said on stderr and in results.md.
   """
+  paths.check_output_dir(output_dir, checkpoint, data_dir, flag="OUTPUT_DIR")
   model = embedder_lib.load(checkpoint)
   dims = tuple(dims or model.dims)
   bad = [d for d in dims if d not in model.dims]

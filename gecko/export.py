@@ -53,9 +53,13 @@ def restore_run(model_dir: str, *, step: int | None = None, tokenizer: str | Non
 
   from gecko import gin_flags, train
   from gecko.training import checkpointing, trainer
-  gin_flags.configure([paths.local_copy(paths.join(model_dir, "config.gin"))], [])
   try:
+    gin_flags.configure([paths.local_copy(paths.join(model_dir, "config.gin"))], [])
     bindings = gin.get_bindings(train.train)
+  except Exception as e:  # gin_flags.ConfigError, or a binding gin cannot build
+    raise ValueError(f"{paths.join(model_dir, 'config.gin')} (the run's settings, which rebuild "
+                     f"its model) cannot be read: {str(e).splitlines()[0]}. Restore it from "
+                     "a copy of the run, or fix the line it names.") from None
   finally:
     gin.clear_config()
   model, loss, optimizer = bindings["model"], bindings["loss"], bindings["optimizer"]

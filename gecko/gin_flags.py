@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import sys
+import tokenize
 from collections.abc import Callable, Sequence
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -101,7 +102,14 @@ def configure(gin_files: Sequence[str], bindings: Sequence[str], search_paths=()
   root = logging.getLogger()
   root.addFilter(_quiet_misses)
   try:
-    gin.parse_config_files_and_bindings(list(gin_files), [], finalize_config=False)
+    for path in gin_files:  # one at a time, so that an error names its file
+      try:
+        gin.parse_config_file(path)
+      except tokenize.TokenError as e:  # Python's tokenizer, which names no file
+        raise ConfigError(f"{path} (or a file it includes) ends inside an unclosed (, [ or {{ "
+                          f"({e.args[0]}): close it") from e
+  except ConfigError:
+    raise
   except Exception as e:  # gin raises many types (IOError, ValueError, ParserError, ...)
     raise ConfigError(_one_line(e)) from e
   finally:
@@ -155,7 +163,10 @@ def _parse_binding(binding: str) -> None:
   except Exception as e:
     name, _, value = (part.strip() for part in binding.partition("="))
     hint = ""
-    if value and not re.match(r"""^(['"\[({@%\d.+-]|True$|False$|None$)""", value):
+    if re.match(r"^\w+\(", value):  # a call, e.g. float('nan')
+      hint = ("; gin values are literals (numbers, 'strings', lists, tuples, dicts, True, "
+              "False, None, @configurables, %MACROS), not Python calls")
+    elif value and not re.match(r"""^(['"\[({@%\d.+-]|True$|False$|None$)""", value):
       hint = (f"; a string needs inner quotes: --gin.{name}=\"'{value}'\"")
     raise ConfigError(f"cannot parse the binding --gin.{name}={value} "
                       f"({_one_line(e)}){hint}") from e
@@ -272,13 +283,19 @@ def run(fn: Callable, argv: Sequence[str], *, prog: str, doc: str,
   except ConfigError as e:
     print(f"{prog}: configuration error: {e}", file=sys.stderr)
     return 2
-  except expected as e:
-    if os.environ.get("GECKO_TRACEBACK"):
+  except Exception as e:
+    if os.environ.get("GECKO_TRACEBACK") or not (isinstance(e, expected) or _storage_error(e)):
       raise
-    message = str(e).splitlines()[0] if str(e) else type(e).__name__  # less gin's "In call to"
+    message = _storage_error(e) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
     print(f"{prog}: error: {message} (GECKO_TRACEBACK=1 shows the traceback)", file=sys.stderr)
     return 1
   return 0
+
+
+def _storage_error(error: Exception) -> str | None:
+  """One line for a full, read-only or forbidden disk (`gecko.data.disk`), else None."""
+  from gecko.data import disk
+  return disk.storage_error(error)
 
 
 def run_plain(fn: Callable, *, prog: str, success: str, **kwargs) -> int:
@@ -287,7 +304,13 @@ def run_plain(fn: Callable, *, prog: str, success: str, **kwargs) -> int:
   `success.format(result)` and returns 0."""
   try:
     result = fn(**kwargs)
-  except (FileExistsError, FileNotFoundError, ValueError) as e:
+  except Exception as e:
+    storage = _storage_error(e)
+    if storage:
+      print(f"{prog}: error: {storage}", file=sys.stderr)
+      return 1
+    if not isinstance(e, (FileExistsError, FileNotFoundError, ValueError)):
+      raise
     print(f"{prog}: error: {e}", file=sys.stderr)
     return 2
   print(success.format(result), file=sys.stderr)

@@ -18,15 +18,25 @@ import sys
 from collections.abc import Sequence
 
 from gecko import export, gin_flags
+from gecko.data import paths
 from gecko.models import averaging, hf_directory
 from gecko.models import embedder as embedder_lib
 
 
+def _split(spec: str) -> tuple[str, str]:
+  """(path, step) of `MODEL_DIR@STEP`; (spec, "") when `spec` names no step. A training
+  MODEL_DIR followed by `@` and no step number is refused, naming its steps."""
+  path, sep, step = spec.rpartition("@")
+  if sep and not step.isdigit() and export.is_run_dir(path):
+    steps = sorted(int(n) for n in paths.listdir(paths.join(path, "checkpoints")) if n.isdigit())
+    raise ValueError(f"{spec!r}: what follows @ must be a checkpoint step of {path}, one of "
+                     f"{steps} (e.g. {path}@{steps[-1] if steps else 1000}).")
+  return (path, step) if sep and step.isdigit() else (spec, "")
+
+
 def load(spec: str) -> embedder_lib.Embedder:
   """A model by name or path, or a training MODEL_DIR[@STEP]'s checkpoint."""
-  path, sep, step = spec.rpartition("@")
-  if not (sep and step.isdigit()):  # no step: the whole spec is the model
-    path, step = spec, ""
+  path, step = _split(spec)
   if export.is_run_dir(path):
     model, _, _ = export.restore_run(path, step=int(step) if step else None)
     return model
@@ -42,6 +52,7 @@ def soup(*, models: Sequence[str], output: str, weights: Sequence[float] | None 
   if len(models) < 2:
     raise ValueError(f"a soup averages at least two models, got {len(models)}.")
   weights = averaging.check_weights(weights, len(models))  # before any model is loaded
+  paths.check_apart(output, *(_split(spec)[0] for spec in models))
   hf_directory.check_output(output, overwrite=overwrite)  # before any model is loaded
   return embedder_lib.save(averaging.average([load(m) for m in models], weights=weights),
                            output, overwrite=overwrite)

@@ -24,6 +24,8 @@ import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
+import time
+
 import jax
 import tqdm
 
@@ -83,6 +85,7 @@ def train(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW,
       `@train_eval/eval.evaluate`); main scores go to the same TensorBoard as
       `eval/<task>/<dim>`.
   """
+  paths.check_output_dir(model_dir, init_from, tokenizer_from, flag="MODEL_DIR")
   if train_steps < 1:
     raise ValueError(f"train_steps must be >= 1, got {train_steps}.")
   paths.makedirs(model_dir)
@@ -132,11 +135,18 @@ def _loop(program: trainer.ShardedTraining, data: BatchSource, state, *, start: 
   preemption or None). Nothing reads the device each step: the non-finite streak is
   read when metrics are logged and before a checkpoint is written."""
   window, last = trainer.MetricsWindow(), {}
-  bar = tqdm.tqdm(total=train_steps, initial=start, desc="train", unit="step",
-                  disable=jax.process_index() > 0, file=sys.stderr)
+  quiet, bar = jax.process_index() > 0, None
   try:
     for step in range(start, train_steps):
+      if bar is None and not quiet:  # the first call traces and compiles: said as such
+        print("gecko.train: compiling the train step ...", file=sys.stderr, flush=True)
+      began = time.perf_counter()
       state, metrics = program.step(state, program.batch_at(data, step))
+      if bar is None:  # the bar starts after compiling, not as 0% for its duration
+        if not quiet:
+          print(f"gecko.train: compiled in {time.perf_counter() - began:.1f} s", file=sys.stderr)
+        bar = tqdm.tqdm(total=train_steps, initial=step, desc="train", unit="step",
+                        disable=quiet, file=sys.stderr)
       window.add(metrics)
       done = step + 1
       if preemption.reached(done):
@@ -160,7 +170,8 @@ def _loop(program: trainer.ShardedTraining, data: BatchSource, state, *, start: 
     ckpt.save(train_steps, state, _meta(train_steps, seed, data),
               position=_position(data, train_steps), force=True)
   finally:
-    bar.close()
+    if bar is not None:
+      bar.close()
   return state, last, None
 
 

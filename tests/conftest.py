@@ -110,6 +110,33 @@ def assert_trees_close(actual, expected, *, atol: float, rtol: float = 0.0) -> N
                                err_msg=jax.tree_util.keystr(path))
 
 
+TINY_RUN_GIN = ["gin/models/tiny.gin", "gin/runs/finetune.gin", "gin/data/jsonl.gin",
+                "gin/overlays/local_tiny.gin"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> pathlib.Path:
+  """A tiny model trained 4 steps on 32 triples: MODEL_DIR with checkpoints 2 and 4,
+  config.gin and export/. Shared by the session, so read-only: a test that writes into
+  it, or may, works on a copy (`shutil.copytree`)."""
+  from gecko import train
+  from gecko.data import jsonl
+  data = tmp_path_factory.mktemp("tiny_run_data") / "triples.jsonl"
+  jsonl.write(data, ({"query": f"what about topic {i}", "positive": f"topic {i} is here",
+                      "negative": f"another thing {i}"} for i in range(32)))
+  run = tmp_path_factory.mktemp("tiny_run") / "run"
+  assert train.main([f"--gin_file={f}" for f in TINY_RUN_GIN] + [
+      f"--gin.TRAIN_DATA='{data}'", f"--gin.MODEL_DIR='{run}'", "--gin.TRAIN_STEPS=4"]) == 0
+  return run
+
+
+def tree_hashes(root: pathlib.Path) -> dict[str, str]:
+  """{relative path: sha256} of every file under `root` (the run lock excluded)."""
+  import hashlib
+  return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
 @pytest.fixture
 def tiny_hf_dir(tmp_path) -> pathlib.Path:
   return write_hf_checkpoint(tmp_path / "tiny_bert")
@@ -201,6 +228,34 @@ def free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
+
+
+def start_llama_server(log_dir: pathlib.Path) -> tuple[subprocess.Popen, str]:
+  """(process, base URL) of a real llama.cpp OpenAI-compatible server on 127.0.0.1
+  serving SmolLM2 as model "smollm2"; the caller ends the process."""
+  import sys
+  import time
+  import urllib.request
+
+  from gecko.fret import llm
+  require_module("llama_cpp", "the llama.cpp server (the [local] extra)")
+  port = free_port()
+  log = log_dir / "server.log"
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "llama_cpp.server", "--model", llm.default_gguf(), "--host",
+       "127.0.0.1", "--port", str(port), "--n_ctx", "512", "--model_alias", "smollm2"],
+      stdout=subprocess.DEVNULL, stderr=open(log, "w"))  # a pipe would fill up and block
+  url = f"http://127.0.0.1:{port}/v1"
+  deadline = time.time() + 120
+  while True:
+    try:
+      urllib.request.urlopen(url + "/models", timeout=2)
+      return proc, url
+    except OSError:
+      if proc.poll() is not None or time.time() > deadline:
+        proc.kill()
+        pytest.fail(f"llama_cpp.server did not start: {log.read_text()[-2000:]}")
+      time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")

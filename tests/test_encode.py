@@ -49,7 +49,9 @@ def test_dims_and_prompt(tiny):
   assert full.shape == (7, 24) and small.shape == (7, 8) and small.dtype == np.float32
   np.testing.assert_allclose(small, full[:, :8] / np.linalg.norm(full[:, :8], axis=1, keepdims=True),
                              atol=1e-6)
-  np.testing.assert_allclose(encode(TEXTS, model=tiny, dim=24), full)
+  ids, mask = tiny.tokenizer.pad(tiny.tokenizer.encode_batch(TEXTS), 16)  # unpacked, at once
+  np.testing.assert_allclose(encode(TEXTS, model=tiny, dim=24),
+                             np.asarray(tiny.embed_tokens(ids, mask)), atol=1e-6)
   prompted = encode(["text"], model=tiny, prompt="the gecko ")
   np.testing.assert_allclose(prompted, encode(["the gecko text"], model=tiny), atol=1e-6)
   templated = encode(["text"], model=tiny, prompt="the {text} model")
@@ -119,3 +121,17 @@ def test_cli_help_and_errors(tmp_path):
                 "--output", str(tmp_path / "o.npy"))
   assert result.returncode == 2 and "bad.jsonl:2" in result.stderr
   assert not (tmp_path / "o.npy").exists()
+
+
+def test_a_tokenizer_longer_than_the_model_is_cut_to_its_positions(tiny):
+  """A training run pairs a tiny model (64 positions here) with MiniLM's tokenizer
+  (256): the exported model truncates at 64 instead of refusing long texts."""
+  long = embedder.Embedder(module=tiny.module, params=tiny.params,
+                           tokenizer=tiny.tokenizer.with_max_length(256))
+  assert long.tokenizer.max_length == 64 == tiny.module.backbone.max_length
+  text = "the gecko " * 100
+  (ids,) = long.tokenizer.encode_batch([text])
+  assert len(ids) == 64 and ids[-1] == long.tokenizer.eos_id
+  token_ids, mask = long.tokenizer.pad([ids], 64)
+  np.testing.assert_allclose(encode([text], model=long), np.asarray(tiny.embed_tokens(token_ids, mask)),
+                             atol=1e-6)

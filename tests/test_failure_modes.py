@@ -165,41 +165,36 @@ def test_fret_against_a_dead_server_exits_at_once_naming_the_url(tmp_path):
   assert keyless.returncode == 1 and "GECKO_NO_SUCH_KEY (api_key_env) is not set" in keyless.stderr
 
 
-def _dead_llm():
-  """A backend class whose every call fails (what a server gone mid-run looks like),
-  counting the calls."""
-  from gecko.fret.llm import LLMError
+def _dies_after_check(tmp_path):
+  """A real OpenAI-compatible backend on a real llama.cpp server that answers the run's
+  check and is killed right after it: a server gone mid-run. The kill's timing is the
+  one thing arranged; every call after it is a real HTTP call to a dead port."""
+  from conftest import start_llama_server
 
-  class Dead:  # a gecko.fret.llm.LLM
-    name, model, query_likelihood, relevance_classification = "dead", "m", True, True
-    concurrency, calls = 1, 0
+  from gecko.fret import llm
+  proc, url = start_llama_server(tmp_path)
 
-    def check(self):  # the server answered before the run; it fails during it
-      pass
-
-    def truncate(self, text, max_tokens):
-      return text
-
-    def generate(self, prompts, **kwargs):
-      type(self).calls += 1
-      raise LLMError("POST http://x/v1/completions failed after 6 attempts (last: HTTP 503)")
-  return Dead
+  class DiesAfterCheck(llm.OpenAICompatible):
+    def check(self):
+      super().check()  # answered by the live server
+      proc.kill()
+      proc.wait(timeout=30)
+  return DiesAfterCheck(base_url=url, model="smollm2", backoff=0.01, max_retries=1)
 
 
 def test_fret_stops_when_the_first_calls_all_fail_and_when_nothing_was_written(tmp_path):
   from gecko.fret import pipeline
   from gecko.fret.llm import LLMError
 
-  Dead = _dead_llm()
   corpus = tmp_path / "p.jsonl"
   jsonl.write(corpus, ({"id": str(i), "text": f"passage number {i}"} for i in range(40)))
-  with pytest.raises(LLMError, match=r"the first 8 passages' LLM calls all failed.*HTTP 503"):
+  with pytest.raises(LLMError, match=r"the first 8 passages' LLM calls all failed.*127\.0\.0\.1"):
     pipeline.run(FretConfig(corpus=str(corpus), output_dir=str(tmp_path / "out"),
-                            num_neighbors=2), llm=Dead())
-  assert Dead.calls == 8  # stopped after 8 of 40 passages
+                            num_neighbors=2, ranking="rc"), llm=_dies_after_check(tmp_path))
   with pytest.raises(pipeline.NoRecordsError, match="no FRet record was written: 3 passages"):
     pipeline.run(FretConfig(corpus=str(corpus), output_dir=str(tmp_path / "out"),
-                            num_neighbors=2, num_seeds=3), llm=Dead())
+                            num_neighbors=2, num_seeds=3, ranking="rc"),
+                 llm=_dies_after_check(tmp_path))
 
 
 # 4. Counts that would mean "all" by accident are refused up front.

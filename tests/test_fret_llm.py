@@ -5,15 +5,13 @@ fails on purpose (the one fault that cannot be caused otherwise)."""
 import http.server
 import json
 import math
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
 import zlib
 
 import pytest
-from conftest import free_port, require_module
+from conftest import require_module, start_llama_server
 
 from gecko.fret import llm
 
@@ -84,24 +82,7 @@ def test_the_private_llama_cpp_flag_gecko_switches_is_still_there(local):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-  _need_llama_cpp()
-  port = free_port()
-  log = tmp_path_factory.mktemp("server") / "server.log"
-  proc = subprocess.Popen(
-      [sys.executable, "-m", "llama_cpp.server", "--model", llm.default_gguf(), "--host",
-       "127.0.0.1", "--port", str(port), "--n_ctx", "512", "--model_alias", "smollm2"],
-      stdout=subprocess.DEVNULL, stderr=open(log, "w"))  # a pipe would fill up and block
-  url = f"http://127.0.0.1:{port}/v1"
-  deadline = time.time() + 120
-  while True:
-    try:
-      urllib.request.urlopen(url + "/models", timeout=2)
-      break
-    except OSError:
-      if proc.poll() is not None or time.time() > deadline:
-        proc.kill()
-        pytest.fail(f"llama_cpp.server did not start: {log.read_text()[-2000:]}")
-      time.sleep(0.5)
+  proc, url = start_llama_server(tmp_path_factory.mktemp("server"))
   yield url
   proc.terminate()
   proc.wait(timeout=30)

@@ -18,9 +18,26 @@ RECORDS = [{"query": f"query {i}", "positive": f"passage {i}", "negative": f"oth
 def test_batches_are_a_pure_function_of_the_step(tokenizer):
   a = pair_data.PairBatches(records=RECORDS, tokenizer=tokenizer, batch_size=4, query_length=8)
   b = pair_data.PairBatches(records=RECORDS, tokenizer=tokenizer, batch_size=4, query_length=8)
+  b.batch(5)  # another step read first changes nothing
   for step in (0, 3, 7):
-    for key, value in a.batch(step).items():
+    batch = a.batch(step)
+    for key, value in batch.items():
       np.testing.assert_array_equal(value, b.batch(step)[key])
+    # The rows are the records global_indices names, tokenized on their own.
+    chosen = [RECORDS[i] for i in a.global_indices(step)]
+    for tower, length in (("query", 8), ("positive", 64), ("negative", 64)):
+      ids = tokenizer.encode_batch([r[tower] for r in chosen])
+      assert all(len(i) <= length for i in ids)  # nothing cut: each row is its text
+      expected = np.zeros((4, length), np.int32)
+      for row, seq in enumerate(ids):
+        expected[row, :len(seq)] = seq
+      np.testing.assert_array_equal(batch[f"{tower}_tokens"], expected)
+      np.testing.assert_array_equal(batch[f"{tower}_mask"], expected != 0)
+    np.testing.assert_array_equal(batch["positive_key"],
+                                  [pair_data.text_key(r["positive"]) for r in chosen])
+  other = pair_data.PairBatches(records=RECORDS, tokenizer=tokenizer, batch_size=4, seed=1)
+  assert [other.global_indices(s).tolist() for s in range(3)] != [
+      a.global_indices(s).tolist() for s in range(3)]  # the order is the seed's
   seen = np.concatenate([a.global_indices(s) for s in range(5)])  # 20 = two epochs
   assert sorted(seen[:10].tolist()) == list(range(10)) and sorted(seen[10:].tolist()) == list(range(10))
   assert a.batch(0)["query_tokens"].shape == (4, 8)

@@ -10,7 +10,7 @@ import gin
 import jax
 import numpy as np
 import pytest
-from conftest import PIECES, REPO, require_module, write_tiny_t5
+from conftest import PIECES, REPO, assert_trees_close, require_module, write_tiny_t5
 
 from gecko import compile_step, gin_flags
 from gecko.models import checkpoint_import, dual_encoder, embedder, t5
@@ -277,5 +277,11 @@ def test_tiny_t5_trains_on_the_fret_seqio_task_with_its_sentencepiece_ids(tmp_pa
   export = embedder.load(str(tmp_path / "run" / "export"))
   assert isinstance(export.module.backbone, t5.T5Config) and export.dims == (8, 16)
   assert export.tokenizer.vocab == loaded.tokenizer.vocab
+  # The export is the last checkpoint's parameters, read back through the other path
+  # (gecko.export restores the orbax checkpoint from config.gin), and training moved them.
+  from gecko import export as export_lib
+  restored, step, _ = export_lib.restore_run(str(tmp_path / "run"))
+  assert step == 4
+  assert_trees_close(export.params, restored.params, atol=0.0)
   moved = export.params["encoder"]["token_embedder"]
   assert not np.allclose(moved, loaded.params["encoder"]["token_embedder"])

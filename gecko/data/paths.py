@@ -248,8 +248,10 @@ def locked(directory: PathLike, *, what: str) -> Iterator[None]:
             "which ended without releasing it.", file=sys.stderr)
     _rewrite(handle, f"pid {os.getpid()} on {socket.gethostname()} since "
                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-    yield
-    _rewrite(handle, "")
+    try:
+      yield
+    finally:  # an error is an end too: only a kill leaves the holder's line behind
+      _rewrite(handle, "")
   finally:
     handle.close()  # releases the lock
 
@@ -266,14 +268,23 @@ def check_apart(output: PathLike, *inputs: PathLike, flag: str = "--output") -> 
   writing it would destroy what is being read."""
   out = _normalised(output)
   for source in inputs:
-    if source is None or not exists(source):  # e.g. a packaged model's name
+    if not isinstance(source, (str, os.PathLike)) or not exists(source):  # a packaged name
       continue
     src = _normalised(source)
     if out == src or out.startswith(src + "/") or src.startswith(out + "/"):
       relation = ("is" if out == src else "lies inside" if out.startswith(src + "/")
                   else "contains")
       raise ValueError(f"{flag} {os.fspath(output)!r} {relation} the input {os.fspath(source)!r}; "
-                       "writing there would destroy what is being read: choose another folder.")
+                       "writing there could overwrite what is being read: choose another path.")
+
+
+def check_output_dir(output: PathLike, *inputs: PathLike, flag: str) -> None:
+  """ValueError when the folder `output` is a file, or is, contains or lies inside one of
+  `inputs` (`check_apart`)."""
+  if exists(output) and not isdir(output):
+    raise ValueError(f"{flag} {os.fspath(output)!r} is a file; it must be a folder: choose "
+                     "another path, or move the file away.")
+  check_apart(output, *inputs, flag=flag)
 
 
 def _normalised(path: PathLike) -> str:

@@ -43,6 +43,10 @@ class Tokenizer:
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
     raise NotImplementedError
 
+  def with_max_length(self, max_length: int) -> Tokenizer:
+    """The same tokenizer, truncating at `max_length` ids."""
+    raise NotImplementedError
+
   def save(self, directory: PathLike) -> None:
     raise NotImplementedError
 
@@ -95,6 +99,9 @@ class WordPieceTokenizer(Tokenizer):
     tok.enable_truncation(max_length=self.max_length)
     tok.no_padding()
     self._tokenizer = tok
+
+  def with_max_length(self, max_length: int) -> WordPieceTokenizer:
+    return WordPieceTokenizer(vocab=self.vocab, lowercase=self.lowercase, max_length=max_length)
 
   @classmethod
   def from_pretrained(cls, model_dir: PathLike, *, max_length: int) -> WordPieceTokenizer:
@@ -174,6 +181,9 @@ class SentencePieceTokenizer(Tokenizer):
     """Token ids per text, each `pieces... </s>`, at most `max_length` long."""
     return [ids[:self.max_length - 1] + [self.eos_id]
             for ids in self._sp.encode(list(texts), out_type=int)]
+
+  def with_max_length(self, max_length: int) -> SentencePieceTokenizer:
+    return SentencePieceTokenizer(model_file=self.model_file, max_length=max_length)
 
   def decode(self, ids: Sequence[int]) -> str:
     """The text of piece ids (without `</s>` or padding)."""

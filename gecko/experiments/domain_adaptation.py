@@ -357,7 +357,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser = _parser()
   args = parser.parse_args(argv)
   if args.report:
-    report(args.output_dir)
+    try:
+      report(args.output_dir)
+    except FileNotFoundError as e:
+      parser.error(str(e))
     return 0
   if not args.corpus_dir:
     parser.error("--corpus_dir is required (except with --report)")

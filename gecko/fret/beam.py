@@ -389,6 +389,7 @@ def run(config: FretConfig, *, llm: LLM, num_shards: int = 0, block_size: int = 
                      "convert the plain-text corpus to JSONL ({\"id\", \"text\"} per line).")
   check_count("num_shards", num_shards, minimum=0)
   check_count("block_size", block_size)
+  config.check_output_dir()
   llm.check()  # a dead server or a missing key fails here, before any worker starts
   start, output_dir = time.perf_counter(), config.output_dir
   if not FileSystems.exists(output_dir):

@@ -25,6 +25,10 @@ def call_key(*, backend: str, model: str, kind: str, prompt: Any, params: dict |
   return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+class CacheError(ValueError):
+  """An LLM cache file that SQLite cannot read."""
+
+
 class LLMCache:
   """`get`/`put` JSON values by key; `hits` and `misses` count lookups.
 
@@ -37,13 +41,25 @@ class LLMCache:
     os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
     self._lock = threading.Lock()
     self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-    self._db.execute("PRAGMA journal_mode=WAL")
-    self._db.execute("CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, value TEXT)")
+    self._execute("PRAGMA journal_mode=WAL")
+    self._execute("CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, value TEXT)")
+    self._execute("PRAGMA quick_check").fetchall()  # a damaged file fails now, not mid-run
     self.hits = self.misses = 0
+
+  def _execute(self, sql: str, parameters: tuple = ()) -> sqlite3.Cursor:
+    try:
+      return self._db.execute(sql, parameters)
+    except sqlite3.DatabaseError as e:  # not a database, truncated, malformed
+      if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+        raise
+      raise CacheError(
+          f"the LLM cache {self.path} cannot be read ({e}). Move it aside to start a new "
+          f"one (the calls it held are made again): mv {self.path} {self.path}.broken"
+      ) from None
 
   def get(self, key: str) -> Any | None:
     with self._lock:
-      row = self._db.execute("SELECT value FROM calls WHERE key = ?", (key,)).fetchone()
+      row = self._execute("SELECT value FROM calls WHERE key = ?", (key,)).fetchone()
     if row is None:
       self.misses += 1
       return None
@@ -52,11 +68,11 @@ class LLMCache:
 
   def put(self, key: str, value: Any) -> None:
     with self._lock:
-      self._db.execute("INSERT OR REPLACE INTO calls VALUES (?, ?)", (key, json.dumps(value)))
+      self._execute("INSERT OR REPLACE INTO calls VALUES (?, ?)", (key, json.dumps(value)))
 
   def __len__(self) -> int:
     with self._lock:
-      return self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+      return self._execute("SELECT COUNT(*) FROM calls").fetchone()[0]
 
   def close(self) -> None:
     with self._lock:

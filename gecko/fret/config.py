@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
+from gecko.data import paths
 from gecko.data.packaged_models import DEFAULT_MODEL
 from gecko.fret import label
 
@@ -96,3 +97,9 @@ class FretConfig:
         raise ValueError(f"FretConfig.{name} must be a dict, got {getattr(self, name)!r}.")
     if not isinstance(self.seed, int) or isinstance(self.seed, bool):
       raise ValueError(f"seed must be an int, got {self.seed!r}.")
+
+  def check_output_dir(self) -> None:
+    """ValueError when OUTPUT_DIR is a file, or is, contains or lies inside the corpus or
+    a local encoder (a run's writes would mix with what it reads); the runners ask
+    before any work."""
+    paths.check_output_dir(self.output_dir, self.corpus, self.encoder, flag="OUTPUT_DIR")

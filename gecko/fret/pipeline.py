@@ -68,6 +68,7 @@ def run(config: FretConfig, *, llm: LLM, shard_size: int = 1000) -> dict[str, ob
   from gecko import gin_flags
   start = time.perf_counter()
   check_count("shard_size", shard_size)
+  config.check_output_dir()
   corpus, corpus_stats = read_corpus(config.corpus)
   _say_corpus(corpus_stats, path=config.corpus, num_seeds=config.num_seeds)
   if config.num_neighbors > len(corpus):

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+import safetensors
 from safetensors import numpy as safetensors_numpy
 
 from gecko.models import bert, t5
@@ -147,7 +148,11 @@ def read_safetensors(path: PathLike) -> dict[str, np.ndarray]:
   """All tensors of a `.safetensors` file as NumPy arrays."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"Weights file not found: {os.fspath(path)!r}.")
-  return safetensors_numpy.load_file(os.fspath(path))
+  try:
+    return safetensors_numpy.load_file(os.fspath(path))
+  except safetensors.SafetensorError as e:
+    raise ValueError(f"{os.fspath(path)} is not a readable safetensors file ({e}); it may have "
+                     "been cut short by an interrupted copy or download: copy it again.") from None
 
 
 def read_checkpoint(model_dir: PathLike) -> dict[str, np.ndarray]:

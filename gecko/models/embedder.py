@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gecko.data import paths, tokenization
+from gecko.data import disk, paths, tokenization
 from gecko.data.packaged_models import PACKAGED_MODELS, resolve  # noqa: F401  (public here too)
-from gecko.models import bert, checkpoint_import, hf_directory, t5
+from gecko.models import bert, checkpoint_import, hf_directory, t5, unreadable
 from gecko.models.dual_encoder import (
   BackboneConfig,
   DualEncoder,
@@ -52,7 +52,8 @@ class Embedder:
     module: The Flax `DualEncoder`.
     params: Its parameter tree (the `params` collection).
     tokenizer: The tokenizer (WordPiece or SentencePiece; its `max_length` bounds
-      every input).
+      every input, and is cut to the backbone's `max_length` when it is longer: a
+      MiniLM tokenizer on a model of 128 positions truncates at 128).
     prompts: Named prompts the model was exported with (sentence-transformers'
       `config_sentence_transformers.json`), e.g. {"query": "task: search result | query: "}.
   """
@@ -61,6 +62,11 @@ class Embedder:
   params: Params
   tokenizer: tokenization.Tokenizer
   prompts: dict[str, str] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    limit = self.module.backbone.max_length
+    if self.tokenizer.max_length > limit:  # longer inputs than the model has positions for
+      self.tokenizer = self.tokenizer.with_max_length(limit)
 
   @property
   def dims(self) -> tuple[int, ...]:
@@ -205,6 +211,7 @@ def save(embedder: Embedder, directory: PathLike, *, overwrite: bool = False) ->
   directory = paths.absolute(directory)
   if paths.exists(paths.join(directory, _GECKO_CONFIG)) and not overwrite:
     raise FileExistsError(f"{directory!r} already holds a saved model; pass overwrite=True.")
+  disk.check_free(directory, needed=disk.nbytes(embedder.params), what="the model")
   paths.makedirs(directory)
   module = embedder.module
   backbone_type = next(k for k, v in _BACKBONES.items() if isinstance(module.backbone, v))
@@ -222,19 +229,40 @@ def save(embedder: Embedder, directory: PathLike, *, overwrite: bool = False) ->
 
 def _load_saved(directory: str) -> Embedder:
   import orbax.checkpoint as ocp
-  with open(os.path.join(directory, _GECKO_CONFIG), encoding="utf-8") as f:
-    config = json.load(f)
+  config = _read_json(os.path.join(directory, _GECKO_CONFIG))
   backbone = _BACKBONES[config.get("backbone_type", "bert")](**config["backbone"])
   module = DualEncoder(backbone=backbone, embed_dim=config["embed_dim"],
                        dims=tuple(config["dims"]))
-  with open(os.path.join(directory, "tokenizer_config.json"), encoding="utf-8") as f:
-    max_length = int(json.load(f)["model_max_length"])
+  max_length = int(_read_json(os.path.join(directory, "tokenizer_config.json"))
+                   ["model_max_length"])
   tokenizer = tokenization.from_pretrained(directory, max_length=max_length)
-  with ocp.StandardCheckpointer() as checkpointer:
-    params = checkpointer.restore(os.path.join(os.path.abspath(directory), "params"),
-                                  abstract_params(module))
+  params_dir = paths.join(paths.absolute(directory), "params")
+  with unreadable.CapturedStderr() as captured:
+    try:
+      with ocp.StandardCheckpointer() as checkpointer:
+        params = checkpointer.restore(params_dir, abstract_params(module))
+      reason = None
+    except Exception as e:  # orbax, tensorstore and json raise many types
+      reason = unreadable.diagnose(params_dir, e)
+      unreadable.settle(captured)  # tensorstore's late complaints: the line below says it
+  if reason is not None:
+    raise UnreadableModelError(f"the saved model {directory!r} cannot be read: {reason}. Save "
+                               "or export it again, or copy it again whole.")
   return Embedder(module=module, params=params, tokenizer=tokenizer,
                   prompts=dict(config.get("prompts") or {}))
+
+
+class UnreadableModelError(ValueError):
+  """A model folder whose files are damaged (truncated, not JSON, not safetensors)."""
+
+
+def _read_json(path: str):
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise UnreadableModelError(f"{path} is not valid JSON ({e}); the model folder is damaged: "
+                               "save or export it again, or copy it again whole.") from None
 
 
 def load(model: PathLike | Embedder) -> Embedder:
@@ -245,6 +273,13 @@ def load(model: PathLike | Embedder) -> Embedder:
     raise TypeError(f"model must be a path, a packaged model name or an Embedder, got "
                     f"{type(model).__name__}: {model!r}.")
   directory = resolve(model)
+  if os.path.isdir(os.path.join(directory, "checkpoints")) and os.path.exists(
+      os.path.join(directory, "config.gin")):
+    raise FileNotFoundError(
+        f"{os.fspath(model)!r} is a training MODEL_DIR, not a saved model: give its "
+        f"{os.path.join(os.fspath(model), 'export')} (written when training ends), or write "
+        f"one from a checkpoint with python -m gecko.export --model {os.fspath(model)} "
+        "[--step STEP] --output DIR.")
   if os.path.exists(os.path.join(directory, _GECKO_CONFIG)):
     return _load_saved(directory)
   return from_huggingface(directory)

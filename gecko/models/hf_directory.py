@@ -31,7 +31,7 @@ from collections.abc import Mapping
 import numpy as np
 from safetensors import numpy as safetensors_numpy
 
-from gecko.data import paths, tokenization
+from gecko.data import disk, paths, tokenization
 from gecko.data.input_format import GECKO, TASK_STRINGS, InputFormat
 from gecko.models import bert, checkpoint_import, t5
 
@@ -124,6 +124,7 @@ def save_hf(embedder, directory: str | os.PathLike, *, overwrite: bool = False,
   if default_prompt_name is not None and default_prompt_name not in named:
     raise ValueError(f"default_prompt_name={default_prompt_name!r} is not one of the prompts "
                      f"{sorted(named)}.")
+  disk.check_free(target, needed=disk.nbytes(embedder.params), what="the export")
   with paths.replaced_dir(target) as directory:  # swapped in whole, or not at all
     _write_hf(embedder, directory, named=named, fmt=fmt,
               default_prompt_name=default_prompt_name, card=card)

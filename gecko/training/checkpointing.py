@@ -18,20 +18,15 @@ intact. A state with non-finite parameters is never written.
 from __future__ import annotations
 
 import dataclasses
-import gc
-import json
-import os
-import re
 import sys
-import tempfile
-import time
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
-from gecko.data import paths
+from gecko.data import disk, paths
+from gecko.models import unreadable
 from gecko.training.train_step import all_finite
 
 _all_finite = jax.jit(all_finite)
@@ -130,6 +125,7 @@ class Checkpointer:
             "good one is kept).", file=sys.stderr)
       return False
     meta = dict(meta, shapes=_shapes(state.params))
+    disk.check_free(self.directory, needed=disk.nbytes(state), what=f"checkpoint {step}")
     if callable(position):
       position = position()
     items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
@@ -177,7 +173,7 @@ class Checkpointer:
     """ModelChangedError when checkpoint `step` says it holds parameters of other shapes
     than `abstract_state`'s: a changed setting, not a damaged checkpoint, so nothing is
     set aside. A checkpoint whose `meta` cannot be read is left to `_attempt`."""
-    with _CapturedStderr() as captured:  # orbax's notes on the items left unread
+    with unreadable.CapturedStderr() as captured:  # orbax's notes on the items left unread
       captured.drop()
       try:
         meta = self._manager.restore(step, args=ocp.args.Composite(
@@ -200,14 +196,12 @@ class Checkpointer:
     still in flight finish on orbax's closed event loop, and tensorstore's threads,
     asyncio and the garbage collector print dozens of tracebacks about them: that output
     is dropped (the caller says what failed in one line)."""
-    with _CapturedStderr() as captured:
+    with unreadable.CapturedStderr() as captured:
       try:
         return self.restore(abstract_state, step), None
       except Exception as e:  # orbax, tensorstore and json raise many types
-        reason = _diagnose(paths.join(str(self._manager.directory), str(step)), e)
-      time.sleep(1.0)  # the late reads finish, and complain, while captured
-      gc.collect()  # so do the coroutines the failed restore left behind
-      captured.drop()
+        reason = unreadable.diagnose(paths.join(str(self._manager.directory), str(step)), e)
+      unreadable.settle(captured)
     return None, reason
 
   @property
@@ -229,66 +223,3 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
-
-
-class _CapturedStderr:
-  """File descriptor 2 (what C++ threads print too) into a temporary file; written back on
-  exit unless `drop()` was called."""
-
-  def __enter__(self):
-    sys.stderr.flush()
-    self._saved, self._file, self._keep = os.dup(2), tempfile.TemporaryFile(), True
-    os.dup2(self._file.fileno(), 2)
-    return self
-
-  def drop(self) -> None:
-    self._keep = False
-
-  def __exit__(self, *exc_info):
-    sys.stderr.flush()
-    os.dup2(self._saved, 2)
-    os.close(self._saved)
-    if self._keep:
-      self._file.seek(0)
-      sys.stderr.write(self._file.read().decode("utf-8", "replace"))
-    self._file.close()
-
-
-def _diagnose(step_dir: str, error: Exception) -> str:
-  """Why a step does not restore, naming the file: the first metadata file that is not
-  JSON (orbax's own error does not say which), else the error itself."""
-  for path in _metadata_files(paths.as_path(step_dir)):
-    try:
-      json.loads(path.read_bytes().decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-      return f"{path} is not valid JSON ({'empty' if not path.stat().length else e})"
-  while error.__cause__ is not None:  # tensorstore's own error names the file it read
-    error = error.__cause__
-  text = str(error)
-  array, data_file = _ARRAY_READ.search(text), _FILE_READ.findall(text)
-  if array and data_file:  # "Error opening "cast" driver: …" buries them past any cut
-    status = text.split(":", 1)[0] if _STATUS.match(text) else type(error).__name__
-    return (f"{data_file[-1]} cannot be read ({status}: {text.rsplit(': ', 1)[-1][:120]}), "
-            f"so the array {array.group(1)} cannot be restored")
-  lines = [line.strip() for line in text.splitlines() if line.strip()]
-  return f"{type(error).__name__}: {lines[0][:400] if lines else ''} (in {step_dir})"
-
-
-def _metadata_files(directory):
-  """The JSON files under a step folder (a folder's files, then its subfolders, each in
-  name order), skipping array data (`d/`, `.ocdbt` and `.txt` files)."""
-  if not directory.is_dir():
-    return
-  children = sorted(directory.iterdir(), key=lambda p: p.name)
-  folders = [c for c in children if c.is_dir()]
-  yield from (c for c in children if c not in folders and not c.name.endswith((".ocdbt", ".txt")))
-  for folder in folders:
-    if folder.name != "d":
-      yield from _metadata_files(folder)
-
-
-# How tensorstore names what it failed to read: the array inside the OCDBT database, the
-# data file on disk, and the absl status code that leads the message.
-_ARRAY_READ = re.compile(r'Error reading "([^"]+?)(?:/\.z\w+)?" in OCDBT database')
-_FILE_READ = re.compile(r'of local file "([^"]+)"')
-_STATUS = re.compile(r"[A-Z_]+:")

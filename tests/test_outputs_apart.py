@@ -1,0 +1,119 @@
+"""Outputs never clobber inputs, and a replaced export is swapped in whole
+(docs/troubleshooting.md): every command that writes a folder refuses one that is,
+contains or lies inside what it reads, touching nothing (hashes compared), and an
+export killed while it replaces another leaves the old one intact."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO, TINY_RUN_GIN, cli_env, tree_hashes
+
+from gecko import encode, eval as eval_lib, export, soup, train
+from gecko.fret.config import FretConfig
+
+
+@pytest.fixture
+def run(tiny_run, tmp_path):
+  """A copy of the shared tiny run, which a wrong refusal would damage."""
+  copy = tmp_path / "run"
+  shutil.copytree(tiny_run, copy)
+  return copy
+
+
+@pytest.mark.parametrize("output", ["run", "run/export", "run/checkpoints/inside", "."])
+def test_an_export_onto_its_own_run_is_refused_and_every_byte_kept(run, capsys, output):
+  before = tree_hashes(run)
+  target = run.parent / output if output != "." else run.parent
+  assert export.main(["--model", str(run), "--output", str(target), "--overwrite"]) == 2
+  relation = {"run": "is", ".": "contains"}.get(output, "lies inside")
+  assert (f"--output '{target}' {relation} the input '{run}'; writing there could overwrite "
+          "what is being read" in capsys.readouterr().err)
+  assert tree_hashes(run) == before
+
+
+def test_an_export_killed_while_replacing_another_leaves_the_old_one_whole(minilm_dir, tmp_path,
+                                                                           capsys):
+  target = tmp_path / "hf"
+  assert export.main(["--model", minilm_dir, "--output", str(target)]) == 0
+  before = tree_hashes(target)
+  for _ in range(3):  # the window between starting the copy and the swap is short
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gecko.export", "--model", minilm_dir, "--output", str(target),
+         "--overwrite", "--name", "second"], cwd=REPO, env=cli_env(1),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while process.poll() is None and not any(
+        (tmp_path / n / "model.safetensors").exists() for n in os.listdir(tmp_path)
+        if n.startswith(".hf.partial-")):
+      time.sleep(0.002)
+    if process.poll() is None:
+      process.send_signal(signal.SIGKILL)
+      process.wait()
+      break
+  else:
+    pytest.fail("the export finished three times before it could be killed mid-write")
+  assert tree_hashes(target) == before  # the old export, every byte
+  leftovers = [n for n in os.listdir(tmp_path) if n.startswith(".hf.")]
+  assert leftovers, "the kill left no half-written copy to name"
+  capsys.readouterr()
+  assert export.main(["--model", minilm_dir, "--output", str(target), "--overwrite",
+                      "--name", "third"]) == 0
+  err = capsys.readouterr().err
+  assert f"gecko: removed {tmp_path / leftovers[0]}, a half-written copy of {target}" in err
+  assert "# third" in (target / "README.md").read_text()
+  assert not [n for n in os.listdir(tmp_path) if n.startswith(".hf.")]
+
+
+def test_a_soup_into_one_of_its_runs_is_refused(run, capsys):
+  before = tree_hashes(run)
+  assert soup.main(["--model", f"{run}@2", "--model", str(run), "--output",
+                    str(run / "soup"), "--overwrite"]) == 2
+  assert f"--output '{run / 'soup'}' lies inside the input '{run}'" in capsys.readouterr().err
+  assert tree_hashes(run) == before
+
+
+def test_encode_into_its_model_folder_is_refused(run, tmp_path, capsys):
+  before = tree_hashes(run)
+  (tmp_path / "in.txt").write_text("hello\n")
+  assert encode.main(["--model", str(run / "export"), "--input", str(tmp_path / "in.txt"),
+                      "--output", str(run / "export" / "emb.npy")]) == 2
+  assert f"lies inside the input '{run / 'export'}'" in capsys.readouterr().err
+  assert tree_hashes(run) == before
+
+
+def test_eval_into_its_model_folder_is_refused(run, capsys):
+  before = tree_hashes(run)
+  assert eval_lib.main(["--gin_file=gin/runs/eval.gin", f"--gin.CHECKPOINT='{run / 'export'}'",
+                        f"--gin.OUTPUT_DIR='{run / 'export' / 'eval'}'"]) == 1
+  assert (f"OUTPUT_DIR '{run / 'export' / 'eval'}' lies inside the input '{run / 'export'}'"
+          in capsys.readouterr().err)
+  assert tree_hashes(run) == before
+
+
+def test_training_into_the_folder_of_its_initial_model_is_refused(run, tmp_path, capsys):
+  before = tree_hashes(run)
+  assert train.main([f"--gin_file={f}" for f in TINY_RUN_GIN] + [
+      f"--gin.TRAIN_DATA='{tmp_path / 'absent.jsonl'}'", f"--gin.MODEL_DIR='{run}'",
+      f"--gin.INIT_FROM='{run / 'export'}'", "--gin.TRAIN_STEPS=8"]) == 1
+  assert f"MODEL_DIR '{run}' contains the input '{run / 'export'}'" in capsys.readouterr().err
+  assert tree_hashes(run) == before
+
+
+@pytest.mark.parametrize("layout, message", [
+    ({"corpus": "out/corpus.jsonl", "output_dir": "out"}, "contains the input"),
+    ({"corpus": "corpus.jsonl", "output_dir": "corpus.jsonl"}, "is a file"),
+    ({"corpus": "corpus.jsonl", "output_dir": "model/fret", "encoder": "model"}, "lies inside"),
+])
+def test_a_fret_output_dir_apart_from_its_corpus_and_encoder(tmp_path, layout, message):
+  (tmp_path / "out").mkdir()
+  (tmp_path / "model").mkdir()
+  for name in ("corpus.jsonl", "out/corpus.jsonl"):
+    (tmp_path / name).write_text('{"id": "a", "text": "a passage"}\n')
+  config = FretConfig(**{k: str(tmp_path / v) for k, v in layout.items()})
+  with pytest.raises(ValueError, match=f"OUTPUT_DIR '{config.output_dir}' {message}"):
+    config.check_output_dir()
+  FretConfig(corpus=config.corpus, output_dir=str(tmp_path / "apart")).check_output_dir()
