@@ -61,23 +61,29 @@ def test_prompts_are_checked(tmp_path):
     generate.load_prompt("nope")
 
 
-class _Garbling:
-  """An LLM that never follows the format (a fault a real small model shows only rarely)."""
+# A prompt that makes the real SmolLM2 break the format: it counts instead of writing a
+# task and a query.
+COUNTING_PROMPT = """You are a counting machine. You only ever count upward, one number per line, and write nothing else.
 
-  name, model = "garbling", "none"
+Passage: {passage}
+Task type: {task_type}
+1
+2
+3
+4
+"""
 
-  def generate(self, prompts, **kwargs):
-    return ["I cannot do that." for _ in prompts]
 
-  def truncate(self, text, max_tokens):
-    return text
-
-
-def test_malformed_outputs_are_retried_then_recorded_as_failures():
-  generator = generate.Generator(llm=_Garbling(), attempts=3)
+def test_malformed_outputs_are_retried_then_recorded_as_failures(tmp_path):
+  require_module("llama_cpp", "the embedded LLM (the [local] extra)")
+  from gecko.fret.llm import LlamaCpp
+  prompt = tmp_path / "counting.txt"
+  prompt.write_text(COUNTING_PROMPT)
+  generator = generate.Generator(llm=LlamaCpp(n_ctx=512), prompt=str(prompt), attempts=3)
   (failure,) = generator(PASSAGES[:1])
   assert isinstance(failure, generate.Failure) and len(failure.outputs) == 3
-  assert "expected a task line" in failure.reason and generator.llm_calls == 3
+  assert all(output.strip()[0].isdigit() for output in failure.outputs), failure.outputs
+  assert "does not start with 'Query:'" in failure.reason and generator.llm_calls == 3
 
 
 def test_smollm2_generates_tasks_and_queries_and_a_rerun_hits_the_cache(tmp_path):

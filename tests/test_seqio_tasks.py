@@ -1,5 +1,5 @@
 """SeqIO tasks and mixtures: every task's formatted, tokenized examples from tiny fake
-sources (files written here, TFDS through `tfds.testing.mock_data`), the NLI and
+sources (files and TFDS datasets written here), the NLI and
 classification conversions, mixing rates, homogeneous batches, bad records."""
 
 import collections
@@ -152,7 +152,8 @@ def test_input_format_is_the_same_in_python_and_tensorflow():
     input_format.InputFormat(query_template="{query}")
 
 
-# --- TFDS-backed tasks, on hand-made examples served by tfds.testing.mock_data.
+# --- TFDS-backed tasks, on hand-made examples written as real TFDS datasets: each under
+# its registered builder's name, config, version and features, read back by tfds.load.
 TFDS_EXAMPLES = {
     "snli": {"premise": ["a man plays a guitar", "a man plays a guitar", "a man plays a guitar",
                          "a dog runs", "a dog runs"],
@@ -172,17 +173,48 @@ TFDS_EXAMPLES["imdb_reviews"] = {"text": [f"{s} film {i}" for i, s in
                                  "label": [1, 1, 1, 0, 0, 0]}
 
 
-@pytest.fixture
-def mock_tfds():
-  def as_dataset(builder, split, decoders=None, read_config=None, **kwargs):
-    return tf.data.Dataset.from_tensor_slices(TFDS_EXAMPLES[builder.name])
-  with tfds.testing.mock_data(as_dataset_fn=as_dataset, policy=tfds.testing.MockPolicy.USE_CODE):
-    yield
+TFDS_SPECS = {"snli": "snli", "multi_nli": "multi_nli", "ag_news_subset": "ag_news_subset",
+              "imdb_reviews": "imdb_reviews/plain_text", "squad": "squad/v1.1"}
+
+
+def _write_tfds(spec: str, rows: list[dict], data_dir) -> None:
+  """`rows` as the train split of TFDS dataset `spec` in `data_dir`: the registered
+  builder's name, config, version and features, so that `tfds.load` reads them as it
+  would the real, prepared dataset."""
+  real = tfds.builder(spec, data_dir=str(data_dir))
+  config = real.builder_config
+
+  class Written(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    name = real.name
+    VERSION = real.version
+    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=config.name)] if config else []
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=real.info.features)
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+      yield from enumerate(rows)
+  Written(data_dir=str(data_dir), config=config.name if config else None).download_and_prepare()
+
+
+@pytest.fixture(scope="module")
+def tfds_options(tmp_path_factory):
+  root = tmp_path_factory.mktemp("tensorflow_datasets")
+  for name, columns in TFDS_EXAMPLES.items():
+    rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
+    if name == "squad":
+      rows = [dict(r, id=str(i), answers={"text": [r["context"]], "answer_start": [0]})
+              for i, r in enumerate(rows)]
+    _write_tfds(TFDS_SPECS[name], rows, root)
+  return seqio_sources.DataOptions(tfds_data_dir=str(root))
 
 
 @pytest.mark.parametrize("name", ["gecko_snli", "gecko_mnli"])
-def test_nli_tasks_pair_entailment_with_contradiction(mock_tfds, name):
-  got = task_examples(name, seqio_sources.DataOptions())
+def test_nli_tasks_pair_entailment_with_contradiction(tfds_options, name):
+  got = task_examples(name, tfds_options)
   sym = lambda t: norm(FMT.query(t, task=NLI_TASK))  # noqa: E731  symmetric: query format
   assert got == [(sym("a man plays a guitar"), sym("a person makes music"), sym("a man sleeps"))]
 
@@ -200,10 +232,10 @@ def _strip(decoded: str) -> tuple[str, str]:
                        enumerate(["sports"] * 3 + ["business"] * 3)], [1, 1, 1, 2, 2, 2]),
     ("gecko_imdb", TFDS_EXAMPLES["imdb_reviews"]["text"], [1, 1, 1, 0, 0, 0]),
 ])
-def test_classification_tasks_use_same_label_positives_and_unique_ids(mock_tfds, name, texts,
+def test_classification_tasks_use_same_label_positives_and_unique_ids(tfds_options, name, texts,
                                                                       labels):
   label_of = {norm(t): y for t, y in zip(texts, labels)}
-  got = task_examples(name, seqio_sources.DataOptions())
+  got = task_examples(name, tfds_options)
   assert len(got) == len(texts)
   ids = set()
   for query, positive, negative in got:
@@ -213,8 +245,8 @@ def test_classification_tasks_use_same_label_positives_and_unique_ids(mock_tfds,
     assert q != p and label_of[q] == label_of[p] and label_of[n] != label_of[q]
 
 
-def test_squad_prefinetune_task(mock_tfds):
-  got = task_examples("gecko_pft_squad", seqio_sources.DataOptions())
+def test_squad_prefinetune_task(tfds_options):
+  got = task_examples("gecko_pft_squad", tfds_options)
   assert got[0] == (norm(FMT.query("who climbs walls", task="question answering")),
                     norm(FMT.document("geckos climb walls", title="Gecko")))
 
