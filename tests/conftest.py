@@ -114,16 +114,21 @@ TINY_RUN_GIN = ["gin/models/tiny.gin", "gin/runs/finetune.gin", "gin/data/jsonl.
                 "gin/overlays/local_tiny.gin"]
 
 
+def write_triples(path: pathlib.Path, count: int = 32) -> pathlib.Path:
+  """`count` toy training triples, one topic each, as JSONL at `path`."""
+  from gecko.data import jsonl
+  jsonl.write(path, ({"query": f"what about topic {i}", "positive": f"topic {i} is here",
+                      "negative": f"another thing {i}"} for i in range(count)))
+  return path
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> pathlib.Path:
   """A tiny model trained 4 steps on 32 triples: MODEL_DIR with checkpoints 2 and 4,
   config.gin and export/. Shared by the session, so read-only: a test that writes into
   it, or may, works on a copy (`shutil.copytree`)."""
   from gecko import train
-  from gecko.data import jsonl
-  data = tmp_path_factory.mktemp("tiny_run_data") / "triples.jsonl"
-  jsonl.write(data, ({"query": f"what about topic {i}", "positive": f"topic {i} is here",
-                      "negative": f"another thing {i}"} for i in range(32)))
+  data = write_triples(tmp_path_factory.mktemp("tiny_run_data") / "triples.jsonl")
   run = tmp_path_factory.mktemp("tiny_run") / "run"
   assert train.main([f"--gin_file={f}" for f in TINY_RUN_GIN] + [
       f"--gin.TRAIN_DATA='{data}'", f"--gin.MODEL_DIR='{run}'", "--gin.TRAIN_STEPS=4"]) == 0
@@ -228,6 +233,15 @@ def free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+  """The embedded SmolLM2-135M-Instruct (llama.cpp, 1024-token context), loaded once for
+  the session: a backend holds no state between calls that a test could see."""
+  require_module("llama_cpp", "the embedded LLM (the [local] extra, which make install installs)")
+  from gecko.fret.llm import LlamaCpp
+  return LlamaCpp(n_ctx=1024)
 
 
 def start_llama_server(log_dir: pathlib.Path) -> tuple[subprocess.Popen, str]:

@@ -9,10 +9,9 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, cli_env, require_module, write_tiny_t5
+from conftest import REPO, cli_env, require_module, write_tiny_t5, write_triples
 
 from gecko import export
-from gecko.data import jsonl
 from gecko.encode import encode
 from gecko.models import embedder, hf_directory
 
@@ -95,10 +94,7 @@ def _train(run_dir, data, *extra):
 
 @pytest.fixture(scope="module")
 def triples(tmp_path_factory):
-  path = tmp_path_factory.mktemp("data") / "triples.jsonl"
-  jsonl.write(path, ({"query": f"what is the gecko {i}", "positive": f"the gecko {i} climbs",
-                      "negative": f"a river {i}"} for i in range(16)))
-  return path
+  return write_triples(tmp_path_factory.mktemp("data") / "triples.jsonl", count=16)
 
 
 def _export_cli(*args):

@@ -12,26 +12,23 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO, SHARED_DATA, assert_trees_close, cli_env
+from conftest import (REPO, SHARED_DATA, TINY_RUN_GIN, assert_trees_close, cli_env,
+                      write_triples)
 
 from gecko import gin_flags
 from gecko.data import jsonl
 from gecko.fret.config import FretConfig
+from gecko.fret.llm import OpenAICompatible
 
-RUN = ["gin/models/tiny.gin", "gin/runs/finetune.gin", "gin/data/jsonl.gin",
-       "gin/overlays/local_tiny.gin"]
 
 
 @pytest.fixture(scope="module")
 def triples(tmp_path_factory):
-  path = tmp_path_factory.mktemp("data") / "triples.jsonl"
-  jsonl.write(path, ({"query": f"what about topic {i}", "positive": f"topic {i} is here",
-                      "negative": f"another thing {i}"} for i in range(32)))
-  return str(path)
+  return str(write_triples(tmp_path_factory.mktemp("data") / "triples.jsonl"))
 
 
 def _configure(triples, tmp_path, *extra):
-  gin_flags.configure(RUN, [f"MODEL_DIR = '{tmp_path}'", f"TRAIN_DATA = '{triples}'",
+  gin_flags.configure(TINY_RUN_GIN, [f"MODEL_DIR = '{tmp_path}'", f"TRAIN_DATA = '{triples}'",
                             "TRAIN_STEPS = 2", *extra])
 
 
@@ -63,7 +60,7 @@ def test_an_unquoted_gin_string_says_how_to_quote_it(triples, tmp_path):
   with pytest.raises(gin_flags.ConfigError,
                      match=r"--gin.MODEL_DIR=/tmp/x .*a string needs inner quotes: "
                            r"--gin.MODEL_DIR=\"'/tmp/x'\""):
-    gin_flags.configure(RUN, [f"TRAIN_DATA = '{triples}'", "MODEL_DIR = /tmp/x"])
+    gin_flags.configure(TINY_RUN_GIN, [f"TRAIN_DATA = '{triples}'", "MODEL_DIR = /tmp/x"])
 
 
 # 6. Non-finite hyper-parameters are refused; metrics.jsonl is valid JSON.
@@ -109,7 +106,7 @@ def _corrupt(step_dir, how):
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(triples, tmp_path, capfd):
   from gecko import train
   from gecko.models import embedder
-  args = [f"--gin_file={f}" for f in RUN] + [f"--gin.TRAIN_DATA='{triples}'",
+  args = [f"--gin_file={f}" for f in TINY_RUN_GIN] + [f"--gin.TRAIN_DATA='{triples}'",
                                              "--gin.TRAIN_STEPS=8"]
   done = tmp_path / "done"
   assert train.main(args + [f"--gin.MODEL_DIR='{done}'"]) == 0
@@ -209,7 +206,9 @@ def test_fret_counts_are_checked_before_any_work(tmp_path, kwargs, message):
   shard_size = kwargs.pop("shard_size", 1000)  # the writer's; the rest are FretConfig's
   with pytest.raises(ValueError, match=message):
     pipeline.run(FretConfig(corpus=str(tmp_path / "missing.jsonl"), output_dir=str(tmp_path),
-                            **kwargs), llm=_dead_llm()(), shard_size=shard_size)
+                            **kwargs), llm=OpenAICompatible(base_url="http://127.0.0.1:9/v1",
+                                                            model="never-called"),
+                 shard_size=shard_size)
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -355,7 +354,7 @@ def test_the_shared_sts_file_still_loads():
 def trained(triples, tmp_path_factory):
   from gecko import train
   run = tmp_path_factory.mktemp("runs") / "trained"
-  args = [f"--gin_file={f}" for f in RUN] + [f"--gin.TRAIN_DATA='{triples}'",
+  args = [f"--gin_file={f}" for f in TINY_RUN_GIN] + [f"--gin.TRAIN_DATA='{triples}'",
                                              f"--gin.MODEL_DIR='{run}'"]
   assert train.main(args + ["--gin.TRAIN_STEPS=6"]) == 0
   return run, args
@@ -404,15 +403,15 @@ def test_a_second_fret_run_on_a_busy_output_dir_does_no_llm_work(tmp_path):
   from gecko.data import paths
   from gecko.fret import pipeline
 
-  Counting = _dead_llm()  # any call would be LLM work done twice
   corpus = tmp_path / "p.jsonl"
   jsonl.write(corpus, ({"id": str(i), "text": f"passage number {i}"} for i in range(4)))
   out = tmp_path / "out"
   with paths.locked(out, what="OUTPUT_DIR"):
+    # Any LLM call would fail on the dead server: the lock's error shows none was made.
     with pytest.raises(paths.FolderInUseError, match=f"OUTPUT_DIR '{out}' is in use by pid"):
-      pipeline.run(FretConfig(corpus=str(corpus), output_dir=str(out), num_neighbors=2),
-                   llm=Counting())
-  assert Counting.calls == 0 and sorted(p.name for p in out.iterdir()) == [".lock"]
+      pipeline.run(FretConfig(corpus=str(corpus), output_dir=str(out), num_neighbors=2,
+                              ranking="rc"), llm=_dies_after_check(tmp_path))
+  assert sorted(p.name for p in out.iterdir()) == [".lock"]
 
 
 def test_a_resume_with_another_learning_rate_goes_on_and_says_so(trained, tmp_path, capsys):
@@ -482,7 +481,8 @@ def test_fret_says_what_its_corpus_reader_skipped(tmp_path, capsys):
                     '{"id": "d", "text": "three"}\n')
   with pytest.raises(pipeline.NoRecordsError):
     pipeline.run(FretConfig(corpus=str(corpus), output_dir=str(tmp_path / "out"),
-                            num_neighbors=2, num_seeds=9), llm=_dead_llm()())
+                            num_neighbors=2, num_seeds=9, ranking="rc"),
+                 llm=_dies_after_check(tmp_path))
   err = capsys.readouterr().err
   assert f"gecko.fret: 1 passages repeat an earlier id in {corpus}; skipped." in err
   assert f"gecko.fret: 1 passages are empty in {corpus}; skipped." in err

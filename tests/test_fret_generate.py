@@ -8,7 +8,6 @@ import pytest
 from gecko.fret import generate
 from gecko.fret.cache import LLMCache
 
-from conftest import require_module
 
 PASSAGES = [
     {"id": "p1", "title": "Gecko", "text": "Geckos are lizards. Their toe pads have tiny hairs "
@@ -74,24 +73,20 @@ Task type: {task_type}
 """
 
 
-def test_malformed_outputs_are_retried_then_recorded_as_failures(tmp_path):
-  require_module("llama_cpp", "the embedded LLM (the [local] extra)")
-  from gecko.fret.llm import LlamaCpp
+def test_malformed_outputs_are_retried_then_recorded_as_failures(tmp_path, smollm2):
   prompt = tmp_path / "counting.txt"
   prompt.write_text(COUNTING_PROMPT)
-  generator = generate.Generator(llm=LlamaCpp(n_ctx=512), prompt=str(prompt), attempts=3)
+  generator = generate.Generator(llm=smollm2, prompt=str(prompt), attempts=3)
   (failure,) = generator(PASSAGES[:1])
   assert isinstance(failure, generate.Failure) and len(failure.outputs) == 3
   assert all(output.strip()[0].isdigit() for output in failure.outputs), failure.outputs
   assert "does not start with 'Query:'" in failure.reason and generator.llm_calls == 3
 
 
-def test_smollm2_generates_tasks_and_queries_and_a_rerun_hits_the_cache(tmp_path):
+def test_smollm2_generates_tasks_and_queries_and_a_rerun_hits_the_cache(tmp_path, smollm2):
   """20 real passages: Python standard-library docstrings."""
-  require_module("llama_cpp", "the embedded LLM (the [local] extra)")
   from gecko.fret import docstrings
-  from gecko.fret.llm import LlamaCpp
-  model = LlamaCpp(n_ctx=1024)
+  model = smollm2
   cache = LLMCache(tmp_path / "calls.sqlite")
   first = generate.Generator(llm=model, cache=cache, max_passage_tokens=192)
   passages = docstrings.passages(limit=200)[::10]

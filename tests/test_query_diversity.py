@@ -63,9 +63,8 @@ PASSAGES = [
         ("Rust", "Iron rusts when it reacts with oxygen and water.")])]
 
 
-def test_sampled_generation_is_seeded_per_passage_and_reproducible(tmp_path):
-  require_module("llama_cpp", "the embedded LLM (the [local] extra)")
-  model = llm.LlamaCpp(n_ctx=1024)
+def test_sampled_generation_is_seeded_per_passage_and_reproducible(tmp_path, smollm2):
+  model = smollm2
   greedy = generate.Generator(llm=model)(PASSAGES)
   runs = [generate.Generator(llm=model, sampling=True, temperature=1.0, seed=seed,
                              cache=LLMCache(str(tmp_path / f"cache{seed}.sqlite")))
@@ -81,14 +80,14 @@ def test_sampled_generation_is_seeded_per_passage_and_reproducible(tmp_path):
 
 
 @pytest.mark.slow  # a pipeline run with the real LLM; keep_mask is tested by hand above
-def test_a_pipeline_run_drops_near_duplicate_queries(fret_corpus, tmp_path):
+def test_a_pipeline_run_drops_near_duplicate_queries(fret_corpus, tmp_path, smollm2):
   from gecko.encode import encode
   from gecko.fret import pipeline
   from gecko.fret.config import FretConfig
   threshold = 0.6
   summary = pipeline.run(FretConfig(corpus=str(fret_corpus), output_dir=str(tmp_path),
                                     num_seeds=8, num_neighbors=2, ranking="ql",
-                                    dedup_cosine=threshold), llm=llm.LlamaCpp(n_ctx=1024))
+                                    dedup_cosine=threshold), llm=smollm2)
   queries = summary["queries"]
   failures = summary["failures_this_run"]
   assert queries["dedup_cosine"] == threshold

@@ -10,15 +10,14 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, SHARED_DATA, assert_trees_close, cli_env, free_port, run_cli
+from conftest import (REPO, SHARED_DATA, TINY_RUN_GIN, assert_trees_close, cli_env, free_port,
+                      run_cli)
 
 from gecko.models import embedder
 
 WORDS = ("gecko lizard wall climb tree forest river ocean mountain city music piano guitar "
          "code python java rust compiler kernel memory cache network packet router").split()
-TINY_RUN = ["--gin_file=gin/models/tiny.gin", "--gin_file=gin/runs/finetune.gin",
-            "--gin_file=gin/data/jsonl.gin",
-            "--gin_file=gin/overlays/local_tiny.gin"]
+TINY_RUN = [f"--gin_file={f}" for f in TINY_RUN_GIN]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, TINY_RUN_GIN, cli_env
+from conftest import REPO, TINY_RUN_GIN, cli_env, write_triples
 
 from gecko import encode, eval as eval_lib, export, soup, train
 from gecko.fret.cache import CacheError, LLMCache
@@ -163,7 +163,7 @@ def test_the_train_bar_starts_after_the_step_is_compiled(tmp_path, capsys):
   err = capsys.readouterr().err
   assert "compil" not in err and "Training data not found" in err
   data = tmp_path / "d.jsonl"
-  _triples(data)
+  write_triples(data, count=16)
   assert train.main([f"--gin_file={f}" for f in TINY_RUN_GIN] + [
       f"--gin.TRAIN_DATA='{data}'", f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
       "--gin.TRAIN_STEPS=2", "--gin.train.train.export=False"]) == 0
@@ -172,12 +172,6 @@ def test_the_train_bar_starts_after_the_step_is_compiled(tmp_path, capsys):
       "gecko.train: compiled in ")
   assert compiling < compiled < err.index("\rtrain:") and "\rtrain:" not in err[:compiled]
   assert "took over the lock" not in err  # the failed run above released it
-
-
-def _triples(path):
-  from gecko.data import jsonl
-  jsonl.write(path, ({"query": f"q {i}", "positive": f"p {i}", "negative": f"n {i}"}
-                     for i in range(16)))
 
 
 # A real full or read-only disk: a tmpfs of `size` mounted at `folder` in a user
@@ -204,7 +198,7 @@ def _train_cmd(model_dir, data):
 
 def test_a_full_disk_stops_training_with_one_line_before_a_checkpoint_is_half_written(tmp_path):
   data = tmp_path / "d.jsonl"
-  _triples(data)
+  write_triples(data, count=16)
   disk = tmp_path / "disk"
   code, lines = _on_small_disk(disk, _train_cmd(disk / "run", data), size="3M")
   assert code == 1
@@ -227,7 +221,7 @@ def test_an_export_to_a_full_disk_is_one_line(tiny_run, tmp_path):
 def test_a_read_only_folder_is_one_line(tiny_run, tmp_path, command):
   disk = tmp_path / "disk"
   data = tmp_path / "d.jsonl"
-  _triples(data)
+  write_triples(data, count=16)
   corpus = tmp_path / "corpus.jsonl"
   corpus.write_text("".join(f'{{"id": "p{i}", "text": "passage {i}"}}\n' for i in range(4)))
   cmd = {"train": _train_cmd(disk / "out", data),
