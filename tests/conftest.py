@@ -114,6 +114,12 @@ TINY_RUN_GIN = ["gin/models/tiny.gin", "gin/runs/finetune.gin", "gin/data/jsonl.
                 "gin/overlays/local_tiny.gin"]
 
 
+def read_metrics(model_dir: pathlib.Path, **json_options) -> list[dict]:
+  """The rows of a run's metrics.jsonl."""
+  return [json.loads(line, **json_options)
+          for line in (pathlib.Path(model_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
 def write_triples(path: pathlib.Path, count: int = 32) -> pathlib.Path:
   """`count` toy training triples, one topic each, as JSONL at `path`."""
   from gecko.data import jsonl

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 from conftest import (REPO, SHARED_DATA, TINY_RUN_GIN, assert_trees_close, cli_env,
-                      write_triples)
+                      read_metrics, write_triples)
 
 from gecko import gin_flags
 from gecko.data import jsonl
@@ -85,7 +85,7 @@ def test_metrics_jsonl_writes_non_finite_values_as_null(tmp_path):
   log = train._MetricsLog(str(tmp_path))
   log(1, {"loss": math.nan, "grad_norm": math.inf, "accuracy/16": 0.5})
   log.close()
-  row = json.loads((tmp_path / "metrics.jsonl").read_text(), parse_constant=refuse)
+  (row,) = read_metrics(tmp_path, parse_constant=refuse)
   assert row == {"step": 1, "loss": None, "grad_norm": None, "accuracy/16": 0.5}
 
 

@@ -91,17 +91,19 @@ def _assert_labels_follow_the_scores(records, *, corpus_path, output_dir, num_ne
   from gecko.fret.cache import LLMCache
   from gecko.fret.corpus import read_corpus
   from gecko.fret.score import Scorer
+  from gecko.models import embedder
   corpus, _ = read_corpus(str(corpus_path))
+  minilm = embedder.load("all-MiniLM-L6-v2")  # loaded once, every query in one call
   documents = encode([GECKO.document(p["text"], title=p["title"]) for p in corpus],
-                     model="all-MiniLM-L6-v2")
+                     model=minilm)
+  queries = encode([GECKO.query(r["query"], task=r["task"]) for r in records], model=minilm)
   cache = LLMCache(str(output_dir / "llm_cache.sqlite"))
   scorer = Scorer(llm=llm, cache=cache)
 
   def by_hand_ranks(scores):
     order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
     return {i: rank + 1 for rank, i in enumerate(order)}
-  for r in records:
-    query = encode([GECKO.query(r["query"], task=r["task"])], model="all-MiniLM-L6-v2")[0]
+  for r, query in zip(records, queries, strict=True):
     top = [int(i) for i in np.argsort(-(documents @ query), kind="stable")[:num_neighbors]]
     seed = next(i for i, p in enumerate(corpus) if p["id"] == r["seed_id"])
     if seed not in top:
@@ -258,6 +260,7 @@ def test_round_trip_consistency_keeps_records_whose_positive_the_encoder_ranks_f
   from gecko.fret import pipeline
   from gecko.fret.corpus import read_corpus
   from gecko.fret.llm import LlamaCpp
+  from gecko.models import embedder
   config = FretConfig(corpus=str(fret_corpus), output_dir=str(tmp_path), num_seeds=6,
                       num_neighbors=3, ranking="ql", consistency_top_k=1)
   summary = pipeline.run(config, llm=LlamaCpp())
@@ -269,12 +272,12 @@ def test_round_trip_consistency_keeps_records_whose_positive_the_encoder_ranks_f
   assert rerun["consistency"]["checked_this_run"] == checked["dropped_this_run"]
   assert rerun["consistency"]["kept_fraction"] == pytest.approx(checked["kept_fraction"])
   corpus, _ = read_corpus(str(fret_corpus))
-  vectors = encode([GECKO.document(p["text"], title=p["title"]) for p in corpus],
-                   model="all-MiniLM-L6-v2")
-  for record in fret_records(tmp_path):
-    query = encode([GECKO.query(record["query"], task=record["task"])], model="all-MiniLM-L6-v2")
-    (top,), _ = retrieval.top_n(query, vectors, 1)
-    assert corpus[int(top[0])]["id"] == record["positive_id"]
+  minilm = embedder.load("all-MiniLM-L6-v2")
+  vectors = encode([GECKO.document(p["text"], title=p["title"]) for p in corpus], model=minilm)
+  records = fret_records(tmp_path)
+  queries = encode([GECKO.query(r["query"], task=r["task"]) for r in records], model=minilm)
+  tops, _ = retrieval.top_n(queries, vectors, 1)
+  assert [corpus[int(top[0])]["id"] for top in tops] == [r["positive_id"] for r in records]
   with pytest.raises(ValueError, match="consistency_top_k=4 must be <= num_neighbors=3"):
     FretConfig(corpus=str(fret_corpus), output_dir=str(tmp_path), num_neighbors=3,
                consistency_top_k=4)

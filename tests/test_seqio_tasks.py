@@ -482,7 +482,8 @@ def test_each_ablation_changes_exactly_what_it_says(minilm, ablation):
 
 
 def _losses(model_dir):
-  return [json.loads(line)["loss"] for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
+  from conftest import read_metrics
+  return [r["loss"] for r in read_metrics(model_dir)]
 
 
 @pytest.mark.slow

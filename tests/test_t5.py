@@ -10,7 +10,8 @@ import gin
 import jax
 import numpy as np
 import pytest
-from conftest import PIECES, REPO, assert_trees_close, require_module, write_tiny_t5
+from conftest import (PIECES, REPO, assert_trees_close, read_metrics, require_module,
+                      write_tiny_t5)
 
 from gecko import compile_step, gin_flags
 from gecko.models import checkpoint_import, dual_encoder, embedder, t5
@@ -272,7 +273,7 @@ def test_tiny_t5_trains_on_the_fret_seqio_task_with_its_sentencepiece_ids(tmp_pa
     gin_flags.call_configured(train.train)
   finally:
     gin.clear_config()
-  rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  rows = read_metrics(tmp_path / "run")
   assert [r["step"] for r in rows] == [2, 4] and all(np.isfinite(r["loss"]) for r in rows)
   export = embedder.load(str(tmp_path / "run" / "export"))
   assert isinstance(export.module.backbone, t5.T5Config) and export.dims == (8, 16)

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import (REPO, SHARED_DATA, TINY_RUN_GIN, assert_trees_close, cli_env, free_port,
-                      run_cli)
+                      read_metrics, run_cli)
 
 from gecko.models import embedder
 
@@ -52,7 +52,7 @@ def uninterrupted(tmp_path_factory, triples):
 def test_run_writes_config_metrics_checkpoints_and_export(uninterrupted):
   config = (uninterrupted / "config.gin").read_text()
   assert "TRAIN_STEPS = 12" in config and "losses.GeckoLoss.same_tower_negatives = True" in config
-  rows = [json.loads(line) for line in (uninterrupted / "metrics.jsonl").read_text().splitlines()]
+  rows = read_metrics(uninterrupted)
   assert [r["step"] for r in rows] == list(range(1, 13))
   for key in ("loss", "loss/16", "loss/64", "accuracy/64", "learning_rate", "examples_per_second",
               "step_time", "grad_norm"):
@@ -93,15 +93,14 @@ def test_two_processes_agree_with_one(tmp_path, triples, uninterrupted):
   outputs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-3000:]
-  rows = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
-  single = [json.loads(line) for line in (uninterrupted / "metrics.jsonl").read_text().splitlines()]
+  rows = read_metrics(model_dir)
+  single = read_metrics(uninterrupted)
   np.testing.assert_allclose([r["loss"] for r in rows], [r["loss"] for r in single], atol=1e-5)
   assert_trees_close(_exported(model_dir), _exported(uninterrupted), atol=1e-5)
 
 
 def _metrics_steps(model_dir):
-  path = model_dir / "metrics.jsonl"
-  return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
+  return [r["step"] for r in read_metrics(model_dir)] if (model_dir / "metrics.jsonl").exists() else []
 
 
 def _wait_for_step(procs, model_dir, step, timeout=900):
@@ -234,7 +233,7 @@ def test_minilm_fine_tunes_on_the_stsb_seqio_task_with_falling_loss(tmp_path):
   finally:
     gin.clear_config()
   assert "MIXTURE_OR_TASK_NAME = 'gecko_stsb'" in (tmp_path / "config.gin").read_text()
-  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  rows = read_metrics(tmp_path)
   assert [r["step"] for r in rows] == list(range(10, 41, 10))
   assert all(r["finite"] == 1.0 for r in rows)
   losses = [r["loss"] for r in rows]  # batch-to-batch noise is large: compare windows
@@ -268,7 +267,7 @@ def test_periodic_evaluation_logs_scores_to_the_run(tmp_path, triples):
                                         query_length=16, passage_length=16),
               model_dir=str(tmp_path / "run"), train_steps=4, log_every=2,
               mesh_axes={"data": 1}, eval_every=2, eval_fn=eval_fn)
-  rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  rows = read_metrics(tmp_path / "run")
   evals = [r for r in rows if "eval/TinySTS/16" in r]
   assert [r["step"] for r in evals] == [2, 4]
   assert all(-1 <= r["eval/TinySTS/8"] <= 1 for r in evals)
