@@ -100,6 +100,57 @@ def contrastive_loss(query: Array, positive: Array, negative: Array | None = Non
   return loss, correct, jax.lax.stop_gradient(stats)
 
 
+def listwise_kl(student: Array, teacher: Array, *, temperature: float,
+                teacher_temperature: float = 1.0, standardize: bool = False,
+                mask: Array | None = None) -> Array:
+  """Per-query KL(p_teacher || p_student) over each query's candidates (ART, UPR and
+  sentence-transformers' DistillKLDivLoss distil a teacher's ranking this way).
+
+    p_student = softmax(s / temperature),  p_teacher = softmax(t' / teacher_temperature),
+
+  where t' is the teacher's scores, standardised per query (zero mean, unit variance
+  over its candidates) when `standardize`: an LLM's query log-likelihoods differ in
+  scale from query to query.
+
+  Args:
+    student: `[B, N]` the student's similarities s(q, c) (cosines).
+    teacher: `[B, N]` the teacher's scores of the same candidates (e.g. QL log-probs).
+    temperature: the student's tau.
+    teacher_temperature: the teacher's softmax temperature.
+    standardize: standardise the teacher's scores per query first.
+    mask: `[B, N]` bool, False for padding candidates (None: all are real).
+
+  Returns:
+    `[B]` the KL divergence per query (no gradient flows to the teacher).
+  """
+  teacher = jax.lax.stop_gradient(teacher.astype(jnp.float32))
+  valid = jnp.ones(student.shape, bool) if mask is None else mask.astype(bool)
+  if standardize:
+    count = jnp.maximum(valid.sum(-1, keepdims=True), 1)
+    mean = jnp.where(valid, teacher, 0).sum(-1, keepdims=True) / count
+    var = jnp.where(valid, (teacher - mean) ** 2, 0).sum(-1, keepdims=True) / count
+    teacher = (teacher - mean) / jnp.sqrt(var + 1e-6)
+  low = jnp.finfo(jnp.float32).min
+  log_p_teacher = jax.nn.log_softmax(jnp.where(valid, teacher / teacher_temperature, low), -1)
+  log_p_student = jax.nn.log_softmax(
+      jnp.where(valid, student.astype(jnp.float32) / temperature, low), -1)
+  p_teacher = jnp.where(valid, jnp.exp(log_p_teacher), 0.0)
+  return jnp.sum(jnp.where(valid, p_teacher * (log_p_teacher - log_p_student), 0.0), -1)
+
+
+def margin_mse(student_positive: Array, student_negative: Array, teacher_positive: Array,
+               teacher_negative: Array) -> Array:
+  """Per-example MarginMSE (Hofstaetter et al. 2020; GPL distils a cross-encoder with
+  it): the squared difference between the student's and the teacher's score margins,
+
+    ((s(q, p+) - s(q, p-)) - (t(q, p+) - t(q, p-)))^2,
+
+  each argument `[B]`; no gradient flows to the teacher. The teacher's margin is in its
+  own units, so scale it to the student's (cosines) before, e.g. by a constant."""
+  teacher_margin = jax.lax.stop_gradient((teacher_positive - teacher_negative).astype(jnp.float32))
+  return ((student_positive - student_negative).astype(jnp.float32) - teacher_margin) ** 2
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GeckoLoss:
   """The Gecko loss, configured once (gin-friendly).
