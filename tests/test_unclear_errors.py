@@ -118,6 +118,19 @@ def test_an_export_onto_a_file_is_refused_even_with_overwrite(tiny_run, tmp_path
   assert (tmp_path / "hf").read_text() == "a file"
 
 
+def test_a_fret_run_on_a_damaged_cache_stops_naming_it_and_keeps_it(tmp_path, smollm2):
+  from gecko.fret import pipeline
+  from gecko.fret.config import FretConfig
+  corpus, out = tmp_path / "corpus.jsonl", tmp_path / "out"
+  corpus.write_text("".join(f'{{"id": "p{i}", "text": "passage {i}"}}\n' for i in range(4)))
+  out.mkdir()
+  (out / "llm_cache.sqlite").write_bytes(b"not a database " * 100)
+  with pytest.raises(CacheError, match=f"mv {out}/llm_cache.sqlite {out}/llm_cache.sqlite.broken"):
+    pipeline.run(FretConfig(corpus=str(corpus), output_dir=str(out), num_neighbors=2),
+                 llm=smollm2)
+  assert (out / "llm_cache.sqlite").read_bytes() == b"not a database " * 100
+
+
 def test_export_names_a_broken_config_gin(tiny_run, tmp_path, capsys):
   run = tmp_path / "run"
   shutil.copytree(tiny_run, run)
