@@ -114,7 +114,8 @@ def test_an_export_onto_a_file_is_refused_even_with_overwrite(tiny_run, tmp_path
   (tmp_path / "hf").write_text("a file")
   assert export.main(["--model", str(tiny_run / "export"), "--output", str(tmp_path / "hf"),
                       "--overwrite"]) == 2
-  assert f"'{tmp_path / 'hf'}' is a file; the output must be a folder" in capsys.readouterr().err
+  assert (f"the output '{tmp_path / 'hf'}' is a file; it must be a folder"
+          in capsys.readouterr().err)
   assert (tmp_path / "hf").read_text() == "a file"
 
 

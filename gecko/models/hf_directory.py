@@ -181,9 +181,7 @@ def check_output(directory: str | os.PathLike, *, overwrite: bool,
   """Whether `directory` holds files (to be replaced); FileExistsError naming `flag`
   when it does and `overwrite` is False. Callers check before any costly work."""
   directory = os.fspath(directory)
-  if paths.exists(directory) and not paths.isdir(directory):
-    raise FileExistsError(f"{directory!r} is a file; the output must be a folder (choose "
-                          "another path, or remove the file).")
+  paths.check_output_dir(directory, flag="the output")  # a file there: ValueError
   full = paths.isdir(directory) and bool(paths.listdir(directory))
   if full and not overwrite:
     raise FileExistsError(f"{directory!r} is not empty; pass {flag} to replace its contents.")
