@@ -130,15 +130,25 @@ def write_triples(path: pathlib.Path, count: int = 32) -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> pathlib.Path:
-  """A tiny model trained 4 steps on 32 triples: MODEL_DIR with checkpoints 2 and 4,
-  config.gin and export/. Shared by the session, so read-only: a test that writes into
-  it, or may, works on a copy (`shutil.copytree`)."""
+  """A tiny model trained 4 steps on 32 triples, a checkpoint every step: MODEL_DIR with
+  checkpoints 2, 3 and 4 (1 pruned: 3 are kept), config.gin, metrics.jsonl and export/.
+  `tiny_run_args(run)` are its command line. Shared by the session, so read-only: a test
+  that writes into it, or may, works on a copy (`shutil.copytree`)."""
   from gecko import train
-  data = write_triples(tmp_path_factory.mktemp("tiny_run_data") / "triples.jsonl")
-  run = tmp_path_factory.mktemp("tiny_run") / "run"
-  assert train.main([f"--gin_file={f}" for f in TINY_RUN_GIN] + [
-      f"--gin.TRAIN_DATA='{data}'", f"--gin.MODEL_DIR='{run}'", "--gin.TRAIN_STEPS=4"]) == 0
+  folder = tmp_path_factory.mktemp("tiny_run")
+  write_triples(folder / "triples.jsonl")
+  run = folder / "run"
+  assert train.main(tiny_run_args(run)) == 0
   return run
+
+
+def tiny_run_args(run: pathlib.Path, *, model_dir: pathlib.Path | None = None) -> list[str]:
+  """The `gecko.train` flags of the `tiny_run` fixture's `run` (its data beside it), with
+  MODEL_DIR=`model_dir` (default: `run`): a copy of the run resumes with these."""
+  data = run.parent / "triples.jsonl"
+  return [f"--gin_file={f}" for f in TINY_RUN_GIN] + [
+      f"--gin.TRAIN_DATA='{data}'", f"--gin.MODEL_DIR='{model_dir or run}'",
+      "--gin.TRAIN_STEPS=4", "--gin.CHECKPOINT_EVERY=1"]
 
 
 def tree_hashes(root: pathlib.Path) -> dict[str, str]:

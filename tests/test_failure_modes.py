@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 from conftest import (REPO, SHARED_DATA, TINY_RUN_GIN, assert_trees_close, cli_env,
-                      read_metrics, write_triples)
+                      read_metrics, tiny_run_args, write_triples)
 
 from gecko import gin_flags
 from gecko.data import jsonl
@@ -121,7 +121,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(triples, tmp
     assert train.main(args + [f"--gin.MODEL_DIR='{run}'"]) == 0, how
     err = capfd.readouterr().err
     assert "checkpoint step 8 cannot be restored" in err, (how, err[-2000:])
-    assert "resuming from step 6" in err and "Traceback" not in err, (how, err[-3000:])
+    assert "resuming from step 4" in err and "Traceback" not in err, (how, err[-3000:])
     if bad_file is not None:
       assert f"{bad_file} is not valid JSON" in err
     else:
@@ -351,13 +351,11 @@ def test_the_shared_sts_file_still_loads():
 # A run folder protects itself: one run at a time, and a resume whose settings would
 # change what its checkpoints mean is refused before anything is moved or written.
 @pytest.fixture(scope="module")
-def trained(triples, tmp_path_factory):
-  from gecko import train
+def trained(tiny_run, tmp_path_factory):
+  """A copy of the session's tiny run (4 steps), and its command line."""
   run = tmp_path_factory.mktemp("runs") / "trained"
-  args = [f"--gin_file={f}" for f in TINY_RUN_GIN] + [f"--gin.TRAIN_DATA='{triples}'",
-                                             f"--gin.MODEL_DIR='{run}'"]
-  assert train.main(args + ["--gin.TRAIN_STEPS=6"]) == 0
-  return run, args
+  shutil.copytree(tiny_run, run)
+  return run, tiny_run_args(tiny_run, model_dir=run)
 
 
 def _listing(run):
@@ -377,7 +375,7 @@ def test_a_second_run_on_a_busy_model_dir_stops_at_once(trained, capsys):
 
 
 @pytest.mark.parametrize("change, message", [
-    (["--gin.TRAIN_STEPS=4"], r"is at step 6, past TRAIN_STEPS=4.*Raise TRAIN_STEPS above 6"),
+    (["--gin.TRAIN_STEPS=3"], r"is at step 4, past TRAIN_STEPS=3.*Raise TRAIN_STEPS above 4"),
     (["--gin.TRAIN_STEPS=8", "--gin.BATCH_SIZE=16"],
      r"trained with batch size 8, and this run's is 16.*BATCH_SIZE=8"),
     (["--gin.TRAIN_STEPS=8", "--gin.EMBED_DIM=32", "--gin.MATRYOSHKA_DIMS=(16, 32)"],
@@ -396,7 +394,7 @@ def test_a_resume_with_changed_settings_is_refused_and_loses_nothing(trained, ca
   after = {p: (run / p).read_bytes() for p in _listing(run) if (run / p).is_file()}
   assert after == before  # no checkpoint moved or pruned, config.gin not rewritten
   assert not (run / "checkpoints_unreadable").exists()
-  assert train.main(args + ["--gin.TRAIN_STEPS=6"]) == 0  # the original settings still resume
+  assert train.main(args) == 0  # the original settings still resume
 
 
 def test_a_second_fret_run_on_a_busy_output_dir_does_no_llm_work(tmp_path):
@@ -422,9 +420,9 @@ def test_a_resume_with_another_learning_rate_goes_on_and_says_so(trained, tmp_pa
   args = [a for a in args if not a.startswith("--gin.MODEL_DIR")] + [f"--gin.MODEL_DIR='{copy}'"]
   assert train.main(args + ["--gin.TRAIN_STEPS=8", "--gin.LEARNING_RATE=0.002"]) == 0
   err = capsys.readouterr().err
-  assert "settings changed since step 6: LEARNING_RATE 0.001 -> 0.002; " in err
-  assert "TRAIN_STEPS 6 -> 8" in err and "optimizers.AdamW.learning_rate" not in err
-  assert "resuming from step 6" in err and (copy / "checkpoints" / "8").exists()
+  assert "settings changed since step 4: LEARNING_RATE 0.001 -> 0.002; " in err
+  assert "TRAIN_STEPS 4 -> 8" in err and "optimizers.AdamW.learning_rate" not in err
+  assert "resuming from step 4" in err and (copy / "checkpoints" / "8").exists()
 
 
 def test_the_lock_of_a_killed_run_is_taken_over_with_a_line(tmp_path, capsys):

@@ -19,10 +19,10 @@ def _by_id(records):
 
 
 @pytest.mark.slow
-def test_beam_writes_the_records_of_the_local_pipeline_from_one_config(fret_corpus, tmp_path):
+def test_beam_writes_the_records_of_the_local_pipeline_from_one_config(fret_corpus, tmp_path,
+                                                                       smollm2):
   from gecko.fret import beam, pipeline
   from gecko.fret.config import FretConfig
-  from gecko.fret.llm import LlamaCpp
   # Beam takes NUM_SEEDS passages and judges near-duplicates by a hash of (seed, id),
   # the local runner in file order: a corpus written in hash order gives both the same.
   seed = 3
@@ -36,7 +36,7 @@ def test_beam_writes_the_records_of_the_local_pipeline_from_one_config(fret_corp
                 generator_options={"task_types": ["question answering", "fact checking"]},
                 scorer_options={"rc_score": "margin"}, batch_size=4)
   out, cache = tmp_path / "beam", tmp_path / "beam_cache.sqlite"
-  summary = beam.run(FretConfig(output_dir=str(out), **fields), llm=LlamaCpp(n_ctx=1024),
+  summary = beam.run(FretConfig(output_dir=str(out), **fields), llm=smollm2,
                      num_shards=2, block_size=5, cache_path=str(cache),
                      pipeline_args=["--direct_num_workers=1"])
   got = _by_id(fret_records(out))
@@ -58,7 +58,7 @@ def test_beam_writes_the_records_of_the_local_pipeline_from_one_config(fret_corp
   local_out.mkdir()
   shutil.copy(cache, local_out / "llm_cache.sqlite")
   local = pipeline.run(FretConfig(output_dir=str(local_out), **fields),
-                       llm=LlamaCpp(n_ctx=1024), shard_size=100)
+                       llm=smollm2, shard_size=100)
   assert local["llm_calls_this_run"] == 0
   assert _by_id(fret_records(local_out)) == got
   for key in ("positive_not_seed_fraction", "task_types", "queries", "consistency"):

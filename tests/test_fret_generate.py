@@ -84,17 +84,17 @@ def test_malformed_outputs_are_retried_then_recorded_as_failures(tmp_path, smoll
 
 
 def test_smollm2_generates_tasks_and_queries_and_a_rerun_hits_the_cache(tmp_path, smollm2):
-  """20 real passages: Python standard-library docstrings."""
+  """10 real passages: Python standard-library docstrings."""
   from gecko.fret import docstrings
   model = smollm2
   cache = LLMCache(tmp_path / "calls.sqlite")
   first = generate.Generator(llm=model, cache=cache, max_passage_tokens=192)
-  passages = docstrings.passages(limit=200)[::10]
-  assert len(passages) == 20
+  passages = docstrings.passages(limit=200)[::20]
+  assert len(passages) == 10
   results = first(passages)
   assert [r.id for r in results] == [p["id"] for p in passages]
   made = [r for r in results if isinstance(r, generate.Generated)]
-  assert len(made) >= 15, results
+  assert len(made) >= 8, results
   assert len({r.task_type for r in made}) >= 3
   for r in made:
     assert r.task and r.query and r.task_type in generate.TASK_TYPES

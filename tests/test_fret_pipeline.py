@@ -257,21 +257,20 @@ def test_consistency_filter_by_hand():
 
 @pytest.mark.slow  # a reproduction with the real LLM; the fast tier keeps the first test
 def test_round_trip_consistency_keeps_records_whose_positive_the_encoder_ranks_first(
-    fret_corpus, tmp_path):
+    fret_corpus, tmp_path, smollm2):
   from gecko import retrieval
   from gecko.data.input_format import GECKO
   from gecko.encode import encode
   from gecko.fret import pipeline
   from gecko.fret.corpus import read_corpus
-  from gecko.fret.llm import LlamaCpp
   from gecko.models import embedder
   config = FretConfig(corpus=str(fret_corpus), output_dir=str(tmp_path), num_seeds=6,
                       num_neighbors=3, ranking="ql", consistency_top_k=1)
-  summary = pipeline.run(config, llm=LlamaCpp())
+  summary = pipeline.run(config, llm=smollm2)
   checked = summary["consistency"]
   assert checked["checked_this_run"] == summary["records"] + checked["dropped_this_run"]
   assert checked["kept_fraction"] == pytest.approx(summary["records"] / checked["checked_this_run"])
-  rerun = pipeline.run(config, llm=LlamaCpp())
+  rerun = pipeline.run(config, llm=smollm2)
   # The rerun judges the dropped queries again (they have no record), and no other.
   assert rerun["consistency"]["checked_this_run"] == checked["dropped_this_run"]
   assert rerun["consistency"]["kept_fraction"] == pytest.approx(checked["kept_fraction"])
