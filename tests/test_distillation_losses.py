@@ -89,3 +89,73 @@ def test_gradients_match_finite_differences_and_skip_the_teacher(scores):
   grad_p = jax.grad(lambda p: jnp.sum(losses.margin_mse(p, jnp.zeros(1), jnp.ones(1),
                                                         jnp.zeros(1))))(jnp.array([0.2]))
   assert float(grad_p[0]) == pytest.approx(2 * (0.2 - 1.0))
+
+
+def _unit(x):
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.fixture
+def batch():
+  rng = np.random.default_rng(1)
+  embeddings = {k: _unit(rng.normal(size=(6, 8))).astype(np.float32)
+                for k in ("query", "positive", "negative")}
+  teacher = {"teacher_positive": rng.normal(-12, 3, 6).astype(np.float32),
+             "teacher_negative": rng.normal(-20, 3, 6).astype(np.float32)}
+  return embeddings, teacher
+
+
+@pytest.mark.parametrize("distillation", ["margin_mse", "listwise_kl"])
+@pytest.mark.parametrize("contrastive_weight", [1.0, 0.0])
+def test_gecko_loss_adds_the_weighted_distillation_term_per_dim(batch, distillation,
+                                                                contrastive_weight):
+  """Each dim's loss is w_c * contrastive + w_d * distillation, the distillation term
+  by hand on that dim's re-normalised prefixes: the student's pair (s+, s-) against
+  the teacher's (t+, t-)."""
+  embeddings, teacher = batch
+  loss_fn = losses.GeckoLoss(temperature=0.05, dims=(4, 8), dim_weights=(0.5, 2.0),
+                             distillation=distillation, distillation_weight=0.3,
+                             contrastive_weight=contrastive_weight, teacher_temperature=2.0,
+                             teacher_scale=0.01)
+  plain = losses.GeckoLoss(temperature=0.05, dims=(4, 8), dim_weights=(0.5, 2.0))
+  got, metrics = loss_fn(embeddings, teacher)
+  _, contrastive = plain(embeddings, teacher)
+  t_pos, t_neg = teacher["teacher_positive"].tolist(), teacher["teacher_negative"].tolist()
+  total = 0.0
+  for dim, weight in ((4, 0.5), (8, 2.0)):
+    e = {k: _unit(v[:, :dim].astype(np.float64)) for k, v in embeddings.items()}
+    s_pos = np.sum(e["query"] * e["positive"], -1).tolist()
+    s_neg = np.sum(e["query"] * e["negative"], -1).tolist()
+    if distillation == "margin_mse":
+      by_hand = np.mean([((sp - sn) - 0.01 * (tp - tn)) ** 2
+                         for sp, sn, tp, tn in zip(s_pos, s_neg, t_pos, t_neg)])
+    else:
+      by_hand = np.mean(_kl_by_hand([[sp, sn] for sp, sn in zip(s_pos, s_neg)],
+                                    [[tp, tn] for tp, tn in zip(t_pos, t_neg)], tau=0.05,
+                                    teacher_tau=2.0, standardize=False, mask=[[1, 1]] * 6))
+    np.testing.assert_allclose(metrics[f"distillation/{dim}"], by_hand, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(metrics[f"loss/{dim}"], contrastive[f"loss/{dim}"], rtol=1e-6)
+    total += weight * (contrastive_weight * contrastive[f"loss/{dim}"] + 0.3 * by_hand)
+  np.testing.assert_allclose(got, total, rtol=1e-4)
+  assert loss_fn.required_features[-2:] == ("teacher_positive", "teacher_negative")
+
+
+def test_the_distillation_gradient_reaches_the_embeddings_and_not_the_teacher(batch):
+  embeddings, teacher = batch
+  loss_fn = losses.GeckoLoss(distillation="margin_mse", contrastive_weight=0.0)
+  grads = jax.grad(lambda e, t: loss_fn(e, t)[0], argnums=(0, 1))(embeddings, teacher)
+  assert all(float(jnp.abs(grads[0][k]).sum()) > 0 for k in ("query", "positive", "negative"))
+  assert all(float(jnp.abs(g).sum()) == 0 for g in grads[1].values())
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(distillation="kl"), r"distillation='kl'; use one of \(None, 'margin_mse'"),
+    (dict(distillation="margin_mse", hard_negatives=False), "it needs hard_negatives=True"),
+    (dict(contrastive_weight=0.0), "leaves no loss without a distillation term"),
+    (dict(distillation="listwise_kl", distillation_weight=-1), "distillation_weight must be"),
+    (dict(distillation="listwise_kl", teacher_temperature=0), "teacher_temperature must be > 0"),
+    (dict(distillation="margin_mse", teacher_scale=float("nan")), "teacher_scale must be finite"),
+])
+def test_bad_distillation_settings_are_named(settings, message):
+  with pytest.raises(ValueError, match=message):
+    losses.GeckoLoss(**settings)

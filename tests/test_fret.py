@@ -1,6 +1,7 @@
 """FRet building blocks: rank fusion and labelling, the LLM
 call cache (surviving SIGKILL), atomic resumable shards read back by the FRet task."""
 
+import json
 import os
 import signal
 import subprocess
@@ -105,7 +106,9 @@ def _record(i):
           f"seed text {i}", "positive_id": f"d{i}", "positive_title": "Title",
           "positive_text": f"seed text {i}", "negative_id": f"d{i + 1}", "negative_title": "",
           "negative_text": f"other text {i}", "positive_is_seed": True, "positive_ql": -3.5,
-          "positive_rc": -0.2, "negative_ql": -9.0, "negative_rc": -4.0, "llm": "test"}
+          "positive_rc": -0.2, "negative_ql": -9.0, "negative_rc": -4.0,
+          "candidate_ids": [f"d{i}", f"d{i + 2}", f"d{i + 1}"], "candidate_ql": [-3.5, -5, -9.0],
+          "candidate_rc": [-0.2, -1.5, -4.0], "llm": "test"}
 
 
 def test_shards_are_atomic_and_resume_without_loss_or_duplicates(tmp_path):
@@ -153,3 +156,67 @@ def test_the_fret_task_reads_the_shards(tmp_path):
       os.remove(tmp_path / "fret" / name)
   assert queries() == from_tfrecord  # the JSONL shards alone
   assert set(schema.TRAINING_FIELDS) <= set(_record(0))
+
+
+def test_records_carry_every_candidates_scores_in_both_shard_formats(tmp_path):
+  import tensorflow as tf
+  record = _record(3)
+  assert schema.problems(record) == []
+  assert schema.problems(dict(record, candidate_ql=None, candidate_rc=None,
+                              candidate_ids=None)) == []  # no LLM ranked them
+  assert schema.problems(dict(record, candidate_ql=[-3.5, -5.0])) == [
+      "the candidate_* lists differ in length: [2, 3]"]
+  assert schema.problems(dict(record, candidate_ids=["d3", 4, "d5"])) == [
+      "field 'candidate_ids' should be a list of str, got ['d3', 4, 'd5']"]
+  assert schema.problems(dict(record, candidate_rc=-0.2)) == [
+      "field 'candidate_rc' should be list, got -0.2"]
+  writer = ShardWriter(str(tmp_path), shard_size=4, tfrecord=True)
+  writer.add(record)
+  writer.close()
+  (shard,) = tmp_path.glob("fret-*.tfrecord")
+  spec = {"candidate_ids": tf.io.VarLenFeature(tf.string),
+          **{n: tf.io.VarLenFeature(tf.float32) for n in ("candidate_ql", "candidate_rc")}}
+  (example,) = [tf.io.parse_single_example(x, spec) for x in tf.data.TFRecordDataset(str(shard))]
+  assert [x.decode() for x in example["candidate_ids"].values.numpy()] == ["d3", "d5", "d4"]
+  assert example["candidate_ql"].values.numpy().tolist() == [-3.5, -5.0, -9.0]
+  np.testing.assert_allclose(example["candidate_rc"].values.numpy(), [-0.2, -1.5, -4.0], rtol=1e-7)
+  (line,) = (tmp_path / "fret-00000.jsonl").read_text().splitlines()
+  assert json.loads(line)["candidate_ql"] == [-3.5, -5, -9.0]
+
+
+def test_fret_records_become_triples_with_the_teachers_scores(tmp_path, capsys, minilm):
+  from gecko.data.pairs import PairBatches
+  from gecko.fret import triples
+  writer = ShardWriter(str(tmp_path / "fret"), shard_size=4)
+  for i in range(6):
+    writer.add(_record(i))
+  writer.close()
+  out = tmp_path / "triples.jsonl"
+  assert triples.main(["--fret", str(tmp_path / "fret"), "--output", str(out)]) == 0
+  assert f"wrote 6 triples to {out}" in capsys.readouterr().err
+  lines = [json.loads(line) for line in out.read_text().splitlines()]
+  assert lines[2] == {"query": "task: Find the passage | query: query number 2",
+                      "positive": "title: Title | text: seed text 2",
+                      "negative": "title: none | text: other text 2",
+                      "teacher_positive": -3.5, "teacher_negative": -9.0}
+  data = PairBatches(path=str(out), tokenizer=minilm.tokenizer, batch_size=2, shuffle=False)
+  assert data.batch(1)["teacher_negative"].tolist() == [-9.0, -9.0]
+  assert triples.main(["--fret", str(tmp_path / "fret"), "--output", str(out),
+                       "--teacher", "rc"]) == 2
+  assert f"{out} exists; pass --overwrite" in capsys.readouterr().err
+  assert triples.main(["--fret", str(tmp_path / "fret"), "--output", str(out), "--teacher",
+                       "rc", "--overwrite"]) == 0
+  assert json.loads(out.read_text().splitlines()[0])["teacher_positive"] == -0.2
+  writer = ShardWriter(str(tmp_path / "ql_only"), shard_size=4)
+  writer.add(dict(_record(0), positive_rc=None, negative_rc=None, candidate_rc=None))
+  writer.close()
+  assert triples.main(["--fret", str(tmp_path / "ql_only"), "--output", str(tmp_path / "t2"),
+                       "--teacher", "rc"]) == 2
+  assert ("record 'r0' has no RC scores (its run's ranking did not compute them): use "
+          "--teacher ql or none" in capsys.readouterr().err)
+  assert not (tmp_path / "t2").exists()
+  assert triples.main(["--fret", str(tmp_path / "none"), "--output", str(tmp_path / "t3")]) == 2
+  assert "holds no FRet records" in capsys.readouterr().err
+  assert triples.main(["--fret", str(tmp_path / "fret"), "--output",
+                       str(tmp_path / "fret" / "fret-00009.jsonl")]) == 2
+  assert "is named like a FRet shard" in capsys.readouterr().err

@@ -66,6 +66,9 @@ def test_beam_writes_the_records_of_the_local_pipeline_from_one_config(fret_corp
   for record in got.values():
     assert not schema.problems(record)
     assert record["positive_ql"] is None and record["positive_rc"] is not None  # ranking rc
+    assert record["candidate_ql"] is None and len(record["candidate_rc"]) == 3
+    at = record["candidate_ids"].index(record["positive_id"])
+    assert record["candidate_rc"][at] == record["positive_rc"] == max(record["candidate_rc"])
 
   # The command line binds the same FretConfig (gin/runs/fret.gin) for Beam: a rerun
   # on the same cache repeats no LLM call and writes the same records.

@@ -121,6 +121,8 @@ def _assert_labels_follow_the_scores(records, *, corpus_path, output_dir, num_ne
     assert r["negative_text"] == candidates[negative]["text"]
     assert (r["positive_ql"], r["positive_rc"]) == (ql[positive], rc[positive])
     assert (r["negative_ql"], r["negative_rc"]) == (ql[negative], rc[negative])
+    assert r["candidate_ids"] == [c["id"] for c in candidates]  # the teacher's every score
+    assert (r["candidate_ql"], r["candidate_rc"]) == (list(ql), list(rc))
   assert scorer.llm_calls == 0  # every score came from the run's own cache
   cache.close()
 

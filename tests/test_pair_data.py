@@ -64,10 +64,37 @@ def test_long_texts_keep_their_final_sep(tokenizer):
     ([{"query": "q", "positive": "p", "negative": "n"}, {"query": "q", "positive": "p"}] * 2,
      r"records\[1\]: has no string 'negative'"),
     ([{"query": "q", "positive": "p"}], "cannot fill one batch of 2"),
+    ([{"query": "q", "positive": "p", "negative": "n", "teacher_positive": -1.0,
+       "teacher_negative": -2.0}, {"query": "q", "positive": "p", "negative": "n"}],
+     r"records\[1\]: has no teacher scores while other records do"),
+    ([{"query": "q", "positive": "p", "negative": "n", "teacher_positive": -1.0,
+       "teacher_negative": None}] * 2,
+     r"records\[0\]: 'teacher_negative' must be a finite number .*got None"),
+    ([{"query": "q", "positive": "p", "teacher_positive": -1, "teacher_negative": -2}] * 2,
+     "these records have no 'negative'"),
 ])
 def test_bad_records_are_named(tokenizer, records, message):
   with pytest.raises(ValueError, match=message):
     pair_data.PairBatches(records=records, tokenizer=tokenizer, batch_size=2)
+
+
+def test_teacher_scores_become_float_features_of_their_rows(tokenizer, tmp_path):
+  from gecko.data import jsonl
+  records = [dict(r, teacher_positive=-float(i), teacher_negative=-10.0 - i)
+             for i, r in enumerate(RECORDS)]
+  jsonl.write(tmp_path / "t.jsonl", records)
+  eager = pair_data.PairBatches(records=records, tokenizer=tokenizer, batch_size=4)
+  lazy = pair_data.PairBatches(path=str(tmp_path / "t.jsonl"), tokenizer=tokenizer,
+                               batch_size=4, check_records=False)
+  assert eager.feature_names[-4:-2] == ("teacher_positive", "teacher_negative")
+  for data in (eager, lazy):
+    batch = data.batch(3)
+    rows = data.global_indices(3)
+    assert batch["teacher_positive"].dtype == np.float32
+    np.testing.assert_array_equal(batch["teacher_positive"], -rows.astype(np.float32))
+    np.testing.assert_array_equal(batch["teacher_negative"], -10.0 - rows)
+  assert "teacher_positive" not in pair_data.PairBatches(
+      records=RECORDS, tokenizer=tokenizer, batch_size=4).feature_names
 
 
 _HOST_SCRIPT = r"""

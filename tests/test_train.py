@@ -170,6 +170,40 @@ def test_configuration_mistakes_exit_with_one_line(tmp_path, triples, extra, mes
   assert "Traceback" not in result.stderr
 
 
+def test_a_run_distils_the_teachers_scores_beside_the_contrastive_loss(tmp_path, capsys):
+  """Triples with a teacher's scores, MarginMSE bound from gin: each logged loss is the
+  contrastive and the distillation term of both dims, weighted; data without the scores
+  is refused before anything is compiled."""
+  from gecko import train
+  from gecko.data import jsonl
+  data = tmp_path / "scored.jsonl"
+  jsonl.write(data, ({"query": f"what about topic {i}", "positive": f"topic {i} is here",
+                      "negative": f"something else {i}", "teacher_positive": -5.0 - i % 3,
+                      "teacher_negative": -30.0 + i % 5} for i in range(16)))
+  args = TINY_RUN + [f"--gin.MODEL_DIR='{tmp_path / 'run'}'", "--gin.TRAIN_STEPS=2",
+                     "--gin.losses.GeckoLoss.distillation='margin_mse'",
+                     "--gin.losses.GeckoLoss.distillation_weight=0.5",
+                     "--gin.losses.GeckoLoss.teacher_scale=0.02"]
+  assert train.main(args + [f"--gin.TRAIN_DATA='{data}'"]) == 0
+  rows = read_metrics(tmp_path / "run")
+  assert len(rows) == 2
+  for row in rows:
+    assert row["distillation/16"] > 0 and row["distillation/64"] > 0
+    want = sum(row[f"loss/{d}"] + 0.5 * row[f"distillation/{d}"] for d in (16, 64))
+    assert row["loss"] == pytest.approx(want, rel=1e-5)
+  assert "losses.GeckoLoss.distillation = 'margin_mse'" in (
+      tmp_path / "run" / "config.gin").read_text()
+  plain = tmp_path / "plain.jsonl"
+  jsonl.write(plain, ({k: v for k, v in r.items() if not k.startswith("teacher")}
+                      for r in jsonl.read_objects(str(data), what="triples")))
+  capsys.readouterr()
+  assert train.main(args[:-4] + [f"--gin.MODEL_DIR='{tmp_path / 'run2'}'", "--gin.TRAIN_STEPS=2",
+                                 "--gin.losses.GeckoLoss.distillation='margin_mse'",
+                                 f"--gin.TRAIN_DATA='{plain}'"]) == 1
+  assert ("GeckoLoss needs the model features ['teacher_positive', 'teacher_negative']"
+          in capsys.readouterr().err)
+
+
 def test_help_explains_the_flags():
   result = run_cli([sys.executable, "-m", "gecko.train", "--help"], timeout=120)
   assert result.returncode == 0

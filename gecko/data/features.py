@@ -11,6 +11,8 @@ feature converter (`gecko.data.feature_converters`) or by `gecko.data.pairs`:
   negative_mask    int32 [B, Lp]                                      (fine-tuning only)
   positive_key     int32 [B]      a hash of the positive text        (optional: masks
   query_key        int32 [B]      a hash of the query text            in-batch false negatives)
+  teacher_positive float32 [B]    a teacher's score of the positive   (optional: a
+  teacher_negative float32 [B]    ... and of the hard negative         distillation loss)
 
 Example (B=2, Lq=Lp=6, MiniLM ids):
 
@@ -38,7 +40,12 @@ NEGATIVE = ("negative_tokens", "negative_mask")
 POSITIVE_KEY = "positive_key"
 QUERY_KEY = "query_key"
 
-ALL = QUERY + POSITIVE + NEGATIVE + (POSITIVE_KEY, QUERY_KEY)
+TEACHER_POSITIVE = "teacher_positive"
+TEACHER_NEGATIVE = "teacher_negative"
+TEACHER = (TEACHER_POSITIVE, TEACHER_NEGATIVE)
+FLOATS = frozenset(TEACHER)  # float32; every other feature is int32
+
+ALL = QUERY + POSITIVE + NEGATIVE + (POSITIVE_KEY, QUERY_KEY) + TEACHER
 TOWERS = {"query": QUERY, "positive": POSITIVE, "negative": NEGATIVE}
 
 

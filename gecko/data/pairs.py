@@ -9,11 +9,16 @@ Records come from Python (`records=`) or a JSONL file whose lines hold the texts
 `{"query": ..., "positive": ..., "negative": ...}` (negative optional), already in
 Gecko's format (`task: ... | query: ...`, `title: ... | text: ...`) or given a
 `query_prompt` / `passage_prompt` to format them. Batches follow `gecko.data.features`.
+Records with a negative may also carry a teacher's scores of the positive and the
+negative, `"teacher_positive": -12.3, "teacher_negative": -40.2` (e.g. a FRet record's
+`positive_ql` / `negative_ql`), for a distillation loss (`GeckoLoss(distillation=...)`):
+every record, or none.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 import zlib
 from collections.abc import Sequence
@@ -100,12 +105,11 @@ class PairBatches:
       numbered = ([(f"records[{n}]", r) for n, r in enumerate(records)] if records is not None
                   else [(self._index.where(i), r) for i, r in
                         sorted(self._index.read(range(self.num_records)).items())])
-      self._has_negative = _check_records(numbered)
+      self._has_negative, self._has_teacher = _check_records(numbered)
       self._encoded = self._encode([r for _, r in numbered])  # every row, tokenized once
     else:
       first = self._index.read([0])[0]
-      _check_records([(self._index.where(0), first)])
-      self._has_negative = isinstance(first, dict) and isinstance(first.get("negative"), str)
+      self._has_negative, self._has_teacher = _check_records([(self._index.where(0), first)])
       self._encoded = None
 
   @property
@@ -118,6 +122,8 @@ class PairBatches:
     names = features.QUERY + features.POSITIVE
     if self._has_negative:
       names += features.NEGATIVE
+    if self._has_teacher:
+      names += features.TEACHER
     return names + (features.POSITIVE_KEY, features.QUERY_KEY)
 
   def global_indices(self, step: int) -> np.ndarray:
@@ -138,13 +144,15 @@ class PairBatches:
     if self._encoded is not None:
       return {name: values[indices] for name, values in self._encoded.items()}
     numbered = [(self._index.where(i), r) for i, r in self._index.read(indices).items()]
-    has_negative = _check_records(numbered, empties=False)
-    if has_negative != self._has_negative:
-      where = numbered[0][0]
-      raise ValueError(f"{where}: records {'have' if has_negative else 'lack'} a 'negative' "
-                       "that the file's first record "
-                       f"{'lacks' if has_negative else 'has'}; give every record a hard "
-                       "negative, or none (Eq. 2).")
+    found = _check_records(numbered, empties=False)
+    for has, had, what, fix in ((found[0], self._has_negative, "a 'negative'",
+                                 "a hard negative, or none (Eq. 2)"),
+                                (found[1], self._has_teacher, "teacher scores",
+                                 "teacher scores, or none")):
+      if has != had:
+        raise ValueError(f"{numbered[0][0]}: records {'have' if has else 'lack'} {what} "
+                         f"that the file's first record {'lacks' if has else 'has'}; give "
+                         f"every record {fix}.")
     by_index = {i: r for i, (_, r) in zip(sorted(set(indices.tolist())), numbered)}
     return self._encode([by_index[int(i)] for i in indices])
 
@@ -164,6 +172,9 @@ class PairBatches:
       out[f"{tower}_tokens"], out[f"{tower}_mask"] = ids, mask
     out[features.POSITIVE_KEY] = np.array([text_key(t) for t in texts["positive"]], np.int32)
     out[features.QUERY_KEY] = np.array([text_key(t) for t in texts["query"]], np.int32)
+    if self._has_teacher:
+      for name in features.TEACHER:
+        out[name] = np.array([r[name] for r in records], np.float32)
     return out
 
   def close(self) -> None:
@@ -171,9 +182,11 @@ class PairBatches:
     `SeqioBatches.close`."""
 
 
-def _check_records(numbered: Sequence[tuple[str, object]], *, empties: bool = True) -> bool:
-  """Checks (where, record) pairs (objects, string texts, a negative in all or none and,
-  with `empties`, empty texts); returns whether they have negatives."""
+def _check_records(numbered: Sequence[tuple[str, object]], *, empties: bool = True
+                   ) -> tuple[bool, bool]:
+  """Checks (where, record) pairs (objects, string texts, a negative and teacher scores
+  in all or none and, with `empties`, empty texts); returns whether they have negatives,
+  and whether teacher scores."""
   for where, record in numbered:
     if not isinstance(record, dict):
       raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__} "
@@ -190,4 +203,28 @@ def _check_records(numbered: Sequence[tuple[str, object]], *, empties: bool = Tr
   if empties:
     _check_empty(numbered, ("query", "positive", "negative") if has_negative
                  else ("query", "positive"))
-  return has_negative
+  return has_negative, _check_teacher(numbered, has_negative=has_negative)
+
+
+def _check_teacher(numbered: Sequence[tuple[str, dict]], *, has_negative: bool) -> bool:
+  """Whether the records carry teacher scores (finite numbers, in all or none)."""
+  def score(record, name):
+    value = record.get(name)
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+  present = [any(name in r for name in features.TEACHER) for _, r in numbered]
+  if not any(present):
+    return False
+  for (where, record), has in zip(numbered, present):
+    if not has:
+      raise ValueError(f"{where}: has no teacher scores while other records do; give every "
+                       f"record {features.TEACHER_POSITIVE!r} and "
+                       f"{features.TEACHER_NEGATIVE!r}, or none.")
+    bad = [name for name in features.TEACHER if not score(record, name)]
+    if bad:
+      raise ValueError(f"{where}: {bad[0]!r} must be a finite number (a teacher's score), "
+                       f"got {record.get(bad[0])!r:.60}.")
+  if not has_negative:
+    raise ValueError(f"{numbered[0][0]}: teacher scores score the positive against the hard "
+                     "negative; these records have no 'negative'.")
+  return True

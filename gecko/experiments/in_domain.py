@@ -74,4 +74,4 @@ def record(*, qid: str, query: str, task: str, positive: dict, negative: dict) -
           "negative_id": negative["id"], "negative_title": negative["title"],
           "negative_text": negative["text"], "positive_is_seed": True,
           "positive_ql": None, "positive_rc": None, "negative_ql": None, "negative_rc": None,
-          "llm": LLM_LABEL}
+          "candidate_ids": None, "candidate_ql": None, "candidate_rc": None, "llm": LLM_LABEL}

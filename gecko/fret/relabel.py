@@ -100,5 +100,8 @@ class Relabeler:
         "positive_is_seed": pos["id"] == seed_passage["id"],
         "positive_ql": at(ql, chosen.positive), "positive_rc": at(rc, chosen.positive),
         "negative_ql": at(ql, chosen.negative), "negative_rc": at(rc, chosen.negative),
+        "candidate_ids": [p["id"] for p in passages],
+        "candidate_ql": None if ql is None else [float(x) for x in ql],
+        "candidate_rc": None if rc is None else [float(x) for x in rc],
         "llm": self.llm_label}
     return Relabelled(record, ql, rc)

@@ -16,6 +16,16 @@ Qwen3-Embedding loss masks false negatives this way, with m = 0.1): near-duplica
 queries and unlabelled relevant passages stop counting as negatives. Matryoshka: the
 loss is the weighted sum over `dims` of the same loss on the re-normalised prefixes.
 
+Distillation (optional): with a teacher's scores of each example's positive and hard
+negative (the `teacher_positive` / `teacher_negative` features, e.g. a FRet record's
+QL log-probabilities), `GeckoLoss(distillation=...)` adds, per dim and with a weight,
+
+  "margin_mse"   ((s(q,p+) - s(q,p-)) - scale * (t+ - t-))^2          (`margin_mse`)
+  "listwise_kl"  KL(softmax([t+, t-] / T) || softmax([s(q,p+), s(q,p-)] / tau))
+                                                                        (`listwise_kl`)
+
+and `contrastive_weight=0` trains on the teacher's scores alone.
+
 All similarities are taken over the *global* batch: inside `jax.jit` with sharded
 embeddings, XLA gathers what each device needs, so negatives cross devices for free.
 """
@@ -33,6 +43,8 @@ from gecko.data import features
 from gecko.models import matryoshka
 
 Array = jax.Array
+
+DISTILLATIONS = (None, "margin_mse", "listwise_kl")
 
 
 def contrastive_loss(query: Array, positive: Array, negative: Array | None = None, *,
@@ -166,6 +178,14 @@ class GeckoLoss:
       positive by more than this (cosine units; None keeps all; Qwen3-Embedding: 0.1).
     dims: Matryoshka dims, e.g. (256, 768); () means the full embedding only.
     dim_weights: one weight per dim (default all 1.0).
+    distillation: None, "margin_mse" or "listwise_kl": a term on the teacher's scores
+      of each example's positive and hard negative (needs `hard_negatives` and the
+      `teacher_positive` / `teacher_negative` features).
+    distillation_weight: the distillation term's weight.
+    contrastive_weight: the contrastive term's weight (0: the teacher's scores alone).
+    teacher_temperature: "listwise_kl": the teacher's softmax temperature.
+    teacher_scale: "margin_mse": the teacher's margin times this is the student's
+      target (cosine units; a QL margin of 10 nats is far from a cosine's range).
   """
 
   temperature: float = 0.05
@@ -175,6 +195,11 @@ class GeckoLoss:
   false_negative_margin: float | None = None
   dims: Sequence[int] = ()
   dim_weights: Sequence[float] | None = None
+  distillation: str | None = None
+  distillation_weight: float = 1.0
+  contrastive_weight: float = 1.0
+  teacher_temperature: float = 1.0
+  teacher_scale: float = 1.0
 
   def __post_init__(self):
     if not (isinstance(self.temperature, (int, float)) and 0 < self.temperature < math.inf):
@@ -190,6 +215,26 @@ class GeckoLoss:
     if self.dim_weights is not None and len(self.dim_weights) != len(self.dims):
       raise ValueError(f"GeckoLoss.dim_weights={tuple(self.dim_weights)} needs one weight per "
                        f"dim in dims={tuple(self.dims)}.")
+    self._check_distillation()
+
+  def _check_distillation(self) -> None:
+    if self.distillation not in DISTILLATIONS:
+      raise ValueError(f"GeckoLoss.distillation={self.distillation!r}; use one of "
+                       f"{DISTILLATIONS}.")
+    for name in ("distillation_weight", "contrastive_weight", "teacher_scale"):
+      value = getattr(self, name)
+      if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise ValueError(f"GeckoLoss.{name} must be finite and >= 0, got {value!r}.")
+    if not (isinstance(self.teacher_temperature, (int, float))
+            and 0 < self.teacher_temperature < math.inf):
+      raise ValueError(f"GeckoLoss.teacher_temperature must be > 0, got "
+                       f"{self.teacher_temperature!r}.")
+    if self.distillation is None and self.contrastive_weight == 0:
+      raise ValueError("GeckoLoss.contrastive_weight=0 leaves no loss without a distillation "
+                       "term; set distillation='margin_mse' or 'listwise_kl', or the weight > 0.")
+    if self.distillation is not None and not self.hard_negatives:
+      raise ValueError(f"GeckoLoss.distillation={self.distillation!r} scores each example's "
+                       "positive against its hard negative: it needs hard_negatives=True.")
 
   @property
   def required_features(self) -> tuple[str, ...]:
@@ -198,6 +243,8 @@ class GeckoLoss:
       required += features.NEGATIVE
     if self.mask_false_negatives:
       required += (features.POSITIVE_KEY,)
+    if self.distillation is not None:
+      required += features.TEACHER
     return required
 
   def validate_features(self, available) -> None:
@@ -219,8 +266,9 @@ class GeckoLoss:
       batch: the model features, for `positive_key` / `query_key`.
 
     Returns:
-      (scalar loss, metrics): `loss/{d}` and `accuracy/{d}` per Matryoshka dim, and
-      `same_tower_share/{d}` / `margin_dropped/{d}` when those terms are on.
+      (scalar loss, metrics): `loss/{d}` and `accuracy/{d}` per Matryoshka dim (the
+      contrastive term), `same_tower_share/{d}` / `margin_dropped/{d}` when those terms
+      are on, and `distillation/{d}` with a distillation term.
     """
     batch = batch or {}
     full = embeddings["query"].shape[-1]
@@ -240,6 +288,23 @@ class GeckoLoss:
       metrics[f"loss/{dim}"] = jnp.mean(loss)
       metrics[f"accuracy/{dim}"] = jnp.mean(correct.astype(jnp.float32))
       metrics.update({f"{name}/{dim}": jnp.mean(value) for name, value in stats.items()})
-      total = total + weight * jnp.mean(loss)
+      term = self.contrastive_weight * jnp.mean(loss)
+      if self.distillation is not None:
+        distilled = jnp.mean(self._distillation(prefix, batch))
+        metrics[f"distillation/{dim}"] = distilled
+        term = term + self.distillation_weight * distilled
+      total = total + weight * term
     metrics["loss"] = total
     return total, metrics
+
+  def _distillation(self, embeddings: dict[str, Array], batch: dict[str, Array]) -> Array:
+    """`[B]` the distillation term of each example (`distillation`)."""
+    positive = jnp.sum(embeddings["query"] * embeddings["positive"], -1)
+    negative = jnp.sum(embeddings["query"] * embeddings["negative"], -1)
+    teacher = (batch[features.TEACHER_POSITIVE], batch[features.TEACHER_NEGATIVE])
+    if self.distillation == "margin_mse":
+      return margin_mse(positive, negative, self.teacher_scale * teacher[0],
+                        self.teacher_scale * teacher[1])
+    return listwise_kl(jnp.stack([positive, negative], -1), jnp.stack(teacher, -1),
+                       temperature=self.temperature,
+                       teacher_temperature=self.teacher_temperature)

@@ -102,7 +102,8 @@ class ShardedTraining:
     for name in loss.required_features:
       tower = next((t for t, names in features.TOWERS.items() if name in names), None)
       shape = (batch_size, lengths[tower]) if tower else (batch_size,)
-      batch[name] = jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self.batch_sharding)
+      dtype = jnp.float32 if name in features.FLOATS else jnp.int32
+      batch[name] = jax.ShapeDtypeStruct(shape, dtype, sharding=self.batch_sharding)
     return batch
 
 
