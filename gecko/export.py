@@ -34,12 +34,6 @@ from gecko.models import embedder as embedder_lib
 from gecko.models import hf_directory
 
 
-def is_run_dir(path: str) -> bool:
-  """A training MODEL_DIR: checkpoints and the operative config.gin."""
-  return (paths.isdir(paths.join(path, "checkpoints"))
-          and paths.exists(paths.join(path, "config.gin")))
-
-
 def restore_run(model_dir: str, *, step: int | None = None, tokenizer: str | None = None
                 ) -> tuple[embedder_lib.Embedder, int, dict]:
   """(model, step, run bindings) from a training MODEL_DIR's checkpoint, on one device.
@@ -114,7 +108,7 @@ def export(*, model: str, output: str, step: int | None = None, eval_dir: str | 
       raise FileNotFoundError(f"--eval_dir {eval_dir!r} has no results.md (a gecko.eval "
                               "OUTPUT_DIR has one).")
     results = paths.read_text(path)
-  if is_run_dir(model):
+  if paths.is_run_dir(model):
     embedder, step, bindings = restore_run(model, step=step, tokenizer=tokenizer)
     base, training = bindings.get("init_from"), _training_summary(model, step)
   else:

@@ -27,7 +27,7 @@ def _split(spec: str) -> tuple[str, str]:
   """(path, step) of `MODEL_DIR@STEP`; (spec, "") when `spec` names no step. A training
   MODEL_DIR followed by `@` and no step number is refused, naming its steps."""
   path, sep, step = spec.rpartition("@")
-  if sep and not step.isdigit() and export.is_run_dir(path):
+  if sep and not step.isdigit() and paths.is_run_dir(path):
     steps = sorted(int(n) for n in paths.listdir(paths.join(path, "checkpoints")) if n.isdigit())
     raise ValueError(f"{spec!r}: what follows @ must be a checkpoint step of {path}, one of "
                      f"{steps} (e.g. {path}@{steps[-1] if steps else 1000}).")
@@ -37,7 +37,7 @@ def _split(spec: str) -> tuple[str, str]:
 def load(spec: str) -> embedder_lib.Embedder:
   """A model by name or path, or a training MODEL_DIR[@STEP]'s checkpoint."""
   path, step = _split(spec)
-  if export.is_run_dir(path):
+  if paths.is_run_dir(path):
     model, _, _ = export.restore_run(path, step=int(step) if step else None)
     return model
   if step:

@@ -249,3 +249,17 @@ def test_a_read_only_folder_is_one_line(tiny_run, tmp_path, command):
   assert code == 1 and len(lines) == 1, lines
   assert f"{disk}/out is on a read-only file system: choose a writable folder" in lines[0], lines
 
+
+
+@pytest.mark.parametrize("name", ["config.json", "modules.json"])
+def test_a_garbled_json_file_of_a_hugging_face_folder_names_the_file(tiny_hf_dir, tmp_path,
+                                                                     capsys, name):
+  folder = tmp_path / "hf"
+  shutil.copytree(tiny_hf_dir, folder)
+  (folder / name).write_text('{"model_type": "bert",')
+  (tmp_path / "in.txt").write_text("hello\n")
+  assert encode.main(["--model", str(folder), "--input", str(tmp_path / "in.txt"),
+                      "--output", str(tmp_path / "e.npy")]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f"gecko.encode: error: {folder / name} is not valid JSON"), err
+  assert "copy it again whole" in err and err.count("\n") == 1

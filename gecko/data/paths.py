@@ -278,6 +278,11 @@ def check_apart(output: PathLike, *inputs: PathLike, flag: str = "--output") -> 
                        "writing there could overwrite what is being read: choose another path.")
 
 
+def is_run_dir(path: PathLike) -> bool:
+  """A training MODEL_DIR (local or gs://): checkpoints/ and the operative config.gin."""
+  return isdir(join(path, "checkpoints")) and exists(join(path, "config.gin"))
+
+
 def check_output_dir(output: PathLike, *inputs: PathLike, flag: str) -> None:
   """ValueError when the folder `output` is a file, or is, contains or lies inside one of
   `inputs` (`check_apart`)."""

@@ -12,7 +12,6 @@ key, the expected shape and the found shape. Sharded checkpoints
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -21,7 +20,7 @@ import numpy as np
 import safetensors
 from safetensors import numpy as safetensors_numpy
 
-from gecko.models import bert, t5
+from gecko.models import bert, t5, unreadable
 
 PathLike = str | os.PathLike
 Params = dict[str, Any]
@@ -122,8 +121,7 @@ def _t5_config(hf: Mapping[str, Any], path: str) -> t5.T5Config:
 
 def config_from_hf(config_path: PathLike) -> Config:
   """The backbone sizes from a Hugging Face `config.json` (BERT family or T5 v1.1)."""
-  with open(config_path, encoding="utf-8") as f:
-    hf = json.load(f)
+  hf = unreadable.read_json(config_path)
   model_type = hf.get("model_type", "bert")
   if model_type == "t5":
     return _t5_config(hf, os.fspath(config_path))
@@ -161,8 +159,7 @@ def read_checkpoint(model_dir: PathLike) -> dict[str, np.ndarray]:
   index = os.path.join(model_dir, "model.safetensors.index.json")
   if not os.path.exists(index):
     return read_safetensors(os.path.join(model_dir, "model.safetensors"))
-  with open(index, encoding="utf-8") as f:
-    shards = sorted(set(json.load(f)["weight_map"].values()))
+  shards = sorted(set(unreadable.read_json(index)["weight_map"].values()))
   tensors: dict[str, np.ndarray] = {}
   for shard in shards:
     tensors.update(read_safetensors(os.path.join(model_dir, shard)))

@@ -108,8 +108,7 @@ def model_name(model: PathLike) -> str:
 def _hf_max_length(model_dir: str, config: BackboneConfig) -> int:
   st_config = os.path.join(model_dir, "sentence_bert_config.json")
   if os.path.exists(st_config):
-    with open(st_config, encoding="utf-8") as f:
-      value = json.load(f).get("max_seq_length")
+    value = unreadable.read_json(st_config).get("max_seq_length")
     if value:
       return min(int(value), config.max_length)
   return config.max_length
@@ -118,8 +117,8 @@ def _hf_max_length(model_dir: str, config: BackboneConfig) -> int:
 def _check_pooling(model_dir: str) -> None:
   pooling = os.path.join(model_dir, "1_Pooling", "config.json")
   if os.path.exists(pooling):
-    with open(pooling, encoding="utf-8") as f:
-      modes = {k for k, v in json.load(f).items() if k.startswith("pooling_mode") and v is True}
+    modes = {k for k, v in unreadable.read_json(pooling).items()
+             if k.startswith("pooling_mode") and v is True}
     if modes != {"pooling_mode_mean_tokens"}:
       raise ValueError(f"{pooling}: pooling {sorted(modes)} is not mean pooling, which is the "
                        "only pooling a Gecko dual encoder uses.")
@@ -175,13 +174,12 @@ def _sentence_transformers_dense(model_dir: str, config: BackboneConfig) -> np.n
   modules_file = os.path.join(model_dir, "modules.json")
   if not os.path.exists(modules_file):
     return None
-  with open(modules_file, encoding="utf-8") as f:
-    dense = [m for m in json.load(f) if m.get("type", "").endswith("models.Dense")]
+  dense = [m for m in unreadable.read_json(modules_file)
+           if m.get("type", "").endswith("models.Dense")]
   if not dense:
     return None
   path = os.path.join(model_dir, dense[0]["path"])
-  with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-    spec = json.load(f)
+  spec = unreadable.read_json(os.path.join(path, "config.json"))
   if (len(dense) > 1 or spec.get("bias", True)
       or not spec.get("activation_function", "").endswith("Identity")):
     raise ValueError(f"{path}: only one bias-free, linear Dense module after pooling can be "
@@ -229,11 +227,11 @@ def save(embedder: Embedder, directory: PathLike, *, overwrite: bool = False) ->
 
 def _load_saved(directory: str) -> Embedder:
   import orbax.checkpoint as ocp
-  config = _read_json(os.path.join(directory, _GECKO_CONFIG))
+  config = unreadable.read_json(os.path.join(directory, _GECKO_CONFIG))
   backbone = _BACKBONES[config.get("backbone_type", "bert")](**config["backbone"])
   module = DualEncoder(backbone=backbone, embed_dim=config["embed_dim"],
                        dims=tuple(config["dims"]))
-  max_length = int(_read_json(os.path.join(directory, "tokenizer_config.json"))
+  max_length = int(unreadable.read_json(os.path.join(directory, "tokenizer_config.json"))
                    ["model_max_length"])
   tokenizer = tokenization.from_pretrained(directory, max_length=max_length)
   params_dir = paths.join(paths.absolute(directory), "params")
@@ -252,17 +250,7 @@ def _load_saved(directory: str) -> Embedder:
                   prompts=dict(config.get("prompts") or {}))
 
 
-class UnreadableModelError(ValueError):
-  """A model folder whose files are damaged (truncated, not JSON, not safetensors)."""
-
-
-def _read_json(path: str):
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (ValueError, UnicodeDecodeError) as e:
-    raise UnreadableModelError(f"{path} is not valid JSON ({e}); the model folder is damaged: "
-                               "save or export it again, or copy it again whole.") from None
+UnreadableModelError = unreadable.UnreadableModelError
 
 
 def load(model: PathLike | Embedder) -> Embedder:
@@ -273,8 +261,7 @@ def load(model: PathLike | Embedder) -> Embedder:
     raise TypeError(f"model must be a path, a packaged model name or an Embedder, got "
                     f"{type(model).__name__}: {model!r}.")
   directory = resolve(model)
-  if os.path.isdir(os.path.join(directory, "checkpoints")) and os.path.exists(
-      os.path.join(directory, "config.gin")):
+  if paths.is_run_dir(directory):
     raise FileNotFoundError(
         f"{os.fspath(model)!r} is a training MODEL_DIR, not a saved model: give its "
         f"{os.path.join(os.fspath(model), 'export')} (written when training ends), or write "

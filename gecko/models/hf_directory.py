@@ -33,7 +33,7 @@ from safetensors import numpy as safetensors_numpy
 
 from gecko.data import disk, paths, tokenization
 from gecko.data.input_format import GECKO, TASK_STRINGS, InputFormat
-from gecko.models import bert, checkpoint_import, t5
+from gecko.models import bert, checkpoint_import, t5, unreadable
 
 ST_CONFIG = "config_sentence_transformers.json"
 IDENTITY = "torch.nn.modules.linear.Identity"
@@ -193,8 +193,7 @@ def read_st_config(directory: str | os.PathLike) -> Mapping:
   path = os.path.join(os.fspath(directory), ST_CONFIG)
   if not os.path.exists(path):
     return {}
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  return unreadable.read_json(path)
 
 
 def model_card(embedder, *, named_prompts: Mapping[str, str], base_model: str | None = None,

@@ -17,6 +17,22 @@ import time
 from gecko.data import paths
 
 
+class UnreadableModelError(ValueError):
+  """A model folder whose files are damaged (truncated, not JSON, not safetensors)."""
+
+
+def read_json(path: str | os.PathLike):
+  """The JSON value in the file at `path`; UnreadableModelError naming the file when it
+  is not JSON (a damaged model folder)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise UnreadableModelError(f"{os.fspath(path)} is not valid JSON ({e}); the model folder "
+                               "is damaged: save or export it again, or copy it again whole."
+                               ) from None
+
+
 class CapturedStderr:
   """File descriptor 2 (what C++ threads print too) into a temporary file; written back on
   exit unless `drop()` was called."""
