@@ -11,6 +11,10 @@ Pre-finetuning (Eq. 2 data: query + positive):
   gecko_pft_squad         TFDS squad (question -> title + context)
 Fine-tuning (Eq. 3 data: query + positive + hard negative):
   gecko_fret              <root>/fret/fret-*.tfrecord, else fret-*.jsonl  (gecko.fret.schema)
+  gecko_fret_ql, gecko_fret_rc
+                          <root>/fret/fret-*.jsonl with the LLM's QL or RC score of the
+                          positive and the negative (teacher_positive / teacher_negative,
+                          for GeckoLoss.distillation); each trains alone
   gecko_nq, gecko_hotpotqa, gecko_fever, gecko_medmcqa, gecko_miracl
                           <root>/<name>/*.jsonl  {"query", "positive_text", "negative_text",
                                                     "positive_title"?, "negative_title"?}

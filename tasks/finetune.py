@@ -6,7 +6,7 @@ Every task yields `query`, `positive` and `negative`, so that they mix freely.
 import functools
 
 import seqio
-from gecko_tasks.vocabulary import triple_features
+from gecko_tasks.vocabulary import scored_triple_features, triple_features
 
 from gecko.data import preprocessors as pp
 from gecko.data import sources
@@ -22,6 +22,21 @@ seqio.TaskRegistry.add(
         fields={name: str for name in fret_schema.TRAINING_FIELDS}),
     preprocessors=[pp.fret_fields, pp.format_asymmetric, seqio.preprocessors.tokenize],
     output_features=triple_features())
+
+# The same records with the LLM's score of the positive and of the hard negative, QL or
+# RC, for a distillation loss (GeckoLoss.distillation). They read the JSONL shards (the
+# scores are numbers there); a record without the score (its run's ranking did not
+# compute it) is a bad record. Each trains alone: the other tasks have no scores.
+for _score in ("ql", "rc"):
+  seqio.TaskRegistry.add(
+      f"gecko_fret_{_score}",
+      source=sources.file_source(
+          "fret/fret-*.jsonl*",
+          fields={**{name: str for name in fret_schema.TRAINING_FIELDS},
+                  f"positive_{_score}": (int, float), f"negative_{_score}": (int, float)}),
+      preprocessors=[functools.partial(pp.fret_teacher, score=_score), pp.fret_fields,
+                     pp.format_asymmetric, seqio.preprocessors.tokenize],
+      output_features=scored_triple_features())
 
 # --- Retrieval triples from files: query, positive and hard-negative passages.
 RETRIEVAL_TASKS = {

@@ -24,3 +24,10 @@ def pair_features(vocabulary=VOCABULARY) -> dict[str, seqio.Feature]:
 def triple_features(vocabulary=VOCABULARY) -> dict[str, seqio.Feature]:
   """query + positive + hard negative (fine-tuning, Eq. 3)."""
   return {**pair_features(vocabulary), "negative": _feature(vocabulary)}
+
+
+def scored_triple_features(vocabulary=VOCABULARY) -> dict[str, seqio.Feature]:
+  """A triple and a teacher's scores of its positive and negative (float32 scalars)."""
+  score = seqio.Feature(vocabulary=seqio.PassThroughVocabulary(1), add_eos=False,
+                        dtype=tf.float32, rank=0)
+  return {**triple_features(vocabulary), "teacher_positive": score, "teacher_negative": score}

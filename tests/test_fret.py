@@ -220,3 +220,50 @@ def test_fret_records_become_triples_with_the_teachers_scores(tmp_path, capsys, 
   assert triples.main(["--fret", str(tmp_path / "fret"), "--output",
                        str(tmp_path / "fret" / "fret-00009.jsonl")]) == 2
   assert "is named like a FRet shard" in capsys.readouterr().err
+
+
+def test_the_scored_fret_tasks_carry_the_teachers_scores_into_the_batches(tmp_path, minilm):
+  """gecko_fret_ql / gecko_fret_rc: each row's teacher_positive / teacher_negative are its
+  record's QL (RC) scores of the positive and the negative, beside the same token rows
+  as gecko_fret's; a record whose run did not compute the score is named."""
+  from gecko.data.seqio_batches import SeqioBatches
+  writer = ShardWriter(str(tmp_path / "fret"), shard_size=4)
+  for i in range(8):
+    writer.add(dict(_record(i), positive_ql=-1.0 - i, negative_ql=-20.0 - i,
+                    positive_rc=-0.5 * i, negative_rc=-3.0 - i))
+  writer.close()
+
+  def batches(task):
+    data = SeqioBatches(mixture_or_task_name=task, tokenizer=minilm.tokenizer, batch_size=8,
+                        data_dir=str(tmp_path), shuffle_buffer=1, query_length=16,
+                        passage_length=16)
+    try:
+      return data.feature_names, data.batch(0)
+    finally:
+      data.close()
+  names, plain = batches("gecko_fret")
+  assert "teacher_positive" not in names and "teacher_positive" not in plain
+  for score, positive, negative in (("ql", lambda i: -1.0 - i, lambda i: -20.0 - i),
+                                    ("rc", lambda i: -0.5 * i, lambda i: -3.0 - i)):
+    names, batch = batches(f"gecko_fret_{score}")
+    assert names[-4:-2] == ("teacher_positive", "teacher_negative")
+    assert batch["teacher_positive"].dtype == np.float32
+    # The record of each row, by its query's last token before [SEP]: "query number i".
+    token = minilm.tokenizer.vocab  # id -> token
+    ids = [int(token[int(row[row > 0][-2])]) for row in batch["query_tokens"]]
+    assert sorted(ids) == list(range(8))
+    assert batch["teacher_positive"].tolist() == [positive(i) for i in ids]
+    assert batch["teacher_negative"].tolist() == [negative(i) for i in ids]
+    for name in plain:  # the same token rows as gecko_fret's, in the same order
+      np.testing.assert_array_equal(batch[name], plain[name])
+  writer = ShardWriter(str(tmp_path / "ql_only" / "fret"), shard_size=4)
+  for i in range(8):
+    writer.add(dict(_record(i), positive_rc=None, negative_rc=None, candidate_rc=None))
+  writer.close()
+  with pytest.raises(Exception, match=r"fret-00000.jsonl:1: field 'positive_rc' has the wrong "
+                                      r"type \(None\)"):
+    SeqioBatches(mixture_or_task_name="gecko_fret_rc", tokenizer=minilm.tokenizer,
+                 batch_size=8, data_dir=str(tmp_path / "ql_only")).batch(0)
+  import seqio  # a mixture of scored and unscored tasks is refused when registered
+  with pytest.raises(ValueError, match="contains Tasks with different output features"):
+    seqio.MixtureRegistry.add("test_fret_scored_and_not", [("gecko_fret_ql", 1), ("gecko_fret", 1)])

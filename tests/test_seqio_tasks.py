@@ -324,13 +324,43 @@ def test_missing_data_dir_is_explained(monkeypatch, tmp_path):
 
 
 def test_every_task_is_in_a_mixture_and_mixtures_share_features():
-  names = [n for n in seqio.TaskRegistry.names() if n.startswith("gecko_")]
+  # The scored FRet tasks (a teacher's scores besides the triple) train alone.
+  names = [n for n in seqio.TaskRegistry.names() if n.startswith("gecko_")
+           and n not in ("gecko_fret_ql", "gecko_fret_rc")]
   mixed = collections.Counter(t.name for m in seqio.MixtureRegistry.names() if m.startswith("gecko")
                               for t in seqio.get_mixture_or_task(m).tasks)
   assert set(names) <= set(mixed)
   finetune = seqio.get_mixture_or_task("gecko_finetune")
   assert {tuple(sorted(t.output_features)) for t in finetune.tasks} == {
       ("negative", "positive", "query")}
+
+
+def test_a_run_distils_the_scored_fret_tasks_teacher(tmp_path, capsys):
+  """MIXTURE_OR_TASK_NAME='gecko_fret_ql' and a MarginMSE term: each logged loss is both
+  dims' contrastive and distillation terms; the plain task is refused by the loss."""
+  from conftest import read_metrics
+
+  from gecko import train
+  write_jsonl(tmp_path / "data" / "fret" / "fret-00000.jsonl",
+              [dict(fret_record(i), positive_ql=-4.0 - i % 3, negative_ql=-25.0 + i % 4)
+               for i in range(16)])
+  args = ["--gin_file=gin/models/tiny.gin", "--gin_file=gin/runs/finetune.gin",
+          "--gin_file=gin/data/seqio.gin", "--gin_file=gin/overlays/local_tiny.gin",
+          f"--gin.TASK_DATA_DIR='{tmp_path / 'data'}'", "--gin.TRAIN_STEPS=2",
+          "--gin.seqio_batches.SeqioBatches.shuffle_buffer=16",
+          "--gin.losses.GeckoLoss.distillation='margin_mse'",
+          "--gin.losses.GeckoLoss.teacher_scale=0.02"]
+  assert train.main(args + ["--gin.MIXTURE_OR_TASK_NAME='gecko_fret_ql'",
+                            f"--gin.MODEL_DIR='{tmp_path / 'run'}'"]) == 0
+  for row in read_metrics(tmp_path / "run"):
+    assert row["distillation/16"] > 0 and row["distillation/64"] > 0
+    want = sum(row[f"loss/{d}"] + row[f"distillation/{d}"] for d in (16, 64))
+    assert row["loss"] == pytest.approx(want, rel=1e-5)
+  capsys.readouterr()
+  assert train.main(args + ["--gin.MIXTURE_OR_TASK_NAME='gecko_fret_only'",
+                            f"--gin.MODEL_DIR='{tmp_path / 'run2'}'"]) == 1
+  assert ("GeckoLoss needs the model features ['teacher_positive', 'teacher_negative']"
+          in capsys.readouterr().err)
 
 
 # --- Gin: each ablation file changes exactly what it says; the two-stage run.

@@ -16,6 +16,8 @@ task_feature_lengths {"query": 6, "positive": 6}:
   query_key, positive_key  int32 hashes of the (truncated) token ids, equal exactly when
                            two inputs are identical: the loss masks such in-batch
                            duplicates instead of treating them as negatives.
+  teacher_positive, teacher_negative  float32 scalars, passed through (the scored FRet
+                           tasks, `with_teacher=True`)
 
 Ids longer than their length are cut to it with the final `[SEP]` kept (as BERT
 tokenizers truncate), and shorter ones are padded with 0.
@@ -33,6 +35,7 @@ from gecko.data import features
 TOWERS = ("query", "positive", "negative")
 _TOKENS = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
 _KEY = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32, rank=0)
+_SCORE = seqio.FeatureConverter.FeatureSpec(dtype=tf.float32, rank=0)
 
 
 def truncate_keep_last(ids: tf.Tensor, length: int) -> tf.Tensor:
@@ -53,18 +56,24 @@ class DualEncoderFeatureConverter(seqio.FeatureConverter):
   Args:
     with_negative: Whether the task features include `negative` (Eq. 3 data) or
       only `query` and `positive` (Eq. 2 data).
+    with_teacher: Whether they include a teacher's scores (`teacher_positive`,
+      `teacher_negative`), passed through as model features.
   """
 
   TASK_FEATURES = {}
   MODEL_FEATURES = {}
   PACKING_FEATURE_DTYPES = {}
 
-  def __init__(self, *, with_negative: bool):
+  def __init__(self, *, with_negative: bool, with_teacher: bool = False):
+    if with_teacher and not with_negative:
+      raise ValueError("teacher scores score the positive against the hard negative: "
+                       "with_teacher needs with_negative.")
     towers = TOWERS if with_negative else TOWERS[:2]
-    self.towers = towers
-    self.TASK_FEATURES = {t: _TOKENS for t in towers}
+    self.towers, self.scores = towers, features.TEACHER if with_teacher else ()
+    self.TASK_FEATURES = {**{t: _TOKENS for t in towers}, **{s: _SCORE for s in self.scores}}
     self.MODEL_FEATURES = {**{f"{t}_{part}": _TOKENS for t in towers for part in ("tokens", "mask")},
-                           features.QUERY_KEY: _KEY, features.POSITIVE_KEY: _KEY}
+                           features.QUERY_KEY: _KEY, features.POSITIVE_KEY: _KEY,
+                           **{s: _SCORE for s in self.scores}}
     super().__init__(pack=False, apply_length_check=False)
 
   def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
@@ -78,11 +87,12 @@ class DualEncoderFeatureConverter(seqio.FeatureConverter):
         out[f"{tower}_mask"] = tf.pad(tf.ones_like(ids), [[0, pad]])
         if tower != "negative":
           out[f"{tower}_key"] = token_key(ids)
-      return out
+      return {**out, **{s: example[s] for s in self.scores}}
     return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
 
   def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]
                                 ) -> Mapping[str, int]:
     lengths = {f"{t}_{part}": task_feature_lengths[t] for t in self.towers
                for part in ("tokens", "mask")}
-    return {**lengths, features.QUERY_KEY: 1, features.POSITIVE_KEY: 1}  # scalars: unchecked
+    return {**lengths, features.QUERY_KEY: 1, features.POSITIVE_KEY: 1,  # scalars: unchecked
+            **{s: 1 for s in self.scores}}

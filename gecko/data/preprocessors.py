@@ -16,6 +16,9 @@ is built), producing the task features `query`, `positive` and `negative` string
   `format_symmetric`   fields task?, query, positive, negative?  (query format on all sides)
   `fret_fields`        FRet records -> the asymmetric fields, positive from the LLM's
                        top-ranked passage or (ablation) the seed passage.
+  `fret_teacher`       FRet records' QL or RC scores of the positive and the negative ->
+                       float32 `teacher_positive` / `teacher_negative` (the scored FRet
+                       tasks), which the formatting passes on untouched.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 from gecko.data import sources as seqio_sources
+from gecko.data.features import TEACHER
 
 # TFDS SNLI/MNLI label ids.
 ENTAILMENT, NEUTRAL, CONTRADICTION = 0, 1, 2
@@ -128,8 +132,13 @@ def format_asymmetric(dataset: tf.data.Dataset, *, task: str | None = None) -> t
     if "negative_text" in example:
       out["negative"] = fmt.document_tf(example["negative_text"],
                                         title=example.get("negative_title"))
-    return out
+    return {**out, **_teacher(example)}
   return dataset.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _teacher(example) -> dict:
+  """The example's teacher scores, which every preprocessor passes on."""
+  return {name: example[name] for name in TEACHER if name in example}
 
 
 def format_symmetric(dataset: tf.data.Dataset, *, task: str | None = None) -> tf.data.Dataset:
@@ -155,5 +164,21 @@ def fret_fields(dataset: tf.data.Dataset) -> tf.data.Dataset:
   def apply(x):
     return {"task": x["task"], "query": x["query"],
             "positive_title": x[f"{source}_title"], "positive_text": x[f"{source}_text"],
-            "negative_title": x["negative_title"], "negative_text": x["negative_text"]}
+            "negative_title": x["negative_title"], "negative_text": x["negative_text"],
+            **_teacher(x)}
+  return dataset.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def fret_teacher(dataset: tf.data.Dataset, *, score: str) -> tf.data.Dataset:
+  """A FRet record's LLM scores of its positive and hard negative (`score`: "ql" or
+  "rc", as decoded strings) -> float32 `teacher_positive` / `teacher_negative`, for a
+  distillation loss (`GeckoLoss.distillation`). Runs before `fret_fields`."""
+  if seqio_sources.active().fret_positive != "llm":
+    raise ValueError("the scored FRet tasks score the LLM's positive; the seed-labelled "
+                     "ablation (fret_positive='seed') has no teacher score for its positive: "
+                     "use gecko_fret with it.")
+
+  def apply(x):
+    return {**x, TEACHER[0]: tf.strings.to_number(x[f"positive_{score}"], tf.float32),
+            TEACHER[1]: tf.strings.to_number(x[f"negative_{score}"], tf.float32)}
   return dataset.map(apply, num_parallel_calls=tf.data.AUTOTUNE)

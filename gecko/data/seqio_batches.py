@@ -106,6 +106,7 @@ class SeqioBatches:
     for task, _ in self.tasks:
       _check_vocabulary(task, tokenizer)
     self.with_negative = "negative" in self.tasks[0][0].output_features
+    self.with_teacher = features.TEACHER_POSITIVE in self.tasks[0][0].output_features
     self.name, self.batch_size, self.split, self.seed = mixture_or_task_name, batch_size, split, seed
     self.homogeneous, self.shuffle_buffer = homogeneous, shuffle_buffer
     self.shard_index, self.shard_count = shard_index, shard_count
@@ -119,6 +120,8 @@ class SeqioBatches:
     names = features.QUERY + features.POSITIVE
     if self.with_negative:
       names += features.NEGATIVE
+    if self.with_teacher:
+      names += features.TEACHER
     return names + (features.POSITIVE_KEY, features.QUERY_KEY)
 
   @property
@@ -134,8 +137,10 @@ class SeqioBatches:
 
     from gecko.data import sources as seqio_sources
     from gecko.data.feature_converters import DualEncoderFeatureConverter
-    converter = DualEncoderFeatureConverter(with_negative=self.with_negative)
-    lengths = {t: self.lengths[t] for t in converter.towers}
+    converter = DualEncoderFeatureConverter(with_negative=self.with_negative,
+                                            with_teacher=self.with_teacher)
+    lengths = {**{t: self.lengths[t] for t in converter.towers},
+               **{s: 1 for s in converter.scores}}  # scalars: no length to check
     rows = self.batch_size // self.shard_count
     shard = seqio.ShardInfo(index=self.shard_index, num_shards=self.shard_count)
     per_task = []
