@@ -5,14 +5,18 @@ cannot rot."""
 import functools
 import json
 import os
+import zlib
 
 import jax
 import pytest
+from conftest import SHARED_DATA
 
 from gecko.data import jsonl
 from gecko.evaluation import datasets
-from gecko.experiments import domain_adaptation, in_domain, recipes
+from gecko.experiments import domain_adaptation, human_dev, in_domain, recipes
 from gecko.fret import docstrings, schema
+
+SCIFACT = SHARED_DATA / "scifact"
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +104,12 @@ def test_experiment_rows_and_report_end_to_end(beir_corpus, human_dirs, tmp_path
   # The in-domain reference: the corpus's own train queries, FRet-shaped.
   ref = _run(beir_corpus, tmp_path, "in_domain")
   assert ref["records"] == 7 and ref["row"] == "in_domain"
+  # With the human dev split (r4 here), in_domain trains on the other queries' 6 pairs,
+  # and the split is scored as a task of its own.
+  apart = _run(beir_corpus, tmp_path, "in_domain", recipe=recipes.Recipe(human_dev=True))
+  assert human_dev.split(str(beir_corpus)).dev == ("r4",)
+  assert apart["row"] == "in_domain+trainpart" and apart["records"] == 6
+  assert {"human_dev@256", "human_dev@384"} <= set(apart["scores_plain_format"])
 
   start = _run(beir_corpus, tmp_path, "start", sts_dir=sts, banking77_dir=banking)
   assert "test@384" in start["scores_plain_format"] and "per_query" in start
@@ -135,6 +145,55 @@ def test_in_domain_records_take_judged_positives_and_unjudged_negatives(beir_cor
     assert not schema.problems(r), r
     assert r["positive_id"] in qrels[query_id] and r["negative_id"] not in qrels[query_id]
     assert r["positive_is_seed"] and r["llm"] == "human" and r["task"] == "fact checking"
+
+
+def test_the_human_dev_split_keeps_queries_that_share_a_document_together():
+  # a-b share d1, b-c share d2: one group {a, b, c}; e alone; f-g share d9.
+  qrels = {"a": {"d1": 1}, "b": {"d1": 1, "d2": 1}, "c": {"d2": 1, "d3": 0},
+           "e": {"d4": 1, "d3": 1}, "f": {"d9": 1}, "g": {"d9": 2, "d8": 1}}
+  for fraction in (2, 3, 7):  # each puts some groups on either side (5 puts none in dev)
+    dev, train = human_dev.split_qrels(qrels, fraction=fraction)
+    assert sorted(dev + train) == sorted(qrels) and not set(dev) & set(train)
+    for group in ({"a", "b", "c"}, {"e"}, {"f", "g"}):
+      assert group <= set(dev) or group <= set(train), (fraction, group)
+    by_hand = {q for group in ({"a", "b", "c"}, {"e"}, {"f", "g"})
+               if zlib.crc32(min(group).encode()) % fraction == 0 for q in group}
+    assert set(dev) == by_hand
+    positives = lambda ids: {d for q in ids for d, r in qrels[q].items() if r > 0}  # noqa: E731
+    assert not positives(dev) & positives(train)
+  with pytest.raises(ValueError, match="fraction=1 must be >= 2"):
+    human_dev.split_qrels(qrels, fraction=1)
+  with pytest.raises(ValueError, match="leaves no dev query: too few queries"):
+    human_dev.split_qrels(qrels, fraction=5)  # crc32 of a, e, f: 2, 4, 1 (mod 5)
+
+
+def test_the_human_dev_split_of_beir_training_queries_is_a_task_and_trains_in_domain_apart(
+    beir_corpus, tmp_path):
+  split = human_dev.split(str(beir_corpus), fraction=2)
+  assert split.dev and split.train
+  task = human_dev.write_task(str(beir_corpus), split, str(tmp_path / "dev"))
+  dev = datasets.load_beir(task, split="test")
+  train = datasets.load_beir(str(beir_corpus), split="train")
+  assert sorted(dev.qrels) == list(split.dev)
+  assert dev.qrels == {q: train.qrels[q] for q in split.dev}
+  assert dev.corpus == train.corpus and dev.queries == {q: train.queries[q] for q in split.dev}
+  assert recipes.Recipe(human_dev=True).row_name("in_domain") == "in_domain+trainpart"
+  assert recipes.Recipe(human_dev=True).row_name("main") == "main"
+  with pytest.raises(ValueError, match=r"query_ids \['nope'\] are not judged"):
+    in_domain.records(corpus_dir=str(beir_corpus), corpus_path=str(tmp_path / "c.jsonl"),
+                      output_dir=str(tmp_path), neighbors=2, encoder="all-MiniLM-L6-v2",
+                      query_ids=["nope"])
+
+
+@pytest.mark.skipif(not SCIFACT.is_dir(), reason=f"needs SciFact in {SCIFACT} (../shared/data)")
+def test_scifacts_human_dev_split_is_the_one_round_5_states():
+  split = human_dev.split(str(SCIFACT))
+  qrels = datasets.load_beir(str(SCIFACT), split="train").qrels
+  pairs = lambda ids: sum(1 for q in ids for r in qrels[q].values() if r > 0)  # noqa: E731
+  assert (len(split.dev), pairs(split.dev), len(split.train), pairs(split.train)) == (
+      179, 213, 630, 706)
+  positives = lambda ids: {d for q in ids for d, r in qrels[q].items() if r > 0}  # noqa: E731
+  assert not positives(split.dev) & positives(split.train)
 
 
 def test_recipes_name_rows_and_directories():

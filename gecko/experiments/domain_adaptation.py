@@ -25,7 +25,10 @@ One command per row of EXPERIMENTS.md; a row is the variant plus each lever pull
    instead (`gecko.experiments.in_domain`), the in-domain reference.
 3. Split by a hash of the record id: one record in five is a dev set (a BEIR task whose
    relevant passage is the record's label) for choosing hyper-parameters; the rest
-   trains. The corpus's test queries and qrels are never used for either.
+   trains. The corpus's test queries and qrels are never used for either. With
+   `--human_dev`, every row is also scored on a dev split of the corpus's own human
+   training queries, apart from the rest by query and by document
+   (`gecko.experiments.human_dev`), and in_domain trains on the rest alone.
 4. Fine-tuning (`python -m gecko.train`, `gin/experiments/fret_adaptation.gin` plus the
    variant's ablation file): all-MiniLM-L6-v2 with the Gecko loss (Eq. 3) and
    Matryoshka (256, 384), on the records alone, or with `--human` on the records plus
@@ -53,7 +56,7 @@ from collections.abc import Sequence
 
 from gecko.data import jsonl
 from gecko.data.packaged_models import DEFAULT_MODEL
-from gecko.experiments import arguments, in_domain, stages
+from gecko.experiments import arguments, human_dev, in_domain, stages
 from gecko.experiments.adaptation_report import report
 from gecko.experiments.recipes import (
   HUMAN_MIXTURE_GIN,
@@ -154,12 +157,14 @@ def fine_tuning(*, variant: Variant, recipe: Recipe, model_dir: str, data_dir: s
 
 
 def evaluation_tasks(*, corpus_dir: str, dev_dir: str | None, sts_dir: str | None,
-                     banking77_dir: str | None) -> list:
+                     banking77_dir: str | None, human_dev_dir: str | None = None) -> list:
   from gecko.evaluation import tasks
   out = [tasks.RetrievalTask(name="test", path=corpus_dir, task="fact checking",
                              per_query=True)]
   if dev_dir:
     out.append(tasks.RetrievalTask(name="dev", path=dev_dir, task="search result"))
+  if human_dev_dir:
+    out.append(tasks.RetrievalTask(name="human_dev", path=human_dev_dir, task="fact checking"))
   if sts_dir and os.path.isdir(sts_dir):
     out.append(tasks.STSTask(name="STSBenchmark", path=sts_dir))
   if banking77_dir and os.path.isdir(banking77_dir):
@@ -189,12 +194,13 @@ def training_records(*, variant: Variant, recipe: Recipe, corpus_dir: str, outpu
   """(the records' name, the records, what made them) for a training row."""
   from gecko.fret.llm import LlamaCpp, OpenAICompatible
   if variant.source == "in_domain":
-    name = "in_domain"
+    name = "in_domain_trainpart" if recipe.human_dev else "in_domain"
     copy_missing(glob.glob(os.path.join(output_dir, "fret_*", "corpus_embeddings_*.npy")),
                  os.path.join(output_dir, name))  # any FRet run's embeddings of the pool
-    records = in_domain.records(corpus_dir=corpus_dir, corpus_path=corpus_path,
-                                output_dir=os.path.join(output_dir, name),
-                                neighbors=neighbors, encoder=START_MODEL)
+    records = in_domain.records(
+        corpus_dir=corpus_dir, corpus_path=corpus_path, output_dir=os.path.join(output_dir, name),
+        neighbors=neighbors, encoder=START_MODEL,
+        query_ids=human_dev.split(corpus_dir).train if recipe.human_dev else None)
     return name, records, {"positive_not_seed_fraction": 0.0}
   llm = (OpenAICompatible(base_url=llm_url, model=llm_model) if llm_url
          else LlamaCpp(model_path=recipe.teacher))
@@ -229,7 +235,8 @@ def train_row(*, variant_name: str, recipe: Recipe, corpus_dir: str, output_dir:
                          seed=seed)
   export = training.run()
   tasks = evaluation_tasks(corpus_dir=corpus_dir, dev_dir=dev_dir, sts_dir=sts_dir,
-                           banking77_dir=banking77_dir)
+                           banking77_dir=banking77_dir,
+                           human_dev_dir=human_dev_task(corpus_dir, output_dir, recipe))
   return {"records": len(records), "train": n_train, "dev": n_dev,
           "command": training.command_line(), **provenance,
           **evaluate_both_formats(checkpoint=export, tasks=tasks, name=name, dims=DIMS,
@@ -255,7 +262,8 @@ def run(*, corpus_dir: str, output_dir: str, variant: str, seed: int, passages: 
                   "recipe": dataclasses.asdict(recipe)}
   if VARIANTS[variant].source == "none":
     tasks = evaluation_tasks(corpus_dir=corpus_dir, dev_dir=None, sts_dir=sts_dir,
-                             banking77_dir=banking77_dir)
+                             banking77_dir=banking77_dir,
+                             human_dev_dir=human_dev_task(corpus_dir, output_dir, recipe))
     result.update(evaluate_both_formats(checkpoint=START_MODEL, tasks=tasks, name="start",
                                         dims=None, output_dir=os.path.join(output_dir, "eval")))
   else:
@@ -265,6 +273,17 @@ def run(*, corpus_dir: str, output_dir: str, variant: str, seed: int, passages: 
         steps=steps, batch_size=batch_size, learning_rate=learning_rate, sts_dir=sts_dir,
         banking77_dir=banking77_dir, llm_url=llm_url, llm_model=llm_model))
   return _write_result(output_dir, f"{row}_seed{seed}", result)
+
+
+def human_dev_task(corpus_dir: str, output_dir: str, recipe: Recipe) -> str | None:
+  """OUTPUT_DIR/human_dev, the BEIR task of the corpus's human dev queries (written the
+  first time), when the recipe scores it."""
+  if not recipe.human_dev:
+    return None
+  path = os.path.join(output_dir, "human_dev")
+  if not os.path.exists(os.path.join(path, "qrels", "test.tsv")):
+    human_dev.write_task(corpus_dir, human_dev.split(corpus_dir), path)
+  return path
 
 
 def soup_row(*, row: str, corpus_dir: str, output_dir: str, sts_dir: str | None,
@@ -343,6 +362,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="keep a record only if its positive is in MiniLM's top k")
   levers.add_argument("--human", action="store_true",
                       help="train on FRet plus STS-B train and Banking77 train")
+  levers.add_argument("--human_dev", action="store_true",
+                      help="score the human dev split of qrels/train.tsv (apart by query "
+                           "and document) in every row; in_domain trains on the rest")
   parser.add_argument("--soup", metavar="ROW", default=None,
                       help="evaluate the uniform soup of ROW's finished seeds (several "
                            "rows: A,B)")
@@ -372,7 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
   recipe = Recipe(teacher=args.teacher, sampling=args.sampling, temperature=args.temperature,
                   top_p=args.top_p, dedup_cosine=args.dedup_cosine,
-                  consistency_top_k=args.consistency_top_k, human=args.human)
+                  consistency_top_k=args.consistency_top_k, human=args.human,
+                  human_dev=args.human_dev)
   run(corpus_dir=args.corpus_dir, output_dir=args.output_dir, variant=args.variant,
       seed=args.seed, passages=args.passages, neighbors=args.neighbors, steps=args.steps,
       batch_size=args.batch_size, learning_rate=args.learning_rate, sts_dir=args.sts_dir,

@@ -20,7 +20,8 @@ LLM_LABEL = "human"
 
 
 def records(*, corpus_dir: str, corpus_path: str, output_dir: str, neighbors: int,
-            encoder: str, task: str = TASK_TYPE, batch_size: int = 64) -> list[dict]:
+            encoder: str, task: str = TASK_TYPE, batch_size: int = 64,
+            query_ids: Sequence[str] | None = None) -> list[dict]:
   """FRet-schema records for the train split of `corpus_dir` (BEIR), one per judged pair.
 
   Args:
@@ -31,6 +32,8 @@ def records(*, corpus_dir: str, corpus_path: str, output_dir: str, neighbors: in
     neighbors: N, the encoder's top passages the negative is picked from.
     encoder: The embedding model that ranks them.
     task: The records' task (the Gecko format's "task: …").
+    query_ids: Only these training queries (None: all), e.g. the train part of
+      `gecko.experiments.human_dev.split`.
   """
   from gecko import retrieval
   from gecko.data.input_format import GECKO
@@ -38,12 +41,16 @@ def records(*, corpus_dir: str, corpus_path: str, output_dir: str, neighbors: in
   from gecko.evaluation import datasets
   from gecko.fret import corpus as corpus_lib
   data = datasets.load_beir(corpus_dir, split="train")
+  if query_ids is not None:
+    unknown = sorted(set(query_ids) - set(data.qrels))
+    if unknown:
+      raise ValueError(f"query_ids {unknown[:5]} are not judged in {corpus_dir}/qrels/train.tsv.")
   corpus = jsonl.read_objects(corpus_path, what="FRet corpus")
   index = {p["id"]: i for i, p in enumerate(corpus)}
   os.makedirs(output_dir, exist_ok=True)
   vectors = corpus_lib.embed(corpus, encoder=encoder, output_dir=output_dir,
                             batch_size=batch_size)
-  query_ids = sorted(data.qrels)
+  query_ids = sorted(data.qrels if query_ids is None else set(query_ids))
   queries = encode([GECKO.query(data.queries[q], task=task) for q in query_ids], model=encoder,
                    batch_size=batch_size)
   ranked, _ = retrieval.top_n(queries, vectors, neighbors)

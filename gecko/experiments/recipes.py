@@ -61,6 +61,8 @@ class Recipe:
     dedup_cosine: Drop near-duplicate queries (`gecko.fret.diversity`).
     consistency_top_k: Keep a record only if its positive is in the encoder's top k.
     human: Train on FRet plus the human mixture (STS-B train, Banking77 train).
+    human_dev: Score every row on the human dev split of the corpus's training queries
+      (`gecko.experiments.human_dev`), and train in_domain on the train part alone.
   """
 
   teacher: str = DEFAULT_TEACHER
@@ -70,6 +72,7 @@ class Recipe:
   dedup_cosine: float | None = None
   consistency_top_k: int | None = None
   human: bool = False
+  human_dev: bool = False
 
   def __post_init__(self):
     if self.teacher not in TEACHERS:
@@ -100,6 +103,8 @@ class Recipe:
         parts.append(f"consistent{self.consistency_top_k}")
     if self.human and variant.source != "none":
       parts.append("human")
+    if self.human_dev and variant.source == "in_domain":
+      parts.append("trainpart")  # the dev split's queries are not trained on
     return "+".join(parts)
 
   def llm_options(self) -> dict[str, object]:
