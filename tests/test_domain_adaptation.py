@@ -108,7 +108,7 @@ def test_experiment_rows_and_report_end_to_end(beir_corpus, human_dirs, tmp_path
   # and the split is scored as a task of its own.
   apart = _run(beir_corpus, tmp_path, "in_domain", recipe=recipes.Recipe(human_dev=True))
   assert human_dev.split(str(beir_corpus)).dev == ("r4",)
-  assert apart["row"] == "in_domain+trainpart" and apart["records"] == 6
+  assert apart["row"] == "in_domain+trainpart" and apart["records"] == apart["train"] == 6
   assert {"human_dev@256", "human_dev@384"} <= set(apart["scores_plain_format"])
 
   start = _run(beir_corpus, tmp_path, "start", sts_dir=sts, banking77_dir=banking)

@@ -223,8 +223,12 @@ def train_row(*, variant_name: str, recipe: Recipe, corpus_dir: str, output_dir:
       llm_model=llm_model)
   data_dir = os.path.join(output_dir, "data", records_name)
   dev_dir = os.path.join(output_dir, "dev", records_name)
-  n_train, n_dev = split_records(records, data_dir=data_dir, dev_dir=dev_dir,
-                                 corpus_path=corpus_path)
+  if recipe.human_dev and variant.source == "in_domain":  # its dev is the human split
+    dev_dir, n_dev = None, 0
+    n_train = jsonl.write(os.path.join(data_dir, "fret", "fret-00000.jsonl"), records)
+  else:
+    n_train, n_dev = split_records(records, data_dir=data_dir, dev_dir=dev_dir,
+                                   corpus_path=corpus_path)
   if recipe.human:
     data_dir = human_data(output_dir=output_dir, data_dir=data_dir, sts_dir=sts_dir,
                           banking77_dir=banking77_dir)
