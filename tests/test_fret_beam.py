@@ -32,7 +32,8 @@ def test_beam_writes_the_records_of_the_local_pipeline_from_one_config(fret_corp
       passages, key=lambda p: beam._seed_rank(seed)(p["id"]), reverse=True)))
   # Every field away from its default where a runner that dropped it would differ.
   fields = dict(corpus=str(corpus), num_seeds=9, num_neighbors=3, negative="random",
-                ranking="rc", tfrecord=True, seed=seed, consistency_top_k=2, dedup_cosine=0.5,
+                ranking="rc", tfrecord=True, seed=seed, consistency_top_k=2, seed_top_k=3,
+                dedup_cosine=0.5,
                 generator_options={"task_types": ["question answering", "fact checking"]},
                 scorer_options={"rc_score": "margin"}, batch_size=4)
   out, cache = tmp_path / "beam", tmp_path / "beam_cache.sqlite"
@@ -61,7 +62,8 @@ def test_beam_writes_the_records_of_the_local_pipeline_from_one_config(fret_corp
                        llm=smollm2, shard_size=100)
   assert local["llm_calls_this_run"] == 0
   assert _by_id(fret_records(local_out)) == got
-  for key in ("positive_not_seed_fraction", "task_types", "queries", "consistency"):
+  for key in ("positive_not_seed_fraction", "task_types", "queries", "consistency",
+              "seed_retrieval"):
     assert summary[key] == local[key], key
   for record in got.values():
     assert not schema.problems(record)
@@ -76,7 +78,8 @@ def test_beam_writes_the_records_of_the_local_pipeline_from_one_config(fret_corp
          "--gin_file=gin/overlays/fret_beam.gin", f"--gin.CORPUS='{corpus}'",
          f"--gin.OUTPUT_DIR='{out}'", "--gin.NUM_SEEDS=9", "--gin.NUM_NEIGHBORS=3",
          "--gin.NEGATIVE='random'", "--gin.RANKING='rc'", "--gin.TFRECORD=True",
-         f"--gin.SEED={seed}", "--gin.CONSISTENCY_TOP_K=2", "--gin.DEDUP_COSINE=0.5",
+         f"--gin.SEED={seed}", "--gin.CONSISTENCY_TOP_K=2", "--gin.SEED_TOP_K=3",
+         "--gin.DEDUP_COSINE=0.5",
          "--gin.config.FretConfig.generator_options="
          "{'task_types': ['question answering', 'fact checking']}",
          "--gin.config.FretConfig.scorer_options={'rc_score': 'margin'}",
@@ -111,13 +114,15 @@ def test_both_runners_take_the_one_gin_binding_of_the_config():
   from gecko.fret.config import FretConfig
   gin_flags.configure(["gin/runs/fret.gin", "gin/overlays/fret_beam.gin"],
                   ["CORPUS='c.jsonl'", "OUTPUT_DIR='out'", "DEDUP_COSINE=0.9",
-                   "CONSISTENCY_TOP_K=2", "NUM_SEEDS=7", "llm.LlamaCpp.n_ctx=64"])
+                   "CONSISTENCY_TOP_K=2", "SEED_TOP_K=2", "NUM_SEEDS=7",
+                   "llm.LlamaCpp.n_ctx=64"])
   try:
     local, on_beam = (gin.get_bindings(fn)["config"] for fn in (pipeline.run, beam.run))
   finally:
     gin.clear_config()
   assert isinstance(local, FretConfig) and local == on_beam
-  assert (on_beam.dedup_cosine, on_beam.consistency_top_k, on_beam.num_seeds) == (0.9, 2, 7)
+  assert (on_beam.dedup_cosine, on_beam.consistency_top_k, on_beam.seed_top_k,
+          on_beam.num_seeds) == (0.9, 2, 2, 7)
 
 
 def test_beam_refuses_what_it_cannot_read(tmp_path):

@@ -267,9 +267,12 @@ def test_round_trip_consistency_keeps_records_whose_positive_the_encoder_ranks_f
   from gecko.fret.corpus import read_corpus
   from gecko.models import embedder
   config = FretConfig(corpus=str(fret_corpus), output_dir=str(tmp_path), num_seeds=6,
-                      num_neighbors=3, ranking="ql", consistency_top_k=1)
+                      num_neighbors=3, ranking="ql", consistency_top_k=1, seed_top_k=2)
   summary = pipeline.run(config, llm=smollm2)
-  checked = summary["consistency"]
+  checked, seeds = summary["consistency"], summary["seed_retrieval"]
+  # The seed filter judges every query first; what it keeps reaches the scoring.
+  assert seeds["checked_this_run"] == 6 - summary["failures_this_run"]
+  assert checked["checked_this_run"] == seeds["checked_this_run"] - seeds["dropped_this_run"]
   assert checked["checked_this_run"] == summary["records"] + checked["dropped_this_run"]
   assert checked["kept_fraction"] == pytest.approx(summary["records"] / checked["checked_this_run"])
   rerun = pipeline.run(config, llm=smollm2)
@@ -281,8 +284,13 @@ def test_round_trip_consistency_keeps_records_whose_positive_the_encoder_ranks_f
   vectors = encode([GECKO.document(p["text"], title=p["title"]) for p in corpus], model=minilm)
   records = fret_records(tmp_path)
   queries = encode([GECKO.query(r["query"], task=r["task"]) for r in records], model=minilm)
-  tops, _ = retrieval.top_n(queries, vectors, 1)
+  tops, _ = retrieval.top_n(queries, vectors, 2)
   assert [corpus[int(top[0])]["id"] for top in tops] == [r["positive_id"] for r in records]
+  assert all(r["seed_id"] in {corpus[int(i)]["id"] for i in top}  # the seed filter's rule
+             for r, top in zip(records, tops, strict=True))
   with pytest.raises(ValueError, match="consistency_top_k=4 must be <= num_neighbors=3"):
     FretConfig(corpus=str(fret_corpus), output_dir=str(tmp_path), num_neighbors=3,
                consistency_top_k=4)
+  with pytest.raises(ValueError, match="seed_top_k=4 must be <= num_neighbors=3"):
+    FretConfig(corpus=str(fret_corpus), output_dir=str(tmp_path), num_neighbors=3,
+               seed_top_k=4)

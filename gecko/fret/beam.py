@@ -22,8 +22,9 @@ both produce the same records from the same LLM answers:
   Retrieve     exact top-N: each corpus block is scored against all queries (a side
                input) and the per-block top-N lists are merged per query, so the
                corpus never has to fit on one worker
-  Relabel      QL and/or RC scores, ranking, positive and hard negative
-               (`gecko.fret.relabel`), then the consistency filter (CONSISTENCY_TOP_K)
+  Relabel      the seed filter (SEED_TOP_K) first, then QL and/or RC scores, ranking,
+               positive and hard negative (`gecko.fret.relabel`), then the consistency
+               filter (CONSISTENCY_TOP_K)
   Write        fret-SSSSS-of-NNNNN.jsonl (and .tfrecord) shards in OUTPUT_DIR, which the
                `gecko_fret` SeqIO task reads; summary.json / summary.png at the end
 
@@ -62,7 +63,7 @@ from gecko.fret import generate as generate_lib
 from gecko.fret.cache import LLMCache
 from gecko.fret.config import FretConfig, check_count
 from gecko.fret.llm import LLM, LLMError
-from gecko.fret.relabel import Relabeler, consistent
+from gecko.fret.relabel import Relabeler, consistent, seed_retrieved
 
 NAMESPACE = "gecko.fret"
 CORPUS_COUNTERS = ("passages", "empty_skipped", "duplicate_ids_skipped", "invalid_utf8_lines")
@@ -148,6 +149,10 @@ class _Relabel(_LLMDoFn):
     (generated,), (passages,), (ranked,) = (joined["generated"], joined["candidates"],
                                             joined["ranked"])
     seed_passage = next(p for p in passages if p["id"] == qid)
+    if self.config.seed_top_k is not None and not seed_retrieved(
+        qid, ranked_ids=ranked, top_k=self.config.seed_top_k):
+      _count("seed_not_retrieved")  # no scoring call
+      return
     before = self.relabeler.llm_calls
     _count("relabel_inputs")
     try:
@@ -412,7 +417,11 @@ def run(config: FretConfig, *, llm: LLM, num_shards: int = 0, block_size: int = 
       queries=_queries_summary(config, output_dir),
       consistency=None if config.consistency_top_k is None else records.consistency_summary(
           top_k=config.consistency_top_k, records=len(written),
-          checked=counters.get("relabel_inputs", 0), dropped=counters.get("inconsistent", 0)))
+          checked=counters.get("relabel_inputs", 0), dropped=counters.get("inconsistent", 0)),
+      seed_retrieval=None if config.seed_top_k is None else records.consistency_summary(
+          top_k=config.seed_top_k, records=len(written),
+          checked=counters.get("relabel_inputs", 0) + counters.get("seed_not_retrieved", 0),
+          dropped=counters.get("seed_not_retrieved", 0)))
   records.write_summary(summary, records.score_lists(written), output_dir)
   return summary
 

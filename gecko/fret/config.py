@@ -53,6 +53,10 @@ class FretConfig:
     consistency_top_k: Round-trip consistency filter (Promptagator): keep a record only
       if its positive is among the encoder's top k passages for its own query (no LLM
       call; k <= num_neighbors). None: keep every record.
+    seed_top_k: Seed round-trip filter: keep a query only if its own seed passage is
+      among the encoder's top k passages for it, judged before any scoring call (a
+      query that does not find its seed is generic or off its passage; k <=
+      num_neighbors). None: keep every query.
     dedup_cosine: Query diversity (`gecko.fret.diversity`): a new query above this
       cosine to an earlier kept query of the same task type is dropped. None: keep
       every query.
@@ -71,6 +75,7 @@ class FretConfig:
   batch_size: int = 64
   seed: int = 0
   consistency_top_k: int | None = None
+  seed_top_k: int | None = None
   dedup_cosine: float | None = None
 
   def __post_init__(self):
@@ -82,6 +87,7 @@ class FretConfig:
     check_count("num_neighbors", self.num_neighbors, minimum=2)
     check_count("batch_size", self.batch_size)
     check_count("consistency_top_k", self.consistency_top_k, allow_none=True)
+    check_count("seed_top_k", self.seed_top_k, allow_none=True)
     for name, value, choices in (("negative", self.negative, label.NEGATIVE_CHOICES),
                                  ("ranking", self.ranking, label.RANKINGS)):
       if value not in choices:
@@ -89,9 +95,11 @@ class FretConfig:
     if self.dedup_cosine is not None and not -1.0 < self.dedup_cosine <= 1.0:
       raise ValueError(f"dedup_cosine must be a cosine in (-1, 1] or None, "
                        f"got {self.dedup_cosine!r}.")
-    if self.consistency_top_k is not None and self.consistency_top_k > self.num_neighbors:
-      raise ValueError(f"consistency_top_k={self.consistency_top_k} must be <= num_neighbors="
-                       f"{self.num_neighbors} (the passages retrieved per query).")
+    for name in ("consistency_top_k", "seed_top_k"):
+      top_k = getattr(self, name)
+      if top_k is not None and top_k > self.num_neighbors:
+        raise ValueError(f"{name}={top_k} must be <= num_neighbors={self.num_neighbors} (the "
+                         "passages retrieved per query).")
     for name in ("generator_options", "scorer_options"):
       if not isinstance(getattr(self, name), Mapping):
         raise ValueError(f"FretConfig.{name} must be a dict, got {getattr(self, name)!r}.")

@@ -45,7 +45,7 @@ from gecko.fret.config import FretConfig, check_count
 from gecko.fret import corpus as corpus_lib
 from gecko.fret.corpus import read_corpus
 from gecko.fret.llm import LLM, LLMError
-from gecko.fret.relabel import Relabeler, consistent, with_seed
+from gecko.fret.relabel import Relabeler, consistent, seed_retrieved, with_seed
 
 
 # A run whose first this-many passages all fail in the LLM call itself stops: the
@@ -94,35 +94,42 @@ def run(config: FretConfig, *, llm: LLM, shard_size: int = 1000) -> dict[str, ob
         threshold=config.dedup_cosine, encoder=config.encoder, batch_size=config.batch_size)
     vectors = corpus_lib.embed(corpus, encoder=config.encoder, output_dir=output_dir,
                            batch_size=config.batch_size)
-    scoring_failures, inconsistent, all_scores = _relabel_and_write(
+    scoring_failures, dropped, all_scores = _relabel_and_write(
         queries, corpus=corpus, vectors=vectors, writer=writer, relabeler=relabeler,
         config=config)
+    inconsistent = dropped["inconsistent"]
     failures += scoring_failures
     writer.close()
     records.append_failures(output_dir, failures)
     written = records.read(output_dir)
+    checked = len(queries) - dropped["seed_not_retrieved"]  # what reached the scoring
     consistency = None if config.consistency_top_k is None else records.consistency_summary(
-        top_k=config.consistency_top_k, records=len(written), checked=len(queries),
+        top_k=config.consistency_top_k, records=len(written), checked=checked,
         dropped=inconsistent)
+    seed_retrieval = None if config.seed_top_k is None else records.consistency_summary(
+        top_k=config.seed_top_k, records=len(written), checked=len(queries),
+        dropped=dropped["seed_not_retrieved"])
     summary = records.summarize(
         written, shards=len(writer.shards()), failures=len(failures),
         skipped=len(seeds) - len(todo), llm_calls=generator.llm_calls + relabeler.llm_calls,
         cache_hits=cache.hits, seconds=time.perf_counter() - start,
-        corpus=corpus_stats.as_dict(), queries=queries_summary, consistency=consistency)
+        corpus=corpus_stats.as_dict(), queries=queries_summary, consistency=consistency,
+        seed_retrieval=seed_retrieval)
     records.write_summary(summary, records.score_lists(written, all_scores=all_scores),
                           output_dir)
     cache.close()
-    _report(summary, failures=len(failures), inconsistent=inconsistent, output_dir=output_dir)
+    _report(summary, failures=len(failures), dropped=dropped, output_dir=output_dir)
     return summary
 
 
 def _relabel_and_write(queries: Sequence[generate_lib.Generated], *, corpus: Sequence[dict],
                        vectors: np.ndarray, writer: records.ShardWriter, relabeler: Relabeler,
                        config: FretConfig
-                       ) -> tuple[list[generate_lib.Failure], int, dict[str, list[float]]]:
+                       ) -> tuple[list[generate_lib.Failure], dict[str, int],
+                                  dict[str, list[float]]]:
   """Retrieves, scores and labels each generated query and writes its record; returns
-  (scoring failures, records the consistency filter dropped, every candidate's QL and
-  RC scores)."""
+  (scoring failures, the queries each filter dropped: {"seed_not_retrieved",
+  "inconsistent"}, every candidate's QL and RC scores)."""
   from gecko.encode import encode
   index_of = {p["id"]: i for i, p in enumerate(corpus)}
   neighbors = np.zeros((0, config.num_neighbors), np.int64)
@@ -130,9 +137,15 @@ def _relabel_and_write(queries: Sequence[generate_lib.Generated], *, corpus: Seq
     embedded = encode([GECKO.query(g.query, task=g.task) for g in queries],
                       model=config.encoder, batch_size=config.batch_size)
     neighbors, _ = retrieval.top_n(embedded, vectors, config.num_neighbors)
-  failures, inconsistent, all_scores = [], 0, {"ql": [], "rc": []}
+  failures, all_scores = [], {"ql": [], "rc": []}
+  dropped = {"seed_not_retrieved": 0, "inconsistent": 0}
   for g, row in tqdm.tqdm(list(zip(queries, neighbors)), desc="relabel", unit="query",
                           file=sys.stderr):
+    ranked_ids = [corpus[i]["id"] for i in row]
+    if config.seed_top_k is not None and not seed_retrieved(
+        g.id, ranked_ids=ranked_ids, top_k=config.seed_top_k):
+      dropped["seed_not_retrieved"] += 1  # no scoring call; a rerun judges it again
+      continue
     try:
       relabelled = relabeler(g, passages=[corpus[i] for i in with_seed(row, index_of[g.id])],
                              seed_passage=corpus[index_of[g.id]])
@@ -141,14 +154,13 @@ def _relabel_and_write(queries: Sequence[generate_lib.Generated], *, corpus: Seq
                                            reason=f"scoring failed: {e}", outputs=()))
       continue
     if config.consistency_top_k is not None and not consistent(
-        relabelled.record, ranked_ids=[corpus[i]["id"] for i in row],
-        top_k=config.consistency_top_k):
-      inconsistent += 1  # not written: a rerun re-derives it from the cache, no LLM call
+        relabelled.record, ranked_ids=ranked_ids, top_k=config.consistency_top_k):
+      dropped["inconsistent"] += 1  # not written: a rerun re-derives it from the cache
       continue
     writer.add(relabelled.record)
     all_scores["ql"].extend(relabelled.ql or ())
     all_scores["rc"].extend(relabelled.rc or ())
-  return failures, inconsistent, all_scores
+  return failures, dropped, all_scores
 
 
 def _generate(generator: generate_lib.Generator, todo: Sequence[dict], *, chunk: int) -> list:
@@ -175,15 +187,17 @@ def _say_corpus(stats, *, path: str, num_seeds: int | None) -> None:
           "every passage is a seed.", file=sys.stderr)
 
 
-def _report(summary: dict, *, failures: int, inconsistent: int, output_dir: str) -> None:
+def _report(summary: dict, *, failures: int, dropped: dict[str, int], output_dir: str) -> None:
   """The run's last line on stderr; NoRecordsError when it wrote no record at all."""
   print(f"gecko.fret: {summary['records']} records in {output_dir}; {failures} passages "
         f"failed this run" + (f" (see {output_dir}/failures.jsonl; a rerun retries them)"
                               if failures else ""), file=sys.stderr)
   if not summary["records"]:
-    dropped = f", {inconsistent} dropped by the consistency filter" if inconsistent else ""
+    filters = "".join(f", {n} dropped by the {what} filter" for what, n in (
+        ("seed retrieval", dropped["seed_not_retrieved"]),
+        ("consistency", dropped["inconsistent"])) if n)
     raise NoRecordsError(f"no FRet record was written: {failures} passages failed "
-                         f"(reasons in {output_dir}/failures.jsonl){dropped}.")
+                         f"(reasons in {output_dir}/failures.jsonl){filters}.")
 
 
 def _stop_if_every_call_failed(generated: Sequence) -> None:

@@ -139,8 +139,8 @@ def score_lists(records: Sequence[Mapping], *, all_scores: Mapping[str, Sequence
 
 def summarize(records: Sequence[Mapping], *, shards: int, failures: int, skipped: int,
               llm_calls: int, cache_hits: int, seconds: float, corpus: Mapping[str, int],
-              queries: Mapping[str, object], consistency: Mapping[str, object] | None
-              ) -> dict[str, object]:
+              queries: Mapping[str, object], consistency: Mapping[str, object] | None,
+              seed_retrieval: Mapping[str, object] | None = None) -> dict[str, object]:
   """summary.json: counts over every record written so far, and this run's work."""
   moved = sum(not r["positive_is_seed"] for r in records)
   summary = {
@@ -153,14 +153,16 @@ def summarize(records: Sequence[Mapping], *, shards: int, failures: int, skipped
       "queries": dict(queries)}
   if consistency is not None:
     summary["consistency"] = dict(consistency)
+  if seed_retrieval is not None:
+    summary["seed_retrieval"] = dict(seed_retrieval)
   return summary
 
 
 def consistency_summary(*, top_k: int, records: int, checked: int, dropped: int
                         ) -> dict[str, float]:
-  """The consistency filter's figures. A dropped query has no record, so every run
-  checks it again: the records and this run's drops are all the queries the filter
-  has judged, on a first run or a rerun."""
+  """A round-trip filter's figures (the consistency filter's, or the seed filter's). A
+  dropped query has no record, so every run checks it again: the records and this
+  run's drops are all the queries the filter has judged, on a first run or a rerun."""
   judged = records + dropped
   return {"top_k": top_k, "checked_this_run": checked, "dropped_this_run": dropped,
           "kept_fraction": records / judged if judged else 0.0}

@@ -40,6 +40,12 @@ def consistent(record: Mapping, *, ranked_ids: Sequence[str], top_k: int) -> boo
   return record["positive_id"] in list(ranked_ids)[:top_k]
 
 
+def seed_retrieved(seed_id: str, *, ranked_ids: Sequence[str], top_k: int) -> bool:
+  """The seed round-trip filter: the query's own seed passage is among the first
+  `top_k` passages the encoder retrieved for it (`ranked_ids`, best first)."""
+  return seed_id in list(ranked_ids)[:top_k]
+
+
 def record_rng(seed: int, record_id: str) -> np.random.Generator:
   return np.random.default_rng([seed, zlib.crc32(record_id.encode("utf-8"))])
 
