@@ -32,8 +32,7 @@ def test_beam_writes_the_records_of_the_local_pipeline_from_one_config(fret_corp
       passages, key=lambda p: beam._seed_rank(seed)(p["id"]), reverse=True)))
   # Every field away from its default where a runner that dropped it would differ.
   fields = dict(corpus=str(corpus), num_seeds=9, num_neighbors=3, negative="random",
-                ranking="rc", tfrecord=True, seed=seed, consistency_top_k=2, seed_top_k=3,
-                dedup_cosine=0.5,
+                ranking="rc", tfrecord=True, seed=seed, consistency_top_k=2, dedup_cosine=0.5,
                 generator_options={"task_types": ["question answering", "fact checking"]},
                 scorer_options={"rc_score": "margin"}, batch_size=4)
   out, cache = tmp_path / "beam", tmp_path / "beam_cache.sqlite"
@@ -62,8 +61,7 @@ def test_beam_writes_the_records_of_the_local_pipeline_from_one_config(fret_corp
                        llm=smollm2, shard_size=100)
   assert local["llm_calls_this_run"] == 0
   assert _by_id(fret_records(local_out)) == got
-  for key in ("positive_not_seed_fraction", "task_types", "queries", "consistency",
-              "seed_retrieval"):
+  for key in ("positive_not_seed_fraction", "task_types", "queries", "consistency"):
     assert summary[key] == local[key], key
   for record in got.values():
     assert not schema.problems(record)
@@ -78,8 +76,7 @@ def test_beam_writes_the_records_of_the_local_pipeline_from_one_config(fret_corp
          "--gin_file=gin/overlays/fret_beam.gin", f"--gin.CORPUS='{corpus}'",
          f"--gin.OUTPUT_DIR='{out}'", "--gin.NUM_SEEDS=9", "--gin.NUM_NEIGHBORS=3",
          "--gin.NEGATIVE='random'", "--gin.RANKING='rc'", "--gin.TFRECORD=True",
-         f"--gin.SEED={seed}", "--gin.CONSISTENCY_TOP_K=2", "--gin.SEED_TOP_K=3",
-         "--gin.DEDUP_COSINE=0.5",
+         f"--gin.SEED={seed}", "--gin.CONSISTENCY_TOP_K=2", "--gin.DEDUP_COSINE=0.5",
          "--gin.config.FretConfig.generator_options="
          "{'task_types': ['question answering', 'fact checking']}",
          "--gin.config.FretConfig.scorer_options={'rc_score': 'margin'}",
@@ -102,6 +99,23 @@ def test_beam_writes_the_records_of_the_local_pipeline_from_one_config(fret_corp
     examples = list(seqio.get_mixture_or_task("gecko_fret").get_dataset(
         sequence_length=None, split="train", shuffle=False).as_numpy_iterator())
   assert len(examples) == len(got)
+
+  # The seed filter on the same queries (the cache: no LLM call): both runners drop the
+  # same queries before scoring, and write the same records.
+  seeded = dict(fields, seed_top_k=3)
+  on_beam = beam.run(FretConfig(output_dir=str(tmp_path / "beam_seeded"), **seeded),
+                     llm=smollm2, num_shards=1, block_size=5, cache_path=str(cache),
+                     pipeline_args=["--direct_num_workers=1"])
+  local_dir = tmp_path / "local_seeded"
+  local_dir.mkdir()
+  shutil.copy(cache, local_dir / "llm_cache.sqlite")
+  local = pipeline.run(FretConfig(output_dir=str(local_dir), **seeded), llm=smollm2,
+                       shard_size=100)
+  assert on_beam["llm_calls_this_run"] == local["llm_calls_this_run"] == 0
+  assert on_beam["seed_retrieval"] == local["seed_retrieval"]
+  assert local["seed_retrieval"]["dropped_this_run"] > 0
+  assert _by_id(fret_records(tmp_path / "beam_seeded")) == _by_id(fret_records(local_dir))
+  assert set(_by_id(fret_records(local_dir))) <= set(got)  # (the one dropped was inconsistent)
 
 
 def test_both_runners_take_the_one_gin_binding_of_the_config():
