@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from gecko import gin_flags
 from gecko.data import jsonl, paths
@@ -57,11 +57,8 @@ def convert(*, fret: str, output: str, teacher: str = "ql", overwrite: bool = Fa
   if not found:
     raise ValueError(f"{fret} holds no FRet records (no complete fret-*.jsonl shard): give "
                      "the OUTPUT_DIR of a finished gecko.fret run.")
-
-  def lines() -> Iterator[dict[str, object]]:
-    for record in found:
-      yield triple(record, teacher=teacher)
-  return jsonl.write(output, list(lines()))  # every record checked before the file is written
+  # Every record is converted (and checked) before the file is written.
+  return jsonl.write(output, [triple(record, teacher=teacher) for record in found])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
