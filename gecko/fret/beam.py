@@ -415,13 +415,11 @@ def run(config: FretConfig, *, llm: LLM, num_shards: int = 0, block_size: int = 
       cache_hits=0, seconds=time.perf_counter() - start,
       corpus={name: counters.get(name, 0) for name in CORPUS_COUNTERS},
       queries=_queries_summary(config, output_dir),
-      consistency=None if config.consistency_top_k is None else records.consistency_summary(
-          top_k=config.consistency_top_k, records=len(written),
-          checked=counters.get("relabel_inputs", 0), dropped=counters.get("inconsistent", 0)),
-      seed_retrieval=None if config.seed_top_k is None else records.consistency_summary(
-          top_k=config.seed_top_k, records=len(written),
-          checked=counters.get("relabel_inputs", 0) + counters.get("seed_not_retrieved", 0),
-          dropped=counters.get("seed_not_retrieved", 0)))
+      filters=records.filter_summaries(
+          config, records=len(written),
+          judged=counters.get("relabel_inputs", 0) + counters.get("seed_not_retrieved", 0),
+          seed_dropped=counters.get("seed_not_retrieved", 0),
+          inconsistent=counters.get("inconsistent", 0)))
   records.write_summary(summary, records.score_lists(written), output_dir)
   return summary
 

@@ -97,24 +97,18 @@ def run(config: FretConfig, *, llm: LLM, shard_size: int = 1000) -> dict[str, ob
     scoring_failures, dropped, all_scores = _relabel_and_write(
         queries, corpus=corpus, vectors=vectors, writer=writer, relabeler=relabeler,
         config=config)
-    inconsistent = dropped["inconsistent"]
     failures += scoring_failures
     writer.close()
     records.append_failures(output_dir, failures)
     written = records.read(output_dir)
-    checked = len(queries) - dropped["seed_not_retrieved"]  # what reached the scoring
-    consistency = None if config.consistency_top_k is None else records.consistency_summary(
-        top_k=config.consistency_top_k, records=len(written), checked=checked,
-        dropped=inconsistent)
-    seed_retrieval = None if config.seed_top_k is None else records.consistency_summary(
-        top_k=config.seed_top_k, records=len(written), checked=len(queries),
-        dropped=dropped["seed_not_retrieved"])
     summary = records.summarize(
         written, shards=len(writer.shards()), failures=len(failures),
         skipped=len(seeds) - len(todo), llm_calls=generator.llm_calls + relabeler.llm_calls,
         cache_hits=cache.hits, seconds=time.perf_counter() - start,
-        corpus=corpus_stats.as_dict(), queries=queries_summary, consistency=consistency,
-        seed_retrieval=seed_retrieval)
+        corpus=corpus_stats.as_dict(), queries=queries_summary,
+        filters=records.filter_summaries(
+            config, records=len(written), judged=len(queries),
+            seed_dropped=dropped["seed_not_retrieved"], inconsistent=dropped["inconsistent"]))
     records.write_summary(summary, records.score_lists(written, all_scores=all_scores),
                           output_dir)
     cache.close()

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 
 from gecko.data import jsonl, paths
 from gecko.fret import schema
-from gecko.fret.config import check_count
+from gecko.fret.config import FretConfig, check_count
 
 # A complete JSONL shard of either runner.
 SHARD = re.compile(r"fret-\d{5}(-of-\d{5})?\.jsonl$")
@@ -139,8 +139,8 @@ def score_lists(records: Sequence[Mapping], *, all_scores: Mapping[str, Sequence
 
 def summarize(records: Sequence[Mapping], *, shards: int, failures: int, skipped: int,
               llm_calls: int, cache_hits: int, seconds: float, corpus: Mapping[str, int],
-              queries: Mapping[str, object], consistency: Mapping[str, object] | None,
-              seed_retrieval: Mapping[str, object] | None = None) -> dict[str, object]:
+              queries: Mapping[str, object], filters: Mapping[str, Mapping | None]
+              ) -> dict[str, object]:
   """summary.json: counts over every record written so far, and this run's work."""
   moved = sum(not r["positive_is_seed"] for r in records)
   summary = {
@@ -151,11 +151,22 @@ def summarize(records: Sequence[Mapping], *, shards: int, failures: int, skipped
       "llm_calls_this_run": llm_calls, "llm_cache_hits_this_run": cache_hits,
       "seconds_this_run": round(seconds, 2), "shards": shards, "corpus": dict(corpus),
       "queries": dict(queries)}
-  if consistency is not None:
-    summary["consistency"] = dict(consistency)
-  if seed_retrieval is not None:
-    summary["seed_retrieval"] = dict(seed_retrieval)
+  summary.update({name: dict(figures) for name, figures in filters.items()
+                  if figures is not None})
   return summary
+
+
+def filter_summaries(config: FretConfig, *, records: int, judged: int, seed_dropped: int,
+                     inconsistent: int) -> dict[str, dict | None]:
+  """The round-trip filters' summary entries, the same for both runners: the seed
+  filter judges every query (`judged`), and the consistency filter what it kept
+  (None for a filter that is off)."""
+  seed = None if config.seed_top_k is None else consistency_summary(
+      top_k=config.seed_top_k, records=records, checked=judged, dropped=seed_dropped)
+  consistency = None if config.consistency_top_k is None else consistency_summary(
+      top_k=config.consistency_top_k, records=records, checked=judged - seed_dropped,
+      dropped=inconsistent)
+  return {"seed_retrieval": seed, "consistency": consistency}
 
 
 def consistency_summary(*, top_k: int, records: int, checked: int, dropped: int
