@@ -57,6 +57,15 @@ def human_dirs(tmp_path_factory):
   return root / "stsb", root / "banking77"
 
 
+TINY = "+2steps+batch8"  # the budget of _run's rows, in their names
+
+
+def _table(text):
+  """{row: its cells} of the first table in a report."""
+  lines = text[text.index("| row |"):].split("\n\n")[0].splitlines()[2:]
+  return {line.split(" | ")[0].removeprefix("| "): line.split(" | ") for line in lines}
+
+
 def _run(corpus, out, variant, **overrides):
   args = dict(corpus_dir=str(corpus), output_dir=str(out), variant=variant, seed=0,
               passages=15, neighbors=3, steps=2, batch_size=8, learning_rate=2e-5,
@@ -65,7 +74,7 @@ def _run(corpus, out, variant, **overrides):
 
 
 @pytest.mark.slow
-def test_experiment_rows_and_report_end_to_end(beir_corpus, human_dirs, tmp_path):
+def test_experiment_rows_and_report_end_to_end(beir_corpus, human_dirs, tmp_path, monkeypatch):
   # Training runs in this process (gecko.train.main), on the session's 8 fake devices.
   assert jax.device_count() == 8
   sts, banking = (str(d) for d in human_dirs)
@@ -91,44 +100,75 @@ def test_experiment_rows_and_report_end_to_end(beir_corpus, human_dirs, tmp_path
   recipe = recipes.Recipe(consistency_top_k=2)
   ql = _run(beir_corpus, tmp_path, "ql", recipe=recipe)
   summary = json.loads((tmp_path / "fret_ql_lowest_consistent2" / "summary.json").read_text())
-  assert summary["llm_calls_this_run"] == 0 and ql["row"] == "ql+consistent2"
+  assert summary["llm_calls_this_run"] == 0 and ql["row"] == "ql+consistent2" + TINY
   assert ql["records"] + summary["consistency"]["dropped_this_run"] == main["records"]
   assert "--gin_file=gin/experiments/fret_adaptation.gin" in ql["command"]
 
   # The human mixture trains through SeqIO on FRet + STS-B + Banking77 (links, not copies).
   human = _run(beir_corpus, tmp_path, "main", recipe=recipes.Recipe(human=True),
                sts_dir=sts, banking77_dir=banking)
-  assert human["row"] == "main+human" and "human_mixture.gin" in human["command"]
+  assert human["row"] == "main+human" + TINY and "human_mixture.gin" in human["command"]
   assert (tmp_path / "data" / "fret_rrf_lowest+human" / "stsb").resolve() == human_dirs[0]
 
   # The in-domain reference: the corpus's own train queries, FRet-shaped.
   ref = _run(beir_corpus, tmp_path, "in_domain")
-  assert ref["records"] == 7 and ref["row"] == "in_domain"
+  assert ref["records"] == 7 and ref["row"] == "in_domain" + TINY
   # With the human dev split (r4 here), in_domain trains on the other queries' 6 pairs,
   # and the split is scored as a task of its own.
   apart = _run(beir_corpus, tmp_path, "in_domain", recipe=recipes.Recipe(human_dev=True))
   assert human_dev.split(str(beir_corpus)).dev == ("r4",)
-  assert apart["row"] == "in_domain+trainpart" and apart["records"] == apart["train"] == 6
+  assert apart["row"] == "in_domain+trainpart" + TINY and apart["records"] == apart["train"] == 6
   assert {"human_dev@256", "human_dev@384"} <= set(apart["scores_plain_format"])
+
+  # Claim-shaped queries: one task type, the corpus's own training queries (not the dev
+  # split's r4) as the prompt's examples; trained on the seed, without same-tower terms.
+  monkeypatch.setattr(domain_adaptation, "FEW_SHOT", 3)
+  claims = _run(beir_corpus, tmp_path, "seed_no_same_tower",
+                recipe=recipes.Recipe(few_shot_type="fact checking"))
+  assert claims["row"] == "seed_no_same_tower+fewshot-fact-checking" + TINY
+  examples = jsonl.read_objects(tmp_path / "few_shot_fact_checking.jsonl")
+  queries = {q["_id"]: q["text"] for q in jsonl.read_objects(beir_corpus / "queries.jsonl")}
+  assert len(examples) == 3 and queries["r4"] not in {e["query"] for e in examples}
+  assert {e["query"] for e in examples} <= {queries[f"r{i}"] for i in range(6)}
+  made = jsonl.read_objects(tmp_path / "fret_fewshot-fact-checking_rrf_lowest" / "fret-00000.jsonl")
+  assert made and {r["task_type"] for r in made} == {"fact checking"}
+  assert "no_same_tower.gin" in claims["command"] and "fret_seed_positive.gin" in claims["command"]
 
   start = _run(beir_corpus, tmp_path, "start", sts_dir=sts, banking77_dir=banking)
   assert "test@384" in start["scores_plain_format"] and "per_query" in start
 
+  # Model selection: a checkpoint every step, each scored on the human dev split alone;
+  # then the first step's checkpoint scored as a row of its own.
+  select = dict(recipe=recipes.Recipe(human_dev=True), checkpoint_every=1)
+  chosen = _run(beir_corpus, tmp_path, "main", dev_only=True, **select)
+  assert chosen["row"] == "main" + TINY and "scores_plain_format" not in chosen
+  assert set(chosen["dev_by_step"]) == {"1", "2"}
+  assert (tmp_path / "results" / "selection" / f"main{TINY}_seed0.json").exists()
+  at_1 = _run(beir_corpus, tmp_path, "main", eval_step=1, **select)
+  assert at_1["row"] == f"main{TINY}@1" and "dev_by_step" not in at_1
+  assert at_1["scores_plain_format"]["human_dev@384"] == pytest.approx(
+      chosen["dev_by_step"]["1"]["human_dev@384"], abs=1e-6)  # one checkpoint, scored twice
+  card = (tmp_path / "steps" / f"main{TINY}+ckpt1_seed0" / "1" / "README.md").read_text()
+  assert f"step 1 of main{TINY}+ckpt1_seed0" in card  # what at_1 scored
+
   # A soup of main's two seeds and main+human's one is evaluated as a row of its own.
   _run(beir_corpus, tmp_path, "main", seed=1)
+  rows = f"main{TINY},main+human{TINY}"
   assert domain_adaptation.main([f"--corpus_dir={beir_corpus}", f"--output_dir={tmp_path}",
-                                 "--soup", "main,main+human"]) == 0
-  soup = json.loads((tmp_path / "results" / "soup(main,main+human)_seed0.json").read_text())
-  assert len(soup["soup_of"]) == 3 and "3 runs of main, main+human" in soup["description"]
-  table = domain_adaptation.report(str(tmp_path))
-  rows = {line.split(" | ")[0].removeprefix("| "): line.split(" | ")
-          for line in table.splitlines()[2:]}
-  assert list(rows)[0] == "start" and {"main", "ql+consistent2", "main+human",
-                                       "in_domain", "soup(main,main+human)"} <= set(rows)
-  assert rows["main"][1] == "2"
-  assert rows["start"][2] == f"{start['scores_plain_format']['test@384']:.4f}"
-  assert rows["main"][11].count("[") == 1  # Δ plain @384 with its interval
-  assert (tmp_path / "results.md").read_text().startswith(table)
+                                 "--soup", rows]) == 0
+  soup = json.loads((tmp_path / "results" / f"soup({rows})_seed0.json").read_text())
+  assert len(soup["soup_of"]) == 3 and f"3 runs of main{TINY}, main+human{TINY}" in soup[
+      "description"]
+  text = domain_adaptation.report(str(tmp_path), versus="main" + TINY)
+  table = _table(text)
+  assert list(table)[0] == "start" and {f"main{TINY}", f"ql+consistent2{TINY}",
+                                        f"main+human{TINY}", f"in_domain{TINY}",
+                                        f"soup({rows})", f"main{TINY}@1"} <= set(table)
+  assert table["main" + TINY][1] == "2"
+  assert table["start"][2] == f"{start['scores_plain_format']['test@384']:.4f}"
+  assert table["main" + TINY][12].count("[") == 1  # Δ plain @384 with its interval
+  assert "Model selection" in text and f"| main{TINY} | 0 | " in text
+  assert (tmp_path / "results.md").read_text() == text
   assert (tmp_path / "results.png").exists()
 
 
@@ -196,6 +236,27 @@ def test_scifacts_human_dev_split_is_the_one_round_5_states():
   assert not positives(split.dev) & positives(split.train)
 
 
+def test_budgets_name_rows_and_choose_checkpoints():
+  main, start = recipes.Recipe(), "start"
+  assert main.row_name("main", recipes.Budget()) == "main"  # the default budget
+  select = recipes.Budget(steps=300, learning_rate=5e-5, checkpoint_every=50)
+  assert select.checkpoint_steps() == [50, 100, 150, 200, 250, 300]
+  assert main.row_name("main", select) == "main+300steps+lr5e-05"
+  chosen = recipes.Budget(steps=300, learning_rate=5e-5, checkpoint_every=50, eval_step=150)
+  assert main.row_name("main", chosen) == "main+300steps+lr5e-05@150"
+  assert main.row_name("main", recipes.Budget(steps=300, checkpoint_every=50,
+                                              eval_step=300)) == "main+300steps"  # the last
+  assert main.row_name(start, chosen) == "start"  # not trained
+  assert recipes.Budget(steps=70, checkpoint_every=30).checkpoint_steps() == [30, 60, 70]
+  assert recipes.Budget(batch_size=64).name_parts() == ["batch64"]
+  with pytest.raises(ValueError, match=r"eval_step=70 is not a checkpoint .*\[50, 100"):
+    recipes.Budget(steps=300, checkpoint_every=50, eval_step=70)
+  with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
+    recipes.Budget(steps=0)
+  with pytest.raises(ValueError, match="learning_rate must be > 0, got -1"):
+    recipes.Budget(learning_rate=-1)
+
+
 def test_recipes_name_rows_and_directories():
   plain = recipes.Recipe()
   assert plain.fret_name(recipes.VARIANTS["main"]) == "fret_rrf_lowest"  # older runs' names
@@ -209,6 +270,14 @@ def test_recipes_name_rows_and_directories():
   assert levers.row_name("start") == "start"
   with pytest.raises(ValueError, match="unknown teacher 'gpt'"):
     recipes.Recipe(teacher="gpt")
+  claims = recipes.Recipe(teacher="gemma3-270m", few_shot_type="fact checking")
+  assert claims.fret_name(recipes.VARIANTS["main"]) == (
+      "fret_gemma3-270m_fewshot-fact-checking_rrf_lowest")
+  assert claims.row_name("seed_no_same_tower") == (
+      "seed_no_same_tower+gemma3-270m+fewshot-fact-checking")
+  assert recipes.VARIANTS["seed_no_same_tower"].trains_on_seed
+  with pytest.raises(ValueError, match="unknown few-shot task type 'claims'"):
+    recipes.Recipe(few_shot_type="claims")
 
 
 def test_human_data_links_sts_and_writes_banking77(human_dirs, tmp_path):
@@ -232,6 +301,10 @@ def test_bad_inputs_are_named(tmp_path):
     domain_adaptation.write_corpus(str(tmp_path), str(tmp_path / "c.jsonl"))
   with pytest.raises(ValueError, match="Unknown variant 'best'"):
     _run(tmp_path, tmp_path, "best")
+  with pytest.raises(ValueError, match="score the human dev split: add --human_dev"):
+    _run(tmp_path, tmp_path, "main", checkpoint_every=1)
+  with pytest.raises(ValueError, match="--dev_only scores each kept checkpoint on dev"):
+    _run(tmp_path, tmp_path, "main", dev_only=True, recipe=recipes.Recipe(human_dev=True))
   with pytest.raises(FileNotFoundError, match="run the variants first"):
     domain_adaptation.report(str(tmp_path))
   (tmp_path / "results").mkdir()
@@ -263,17 +336,51 @@ def test_report_averages_seeds_and_bootstraps_against_start(tmp_path):
   _write_result(tmp_path, "main", 0, 0.60, {"a": 0.6, "b": 0.6})
   _write_result(tmp_path, "main", 1, 0.62, {"a": 0.6, "b": 0.7})
   _write_result(tmp_path, "seed_positive", 0, 0.63, {"a": 0.5, "b": 0.5})
-  rows = {line.split(" | ")[0]: line.split(" | ")
-          for line in domain_adaptation.report(str(tmp_path)).splitlines()[2:]}
-  assert list(rows) == ["| start", "| main", "| seed_positive"]
-  assert rows["| main"][1:3] == ["2", "0.6100 ± 0.0100"] and rows["| main"][-1] == "84% |"
-  assert rows["| main"][3] == "—"  # no plain test@256 in these results
+  text = domain_adaptation.report(str(tmp_path), versus="main")
+  rows = _table(text)
+  assert list(rows) == ["start", "main", "seed_positive"]
+  assert rows["main"][1:3] == ["2", "0.6100 ± 0.0100"] and rows["main"][-1] == "84% |"
+  assert rows["main"][3] == "—"  # no plain test@256 in these results
   # Per query, main's seeds average to (0.6, 0.65): differences 0.1 and 0.15 to start.
-  assert rows["| main"][11] == "+0.1250 [+0.1000, +0.1500] *"
-  assert rows["| seed_positive"][11] == "+0.0000 [+0.0000, +0.0000]"
+  assert rows["main"][12] == "+0.1250 [+0.1000, +0.1500] *"
+  assert rows["seed_positive"][12] == "+0.0000 [+0.0000, +0.0000]"
   # FRet moved 84% of the positives, but this row trains on the seed passages.
-  assert rows["| seed_positive"][-1] == "0% |"
+  assert rows["seed_positive"][-1] == "0% |"
   assert (tmp_path / "results.png").exists() and (tmp_path / "results_delta.png").exists()
+  # Between rows: seed_positive (0.5, 0.5) minus main's seeds averaged (0.6, 0.65).
+  between = text[text.index("Between rows: each row − main"):]
+  assert "--report --versus=main\n```" in between
+  assert ("| seed_positive | -0.1250 [-0.1500, -0.1000] * | -0.1250 [-0.1500, -0.1000] * |"
+          in between)
+  assert "| start | -0.1250" in between and "| main |" not in between
+  assert text.startswith(f"```bash\npython -m gecko.experiments.domain_adaptation "
+                         f"--output_dir={tmp_path} --report\n```\n")
+  assert "Model selection" not in text and "commands that made" not in text
+  with pytest.raises(ValueError, match="--versus 'best' is not a row"):
+    domain_adaptation.report(str(tmp_path), versus="best")
+  # Without query a: main's seeds average 0.65 on b, start 0.5 there.
+  text = domain_adaptation.report(str(tmp_path), exclude=["a"])
+  without = text[text.index("Without the test queries a"):]
+  assert "--report --exclude_queries=a\n```" in without
+  assert "| main | 0.6500 | 0.6500 | +0.1500 [+0.1500, +0.1500] * |" in without
+  assert "| start | 0.5000 | 0.5000 | — | — |" in without
+
+
+def test_report_tabulates_model_selection_and_commands(tmp_path):
+  (tmp_path / "results" / "selection").mkdir(parents=True)
+  for seed, scores in ((0, {"50": 0.61, "100": 0.64, "150": 0.63}), (1, {"50": 0.6, "100": 0.6})):
+    (tmp_path / "results" / "selection" / f"main+150steps_seed{seed}.json").write_text(
+        json.dumps({"row": "main+150steps", "variant": "main", "seed": seed,
+                    "driver_command": f"python -m gecko.experiments.domain_adaptation "
+                                      f"--seed={seed}",
+                    "dev_by_step": {s: {"human_dev@384": v, "human_dev@256": 0.0}
+                                    for s, v in scores.items()}}))
+  text = domain_adaptation.report(str(tmp_path))  # selection runs alone: no row yet
+  assert "| main+150steps | 0 | 0.6100 | **0.6400** | 0.6300 | 100 |" in text
+  # A tie goes to the earlier step; a step a run did not keep is a dash.
+  assert "| main+150steps | 1 | **0.6000** | 0.6000 | — | 50 |" in text
+  assert ("# main+150steps (selection), seed 1\n"
+          "python -m gecko.experiments.domain_adaptation --seed=1\n") in text
 
 
 def test_ranker_accuracy_orders_and_hits_by_hand():

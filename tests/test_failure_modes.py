@@ -200,6 +200,11 @@ def test_fret_stops_when_the_first_calls_all_fail_and_when_nothing_was_written(t
     ({"num_seeds": -1}, "num_seeds must be an int >= 1 or None"),
     ({"num_neighbors": 1}, "num_neighbors must be an int >= 2"),
     ({"shard_size": 0}, "shard_size must be an int >= 1"),
+    ({"negative_window": (0, 5)}, r"negative_window must be \(first, last\) ranks with 1 <= first"),
+    ({"negative_window": (9, 5)}, r"negative_window must be .* got \(9, 5\)"),
+    ({"negative_window": (1, 2, 3)}, r"negative_window must be .* got \(1, 2, 3\)"),
+    ({"negative_max_ratio": 0.0}, r"negative_max_ratio must be in \(0, 1\], got 0.0"),
+    ({"min_spread": -0.1}, r"min_spread must be a cosine difference in \[0, 2\) or None"),
 ])
 def test_fret_counts_are_checked_before_any_work(tmp_path, kwargs, message):
   from gecko.fret import pipeline

@@ -52,6 +52,26 @@ def test_choose_positive_and_negative_by_hand():
     label.choose(ql, None, ranking="rrf")
 
 
+def test_window_negatives_and_the_generic_query_guard_by_hand():
+  from gecko.fret import relabel
+  ranked = [("p", 0.9), ("a", 0.88), ("s", 0.8), ("b", 0.86), ("c", 0.7), ("d", 0.5)]
+  # Ranks 2-5: a (0.88 > 0.95 x 0.9 = 0.855: a likely positive), the seed, b (0.86, too
+  # close as well), then c.
+  assert label.window_negative(ranked, window=(2, 5), positive_score=0.9, max_ratio=0.95,
+                               exclude=("p", "s")) == (5, "c")
+  assert label.window_negative(ranked, window=(2, 4), positive_score=0.9, max_ratio=0.95,
+                               exclude=("p", "s")) is None  # nothing left in the window
+  assert label.window_negative(ranked, window=(2, 5), positive_score=0.9, max_ratio=1.0,
+                               exclude=("p", "s")) == (2, "a")
+  assert label.window_negative(ranked, window=(6, 60), positive_score=0.9, max_ratio=0.95) == (
+      6, "d")  # a window past the retrieval ends with it
+  assert label.choose([-1.0, -2.0], [-0.1, -0.2], negative="window").negative is None
+  # The guard: top-1 minus the num_neighbors-th cosine (0.9 - 0.8 = 0.1 at 3).
+  assert relabel.generic([0.9, 0.88, 0.8, 0.1], num_neighbors=3, min_spread=0.11)
+  assert not relabel.generic([0.9, 0.88, 0.8, 0.1], num_neighbors=3, min_spread=0.09)
+  assert not relabel.generic([0.9, 0.88, 0.8, 0.1], num_neighbors=9, min_spread=0.5)
+
+
 def test_the_seed_always_competes_and_the_random_negative_is_per_record():
   from gecko.fret import relabel
   assert relabel.with_seed([3, 1, 2], 5) == [3, 1, 5]  # not retrieved: takes the last place

@@ -3,6 +3,7 @@ the same records as the one-machine pipeline, a cached rerun without LLM calls, 
 shards the FRet SeqIO task reads."""
 
 import json
+import pathlib
 import shutil
 import sys
 
@@ -102,20 +103,39 @@ def test_beam_writes_the_records_of_the_local_pipeline_from_one_config(fret_corp
 
   # The seed filter on the same queries (the cache: no LLM call): both runners drop the
   # same queries before scoring, and write the same records.
-  seeded = dict(fields, seed_top_k=3)
-  on_beam = beam.run(FretConfig(output_dir=str(tmp_path / "beam_seeded"), **seeded),
-                     llm=smollm2, num_shards=1, block_size=5, cache_path=str(cache),
-                     pipeline_args=["--direct_num_workers=1"])
-  local_dir = tmp_path / "local_seeded"
-  local_dir.mkdir()
-  shutil.copy(cache, local_dir / "llm_cache.sqlite")
-  local = pipeline.run(FretConfig(output_dir=str(local_dir), **seeded), llm=smollm2,
-                       shard_size=100)
-  assert on_beam["llm_calls_this_run"] == local["llm_calls_this_run"] == 0
+  on_beam, local = _both_runners(dict(fields, seed_top_k=3), cache=cache, llm=smollm2,
+                                 out=tmp_path / "seeded")
   assert on_beam["seed_retrieval"] == local["seed_retrieval"]
   assert local["seed_retrieval"]["dropped_this_run"] > 0
-  assert _by_id(fret_records(tmp_path / "beam_seeded")) == _by_id(fret_records(local_dir))
-  assert set(_by_id(fret_records(local_dir))) <= set(got)  # (the one dropped was inconsistent)
+  # (the one dropped was inconsistent)
+  assert set(_by_id(fret_records(tmp_path / "seeded_local"))) <= set(got)
+
+  # The generic-query guard and the window negative (ranks 2-8, each runner's retrieval
+  # that deep, the seed's own cosine from its block on Beam): the same drops and records.
+  on_beam, local = _both_runners(
+      dict(fields, negative="window", negative_window=(2, 8), negative_max_ratio=0.97,
+           min_spread=0.2, consistency_top_k=None), cache=cache, llm=smollm2,
+      out=tmp_path / "window")
+  for key in ("generic_queries", "window_negative"):
+    assert on_beam[key] == local[key], key
+  assert local["generic_queries"]["dropped_this_run"] > 0 and local["records"] > 0
+
+
+def _both_runners(fields, *, cache, llm, out):
+  """Beam (into OUT_beam) and the local runner (OUT_local), both on the LLM `cache`:
+  neither makes an LLM call and both write the same records; their summaries."""
+  from gecko.fret import beam, pipeline
+  from gecko.fret.config import FretConfig
+  on_beam = beam.run(FretConfig(output_dir=f"{out}_beam", **fields), llm=llm, num_shards=1,
+                     block_size=5, cache_path=str(cache),
+                     pipeline_args=["--direct_num_workers=1"])
+  local_dir = pathlib.Path(f"{out}_local")
+  local_dir.mkdir()
+  shutil.copy(cache, local_dir / "llm_cache.sqlite")
+  local = pipeline.run(FretConfig(output_dir=str(local_dir), **fields), llm=llm, shard_size=100)
+  assert on_beam["llm_calls_this_run"] == local["llm_calls_this_run"] == 0
+  assert _by_id(fret_records(pathlib.Path(f"{out}_beam"))) == _by_id(fret_records(local_dir))
+  return on_beam, local
 
 
 def test_both_runners_take_the_one_gin_binding_of_the_config():
@@ -129,7 +149,8 @@ def test_both_runners_take_the_one_gin_binding_of_the_config():
   gin_flags.configure(["gin/runs/fret.gin", "gin/overlays/fret_beam.gin"],
                   ["CORPUS='c.jsonl'", "OUTPUT_DIR='out'", "DEDUP_COSINE=0.9",
                    "CONSISTENCY_TOP_K=2", "SEED_TOP_K=2", "NUM_SEEDS=7",
-                   "llm.LlamaCpp.n_ctx=64"])
+                   "NEGATIVE='window'", "NEGATIVE_WINDOW=[5, 30]", "NEGATIVE_MAX_RATIO=0.9",
+                   "MIN_SPREAD=0.05", "llm.LlamaCpp.n_ctx=64"])
   try:
     local, on_beam = (gin.get_bindings(fn)["config"] for fn in (pipeline.run, beam.run))
   finally:
@@ -137,6 +158,8 @@ def test_both_runners_take_the_one_gin_binding_of_the_config():
   assert isinstance(local, FretConfig) and local == on_beam
   assert (on_beam.dedup_cosine, on_beam.consistency_top_k, on_beam.seed_top_k,
           on_beam.num_seeds) == (0.9, 2, 2, 7)
+  assert (on_beam.negative, on_beam.negative_window, on_beam.negative_max_ratio,
+          on_beam.min_spread, on_beam.retrieval_depth) == ("window", (5, 30), 0.9, 0.05, 30)
 
 
 def test_beam_refuses_what_it_cannot_read(tmp_path):

@@ -49,6 +49,67 @@ def test_pipeline_writes_records_summary_and_resumes_from_the_cache(fret_corpus,
   assert rebuilt["llm_calls_this_run"] == 0 and rebuilt["llm_cache_hits_this_run"] > 0
   assert sorted(fret_records(out), key=lambda r: r["id"]) == sorted(records, key=lambda r: r["id"])
 
+  # The generic-query guard and the window negative on the same queries (the cache: no
+  # LLM call), each re-derived by hand from MiniLM's scores.
+  _assert_guard_and_window_negatives(records, corpus_path=fret_corpus, cache_dir=out,
+                                     output_dir=tmp_path / "windowed", llm=smollm2)
+
+
+def _assert_guard_and_window_negatives(records, *, corpus_path, cache_dir, output_dir, llm):
+  """The guard drops the queries whose top-1 and top-4 cosines are closer than the
+  median spread; each record kept has the same positive and, as its negative, the first
+  passage of MiniLM's ranks 3-12 that is neither the positive nor the seed and scores at
+  most 0.9 x the positive."""
+  import shutil
+
+  import numpy as np
+
+  from gecko.data.input_format import GECKO
+  from gecko.encode import encode
+  from gecko.fret import pipeline
+  from gecko.fret.corpus import read_corpus
+  from gecko.models import embedder
+  corpus, _ = read_corpus(str(corpus_path))
+  minilm = embedder.load("all-MiniLM-L6-v2")
+  documents = encode([GECKO.document(p["text"], title=p["title"]) for p in corpus], model=minilm)
+  queries = encode([GECKO.query(r["query"], task=r["task"]) for r in records], model=minilm)
+  cosines = queries @ documents.T
+  order = np.argsort(-cosines, axis=1, kind="stable")
+  spreads = [c[o[0]] - c[o[3]] for c, o in zip(cosines, order, strict=True)]
+  min_spread = float(np.median(spreads))
+  output_dir.mkdir()
+  shutil.copy(cache_dir / "llm_cache.sqlite", output_dir / "llm_cache.sqlite")
+  config = FretConfig(corpus=str(corpus_path), output_dir=str(output_dir), num_seeds=4,
+                      num_neighbors=4, negative="window", negative_window=(3, 12),
+                      negative_max_ratio=0.9, min_spread=min_spread)
+  summary = pipeline.run(config, llm=llm)
+  assert summary["llm_calls_this_run"] == 0
+  kept = {r["id"]: r for r in fret_records(output_dir)}
+  generic = {r["id"] for r, s in zip(records, spreads, strict=True) if s < min_spread}
+  assert 0 < len(generic) < len(records) and not generic & set(kept)
+  assert summary["generic_queries"] == {"min_spread": min_spread,
+                                        "checked_this_run": len(records),
+                                        "dropped_this_run": len(generic)}
+  missing = 0
+  ids = [p["id"] for p in corpus]
+  for r, c, o in zip(records, cosines, order, strict=True):
+    if r["id"] in generic:
+      continue
+    positive = c[ids.index(r["positive_id"])]
+    window = [ids[i] for i in o[2:12] if ids[i] not in (r["positive_id"], r["seed_id"])
+              and c[i] <= 0.9 * positive]
+    if not window:
+      missing += 1
+      assert r["id"] not in kept
+      continue
+    got = kept[r["id"]]
+    assert (got["positive_id"], got["negative_id"]) == (r["positive_id"], window[0]), r["id"]
+    at = got["candidate_ids"].index(window[0]) if window[0] in got["candidate_ids"] else None
+    assert got["negative_ql"] == (None if at is None else got["candidate_ql"][at])
+  assert summary["window_negative"] == {"window": [3, 12], "max_ratio": 0.9,
+                                        "checked_this_run": len(records) - len(generic),
+                                        "dropped_this_run": missing}
+
 
 def test_corpus_formats_and_what_is_skipped(tmp_path):
   from gecko.fret.corpus import read_corpus

@@ -1,6 +1,15 @@
-"""The domain-adaptation table: each row's mean ± spread over seeds in both input
-formats, and its paired bootstrap difference to the start model over the test queries
-(`gecko.evaluation.bootstrap`; the start model in the same format: like for like)."""
+"""The domain-adaptation tables, from OUTPUT_DIR/results alone:
+
+* the rows: each row's mean ± spread over seeds in both input formats, and its paired
+  bootstrap difference to the start model over the test queries
+  (`gecko.evaluation.bootstrap`; the start model in the same format: like for like);
+* with `versus`, each row's paired difference to another row (between rows);
+* with `exclude`, each row's test score and difference to the start model without
+  those test queries (e.g. ones that are verbatim training queries);
+* model selection: each selection run's dev score at every kept checkpoint;
+* the command that made each row.
+
+Each table is printed under the command that produces it."""
 
 from __future__ import annotations
 
@@ -19,11 +28,12 @@ START = "start"
 COLUMNS = (
     ("SciFact plain @384", "plain", "test@384"), ("plain @256", "plain", "test@256"),
     ("Gecko @384", "gecko", "test@384"), ("Gecko @256", "gecko", "test@256"),
-    ("dev @384", "gecko", "dev@384"),
+    ("dev @384", "gecko", "dev@384"), ("human dev plain @384", "plain", "human_dev@384"),
     ("STS-B plain", "plain", "STSBenchmark@384"), ("STS-B Gecko", "gecko", "STSBenchmark@384"),
     ("Banking77 plain", "plain", "Banking77@384"), ("Banking77 Gecko", "gecko", "Banking77@384"),
 )
 CI_DIM = "384"
+SELECTION = "selection"  # results/selection/: the model-selection runs' dev scores
 
 
 def scores(result: dict, fmt: str) -> dict[str, float]:
@@ -33,15 +43,13 @@ def scores(result: dict, fmt: str) -> dict[str, float]:
                                                  else {})
 
 
-def load(output_dir: str) -> dict[str, list[dict]]:
-  """{row: its seeds' results} from OUTPUT_DIR/results/*.json."""
+def load(output_dir: str, *, folder: str = "") -> dict[str, list[dict]]:
+  """{row: its seeds' results} from OUTPUT_DIR/results[/FOLDER]/*.json."""
   rows: dict[str, list[dict]] = {}
-  for path in sorted(glob.glob(os.path.join(output_dir, "results", "*.json"))):
+  for path in sorted(glob.glob(os.path.join(output_dir, "results", folder, "*.json"))):
     with open(path, encoding="utf-8") as f:
       result = json.load(f)
     rows.setdefault(result.get("row", result["variant"]), []).append(result)
-  if not rows:
-    raise FileNotFoundError(f"No results under {output_dir}/results: run the variants first.")
   return rows
 
 
@@ -52,15 +60,25 @@ def _order(name: str, results: Sequence[dict]) -> tuple:
           variants.index(variant) if variant in variants else len(variants), name)
 
 
-def difference(rows: dict[str, list[dict]], name: str, fmt: str) -> bootstrap.Difference | None:
-  """The row's paired difference to the start model (per-query nDCG@10 at CI_DIM, the
-  seeds averaged per query); None without per-query scores on both sides."""
+def per_query(rows: dict[str, list[dict]], name: str, fmt: str,
+              exclude: Sequence[str] = ()) -> dict[str, float] | None:
+  """The row's per-query nDCG@10 at CI_DIM, seeds averaged per query, without the
+  queries `exclude`; None without per-query scores."""
   try:
-    start = rows[START][0]["per_query"][fmt][CI_DIM]
     runs = [r["per_query"][fmt][CI_DIM] for r in rows[name]]
-  except (KeyError, IndexError):
+  except KeyError:
     return None
-  return bootstrap.paired(start, bootstrap.mean_over_seeds(runs))
+  if not runs:
+    return None
+  return {q: v for q, v in bootstrap.mean_over_seeds(runs).items() if q not in exclude}
+
+
+def difference(rows: dict[str, list[dict]], name: str, fmt: str, *, versus: str = START,
+               exclude: Sequence[str] = ()) -> bootstrap.Difference | None:
+  """The row's paired difference to `versus` (`per_query` of each side); None without
+  per-query scores on both sides."""
+  base, run = per_query(rows, versus, fmt, exclude), per_query(rows, name, fmt, exclude)
+  return None if base is None or run is None else bootstrap.paired(base, run)
 
 
 def _cell(values: list[float]) -> str:
@@ -70,10 +88,21 @@ def _cell(values: list[float]) -> str:
   return f"{np.mean(values):.4f}{spread}"
 
 
-def report(output_dir: str) -> str:
-  """results.md (mean ± std over seeds; Δ vs start with its 95% interval), results.png
-  (the scores) and results_delta.png (the Δs with their intervals); returns the table."""
-  rows = load(output_dir)
+def _command(output_dir: str, *flags: str) -> str:
+  return ("```bash\npython -m gecko.experiments.domain_adaptation --output_dir="
+          f"{output_dir} --report{''.join(' ' + f for f in flags)}\n```\n")
+
+
+def report(output_dir: str, *, versus: str | None = None, exclude: Sequence[str] = ()) -> str:
+  """results.md (the tables of the module docstring, each under its command),
+  results.png (the scores) and results_delta.png (the Δs to the start model with their
+  intervals); returns results.md's text."""
+  rows, selected = load(output_dir), load(output_dir, folder=SELECTION)
+  if not rows and not selected:
+    raise FileNotFoundError(f"No results under {output_dir}/results: run the variants first.")
+  if versus is not None and versus not in rows:
+    raise ValueError(f"--versus {versus!r} is not a row of {output_dir}/results; the rows "
+                     f"are {sorted(rows)}.")
   headers = ["row", "seeds", *(c[0] for c in COLUMNS), "Δ plain @384 vs start [95% CI]",
              "Δ Gecko @384 vs start [95% CI]", "positive ≠ seed"]
   lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
@@ -99,14 +128,93 @@ def report(output_dir: str) -> str:
     cells.append("—" if share is None else f"{share:.0%}")
     lines.append(f"| {name} | {len(results)} | " + " | ".join(cells) + " |")
   table = "\n".join(lines) + "\n"
+  text = (_command(output_dir) + "\n" + table + "\n* the 95% interval excludes zero.\n"
+          + between_rows(rows, output_dir, versus) + without(rows, output_dir, exclude)
+          + selection(selected, output_dir)
+          + commands(rows, selected))
   with open(os.path.join(output_dir, "results.md"), "w", encoding="utf-8") as f:
-    f.write(table + "\n* the 95% interval excludes zero.\n")
-  reports.plot_bars(os.path.join(output_dir, "results.png"),
-                    {n: {c: v for c, v in m.items() if c.startswith(("SciFact", "Gecko @384",
-                                                                     "STS-B plain"))}
-                     for n, m in means.items() if m})
+    f.write(text)
+  bars = {n: {c: v for c, v in m.items() if c.startswith(("SciFact", "Gecko @384", "STS-B plain"))}
+          for n, m in means.items() if m}
+  if bars:
+    reports.plot_bars(os.path.join(output_dir, "results.png"), bars)
   if differences:
     reports.plot_intervals(os.path.join(output_dir, "results_delta.png"), differences,
                            xlabel="nDCG@10 − start, 95% interval")
-  print(table)
-  return table
+  print(text)
+  return text
+
+
+def between_rows(rows: dict[str, list[dict]], output_dir: str, versus: str | None) -> str:
+  """Each row's paired difference to `versus` in both formats (empty without it)."""
+  if versus is None:
+    return ""
+  lines = ["", f"Between rows: each row − {versus}, nDCG@10 @{CI_DIM} on the test queries, "
+           "seeds averaged per query, 95% paired bootstrap interval.", "",
+           _command(output_dir, f"--versus={versus}"),
+           "| row | Δ plain [95% CI] | Δ Gecko [95% CI] |", "|---|---|---|"]
+  for name, results in sorted(rows.items(), key=lambda item: _order(*item)):
+    if name == versus:
+      continue
+    cells = []
+    for fmt in ("plain", "gecko"):
+      diff = difference(rows, name, fmt, versus=versus)
+      cells.append("—" if diff is None else f"{diff}{' *' if diff.significant else ''}")
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def without(rows: dict[str, list[dict]], output_dir: str, exclude: Sequence[str]) -> str:
+  """Each row's test nDCG@10 @CI_DIM and its difference to the start model, both
+  without the test queries `exclude` (empty without them)."""
+  if not exclude:
+    return ""
+  lines = ["", f"Without the test queries {', '.join(exclude)}: nDCG@10 @{CI_DIM}, seeds "
+           "averaged per query; Δ vs start with its 95% paired bootstrap interval.", "",
+           _command(output_dir, f"--exclude_queries={','.join(exclude)}"),
+           "| row | plain | Gecko | Δ plain vs start [95% CI] | Δ Gecko vs start [95% CI] |",
+           "|---|---|---|---|---|"]
+  for name, results in sorted(rows.items(), key=lambda item: _order(*item)):
+    means, cells = [], []
+    for fmt in ("plain", "gecko"):
+      scores_ = per_query(rows, name, fmt, exclude)
+      means.append("—" if not scores_ else f"{np.mean(list(scores_.values())):.4f}")
+      diff = None if name == START else difference(rows, name, fmt, exclude=exclude)
+      cells.append("—" if diff is None else f"{diff}{' *' if diff.significant else ''}")
+    lines.append(f"| {name} | " + " | ".join(means + cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def selection(selected: dict[str, list[dict]], output_dir: str) -> str:
+  """Model selection: each selection run's human-dev nDCG@10 (plain, @CI_DIM) at every
+  kept checkpoint, the best step marked (empty without selection runs)."""
+  runs = [(name, r) for name, results in sorted(selected.items())
+          for r in sorted(results, key=lambda r: r["seed"])]
+  if not runs:
+    return ""
+  steps = sorted({int(s) for _, r in runs for s in r["dev_by_step"]})
+  lines = ["", f"Model selection on the human dev split (plain format, nDCG@10 @{CI_DIM}); "
+           "** marks each run's best checkpoint.", "", _command(output_dir),
+           "| run | seed | " + " | ".join(f"step {s}" for s in steps) + " | best |",
+           "|" + "---|" * (len(steps) + 3)]
+  key = f"human_dev@{CI_DIM}"
+  for name, r in runs:
+    by_step = {int(s): v[key] for s, v in r["dev_by_step"].items()}
+    best = max(by_step, key=lambda s: (by_step[s], -s))  # ties: the earlier step
+    cells = ["—" if s not in by_step else
+             (f"**{by_step[s]:.4f}**" if s == best else f"{by_step[s]:.4f}") for s in steps]
+    lines.append(f"| {name} | {r['seed']} | " + " | ".join(cells) + f" | {best} |")
+  return "\n".join(lines) + "\n"
+
+
+def commands(rows: dict[str, list[dict]], selected: dict[str, list[dict]]) -> str:
+  """The driver command of each run, rows first, then the selection runs (results made
+  before commands were kept have none)."""
+  made = [(f"{name}{label}", r["seed"], r["driver_command"])
+          for runs, label in ((rows, ""), (selected, " (selection)"))
+          for name, results in sorted(runs.items()) for r in results if r.get("driver_command")]
+  if not made:
+    return ""
+  return ("\nThe commands that made the rows:\n\n```bash\n"
+          + "".join(f"# {name}, seed {seed}\n{command}\n" for name, seed, command in made)
+          + "```\n")

@@ -11,18 +11,28 @@ levers that make the recipe work with a small teacher.
   python -m gecko.experiments.domain_adaptation $D --soup main+gemma3-270m+dedup0.9+human
   python -m gecko.experiments.domain_adaptation --output_dir=/tmp/fret_scifact --report
 
+  # model selection: a 300-step budget, each 50-step checkpoint scored on the human dev
+  # split alone; then the chosen checkpoint scored as a row ("...+300steps@150")
+  python -m gecko.experiments.domain_adaptation $D --human_dev --steps=300 \
+      --learning_rate=5e-5 --checkpoint_every=50 --dev_only
+  python -m gecko.experiments.domain_adaptation $D --human_dev --steps=300 \
+      --learning_rate=5e-5 --checkpoint_every=50 --eval_step=150
+
 One command per row of EXPERIMENTS.md; a row is the variant plus each lever pulled
-(`main+gemma3-270m+dedup0.9+human`). Each run does only what is missing:
+and the budget where it is not the default (`main+gemma3-270m+dedup0.9+human`,
+`main+300steps+lr5e-05@150`). Each run does only what is missing:
 
 1. Corpus: the BEIR `corpus.jsonl`, shuffled with a fixed seed; its first `--passages`
    passages are FRet's seeds, the whole corpus is the retrieval pool.
 2. FRet (`gecko.fret.pipeline`, embedded `--teacher` unless `--llm_url`): task + query
    per seed (greedy, or `--sampling` with a seed per passage; `--dedup_cosine` drops
-   near-duplicate queries), MiniLM neighbours, QL and RC scores. The base run ranks by
-   RRF with the lowest-ranked negative; the ranking / negative variants and
-   `--consistency_top_k` relabel the same queries from its LLM cache (no new LLM
-   call). `--variant=in_domain` trains on the corpus's own `qrels/train.tsv` queries
-   instead (`gecko.experiments.in_domain`), the in-domain reference.
+   near-duplicate queries; `--few_shot_type` writes queries of one task type, shown 8
+   of the corpus's own training queries as examples), MiniLM neighbours, QL and RC
+   scores. The base run ranks by RRF with the lowest-ranked negative; the ranking /
+   negative variants and `--consistency_top_k` relabel the same queries from its LLM
+   cache (no new LLM call). `--variant=in_domain` trains on the corpus's own
+   `qrels/train.tsv` queries instead (`gecko.experiments.in_domain`), the in-domain
+   reference.
 3. Split by a hash of the record id: one record in five is a dev set (a BEIR task whose
    relevant passage is the record's label) for choosing hyper-parameters; the rest
    trains. The corpus's test queries and qrels are never used for either. With
@@ -40,7 +50,8 @@ One command per row of EXPERIMENTS.md; a row is the variant plus each lever pull
    (`--soup A,B`: of several rows; `gecko.soup`). Results go to
    OUTPUT_DIR/results/<row>_seed<seed>.json; `--report` tabulates them with paired
    bootstrap intervals against the start model (results.md, results.png, and
-   results_delta.png: each row's difference with its interval).
+   results_delta.png: each row's difference with its interval), `--versus ROW` against
+   ROW as well, the model-selection table and each row's command.
 """
 
 from __future__ import annotations
@@ -50,18 +61,21 @@ import dataclasses
 import glob
 import json
 import os
+import shlex
 import shutil
 import sys
 from collections.abc import Sequence
 
-from gecko.data import jsonl
+from gecko.data import jsonl, paths
 from gecko.data.packaged_models import DEFAULT_MODEL
 from gecko.experiments import arguments, human_dev, in_domain, stages
-from gecko.experiments.adaptation_report import report
+from gecko.experiments.adaptation_report import SELECTION, report
 from gecko.experiments.recipes import (
   HUMAN_MIXTURE_GIN,
+  TASK_TYPES,
   TEACHERS,
   VARIANTS,
+  Budget,
   Recipe,
   Variant,
 )
@@ -73,6 +87,7 @@ START_MODEL = DEFAULT_MODEL
 EXPERIMENT_GIN = "gin/experiments/fret_adaptation.gin"
 DIMS = (256, 384)
 DEV_FRACTION = 5
+FEW_SHOT = 8  # --few_shot_type: the corpus's training queries shown to the LLM
 BASE = VARIANTS["main"]
 
 
@@ -87,8 +102,8 @@ def write_corpus(corpus_dir: str, path: str) -> int:
   return len(stages.write_corpus(corpus_lib.read_corpus(source)[0], path))
 
 
-def run_fret(*, output_dir: str, corpus_path: str, variant: Variant, recipe: Recipe,
-             passages: int, neighbors: int, llm) -> tuple[list[dict], dict]:
+def run_fret(*, corpus_dir: str, output_dir: str, corpus_path: str, variant: Variant,
+             recipe: Recipe, passages: int, neighbors: int, llm) -> tuple[list[dict], dict]:
   """(records, summary) for `variant` under `recipe`; all but the base relabel from
   its cache."""
   from gecko.fret.config import FretConfig
@@ -96,14 +111,32 @@ def run_fret(*, output_dir: str, corpus_path: str, variant: Variant, recipe: Rec
   base = dataclasses.replace(recipe, consistency_top_k=None)  # the filter relabels its cache
   base_dir = os.path.join(output_dir, base.fret_name(BASE))
   if fret_dir != base_dir:
-    run_fret(output_dir=output_dir, corpus_path=corpus_path, variant=BASE, recipe=base,
-             passages=passages, neighbors=neighbors, llm=llm)
+    run_fret(corpus_dir=corpus_dir, output_dir=output_dir, corpus_path=corpus_path,
+             variant=BASE, recipe=base, passages=passages, neighbors=neighbors, llm=llm)
     copy_missing(glob.glob(os.path.join(base_dir, "llm_cache.sqlite")) +
                  glob.glob(os.path.join(base_dir, "corpus_embeddings_*.npy")), fret_dir)
+  options = recipe.llm_options()
+  if recipe.few_shot_type is not None:
+    options.update(task_types=[recipe.few_shot_type], few_shot=few_shot_examples(
+        corpus_dir=corpus_dir, output_dir=output_dir, task_type=recipe.few_shot_type))
   return stages.fret(FretConfig(
       corpus=corpus_path, output_dir=fret_dir, num_seeds=passages, num_neighbors=neighbors,
-      ranking=variant.ranking, negative=variant.negative, generator_options=recipe.llm_options(),
+      ranking=variant.ranking, negative=variant.negative, generator_options=options,
       dedup_cosine=recipe.dedup_cosine, consistency_top_k=recipe.consistency_top_k), llm=llm)
+
+
+def few_shot_examples(*, corpus_dir: str, output_dir: str, task_type: str) -> str:
+  """OUTPUT_DIR/few_shot_<type>.jsonl: FEW_SHOT of the corpus's training queries (from
+  the train side of the human dev split: no dev query is shown to the LLM) as the
+  generation prompt's examples of `task_type` (written the first time)."""
+  from gecko.experiments import few_shot
+  from gecko.fret import generate
+  path = os.path.join(output_dir, f"few_shot_{task_type.replace(' ', '_')}.jsonl")
+  if not os.path.exists(path):
+    jsonl.write(path, few_shot.from_beir(
+        corpus_dir, count=FEW_SHOT, task=generate.example_task(task_type), task_type=task_type,
+        query_ids=human_dev.split(corpus_dir).train))
+  return path
 
 
 def copy_missing(paths: Sequence[str], directory: str) -> None:
@@ -146,14 +179,50 @@ def human_data(*, output_dir: str, data_dir: str, sts_dir: str | None,
 
 
 def fine_tuning(*, variant: Variant, recipe: Recipe, model_dir: str, data_dir: str,
-                steps: int, batch_size: int, learning_rate: float,
-                seed: int) -> stages.FineTuning:
+                budget: Budget, seed: int) -> stages.FineTuning:
   """The fine-tuning stage of one row: the experiment's gin file, the variant's and the
-  recipe's."""
+  recipe's, at `budget` (keeping each of its checkpoints)."""
   files = [EXPERIMENT_GIN, *variant.gin_files, *([HUMAN_MIXTURE_GIN] if recipe.human else [])]
-  return stages.FineTuning(gin_files=tuple(files), model_dir=model_dir, data_dir=data_dir,
-                           steps=steps, batch_size=batch_size, learning_rate=learning_rate,
-                           macros={"SEED": seed})
+  return stages.FineTuning(
+      gin_files=tuple(files), model_dir=model_dir, data_dir=data_dir, steps=budget.steps,
+      batch_size=budget.batch_size, learning_rate=budget.learning_rate,
+      macros={"SEED": seed, "CHECKPOINT_EVERY": budget.checkpoint_every or budget.steps,
+              "train.train.keep_checkpoints": len(budget.checkpoint_steps())})
+
+
+def checkpoint_model(*, output_dir: str, run_name: str, model_dir: str, step: int) -> str:
+  """OUTPUT_DIR/steps/RUN/STEP: the run's checkpoint at `step` as a model directory
+  (`gecko.export`, written the first time)."""
+  from gecko import export
+  path = os.path.join(output_dir, "steps", run_name, str(step))
+  if not os.path.isdir(path):
+    export.export(model=model_dir, output=path, step=step)
+  return path
+
+
+def dev_by_step(*, output_dir: str, run_name: str, model_dir: str, budget: Budget,
+                human_dev_dir: str) -> dict[str, dict[str, float]]:
+  """{step: {"human_dev@DIM": nDCG@10}} of each kept checkpoint on the human dev split,
+  in the plain format (model selection; kept in OUTPUT_DIR/steps/RUN/dev_by_step.json,
+  so a rerun scores only what is missing)."""
+  from gecko import eval as eval_lib
+  from gecko.evaluation import tasks
+  path = os.path.join(output_dir, "steps", run_name, "dev_by_step.json")
+  scores = json.loads(paths.read_text(path)) if os.path.exists(path) else {}
+  task = tasks.RetrievalTask(name="human_dev", path=human_dev_dir, task="fact checking")
+  for step in budget.checkpoint_steps():
+    if str(step) in scores:
+      continue
+    model = checkpoint_model(output_dir=output_dir, run_name=run_name, model_dir=model_dir,
+                             step=step)
+    results = eval_lib.evaluate(checkpoint=model, tasks=[task], dims=DIMS, gecko_format=False,
+                                output_dir=os.path.join(output_dir, "steps", run_name,
+                                                        "dev_eval", str(step)),
+                                model_name=f"{run_name}@{step}")
+    scores[str(step)] = {f"human_dev@{dim}": s["main_score"]
+                         for dim, s in results["human_dev"].items()}
+    paths.write_text(path, json.dumps(scores, indent=2))
+  return {str(step): scores[str(step)] for step in budget.checkpoint_steps()}
 
 
 def evaluation_tasks(*, corpus_dir: str, dev_dir: str | None, sts_dir: str | None,
@@ -204,18 +273,20 @@ def training_records(*, variant: Variant, recipe: Recipe, corpus_dir: str, outpu
     return name, records, {"positive_not_seed_fraction": 0.0}
   llm = (OpenAICompatible(base_url=llm_url, model=llm_model) if llm_url
          else LlamaCpp(model_path=recipe.teacher))
-  records, summary = run_fret(output_dir=output_dir, corpus_path=corpus_path, variant=variant,
-                              recipe=recipe, passages=passages, neighbors=neighbors, llm=llm)
+  records, summary = run_fret(corpus_dir=corpus_dir, output_dir=output_dir,
+                              corpus_path=corpus_path, variant=variant, recipe=recipe,
+                              passages=passages, neighbors=neighbors, llm=llm)
   name = recipe.fret_name(variant)
   keys = ("positive_not_seed_fraction", "queries", "consistency")
   return name, records, {k: summary[k] for k in keys if k in summary}
 
 
 def train_row(*, variant_name: str, recipe: Recipe, corpus_dir: str, output_dir: str,
-              corpus_path: str, seed: int, passages: int, neighbors: int, steps: int,
-              batch_size: int, learning_rate: float, sts_dir: str | None,
-              banking77_dir: str | None, llm_url: str | None, llm_model: str | None) -> dict:
-  """Records, split, fine-tuning and both formats' scores of one training row."""
+              corpus_path: str, seed: int, passages: int, neighbors: int, budget: Budget,
+              sts_dir: str | None, banking77_dir: str | None, llm_url: str | None,
+              llm_model: str | None, dev_only: bool = False) -> dict:
+  """Records, split, fine-tuning and both formats' scores of one training row; with
+  `dev_only`, each kept checkpoint's dev score instead (model selection)."""
   variant = VARIANTS[variant_name]
   records_name, records, provenance = training_records(
       variant=variant, recipe=recipe, corpus_dir=corpus_dir, output_dir=output_dir,
@@ -232,36 +303,57 @@ def train_row(*, variant_name: str, recipe: Recipe, corpus_dir: str, output_dir:
   if recipe.human:
     data_dir = human_data(output_dir=output_dir, data_dir=data_dir, sts_dir=sts_dir,
                           banking77_dir=banking77_dir)
-  name = f"{recipe.row_name(variant_name)}_seed{seed}"
-  model_dir = os.path.join(output_dir, "runs", name)
+  # The training run: the row without its scored step, and its checkpoint cadence (a
+  # finished run without those checkpoints cannot serve a selection run).
+  every = f"+ckpt{budget.checkpoint_every}" if budget.checkpoint_every else ""
+  run_name = (f"{recipe.row_name(variant_name, dataclasses.replace(budget, eval_step=None))}"
+              f"{every}_seed{seed}")
+  model_dir = os.path.join(output_dir, "runs", run_name)
   training = fine_tuning(variant=variant, recipe=recipe, model_dir=model_dir, data_dir=data_dir,
-                         steps=steps, batch_size=batch_size, learning_rate=learning_rate,
-                         seed=seed)
+                         budget=budget, seed=seed)
   export = training.run()
+  dev_task = human_dev_task(corpus_dir, output_dir, recipe)
+  result = {"records": len(records), "train": n_train, "dev": n_dev,
+            "command": training.command_line(), **provenance}
+  if dev_only:
+    return {**result, "dev_by_step": dev_by_step(output_dir=output_dir, run_name=run_name,
+                                                 model_dir=model_dir, budget=budget,
+                                                 human_dev_dir=dev_task)}
+  if budget.step_suffix():
+    export = checkpoint_model(output_dir=output_dir, run_name=run_name, model_dir=model_dir,
+                              step=budget.eval_step)
   tasks = evaluation_tasks(corpus_dir=corpus_dir, dev_dir=dev_dir, sts_dir=sts_dir,
-                           banking77_dir=banking77_dir,
-                           human_dev_dir=human_dev_task(corpus_dir, output_dir, recipe))
-  return {"records": len(records), "train": n_train, "dev": n_dev,
-          "command": training.command_line(), **provenance,
-          **evaluate_both_formats(checkpoint=export, tasks=tasks, name=name, dims=DIMS,
-                                  output_dir=os.path.join(output_dir, "eval"))}
+                           banking77_dir=banking77_dir, human_dev_dir=dev_task)
+  return {**result, **evaluate_both_formats(
+      checkpoint=export, tasks=tasks, name=f"{recipe.row_name(variant_name, budget)}_seed{seed}",
+      dims=DIMS, output_dir=os.path.join(output_dir, "eval"))}
 
 
 def run(*, corpus_dir: str, output_dir: str, variant: str, seed: int, passages: int,
         neighbors: int, steps: int, batch_size: int, learning_rate: float,
         sts_dir: str | None, banking77_dir: str | None = None, recipe: Recipe | None = None,
-        llm_url: str | None = None, llm_model: str | None = None) -> dict:
-  """One row (module docstring); returns and writes its results."""
+        llm_url: str | None = None, llm_model: str | None = None,
+        checkpoint_every: int | None = None, eval_step: int | None = None,
+        dev_only: bool = False, command: str | None = None) -> dict:
+  """One row (module docstring); returns and writes its results. `command` (the driver
+  command that made the row) is kept in them for the report."""
   if variant not in VARIANTS:
     raise ValueError(f"Unknown variant {variant!r}; use one of {sorted(VARIANTS)}.")
   recipe = recipe or Recipe()
+  budget = Budget(steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+                  checkpoint_every=checkpoint_every, eval_step=eval_step)
+  if (checkpoint_every or dev_only) and not recipe.human_dev:
+    raise ValueError("--checkpoint_every and --dev_only score the human dev split: add "
+                     "--human_dev.")
+  if dev_only and not checkpoint_every:
+    raise ValueError("--dev_only scores each kept checkpoint on dev: set --checkpoint_every.")
   os.makedirs(os.path.join(output_dir, "results"), exist_ok=True)
   corpus_path = os.path.join(output_dir, "corpus.jsonl")
   size = write_corpus(corpus_dir, corpus_path)
   if passages > size:
     raise ValueError(f"--passages={passages} exceeds the corpus ({size} passages).")
-  row = recipe.row_name(variant)
-  result: dict = {"row": row, "variant": variant, "seed": seed,
+  row = recipe.row_name(variant, budget)
+  result: dict = {"row": row, "variant": variant, "seed": seed, "driver_command": command,
                   "description": VARIANTS[variant].description,
                   "recipe": dataclasses.asdict(recipe)}
   if VARIANTS[variant].source == "none":
@@ -274,9 +366,10 @@ def run(*, corpus_dir: str, output_dir: str, variant: str, seed: int, passages: 
     result.update(train_row(
         variant_name=variant, recipe=recipe, corpus_dir=corpus_dir, output_dir=output_dir,
         corpus_path=corpus_path, seed=seed, passages=passages, neighbors=neighbors,
-        steps=steps, batch_size=batch_size, learning_rate=learning_rate, sts_dir=sts_dir,
-        banking77_dir=banking77_dir, llm_url=llm_url, llm_model=llm_model))
-  return _write_result(output_dir, f"{row}_seed{seed}", result)
+        budget=budget, sts_dir=sts_dir, banking77_dir=banking77_dir, llm_url=llm_url,
+        llm_model=llm_model, dev_only=dev_only))
+  return _write_result(output_dir, f"{SELECTION}/{row}_seed{seed}" if dev_only
+                       else f"{row}_seed{seed}", result)
 
 
 def human_dev_task(corpus_dir: str, output_dir: str, recipe: Recipe) -> str | None:
@@ -326,10 +419,10 @@ def soup_row(*, row: str, corpus_dir: str, output_dir: str, sts_dir: str | None,
 
 def _write_result(output_dir: str, name: str, result: dict) -> dict:
   path = os.path.join(output_dir, "results", f"{name}.json")
-  with open(path + ".partial", "w", encoding="utf-8") as f:
-    json.dump(result, f, indent=2)
-  os.replace(path + ".partial", path)
-  print(json.dumps({k: v for k, v in result.items() if k.startswith("scores")}, indent=2))
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  paths.write_text(path, json.dumps(result, indent=2))
+  print(json.dumps({k: v for k, v in result.items() if k.startswith(("scores", "dev_by"))},
+                   indent=2))
   return result
 
 
@@ -350,6 +443,15 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--steps", type=arguments.at_least(1), default=30)
   parser.add_argument("--batch_size", type=arguments.at_least(1), default=32)
   parser.add_argument("--learning_rate", type=arguments.positive_float, default=2e-5)
+  parser.add_argument("--checkpoint_every", type=arguments.at_least(1), default=None,
+                      help="keep a checkpoint every this many steps and score each on the "
+                           "human dev split (needs --human_dev; model selection)")
+  parser.add_argument("--eval_step", type=arguments.at_least(1), default=None,
+                      help="score the checkpoint of this step, not the last (a multiple of "
+                           "--checkpoint_every; '@STEP' ends the row's name)")
+  parser.add_argument("--dev_only", action="store_true",
+                      help="score the checkpoints on dev and nothing else (no test, STS-B "
+                           "or Banking77): the selection runs")
   parser.add_argument("--sts_dir", default=None, help="STS-B directory (check; --human)")
   parser.add_argument("--banking77_dir", default=None,
                       help="Banking77 directory (check; --human)")
@@ -362,6 +464,10 @@ def _parser() -> argparse.ArgumentParser:
   levers.add_argument("--top_p", type=arguments.positive_float, default=Recipe.top_p)
   levers.add_argument("--dedup_cosine", type=float, default=None,
                       help="drop a query within this cosine of an earlier one of its task type")
+  levers.add_argument("--few_shot_type", default=None, choices=TASK_TYPES,
+                      help=f"generate queries of this task type alone, with {FEW_SHOT} of the "
+                           "corpus's training queries as the prompt's examples (e.g. 'fact "
+                           "checking')")
   levers.add_argument("--consistency_top_k", type=arguments.at_least(1), default=None,
                       help="keep a record only if its positive is in MiniLM's top k")
   levers.add_argument("--human", action="store_true",
@@ -376,35 +482,51 @@ def _parser() -> argparse.ArgumentParser:
                       help="an OpenAI-compatible server instead of the embedded teacher")
   parser.add_argument("--llm_model", default=None, help="the server's model name")
   parser.add_argument("--report", action="store_true", help="tabulate the finished rows")
+  parser.add_argument("--versus", metavar="ROW", default=None,
+                      help="with --report: each row's paired difference to ROW as well")
+  parser.add_argument("--exclude_queries", metavar="IDS", default="",
+                      help="with --report: each row's test score and difference to start "
+                           "without these test query ids as well (comma-separated, e.g. "
+                           "ones that are verbatim training queries)")
   return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = _parser()
+  argv = sys.argv[1:] if argv is None else list(argv)
   args = parser.parse_args(argv)
   if args.report:
     try:
-      report(args.output_dir)
-    except FileNotFoundError as e:
+      report(args.output_dir, versus=args.versus,
+             exclude=[q for q in args.exclude_queries.split(",") if q])
+    except (FileNotFoundError, ValueError) as e:
       parser.error(str(e))
     return 0
   if not args.corpus_dir:
     parser.error("--corpus_dir is required (except with --report)")
   if args.llm_url and not args.llm_model:
     parser.error("--llm_url needs --llm_model (the served model's name)")
+  try:
+    Budget(steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
+           checkpoint_every=args.checkpoint_every, eval_step=args.eval_step)
+  except ValueError as e:
+    parser.error(str(e))
   if args.soup:
     soup_row(row=args.soup, corpus_dir=args.corpus_dir, output_dir=args.output_dir,
              sts_dir=args.sts_dir, banking77_dir=args.banking77_dir)
     return 0
   recipe = Recipe(teacher=args.teacher, sampling=args.sampling, temperature=args.temperature,
                   top_p=args.top_p, dedup_cosine=args.dedup_cosine,
+                  few_shot_type=args.few_shot_type,
                   consistency_top_k=args.consistency_top_k, human=args.human,
                   human_dev=args.human_dev)
   run(corpus_dir=args.corpus_dir, output_dir=args.output_dir, variant=args.variant,
       seed=args.seed, passages=args.passages, neighbors=args.neighbors, steps=args.steps,
       batch_size=args.batch_size, learning_rate=args.learning_rate, sts_dir=args.sts_dir,
       banking77_dir=args.banking77_dir, recipe=recipe, llm_url=args.llm_url,
-      llm_model=args.llm_model)
+      llm_model=args.llm_model, checkpoint_every=args.checkpoint_every,
+      eval_step=args.eval_step, dev_only=args.dev_only,
+      command=f"python -m gecko.experiments.domain_adaptation {shlex.join(argv)}")
   return 0
 
 

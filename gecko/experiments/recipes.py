@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 
+from gecko.fret.generate import TASK_TYPES
 from gecko.fret.llm import TEACHERS as PACKAGED_TEACHERS
 
 DEFAULT_TEACHER = "smollm2-135m"
 TEACHERS = tuple(PACKAGED_TEACHERS)  # the packaged GGUF teachers, DEFAULT_TEACHER first
 SEED_POSITIVE_GIN = "gin/ablations/fret_seed_positive.gin"
+NO_SAME_TOWER_GIN = "gin/ablations/no_same_tower.gin"
 HUMAN_MIXTURE_GIN = "gin/experiments/human_mixture.gin"
 
 
@@ -42,12 +44,62 @@ VARIANTS = {
     "rc": Variant("ranking by relevance classification only", ranking="rc"),
     "random_negative": Variant("random neighbour as the hard negative", negative="random"),
     "no_same_tower": Variant("without same-tower negatives",
-                             gin_files=("gin/ablations/no_same_tower.gin",)),
+                             gin_files=(NO_SAME_TOWER_GIN,)),
+    "seed_no_same_tower": Variant("seed passage as the positive, without same-tower "
+                                  "negatives", gin_files=(SEED_POSITIVE_GIN, NO_SAME_TOWER_GIN)),
     "margin_mask": Variant("negatives closer than the positive + 0.1 masked",
                            gin_files=("gin/ablations/false_negative_margin.gin",)),
     "in_domain": Variant("the corpus's own human training queries (the in-domain "
                          "reference)", source="in_domain"),
 }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Budget:
+  """A training row's budget: `steps` of `batch_size` examples at peak `learning_rate`
+  (warm-up over a tenth of the steps, then linear decay to 0).
+
+  Attributes:
+    steps, batch_size, learning_rate: Each names the row where it is not the default
+      ("+300steps", "+batch64", "+lr5e-05").
+    checkpoint_every: Keep a checkpoint every this many steps (and the last); None: the
+      last only. With a dev split, each is scored on it (model selection).
+    eval_step: Score this checkpoint instead of the last ("@150" ends the row's name);
+      a multiple of `checkpoint_every`.
+  """
+
+  steps: int = 30
+  batch_size: int = 32
+  learning_rate: float = 2e-5
+  checkpoint_every: int | None = None
+  eval_step: int | None = None
+
+  def __post_init__(self):
+    for name in ("steps", "batch_size", "checkpoint_every", "eval_step"):
+      value = getattr(self, name)
+      if value is not None and value < 1:
+        raise ValueError(f"the budget's {name} must be >= 1, got {value}.")
+    if self.learning_rate <= 0:
+      raise ValueError(f"the budget's learning_rate must be > 0, got {self.learning_rate}.")
+    if self.eval_step is not None and self.eval_step not in self.checkpoint_steps():
+      raise ValueError(f"eval_step={self.eval_step} is not a checkpoint of this budget "
+                       f"({self.checkpoint_steps()}); set checkpoint_every to divide it.")
+
+  def checkpoint_steps(self) -> list[int]:
+    """The steps whose checkpoints the run keeps."""
+    every = self.checkpoint_every or self.steps
+    return sorted({*range(every, self.steps + 1, every), self.steps})
+
+  def name_parts(self) -> list[str]:
+    """The parts of a row's name that say how this budget differs from the default."""
+    default = Budget()
+    return ([f"{self.steps}steps"] * (self.steps != default.steps)
+            + [f"batch{self.batch_size}"] * (self.batch_size != default.batch_size)
+            + [f"lr{self.learning_rate:g}"] * (self.learning_rate != default.learning_rate))
+
+  def step_suffix(self) -> str:
+    """"@STEP" when a checkpoint other than the last is scored, else ""."""
+    return "" if self.eval_step in (None, self.steps) else f"@{self.eval_step}"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -59,6 +111,9 @@ class Recipe:
     sampling: Sample each passage's query with its own seed (`Generator.sampling`).
     temperature, top_p: The sampling's settings.
     dedup_cosine: Drop near-duplicate queries (`gecko.fret.diversity`).
+    few_shot_type: Generate queries of this task type alone, the prompt's few-shot
+      examples being the corpus's own training queries (`gecko.experiments.few_shot`,
+      from the train side of the human dev split), e.g. "fact checking" for claims.
     consistency_top_k: Keep a record only if its positive is in the encoder's top k.
     human: Train on FRet plus the human mixture (STS-B train, Banking77 train).
     human_dev: Score every row on the human dev split of the corpus's training queries
@@ -70,6 +125,7 @@ class Recipe:
   temperature: float = 0.8
   top_p: float = 1.0
   dedup_cosine: float | None = None
+  few_shot_type: str | None = None
   consistency_top_k: int | None = None
   human: bool = False
   human_dev: bool = False
@@ -77,6 +133,9 @@ class Recipe:
   def __post_init__(self):
     if self.teacher not in TEACHERS:
       raise ValueError(f"unknown teacher {self.teacher!r}; use one of {TEACHERS}.")
+    if self.few_shot_type is not None and self.few_shot_type not in TASK_TYPES:
+      raise ValueError(f"unknown few-shot task type {self.few_shot_type!r}; use one of "
+                       f"{list(TASK_TYPES)}.")
 
   def _generation_parts(self) -> list[str]:
     parts = [] if self.teacher == DEFAULT_TEACHER else [self.teacher]
@@ -84,6 +143,8 @@ class Recipe:
       parts.append(f"sampled{self.temperature:g}p{self.top_p:g}")
     if self.dedup_cosine is not None:
       parts.append(f"dedup{self.dedup_cosine:g}")
+    if self.few_shot_type is not None:
+      parts.append("fewshot-" + self.few_shot_type.replace(" ", "-"))
     return parts
 
   def fret_name(self, variant: Variant) -> str:
@@ -93,8 +154,9 @@ class Recipe:
       parts.append(f"consistent{self.consistency_top_k}")
     return "_".join(parts)
 
-  def row_name(self, variant_name: str) -> str:
-    """The table row: the variant, then each lever pulled ("main+gemma3-270m+human")."""
+  def row_name(self, variant_name: str, budget: Budget | None = None) -> str:
+    """The table row: the variant, then each lever pulled and the budget where it is not
+    the default ("main+gemma3-270m+human+300steps+lr5e-05@150")."""
     variant = VARIANTS[variant_name]
     parts = [variant_name]
     if variant.source == "fret":
@@ -105,7 +167,9 @@ class Recipe:
       parts.append("human")
     if self.human_dev and variant.source == "in_domain":
       parts.append("trainpart")  # the dev split's queries are not trained on
-    return "+".join(parts)
+    if variant.source == "none" or budget is None:
+      return "+".join(parts)
+    return "+".join(parts + budget.name_parts()) + budget.step_suffix()
 
   def llm_options(self) -> dict[str, object]:
     """`gecko.fret.generate.Generator` options."""

@@ -19,12 +19,13 @@ both produce the same records from the same LLM answers:
   Deduplicate  with DEDUP_COSINE only: every query on one worker, judged in seed-hash
                order (a run-wide ordered pass, as on one machine)
   Embed        corpus and queries with the encoder (loaded once per worker)
-  Retrieve     exact top-N: each corpus block is scored against all queries (a side
-               input) and the per-block top-N lists are merged per query, so the
-               corpus never has to fit on one worker
-  Relabel      the seed filter (SEED_TOP_K) first, then QL and/or RC scores, ranking,
-               positive and hard negative (`gecko.fret.relabel`), then the consistency
-               filter (CONSISTENCY_TOP_K)
+  Retrieve     exact top-N (deeper for the window negative), with each query's cosine
+               to its seed: each corpus block is scored against all queries (a side
+               input) and the per-block top lists are merged per query, so the corpus
+               never has to fit on one worker
+  Relabel      the generic-query guard (MIN_SPREAD) and the seed filter (SEED_TOP_K)
+               first, then QL and/or RC scores, ranking, positive and hard negative
+               (`gecko.fret.relabel`), then the consistency filter (CONSISTENCY_TOP_K)
   Write        fret-SSSSS-of-NNNNN.jsonl (and .tfrecord) shards in OUTPUT_DIR, which the
                `gecko_fret` SeqIO task reads; summary.json / summary.png at the end
 
@@ -63,7 +64,7 @@ from gecko.fret import generate as generate_lib
 from gecko.fret.cache import LLMCache
 from gecko.fret.config import FretConfig, check_count
 from gecko.fret.llm import LLM, LLMError
-from gecko.fret.relabel import Relabeler, consistent, seed_retrieved
+from gecko.fret.relabel import NoNegative, Relabeler, consistent, generic, seed_retrieved
 
 NAMESPACE = "gecko.fret"
 CORPUS_COUNTERS = ("passages", "empty_skipped", "duplicate_ids_skipped", "invalid_utf8_lines")
@@ -146,27 +147,41 @@ class _Relabel(_LLMDoFn):
 
   def process(self, item):
     qid, joined = item
-    (generated,), (passages,), (ranked,) = (joined["generated"], joined["candidates"],
-                                            joined["ranked"])
+    (generated,), (delivered,), ((ranked, seed_score),) = (
+        joined["generated"], joined["candidates"], joined["ranked"])
+    config, n = self.config, self.config.num_neighbors
+    passages = delivered[:n]
+    ranked_ids = [pid for pid, _ in ranked]
     seed_passage = next(p for p in passages if p["id"] == qid)
-    if self.config.seed_top_k is not None and not seed_retrieved(
-        qid, ranked_ids=ranked, top_k=self.config.seed_top_k):
+    _count("judged")
+    if config.min_spread is not None and generic(
+        [score for _, score in ranked], num_neighbors=n, min_spread=config.min_spread):
+      _count("generic")  # no scoring call
+      return
+    if config.seed_top_k is not None and not seed_retrieved(
+        qid, ranked_ids=ranked_ids, top_k=config.seed_top_k):
       _count("seed_not_retrieved")  # no scoring call
       return
+    window = {} if config.negative != "window" else {
+        "retrieved": list(zip(delivered[n:], (score for _, score in ranked))),
+        "seed_score": seed_score}
     before = self.relabeler.llm_calls
-    _count("relabel_inputs")
     try:
-      record = self.relabeler(generated, passages=passages, seed_passage=seed_passage).record
+      record = self.relabeler(generated, passages=passages, seed_passage=seed_passage,
+                              **window).record
     except LLMError as e:
       _count("failures")
       yield beam.pvalue.TaggedOutput("failures", records.failure_record(
           generate_lib.Failure(id=qid, task_type=generated.task_type,
                                reason=f"scoring failed: {e}", outputs=())))
       return
+    except NoNegative:
+      _count("no_window_negative")
+      return
     finally:
       _count("llm_calls", self.relabeler.llm_calls - before)
-    top_k = self.config.consistency_top_k
-    if top_k is not None and not consistent(record, ranked_ids=ranked, top_k=top_k):
+    top_k = config.consistency_top_k
+    if top_k is not None and not consistent(record, ranked_ids=ranked_ids, top_k=top_k):
       _count("inconsistent")
       return
     _count("records")
@@ -211,7 +226,8 @@ class _Embed(beam.DoFn):
 
 
 class _BlockTopN(beam.DoFn):
-  """For a corpus block: each query's top-n (score, passage id) within the block."""
+  """For a corpus block: each query's top-n (score, passage id) within the block, and
+  its cosine to its own seed passage where the block holds it (else None)."""
 
   def __init__(self, *, n: int, block_size: int):
     self.n, self.block_size = n, block_size
@@ -228,39 +244,47 @@ class _BlockTopN(beam.DoFn):
       n = min(self.n, len(part_ids))
       index, scores = retrieval.top_n(query_vectors, [vectors[start:start + self.block_size]], n,
                                      block_size=self.block_size)
+      rows = {pid: start + j for j, pid in enumerate(part_ids)}
       for row, qid in enumerate(query_ids):
-        yield qid, [(float(scores[row, j]), part_ids[index[row, j]]) for j in range(n)]
+        seed = rows.get(qid)
+        yield qid, ([(float(scores[row, j]), part_ids[index[row, j]]) for j in range(n)],
+                    None if seed is None else float(np.dot(query_vectors[row], vectors[seed])))
 
 
 class _MergeTopN(beam.CombineFn):
-  """Merges candidate lists into the global top n (score descending, then id)."""
+  """Merges candidate lists into the global top n (score descending, then id), keeping
+  the seed's score; outputs ([(passage id, score)] best first, the seed's score)."""
 
   def __init__(self, n: int):
     self.n = n
 
-  def _top(self, candidates):
-    return sorted(candidates, key=lambda c: (-c[0], c[1]))[:self.n]
+  def _top(self, candidates, seed_scores):
+    seed = next((s for s in seed_scores if s is not None), None)
+    return sorted(candidates, key=lambda c: (-c[0], c[1]))[:self.n], seed
 
   def create_accumulator(self):
-    return []
+    return [], None
 
-  def add_input(self, accumulator, candidates):
-    return self._top(accumulator + list(candidates))
+  def add_input(self, accumulator, item):
+    return self._top(accumulator[0] + list(item[0]), (accumulator[1], item[1]))
 
   def merge_accumulators(self, accumulators):
-    return self._top([c for a in accumulators for c in a])
+    accumulators = list(accumulators)
+    return self._top([c for a, _ in accumulators for c in a], [s for _, s in accumulators])
 
   def extract_output(self, accumulator):
-    return [pid for _, pid in accumulator]
+    top, seed = accumulator
+    return [(pid, score) for score, pid in top], seed
 
 
-def _wanted(item):
-  """(query id, neighbour ids) -> (passage id, (query id, rank)), the seed always in."""
-  qid, ids = item
-  if qid not in ids:
-    ids = ids[:-1] + [qid]
-  for rank, pid in enumerate(ids):
-    yield pid, (qid, rank)
+def _wanted(item, *, n: int, window: bool):
+  """(query id, its retrieval) -> (passage id, (query id, slot)): slots 0..n-1 are the
+  candidates (the seed always in), then, for the window negative, the whole retrieval."""
+  qid, (ranked, _) = item
+  ids = [pid for pid, _ in ranked]
+  candidates = ids[:n] if qid in ids[:n] else ids[:n - 1] + [qid]
+  for slot, pid in enumerate(candidates + (ids if window else [])):
+    yield pid, (qid, slot)
 
 
 def _deliver(item):
@@ -314,7 +338,9 @@ def build(root: beam.Pipeline, config: FretConfig, *, llm: LLM, num_shards: int,
         os.path.join(config.output_dir, QUERIES), shard_name_template="")
   neighbours = _neighbours(corpus, kept, config=config, block_size=block_size)
   candidates = (
-      {"wanted": neighbours | "Wanted" >> beam.FlatMap(_wanted), "passage": passages}
+      {"wanted": neighbours | "Wanted" >> beam.FlatMap(
+          _wanted, n=config.num_neighbors, window=config.negative == "window"),
+       "passage": passages}
       | "JoinPassages" >> beam.CoGroupByKey()
       | "Deliver" >> beam.FlatMap(_deliver)
       | "GroupByQuery" >> beam.GroupByKey()
@@ -329,8 +355,9 @@ def build(root: beam.Pipeline, config: FretConfig, *, llm: LLM, num_shards: int,
 
 
 def _neighbours(corpus, kept, *, config: FretConfig, block_size: int):
-  """(query id, the encoder's top-N passage ids, best first) for each kept query: the
-  corpus embedded in blocks, each block's top-N against every query, merged."""
+  """(query id, ([(passage id, cosine)] the encoder's top passages best first, the
+  query's cosine to its seed)) for each kept query: the corpus embedded in blocks, each
+  block's top list against every query, merged."""
   batch_size = config.batch_size
   embed = _Embed(encoder=config.encoder, batch_size=batch_size)
   queries = (kept
@@ -348,9 +375,9 @@ def _neighbours(corpus, kept, *, config: FretConfig, block_size: int):
           | "EmbedCorpus" >> beam.ParDo(embed)
           | "Blocks" >> beam.BatchElements(min_batch_size=1,
                                            max_batch_size=max(1, block_size // batch_size))
-          | "BlockTopN" >> beam.ParDo(_BlockTopN(n=config.num_neighbors, block_size=block_size),
+          | "BlockTopN" >> beam.ParDo(_BlockTopN(n=config.retrieval_depth, block_size=block_size),
                                       queries=beam.pvalue.AsSingleton(queries))
-          | "MergeTopN" >> beam.CombinePerKey(_MergeTopN(config.num_neighbors)))
+          | "MergeTopN" >> beam.CombinePerKey(_MergeTopN(config.retrieval_depth)))
 
 
 def _write(records, failures, *, config: FretConfig, num_shards: int) -> None:
@@ -416,10 +443,8 @@ def run(config: FretConfig, *, llm: LLM, num_shards: int = 0, block_size: int = 
       corpus={name: counters.get(name, 0) for name in CORPUS_COUNTERS},
       queries=_queries_summary(config, output_dir),
       filters=records.filter_summaries(
-          config, records=len(written),
-          judged=counters.get("relabel_inputs", 0) + counters.get("seed_not_retrieved", 0),
-          seed_dropped=counters.get("seed_not_retrieved", 0),
-          inconsistent=counters.get("inconsistent", 0)))
+          config, records=len(written), judged=counters.get("judged", 0),
+          dropped={name: counters.get(name, 0) for name in records.FILTERS}))
   records.write_summary(summary, records.score_lists(written), output_dir)
   return summary
 

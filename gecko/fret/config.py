@@ -42,7 +42,14 @@ class FretConfig:
       ones in the file; Beam, which has no file order, the ones with the highest hash
       of (seed, id).
     num_neighbors: N, neighbours retrieved and relabelled per query (>= 2).
-    negative: "lowest" fused neighbour or a "random" other one.
+    negative: "lowest" fused neighbour, a "random" other one, or "window": mined from
+      the encoder's ranks `negative_window` (NV-Retriever's positive-aware rule).
+    negative_window: (first, last) 1-based ranks of the encoder's retrieval the
+      "window" negative is mined from; the retrieval goes that deep.
+    negative_max_ratio: "window": passages the encoder scores above this times its
+      score of the positive are skipped as likely false negatives (NV-Retriever: 0.95);
+      the negative is the best-ranked passage of the window left, neither the positive
+      nor the seed. A query with none left is dropped (counted in the summary).
     ranking: "rrf" (QL and RC fused), or "ql" / "rc" alone (the paper's ablation).
     tfrecord: Also write each shard as TFRecord (tf.train.Example).
     generator_options: Extra `gecko.fret.generate.Generator` attributes, e.g.
@@ -60,6 +67,10 @@ class FretConfig:
     dedup_cosine: Query diversity (`gecko.fret.diversity`): a new query above this
       cosine to an earlier kept query of the same task type is dropped. None: keep
       every query.
+    min_spread: Generic-query guard: keep a query only if the encoder's cosine to its
+      best passage exceeds that to its `num_neighbors`-th by at least this much,
+      judged before any scoring call (a query that matches many passages equally
+      says little about any of them). None: keep every query.
   """
 
   corpus: str
@@ -68,6 +79,8 @@ class FretConfig:
   num_seeds: int | None = None
   num_neighbors: int = 20
   negative: str = "lowest"
+  negative_window: tuple[int, int] = (10, 50)
+  negative_max_ratio: float = 0.95
   ranking: str = "rrf"
   tfrecord: bool = False
   generator_options: Mapping[str, object] = dataclasses.field(default_factory=dict)
@@ -77,6 +90,7 @@ class FretConfig:
   consistency_top_k: int | None = None
   seed_top_k: int | None = None
   dedup_cosine: float | None = None
+  min_spread: float | None = None
 
   def __post_init__(self):
     for name in ("corpus", "output_dir", "encoder"):
@@ -100,11 +114,29 @@ class FretConfig:
       if top_k is not None and top_k > self.num_neighbors:
         raise ValueError(f"{name}={top_k} must be <= num_neighbors={self.num_neighbors} (the "
                          "passages retrieved per query).")
+    window = tuple(self.negative_window)
+    if (len(window) != 2 or not all(isinstance(r, int) and not isinstance(r, bool)
+                                    for r in window) or not 1 <= window[0] <= window[1]):
+      raise ValueError(f"negative_window must be (first, last) ranks with 1 <= first <= last, "
+                       f"got {self.negative_window!r}.")
+    object.__setattr__(self, "negative_window", window)  # a gin list, too
+    if not 0.0 < self.negative_max_ratio <= 1.0:
+      raise ValueError(f"negative_max_ratio must be in (0, 1], got {self.negative_max_ratio!r}.")
+    if self.min_spread is not None and not 0.0 <= self.min_spread < 2.0:
+      raise ValueError(f"min_spread must be a cosine difference in [0, 2) or None, got "
+                       f"{self.min_spread!r}.")
     for name in ("generator_options", "scorer_options"):
       if not isinstance(getattr(self, name), Mapping):
         raise ValueError(f"FretConfig.{name} must be a dict, got {getattr(self, name)!r}.")
     if not isinstance(self.seed, int) or isinstance(self.seed, bool):
       raise ValueError(f"seed must be an int, got {self.seed!r}.")
+
+  @property
+  def retrieval_depth(self) -> int:
+    """Passages the encoder retrieves per query: the candidates, or as deep as the
+    "window" negative's last rank."""
+    return max(self.num_neighbors, self.negative_window[1]) if self.negative == "window" else (
+        self.num_neighbors)
 
   def check_output_dir(self) -> None:
     """ValueError when OUTPUT_DIR is a file, or is, contains or lies inside the corpus or

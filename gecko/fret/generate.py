@@ -1,7 +1,9 @@
 """FRet step 1: the LLM reads a seed passage and writes a task description and a query.
 
 A few-shot prompt (`gecko/fret/prompts/generate.txt`, or any file with `{passage}` and
-`{task_type}`) ends in "Task:"; the completion must be exactly
+`{task_type}`) ends in "Task:"; its examples may come from a JSONL file instead
+(`few_shot`, e.g. a target corpus's own training queries, written by
+`gecko.experiments.few_shot`). The completion must be exactly
 
   <task description>
   Query: <query>
@@ -66,6 +68,51 @@ def load_prompt(name: str, *, fields: Sequence[str] = ("{passage}", "{task_type}
   return template
 
 
+EXAMPLE_FIELDS = ("passage", "task_type", "task", "query")
+
+
+def load_examples(path: str) -> list[dict[str, str]]:
+  """Few-shot examples from JSONL, one {"passage", "task_type", "task", "query"} each."""
+  from gecko.data import jsonl
+  examples = jsonl.read_objects(path, what="few-shot examples")
+  for i, example in enumerate(examples, 1):
+    bad = [k for k in EXAMPLE_FIELDS if not isinstance(example.get(k), str)
+           or not example[k].strip()]
+    if bad:
+      raise ValueError(f"{path}: example {i} lacks a non-empty string {bad[0]!r}; each line "
+                       f"is {{{', '.join(map(repr, EXAMPLE_FIELDS))}}}.")
+  if not examples:
+    raise ValueError(f"{path} holds no few-shot example.")
+  return examples
+
+
+def with_examples(template: str, examples: Sequence[Mapping[str, str]]) -> str:
+  """`template` with its few-shot examples replaced by `examples`: its first paragraph
+  (the instruction) and its last (the `{passage}` block) are kept, and the paragraphs
+  between are the examples, each written as the packaged prompt writes them."""
+  paragraphs = template.split("\n\n")
+  if len(paragraphs) < 2 or "{passage}" not in paragraphs[-1]:
+    raise ValueError("few-shot examples go between the prompt's first paragraph (the "
+                     "instruction) and its last (with {passage}); this prompt has no such "
+                     "layout.")
+  one_line = lambda text: " ".join(text.split()).replace("{", "{{").replace("}", "}}")  # noqa: E731
+  blocks = ["\n".join(f"{label}: {one_line(e[key])}" for label, key in (
+      ("Passage", "passage"), ("Task type", "task_type"), ("Task", "task"), ("Query", "query")))
+            for e in examples]
+  return "\n\n".join([paragraphs[0], *blocks, paragraphs[-1]])
+
+
+def example_task(task_type: str, *, prompt: str = "generate") -> str:
+  """The task line of `prompt`'s few-shot example of `task_type` (e.g. "fact checking":
+  "Given a claim, retrieve passages that support or refute it")."""
+  for paragraph in load_prompt(prompt).split("\n\n"):
+    fields = dict(line.split(": ", 1) for line in paragraph.splitlines() if ": " in line)
+    if fields.get("Task type") == task_type and fields.get("Task"):
+      return fields["Task"]
+  raise ValueError(f"prompt {prompt!r} has no example of task type {task_type!r}; its "
+                   f"types are {list(TASK_TYPES)}.")
+
+
 _QUERY_LINE = re.compile(r"^\s*query\s*:\s*(.*)$", re.IGNORECASE)
 
 
@@ -112,6 +159,8 @@ class Generator:
     llm: The backend (`gecko.fret.llm.LLM`).
     cache: LLM-call cache (None: no caching).
     prompt: Packaged prompt name or file path.
+    few_shot: A JSONL file of few-shot examples (`load_examples`) replacing the
+      prompt's own; None keeps them.
     task_types: The task types to draw from.
     attempts: Completions tried per passage before it is recorded as a failure.
     max_tokens: Completion budget.
@@ -127,6 +176,7 @@ class Generator:
   llm: LLM
   cache: cache_lib.LLMCache | None = None
   prompt: str = "generate"
+  few_shot: str | None = None
   task_types: Sequence[str] = TASK_TYPES
   attempts: int = 3
   max_tokens: int = 96
@@ -138,6 +188,8 @@ class Generator:
 
   def __post_init__(self):
     self.template = load_prompt(self.prompt)
+    if self.few_shot is not None:
+      self.template = with_examples(self.template, load_examples(self.few_shot))
     self.examples = tuple(m.group(1).strip() for m in map(_QUERY_LINE.match,
                                                           self.template.splitlines()) if m)
     if self.attempts < 1:

@@ -9,8 +9,10 @@ two scores per neighbour (step 3, `gecko.fret.score`):
 Each is turned into ranks (1 = best), fused as R = 1/rank_QL + 1/rank_RC (the paper's
 reciprocal rank fusion, no smoothing constant), and the top fused neighbour becomes
 the positive; the hard negative is the lowest fused one ("lowest", the paper's best
-p1/p20 setting with N = 20) or a random one of the rest ("random"). For the paper's
-ranking ablation, `ranking="ql"` or `"rc"` uses one score's ranks alone.
+p1/p20 setting with N = 20), a random one of the rest ("random"), or one mined from a
+window of the encoder's ranks ("window", `window_negative`: NV-Retriever's
+positive-aware rule, no LLM score). For the paper's ranking ablation, `ranking="ql"` or
+`"rc"` uses one score's ranks alone.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-NEGATIVE_CHOICES = ("lowest", "random")
+NEGATIVE_CHOICES = ("lowest", "random", "window")
 RANKINGS = ("rrf", "ql", "rc")
 # The LLM scores each ranking needs (the others are not computed).
 NEEDS = {"rrf": ("ql", "rc"), "ql": ("ql",), "rc": ("rc",)}
@@ -54,7 +56,7 @@ class Labels:
   """The chosen neighbours (indices into the neighbour list) and the evidence."""
 
   positive: int
-  negative: int
+  negative: int | None  # None: "window", mined apart (`window_negative`)
   fused: tuple[float, ...]
   ql_ranks: tuple[int, ...]  # () when not computed
   rc_ranks: tuple[int, ...]
@@ -88,7 +90,8 @@ def order(ql: Sequence[float] | None, rc: Sequence[float] | None, *,
 
 def choose(ql: Sequence[float] | None, rc: Sequence[float] | None, *, negative: str = "lowest",
            rng: np.random.Generator | None = None, ranking: str = "rrf") -> Labels:
-  """Positive = top fused neighbour; negative = lowest fused or a random other one.
+  """Positive = top fused neighbour; negative = lowest fused or a random other one
+  (None for "window": `window_negative` mines it from the encoder's ranks).
 
   `ranking`: "rrf" fuses both rankings; "ql" or "rc" ranks by one score alone (the
   other may then be None: it is not computed). Ties go to the better QL rank (RC rank
@@ -100,6 +103,8 @@ def choose(ql: Sequence[float] | None, rc: Sequence[float] | None, *, negative: 
   positive = int(order[0])
   if negative == "lowest":
     chosen = int(order[-1])
+  elif negative == "window":
+    chosen = None
   else:
     if rng is None:
       raise ValueError("negative='random' needs an rng (np.random.default_rng(seed)).")
@@ -107,3 +112,18 @@ def choose(ql: Sequence[float] | None, rc: Sequence[float] | None, *, negative: 
   as_tuple = lambda r: () if r is None else tuple(int(x) for x in r)  # noqa: E731
   return Labels(positive=positive, negative=chosen, fused=tuple(float(f) for f in fused),
                 ql_ranks=as_tuple(ql_ranks), rc_ranks=as_tuple(rc_ranks))
+
+
+def window_negative(ranked: Sequence[tuple[str, float]], *, window: tuple[int, int],
+                    positive_score: float, max_ratio: float,
+                    exclude: Sequence[str] = ()) -> tuple[int, str] | None:
+  """(its 1-based rank, its id): the hard negative mined from the encoder's ranks
+  `window` (first, last) of `ranked` ((passage id, cosine), best first): the first
+  passage there that is not in `exclude` (the positive, the seed) and scores at most
+  `max_ratio` times the positive's `positive_score` (NV-Retriever's positive-aware
+  rule: the passages above are likely unlabelled positives). None when none is left."""
+  first, last = window
+  for rank, (pid, score) in enumerate(ranked[first - 1:last], first):
+    if pid not in exclude and score <= max_ratio * positive_score:
+      return rank, pid
+  return None

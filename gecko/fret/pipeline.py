@@ -45,7 +45,14 @@ from gecko.fret.config import FretConfig, check_count
 from gecko.fret import corpus as corpus_lib
 from gecko.fret.corpus import read_corpus
 from gecko.fret.llm import LLM, LLMError
-from gecko.fret.relabel import Relabeler, consistent, seed_retrieved, with_seed
+from gecko.fret.relabel import (
+  NoNegative,
+  Relabeler,
+  consistent,
+  generic,
+  seed_retrieved,
+  with_seed,
+)
 
 
 # A run whose first this-many passages all fail in the LLM call itself stops: the
@@ -71,9 +78,10 @@ def run(config: FretConfig, *, llm: LLM, shard_size: int = 1000) -> dict[str, ob
   config.check_output_dir()
   corpus, corpus_stats = read_corpus(config.corpus)
   _say_corpus(corpus_stats, path=config.corpus, num_seeds=config.num_seeds)
-  if config.num_neighbors > len(corpus):
-    raise ValueError(f"num_neighbors={config.num_neighbors} must be in [2, {len(corpus)}] "
-                     "(the corpus).")
+  if config.retrieval_depth > len(corpus):
+    raise ValueError(f"num_neighbors={config.num_neighbors} (and the window negative's "
+                     f"last rank, {config.negative_window[1]}, with negative='window') must "
+                     f"be at most the corpus's {len(corpus)} passages.")
   llm.check()  # a dead server or a missing key fails here, in seconds
   output_dir = config.output_dir
   with paths.locked(output_dir, what="OUTPUT_DIR"):  # two runs would do the LLM work twice
@@ -106,9 +114,8 @@ def run(config: FretConfig, *, llm: LLM, shard_size: int = 1000) -> dict[str, ob
         skipped=len(seeds) - len(todo), llm_calls=generator.llm_calls + relabeler.llm_calls,
         cache_hits=cache.hits, seconds=time.perf_counter() - start,
         corpus=corpus_stats.as_dict(), queries=queries_summary,
-        filters=records.filter_summaries(
-            config, records=len(written), judged=len(queries),
-            seed_dropped=dropped["seed_not_retrieved"], inconsistent=dropped["inconsistent"]))
+        filters=records.filter_summaries(config, records=len(written), judged=len(queries),
+                                         dropped=dropped))
     records.write_summary(summary, records.score_lists(written, all_scores=all_scores),
                           output_dir)
     cache.close()
@@ -122,30 +129,43 @@ def _relabel_and_write(queries: Sequence[generate_lib.Generated], *, corpus: Seq
                        ) -> tuple[list[generate_lib.Failure], dict[str, int],
                                   dict[str, list[float]]]:
   """Retrieves, scores and labels each generated query and writes its record; returns
-  (scoring failures, the queries each filter dropped: {"seed_not_retrieved",
-  "inconsistent"}, every candidate's QL and RC scores)."""
+  (scoring failures, the queries each filter dropped: {name: count} for
+  `records.FILTERS`, every candidate's QL and RC scores)."""
   from gecko.encode import encode
   index_of = {p["id"]: i for i, p in enumerate(corpus)}
-  neighbors = np.zeros((0, config.num_neighbors), np.int64)
+  depth = config.retrieval_depth
+  neighbors, scores = np.zeros((0, depth), np.int64), np.zeros((0, depth), np.float32)
   if queries:
     embedded = encode([GECKO.query(g.query, task=g.task) for g in queries],
                       model=config.encoder, batch_size=config.batch_size)
-    neighbors, _ = retrieval.top_n(embedded, vectors, config.num_neighbors)
+    neighbors, scores = retrieval.top_n(embedded, vectors, depth)
   failures, all_scores = [], {"ql": [], "rc": []}
-  dropped = {"seed_not_retrieved": 0, "inconsistent": 0}
-  for g, row in tqdm.tqdm(list(zip(queries, neighbors)), desc="relabel", unit="query",
-                          file=sys.stderr):
+  dropped = dict.fromkeys(records.FILTERS, 0)
+  for q, (g, row) in enumerate(tqdm.tqdm(list(zip(queries, neighbors)), desc="relabel",
+                                         unit="query", file=sys.stderr)):
     ranked_ids = [corpus[i]["id"] for i in row]
+    if config.min_spread is not None and generic(
+        scores[q], num_neighbors=config.num_neighbors, min_spread=config.min_spread):
+      dropped["generic"] += 1  # no scoring call; a rerun judges it again
+      continue
     if config.seed_top_k is not None and not seed_retrieved(
         g.id, ranked_ids=ranked_ids, top_k=config.seed_top_k):
       dropped["seed_not_retrieved"] += 1  # no scoring call; a rerun judges it again
       continue
+    seed = index_of[g.id]
+    window = {} if config.negative != "window" else {
+        "retrieved": [(corpus[i], float(s)) for i, s in zip(row, scores[q])],
+        "seed_score": float(np.dot(embedded[q], vectors[seed]))}
     try:
-      relabelled = relabeler(g, passages=[corpus[i] for i in with_seed(row, index_of[g.id])],
-                             seed_passage=corpus[index_of[g.id]])
+      relabelled = relabeler(
+          g, passages=[corpus[i] for i in with_seed(row[:config.num_neighbors], seed)],
+          seed_passage=corpus[seed], **window)
     except LLMError as e:  # a scoring call failed for good: reported; a rerun retries it
       failures.append(generate_lib.Failure(id=g.id, task_type=g.task_type,
                                            reason=f"scoring failed: {e}", outputs=()))
+      continue
+    except NoNegative:  # not written: a rerun re-derives it from the cache
+      dropped["no_window_negative"] += 1
       continue
     if config.consistency_top_k is not None and not consistent(
         relabelled.record, ranked_ids=ranked_ids, top_k=config.consistency_top_k):
@@ -188,7 +208,9 @@ def _report(summary: dict, *, failures: int, dropped: dict[str, int], output_dir
                               if failures else ""), file=sys.stderr)
   if not summary["records"]:
     filters = "".join(f", {n} dropped by the {what} filter" for what, n in (
+        ("generic-query", dropped["generic"]),
         ("seed retrieval", dropped["seed_not_retrieved"]),
+        ("window negative", dropped["no_window_negative"]),
         ("consistency", dropped["inconsistent"])) if n)
     raise NoRecordsError(f"no FRet record was written: {failures} passages failed "
                          f"(reasons in {output_dir}/failures.jsonl){filters}.")

@@ -156,17 +156,32 @@ def summarize(records: Sequence[Mapping], *, shards: int, failures: int, skipped
   return summary
 
 
-def filter_summaries(config: FretConfig, *, records: int, judged: int, seed_dropped: int,
-                     inconsistent: int) -> dict[str, dict | None]:
-  """The round-trip filters' summary entries, the same for both runners: the seed
-  filter judges every query (`judged`), and the consistency filter what it kept
-  (None for a filter that is off)."""
+FILTERS = ("generic", "seed_not_retrieved", "no_window_negative", "inconsistent")
+
+
+def filter_summaries(config: FretConfig, *, records: int, judged: int,
+                     dropped: Mapping[str, int]) -> dict[str, dict | None]:
+  """The query filters' summary entries, the same for both runners (None for a filter
+  that is off). They judge in this order: the generic-query guard every query
+  (`judged`), the seed filter what it kept, the window negative what was scored, the
+  consistency filter what got a negative; `dropped` holds each one's drops this run
+  (the keys of FILTERS)."""
+  generic = None if config.min_spread is None else {
+      "min_spread": config.min_spread, "checked_this_run": judged,
+      "dropped_this_run": dropped["generic"]}
+  judged -= dropped["generic"]
   seed = None if config.seed_top_k is None else consistency_summary(
-      top_k=config.seed_top_k, records=records, checked=judged, dropped=seed_dropped)
+      top_k=config.seed_top_k, records=records, checked=judged,
+      dropped=dropped["seed_not_retrieved"])
+  judged -= dropped["seed_not_retrieved"]
+  window = None if config.negative != "window" else {
+      "window": list(config.negative_window), "max_ratio": config.negative_max_ratio,
+      "checked_this_run": judged, "dropped_this_run": dropped["no_window_negative"]}
   consistency = None if config.consistency_top_k is None else consistency_summary(
-      top_k=config.consistency_top_k, records=records, checked=judged - seed_dropped,
-      dropped=inconsistent)
-  return {"seed_retrieval": seed, "consistency": consistency}
+      top_k=config.consistency_top_k, records=records,
+      checked=judged - dropped["no_window_negative"], dropped=dropped["inconsistent"])
+  return {"generic_queries": generic, "seed_retrieval": seed, "window_negative": window,
+          "consistency": consistency}
 
 
 def consistency_summary(*, top_k: int, records: int, checked: int, dropped: int
