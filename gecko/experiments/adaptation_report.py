@@ -88,6 +88,11 @@ def _cell(values: list[float]) -> str:
   return f"{np.mean(values):.4f}{spread}"
 
 
+def _diff_cell(diff: bootstrap.Difference | None) -> str:
+  """A difference with its interval, starred when the interval excludes zero."""
+  return "—" if diff is None else f"{diff}{' *' if diff.significant else ''}"
+
+
 def _command(output_dir: str, *flags: str) -> str:
   return ("```bash\npython -m gecko.experiments.domain_adaptation --output_dir="
           f"{output_dir} --report{''.join(' ' + f for f in flags)}\n```\n")
@@ -117,7 +122,7 @@ def report(output_dir: str, *, versus: str | None = None, exclude: Sequence[str]
         means[name][header] = float(np.mean(values))
     for fmt in ("plain", "gecko"):
       diff = None if name == START else difference(rows, name, fmt)
-      cells.append("—" if diff is None else f"{diff}{' *' if diff.significant else ''}")
+      cells.append(_diff_cell(diff))
       if diff is not None:
         label = "plain" if fmt == "plain" else "Gecko"
         differences.setdefault(name, {})[f"SciFact {label} @{CI_DIM}"] = diff
@@ -159,7 +164,7 @@ def between_rows(rows: dict[str, list[dict]], output_dir: str, versus: str | Non
     cells = []
     for fmt in ("plain", "gecko"):
       diff = difference(rows, name, fmt, versus=versus)
-      cells.append("—" if diff is None else f"{diff}{' *' if diff.significant else ''}")
+      cells.append(_diff_cell(diff))
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
@@ -180,7 +185,7 @@ def without(rows: dict[str, list[dict]], output_dir: str, exclude: Sequence[str]
       scores_ = per_query(rows, name, fmt, exclude)
       means.append("—" if not scores_ else f"{np.mean(list(scores_.values())):.4f}")
       diff = None if name == START else difference(rows, name, fmt, exclude=exclude)
-      cells.append("—" if diff is None else f"{diff}{' *' if diff.significant else ''}")
+      cells.append(_diff_cell(diff))
     lines.append(f"| {name} | " + " | ".join(means + cells) + " |")
   return "\n".join(lines) + "\n"
 

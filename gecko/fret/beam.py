@@ -64,7 +64,7 @@ from gecko.fret import generate as generate_lib
 from gecko.fret.cache import LLMCache
 from gecko.fret.config import FretConfig, check_count
 from gecko.fret.llm import LLM, LLMError
-from gecko.fret.relabel import NoNegative, Relabeler, consistent, generic, seed_retrieved
+from gecko.fret.relabel import NoNegative, Relabeler, consistent, dropped_before_scoring
 
 NAMESPACE = "gecko.fret"
 CORPUS_COUNTERS = ("passages", "empty_skipped", "duplicate_ids_skipped", "invalid_utf8_lines")
@@ -154,13 +154,10 @@ class _Relabel(_LLMDoFn):
     ranked_ids = [pid for pid, _ in ranked]
     seed_passage = next(p for p in passages if p["id"] == qid)
     _count("judged")
-    if config.min_spread is not None and generic(
-        [score for _, score in ranked], num_neighbors=n, min_spread=config.min_spread):
-      _count("generic")  # no scoring call
-      return
-    if config.seed_top_k is not None and not seed_retrieved(
-        qid, ranked_ids=ranked_ids, top_k=config.seed_top_k):
-      _count("seed_not_retrieved")  # no scoring call
+    early = dropped_before_scoring(config, query_id=qid, ranked_ids=ranked_ids,
+                                   scores=[score for _, score in ranked])
+    if early:
+      _count(early)  # no scoring call
       return
     window = {} if config.negative != "window" else {
         "retrieved": list(zip(delivered[n:], (score for _, score in ranked))),

@@ -49,8 +49,7 @@ from gecko.fret.relabel import (
   NoNegative,
   Relabeler,
   consistent,
-  generic,
-  seed_retrieved,
+  dropped_before_scoring,
   with_seed,
 )
 
@@ -144,13 +143,10 @@ def _relabel_and_write(queries: Sequence[generate_lib.Generated], *, corpus: Seq
   for q, (g, row) in enumerate(tqdm.tqdm(list(zip(queries, neighbors)), desc="relabel",
                                          unit="query", file=sys.stderr)):
     ranked_ids = [corpus[i]["id"] for i in row]
-    if config.min_spread is not None and generic(
-        scores[q], num_neighbors=config.num_neighbors, min_spread=config.min_spread):
-      dropped["generic"] += 1  # no scoring call; a rerun judges it again
-      continue
-    if config.seed_top_k is not None and not seed_retrieved(
-        g.id, ranked_ids=ranked_ids, top_k=config.seed_top_k):
-      dropped["seed_not_retrieved"] += 1  # no scoring call; a rerun judges it again
+    early = dropped_before_scoring(config, query_id=g.id, ranked_ids=ranked_ids,
+                                   scores=scores[q])
+    if early:
+      dropped[early] += 1  # no scoring call; a rerun judges it again
       continue
     seed = index_of[g.id]
     window = {} if config.negative != "window" else {

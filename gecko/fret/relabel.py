@@ -53,6 +53,20 @@ def generic(scores: Sequence[float], *, num_neighbors: int, min_spread: float) -
   return scores[0] - scores[min(num_neighbors, len(scores)) - 1] < min_spread
 
 
+def dropped_before_scoring(config: FretConfig, *, query_id: str, ranked_ids: Sequence[str],
+                           scores: Sequence[float]) -> str | None:
+  """Which filter drops the query before any scoring call ("generic" or
+  "seed_not_retrieved", `records.FILTERS`), or None: the generic-query guard, then the
+  seed filter, over the encoder's retrieval (`ranked_ids`, `scores`, best first)."""
+  if config.min_spread is not None and generic(
+      scores, num_neighbors=config.num_neighbors, min_spread=config.min_spread):
+    return "generic"
+  if config.seed_top_k is not None and not seed_retrieved(
+      query_id, ranked_ids=ranked_ids, top_k=config.seed_top_k):
+    return "seed_not_retrieved"
+  return None
+
+
 class NoNegative(ValueError):
   """The "window" rule left no passage to be the hard negative (the query is dropped)."""
 
