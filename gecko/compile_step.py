@@ -116,7 +116,8 @@ def memory_report(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW, batc
                   additional_axis_rules: Sequence[tuple] = (),
                   grad_cache_chunk: int | None = None, output: str | None = None,
                   devices: Sequence[Any] | None = None,
-                  topology: str | None = None) -> dict[str, Any]:
+                  topology: str | None = None,
+                  candidates: int | None = None) -> dict[str, Any]:
   """Lowers and compiles the train step for abstract inputs; returns the memory report.
 
   Args:
@@ -131,6 +132,8 @@ def memory_report(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW, batc
     devices: The devices to compile for (default: this process's JAX devices);
       `--topology` passes a TPU slice's.
     topology: The topology's name, for the report.
+    candidates: K, each query's candidates, when the loss distils over them
+      (`GeckoLoss(distill_over="candidates")`).
 
   Returns:
     {"topology", "chips", "platform", "device_kind", "mesh", "parameters",
@@ -146,7 +149,7 @@ def memory_report(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW, batc
                           grad_cache_chunk=grad_cache_chunk, devices=devices)
   mesh, abstract_state = program.mesh, program.abstract_state
   batch = program.abstract_batch(loss, batch_size=batch_size, query_length=query_length,
-                                 passage_length=passage_length)
+                                 passage_length=passage_length, candidates=candidates)
   start = time.perf_counter()
   compiled = program.lower(abstract_state, batch).compile()
   seconds = time.perf_counter() - start
@@ -161,7 +164,9 @@ def memory_report(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW, batc
   parts["peak"] = parts["arguments"] + parts["outputs"] + parts["temporaries"] - parts["aliased"]
   parts["state"] = _per_device_bytes(abstract_state)
   towers = sorted({n.split("_")[0] for n in batch if n.endswith("_tokens")})
-  lengths = [query_length if t == "query" else passage_length for t in towers]
+  lengths = [length for t in towers for length in
+             ([query_length] if t == "query" else
+              [passage_length] * (candidates if t == "candidate" else 1))]
   first = mesh.devices.flat[0]
   capacity = HBM_BYTES.get(first.device_kind) if first.platform == "tpu" else None
   report = {

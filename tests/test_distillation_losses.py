@@ -148,7 +148,43 @@ def test_the_distillation_gradient_reaches_the_embeddings_and_not_the_teacher(ba
   assert all(float(jnp.abs(g).sum()) == 0 for g in grads[1].values())
 
 
+@pytest.mark.parametrize("standardize", [False, True])
+def test_listwise_kl_over_every_candidate_by_hand(standardize):
+  """`distill_over="candidates"`: each query's K candidates (a `[B, K, D]` tower) against
+  the teacher's K scores, on each dim's re-normalised prefixes; no hard negative needed."""
+  rng = np.random.default_rng(2)
+  embeddings = {k: _unit(rng.normal(size=(4, 8))).astype(np.float32)
+                for k in ("query", "positive")}
+  embeddings["candidate"] = _unit(rng.normal(size=(4, 5, 8))).astype(np.float32)
+  teacher = rng.normal(-20, 6, (4, 5)).astype(np.float32)
+  loss_fn = losses.GeckoLoss(temperature=0.05, dims=(4, 8), hard_negatives=False,
+                             distillation="listwise_kl", distill_over="candidates",
+                             teacher_temperature=2.0, teacher_standardize=standardize,
+                             distillation_weight=0.5)
+  assert loss_fn.required_features == ("query_tokens", "query_mask", "positive_tokens",
+                                       "positive_mask", "candidate_tokens", "candidate_mask",
+                                       "teacher_candidates")
+  got, metrics = loss_fn(embeddings, {"teacher_candidates": teacher})
+  _, contrastive = losses.GeckoLoss(temperature=0.05, dims=(4, 8), hard_negatives=False)(
+      embeddings)
+  total = 0.0
+  for dim in (4, 8):
+    q = _unit(embeddings["query"][:, :dim].astype(np.float64))
+    c = _unit(embeddings["candidate"][..., :dim].astype(np.float64))
+    student = [[float(np.dot(q[b], c[b, k])) for k in range(5)] for b in range(4)]
+    by_hand = np.mean(_kl_by_hand(student, teacher.tolist(), tau=0.05, teacher_tau=2.0,
+                                  standardize=standardize, mask=[[1] * 5] * 4))
+    np.testing.assert_allclose(metrics[f"distillation/{dim}"], by_hand, rtol=1e-4, atol=1e-7)
+    total += contrastive[f"loss/{dim}"] + 0.5 * by_hand
+  np.testing.assert_allclose(got, total, rtol=1e-4)
+  grads = jax.grad(lambda e: loss_fn(e, {"teacher_candidates": teacher})[0])(embeddings)
+  assert float(jnp.abs(grads["candidate"]).sum()) > 0
+
+
 @pytest.mark.parametrize("settings, message", [
+    (dict(distillation="listwise_kl", distill_over="all"), r"distill_over='all'; use one of"),
+    (dict(distillation="margin_mse", distill_over="candidates"),
+     "needs distillation='listwise_kl'"),
     (dict(distillation="kl"), r"distillation='kl'; use one of \(None, 'margin_mse'"),
     (dict(distillation="margin_mse", hard_negatives=False), "it needs hard_negatives=True"),
     (dict(contrastive_weight=0.0), "leaves no loss without a distillation term"),

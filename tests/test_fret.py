@@ -242,6 +242,42 @@ def test_fret_records_become_triples_with_the_teachers_scores(tmp_path, capsys, 
   assert "is named like a FRet shard" in capsys.readouterr().err
 
 
+def test_triples_carry_every_candidate_with_the_teachers_score(tmp_path, capsys, minilm):
+  """--candidates CORPUS: each record's N candidates, in its order, as Gecko-format
+  passages from the corpus, with the teacher's score of each; a candidate the corpus
+  lacks, or --teacher none, is named and nothing is written."""
+  from gecko.data import jsonl
+  from gecko.data.pairs import PairBatches
+  from gecko.fret import triples
+  writer = ShardWriter(str(tmp_path / "fret"), shard_size=4)
+  for i in range(4):
+    writer.add(_record(i))
+  writer.close()
+  corpus = tmp_path / "corpus.jsonl"
+  jsonl.write(corpus, [{"id": f"d{i}", "title": "T" if i % 2 else "", "text": f"passage {i}"}
+                       for i in range(6)])
+  out = tmp_path / "triples.jsonl"
+  assert triples.main(["--fret", str(tmp_path / "fret"), "--output", str(out), "--teacher",
+                       "rc", "--candidates", str(corpus)]) == 0
+  line = json.loads(out.read_text().splitlines()[1])
+  assert line["candidates"] == ["title: T | text: passage 1", "title: T | text: passage 3",
+                                "title: none | text: passage 2"]
+  assert line["teacher_candidates"] == [-0.2, -1.5, -4.0]
+  assert line["teacher_positive"] == -0.2  # the pair's scores stay beside them
+  data = PairBatches(path=str(out), tokenizer=minilm.tokenizer, batch_size=2, shuffle=False,
+                     passage_length=16)
+  assert data.batch(0)["candidate_tokens"].shape == (2, 3, 16)
+  jsonl.write(corpus, [{"id": f"d{i}", "title": "", "text": f"passage {i}"} for i in range(4)])
+  assert triples.main(["--fret", str(tmp_path / "fret"), "--output", str(tmp_path / "t2"),
+                       "--candidates", str(corpus)]) == 2
+  assert ("record 'r2': candidate 'd4' is not in the --candidates corpus"
+          in capsys.readouterr().err)
+  assert triples.main(["--fret", str(tmp_path / "fret"), "--output", str(tmp_path / "t2"),
+                       "--teacher", "none", "--candidates", str(corpus)]) == 2
+  assert "use --teacher ql or rc with it" in capsys.readouterr().err
+  assert not (tmp_path / "t2").exists()
+
+
 def test_the_scored_fret_tasks_carry_the_teachers_scores_into_the_batches(tmp_path, minilm):
   """gecko_fret_ql / gecko_fret_rc: each row's teacher_positive / teacher_negative are its
   record's QL (RC) scores of the positive and the negative, beside the same token rows

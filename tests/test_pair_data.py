@@ -72,6 +72,16 @@ def test_long_texts_keep_their_final_sep(tokenizer):
      r"records\[0\]: 'teacher_negative' must be a finite number .*got None"),
     ([{"query": "q", "positive": "p", "teacher_positive": -1, "teacher_negative": -2}] * 2,
      "these records have no 'negative'"),
+    ([{"query": "q", "positive": "p", "candidates": ["a", "b"], "teacher_candidates": [1, 2]},
+      {"query": "q", "positive": "p", "candidates": ["a", "b", "c"],
+       "teacher_candidates": [1, 2, 3]}],
+     r"records\[1\]: has 3 'candidates' where the first has 2"),
+    ([{"query": "q", "positive": "p", "candidates": ["a", "b"], "teacher_candidates": [1]}] * 2,
+     r"records\[0\]: 'teacher_candidates' must be 2 finite numbers"),
+    ([{"query": "q", "positive": "p", "candidates": ["a"], "teacher_candidates": [1]}] * 2,
+     "needs 2 or more"),
+    ([{"query": "q", "positive": "p", "candidates": ["a", "b"], "teacher_candidates": [1, 2]},
+      {"query": "q", "positive": "p"}], r"records\[1\]: has no 'candidates' while"),
 ])
 def test_bad_records_are_named(tokenizer, records, message):
   with pytest.raises(ValueError, match=message):
@@ -95,6 +105,46 @@ def test_teacher_scores_become_float_features_of_their_rows(tokenizer, tmp_path)
     np.testing.assert_array_equal(batch["teacher_negative"], -10.0 - rows)
   assert "teacher_positive" not in pair_data.PairBatches(
       records=RECORDS, tokenizer=tokenizer, batch_size=4).feature_names
+
+
+def test_candidates_become_a_tower_of_k_passages_per_row(tokenizer, tmp_path):
+  """Each row's K candidates are tokenized like its positive (the passage prompt and
+  length), as `[B, K, Lp]`, beside the teacher's `[B, K]` scores; a lazily read file
+  gives the same rows, and a record with another K is named when its batch is read."""
+  from gecko.data import jsonl
+  records = [dict(r, candidates=[f"candidate {i} {k}" for k in range(3)],
+                  teacher_candidates=[-float(i), -1.0 - i, -2.5])
+             for i, r in enumerate(RECORDS)]
+  jsonl.write(tmp_path / "c.jsonl", records)
+  eager = pair_data.PairBatches(records=records, tokenizer=tokenizer, batch_size=4,
+                                passage_length=8, passage_prompt="title: | text: ")
+  lazy = pair_data.PairBatches(path=str(tmp_path / "c.jsonl"), tokenizer=tokenizer,
+                               batch_size=4, passage_length=8, passage_prompt="title: | text: ",
+                               check_records=False)
+  assert eager.feature_names[-5:-2] == ("candidate_tokens", "candidate_mask",
+                                        "teacher_candidates")
+  for data in (eager, lazy):
+    batch, rows = data.batch(1), data.global_indices(1)
+    assert batch["candidate_tokens"].shape == batch["candidate_mask"].shape == (4, 3, 8)
+    assert batch["teacher_candidates"].dtype == np.float32
+    np.testing.assert_array_equal(batch["teacher_candidates"][:, 0], -rows.astype(np.float32))
+    for b, row in enumerate(rows):
+      for k in range(3):
+        want = tokenizer.pad(tokenizer.encode_batch([f"title: | text: candidate {row} {k}"]), 8)
+        np.testing.assert_array_equal(batch["candidate_tokens"][b, k], want[0][0])
+        np.testing.assert_array_equal(batch["candidate_mask"][b, k], want[1][0])
+  records[5] = dict(records[5], candidates=["x", "y"], teacher_candidates=[0.0, 1.0])
+  jsonl.write(tmp_path / "c.jsonl", records)
+  lazy = pair_data.PairBatches(path=str(tmp_path / "c.jsonl"), tokenizer=tokenizer,
+                               batch_size=4, shuffle=False, check_records=False)
+  with pytest.raises(ValueError, match=r"c\.jsonl:6: has 2 'candidates' where the first has 3"):
+    lazy.batch(1)  # rows 4-7
+  jsonl.write(tmp_path / "c.jsonl", [records[0]] + [records[5]] * 7)
+  lazy = pair_data.PairBatches(path=str(tmp_path / "c.jsonl"), tokenizer=tokenizer,
+                               batch_size=4, shuffle=False, check_records=False)
+  with pytest.raises(ValueError, match="records have 2 'candidates' where the file's first "
+                                       "record has 3"):
+    lazy.batch(1)
 
 
 _HOST_SCRIPT = r"""

@@ -245,3 +245,27 @@ def test_dropout_beyond_2_32_elements_draws_by_row_and_position(monkeypatch):
   with dropout.rows_of(jnp.int32(2), 4):  # a traced piece index works as well
     np.testing.assert_array_equal(jax.jit(lambda: dropout.hashed_bits(key, (16, 8, 4)))(),
                                   pieces[2])
+
+
+def test_a_candidate_tower_compiles_with_k_passages_per_row():
+  """The abstract batch of a listwise loss over K candidates holds a [B, K, Lp] tower and
+  [B, K] teacher scores; the compiled step's FLOPs count K passages per row more than
+  the same step without them, and a missing K is named."""
+  from gecko import compile_step
+  model = dual_encoder.DualEncoder(backbone=TINY, embed_dim=16)
+  listwise = GeckoLoss(temperature=0.05, distillation="listwise_kl", distill_over="candidates")
+  common = dict(model=model, optimizer=AdamW(learning_rate=1e-4, total_steps=10),
+                batch_size=16, query_length=8, passage_length=16, mesh_axes={"data": 8})
+  program = _program({"data": 8})
+  batch = program.abstract_batch(listwise, batch_size=16, query_length=8, passage_length=16,
+                                 candidates=4)
+  assert batch["candidate_tokens"].shape == (16, 4, 16)
+  assert batch["teacher_candidates"].shape == (16, 4)
+  assert batch["teacher_candidates"].dtype == np.float32
+  with pytest.raises(ValueError, match="give candidates=K >= 2, got None"):
+    program.abstract_batch(listwise, batch_size=16, query_length=8, passage_length=16)
+  report = compile_step.memory_report(loss=listwise, candidates=4, **common)
+  plain = compile_step.memory_report(loss=GeckoLoss(temperature=0.05), **common)
+  assert report["towers"] == ["candidate", "negative", "positive", "query"]
+  one_passage = compile_step.model_flops(model, batch_size=16, lengths=[16])
+  assert report["flops_per_step"] == pytest.approx(plain["flops_per_step"] + 4 * one_passage)

@@ -204,6 +204,35 @@ def test_a_run_distils_the_teachers_scores_beside_the_contrastive_loss(tmp_path,
           in capsys.readouterr().err)
 
 
+def test_a_run_distils_the_teachers_ranking_of_every_candidate(tmp_path):
+  """Records with 4 candidates each, listwise KL over them bound from gin: the candidate
+  tower trains through gecko.train (GradCache on, so its rows are split with the
+  batch's), and each logged loss is the contrastive and the KL term, weighted."""
+  from gecko import train
+  from gecko.data import jsonl
+  data = tmp_path / "candidates.jsonl"
+  jsonl.write(data, ({"query": f"what about topic {i}", "positive": f"topic {i} is here",
+                      "candidates": [f"topic {i} is here", f"topic {i + 1}", "unrelated",
+                                     f"more on {i}"],
+                      "teacher_candidates": [-3.0, -9.0 - i % 4, -30.0, -12.0]}
+                     for i in range(16)))
+  args = TINY_RUN + [f"--gin.MODEL_DIR='{tmp_path / 'run'}'", "--gin.TRAIN_STEPS=2",
+                     f"--gin.TRAIN_DATA='{data}'",
+                     "--gin.losses.GeckoLoss.hard_negatives=False",
+                     "--gin.losses.GeckoLoss.distillation='listwise_kl'",
+                     "--gin.losses.GeckoLoss.distill_over='candidates'",
+                     "--gin.losses.GeckoLoss.teacher_standardize=True",
+                     "--gin.losses.GeckoLoss.distillation_weight=0.5",
+                     "--gin.train.train.grad_cache_chunk=8"]
+  assert train.main(args) == 0
+  rows = read_metrics(tmp_path / "run")
+  assert len(rows) == 2
+  for row in rows:
+    assert row["distillation/16"] > 0 and row["distillation/64"] > 0
+    want = sum(row[f"loss/{d}"] + 0.5 * row[f"distillation/{d}"] for d in (16, 64))
+    assert row["loss"] == pytest.approx(want, rel=1e-5)
+
+
 def test_help_explains_the_flags():
   result = run_cli([sys.executable, "-m", "gecko.train", "--help"], timeout=120)
   assert result.returncode == 0

@@ -21,19 +21,33 @@ LOSS = GeckoLoss(temperature=0.1, dims=(8, 16), mask_false_negatives=True)
 RULES = partitioning.standard_logical_axis_rules()
 
 
-def _batch(batch_size=16, length=12, seed=0):
+# Listwise KL over 3 candidates per query beside the contrastive loss (a [B, K, L] tower).
+CANDIDATES_LOSS = GeckoLoss(temperature=0.1, dims=(8, 16), distillation="listwise_kl",
+                            distill_over="candidates", teacher_standardize=True)
+
+
+def _batch(batch_size=16, length=12, seed=0, candidates=3):
   rng = np.random.default_rng(seed)
   out = {}
-  for tower in ("query", "positive", "negative"):
-    lengths = rng.integers(3, length + 1, batch_size)
-    mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
-    out[f"{tower}_tokens"] = (rng.integers(1, 64, (batch_size, length)) * mask).astype(np.int32)
+  for tower, rows in (("query", ()), ("positive", ()), ("negative", ()),
+                      ("candidate", (candidates,))):
+    shape = (batch_size, *rows, length)
+    lengths = rng.integers(3, length + 1, shape[:-1])
+    mask = (np.arange(length) < lengths[..., None]).astype(np.int32)
+    out[f"{tower}_tokens"] = (rng.integers(1, 64, shape) * mask).astype(np.int32)
     out[f"{tower}_mask"] = mask
   out["positive_key"] = np.arange(batch_size, dtype=np.int32) % (batch_size - 2)
+  out["teacher_candidates"] = rng.normal(-20, 5, (batch_size, candidates)).astype(np.float32)
   return out
 
 
-def _loss_and_grads(mesh_axes, devices, *, grad_cache_chunk=None, model=MODEL):
+def test_only_the_towers_the_loss_reads_are_embedded():
+  assert train_step._towers(_batch(), LOSS) == ("query", "positive", "negative")
+  assert train_step._towers(_batch(), CANDIDATES_LOSS) == ("query", "positive", "negative",
+                                                           "candidate")
+
+
+def _loss_and_grads(mesh_axes, devices, *, grad_cache_chunk=None, model=MODEL, loss_fn=LOSS):
   """Loss and gradients of one step (dropout on), traced with the mesh and rules in force."""
   mesh = partitioning.make_mesh(mesh_axes, devices=devices)
   tx = optax.sgd(0.0)
@@ -45,9 +59,9 @@ def _loss_and_grads(mesh_axes, devices, *, grad_cache_chunk=None, model=MODEL):
   def fn(state, batch):
     if grad_cache_chunk:
       return train_step.grad_cache_loss_and_grads(
-          model, LOSS, state.params, batch, state.rng, state.step, chunk_size=grad_cache_chunk,
-          data_shards=mesh.shape["data"], param_specs=specs)
-    return train_step.plain_loss_and_grads(model, LOSS, state.params, batch, state.rng,
+          model, loss_fn, state.params, batch, state.rng, state.step,
+          chunk_size=grad_cache_chunk, data_shards=mesh.shape["data"], param_specs=specs)
+    return train_step.plain_loss_and_grads(model, loss_fn, state.params, batch, state.rng,
                                            state.step)
 
   with partitioning.in_force(mesh, RULES):
@@ -55,7 +69,7 @@ def _loss_and_grads(mesh_axes, devices, *, grad_cache_chunk=None, model=MODEL):
   return float(loss), jax.device_get(grads), state
 
 
-def _per_chunk_reference(chunk: int):
+def _per_chunk_reference(chunk: int, loss_fn=LOSS):
   """jax.grad of the loss over embeddings computed chunk by chunk, each chunk with its
   own dropout key (what GradCache computes, without its three passes)."""
   tx = optax.sgd(0.0)
@@ -68,13 +82,13 @@ def _per_chunk_reference(chunk: int):
 
   def objective(params):
     embeddings = {}
-    for i, tower in enumerate(("query", "positive", "negative")):
+    for i, tower in enumerate(train_step._towers(batch, loss_fn)):
       keys = jax.random.split(train_step._tower_key(state.rng, state.step, i), chunks)
       tokens, mask = (train_step._chunked(jnp.asarray(batch[f"{tower}_{f}"]), chunks)
                       for f in ("tokens", "mask"))
       embeddings[tower] = train_step._unchunked(
           jnp.stack([embed(params, tokens[c], mask[c], keys[c]) for c in range(chunks)]))
-    return LOSS(embeddings, batch)
+    return loss_fn(embeddings, batch)
 
   (loss, _), grads = jax.jit(jax.value_and_grad(objective, has_aux=True))(state.params)
   return float(loss), jax.device_get(grads)
@@ -121,6 +135,21 @@ def test_grad_cache_equals_jax_grad_with_the_same_per_chunk_keys(mesh_axes, chun
   want_loss, want_grads = _per_chunk_reference(chunk)
   np.testing.assert_allclose(loss, want_loss, atol=1e-5)
   assert_trees_close(grads, want_grads, atol=1e-5, rtol=1e-4)
+
+
+def test_a_candidate_tower_agrees_across_meshes_and_with_grad_cache():
+  """The [B, K, L] tower is embedded as B * K rows: the loss and gradients do not
+  depend on the mesh, and GradCache splits its rows with the batch's."""
+  loss, grads, _ = _loss_and_grads({"data": 1}, jax.devices()[:1], loss_fn=CANDIDATES_LOSS)
+  sharded = _loss_and_grads({"data": 4, "fsdp": 2}, jax.devices(), loss_fn=CANDIDATES_LOSS)
+  np.testing.assert_allclose(sharded[0], loss, atol=1e-5)
+  assert_trees_close(sharded[1], grads, atol=1e-5, rtol=1e-4)
+  cached = _loss_and_grads({"data": 4, "fsdp": 2}, jax.devices(), grad_cache_chunk=8,
+                           loss_fn=CANDIDATES_LOSS)
+  want_loss, want_grads = _per_chunk_reference(8, CANDIDATES_LOSS)
+  np.testing.assert_allclose(cached[0], want_loss, atol=1e-5)
+  assert_trees_close(cached[1], want_grads, atol=1e-5, rtol=1e-4)
+  assert abs(loss - _loss_and_grads({"data": 1}, jax.devices()[:1])[0]) > 1e-3
 
 
 def _full_step(params=None, lr=1e-2):

@@ -13,6 +13,9 @@ feature converter (`gecko.data.feature_converters`) or by `gecko.data.pairs`:
   query_key        int32 [B]      a hash of the query text            in-batch false negatives)
   teacher_positive float32 [B]    a teacher's score of the positive   (optional: a
   teacher_negative float32 [B]    ... and of the hard negative         distillation loss)
+  candidate_tokens int32 [B, K, Lp] each query's K candidate passages  (optional: a
+  candidate_mask   int32 [B, K, Lp]                                     listwise loss over
+  teacher_candidates float32 [B, K] a teacher's score of each one       every candidate)
 
 Example (B=2, Lq=Lp=6, MiniLM ids):
 
@@ -43,10 +46,14 @@ QUERY_KEY = "query_key"
 TEACHER_POSITIVE = "teacher_positive"
 TEACHER_NEGATIVE = "teacher_negative"
 TEACHER = (TEACHER_POSITIVE, TEACHER_NEGATIVE)
-FLOATS = frozenset(TEACHER)  # float32; every other feature is int32
+CANDIDATE = ("candidate_tokens", "candidate_mask")
+TEACHER_CANDIDATES = "teacher_candidates"
+FLOATS = frozenset(TEACHER + (TEACHER_CANDIDATES,))  # float32; every other feature is int32
 
-ALL = QUERY + POSITIVE + NEGATIVE + (POSITIVE_KEY, QUERY_KEY) + TEACHER
-TOWERS = {"query": QUERY, "positive": POSITIVE, "negative": NEGATIVE}
+ALL = (QUERY + POSITIVE + NEGATIVE + (POSITIVE_KEY, QUERY_KEY) + TEACHER + CANDIDATE
+       + (TEACHER_CANDIDATES,))
+# The towers the encoder embeds; "candidate" is [B, K, Lp], embedded as B * K passages.
+TOWERS = {"query": QUERY, "positive": POSITIVE, "negative": NEGATIVE, "candidate": CANDIDATE}
 
 
 def validate_features(available: Iterable[str], required: Iterable[str], *, who: str) -> None:

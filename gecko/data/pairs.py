@@ -12,7 +12,11 @@ Gecko's format (`task: ... | query: ...`, `title: ... | text: ...`) or given a
 Records with a negative may also carry a teacher's scores of the positive and the
 negative, `"teacher_positive": -12.3, "teacher_negative": -40.2` (e.g. a FRet record's
 `positive_ql` / `negative_ql`), for a distillation loss (`GeckoLoss(distillation=...)`):
-every record, or none.
+every record, or none. For a listwise loss over more than those two, records may carry
+K candidate passages and the teacher's score of each, `"candidates": ["title: ... |
+text: ...", ...], "teacher_candidates": [-12.3, ...]` (a FRet record's N retrieved
+passages and their `candidate_ql`; `gecko.fret.triples --candidates`): the same K in
+every record, or none (`GeckoLoss(distill_over="candidates")`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import math
 import sys
 import zlib
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -105,11 +110,11 @@ class PairBatches:
       numbered = ([(f"records[{n}]", r) for n, r in enumerate(records)] if records is not None
                   else [(self._index.where(i), r) for i, r in
                         sorted(self._index.read(range(self.num_records)).items())])
-      self._has_negative, self._has_teacher = _check_records(numbered)
+      self._fields = _check_records(numbered)
       self._encoded = self._encode([r for _, r in numbered])  # every row, tokenized once
     else:
       first = self._index.read([0])[0]
-      self._has_negative, self._has_teacher = _check_records([(self._index.where(0), first)])
+      self._fields = _check_records([(self._index.where(0), first)])
       self._encoded = None
 
   @property
@@ -120,10 +125,12 @@ class PairBatches:
   @property
   def feature_names(self) -> tuple[str, ...]:
     names = features.QUERY + features.POSITIVE
-    if self._has_negative:
+    if self._fields.negative:
       names += features.NEGATIVE
-    if self._has_teacher:
+    if self._fields.teacher:
       names += features.TEACHER
+    if self._fields.candidates:
+      names += features.CANDIDATE + (features.TEACHER_CANDIDATES,)
     return names + (features.POSITIVE_KEY, features.QUERY_KEY)
 
   def global_indices(self, step: int) -> np.ndarray:
@@ -145,14 +152,18 @@ class PairBatches:
       return {name: values[indices] for name, values in self._encoded.items()}
     numbered = [(self._index.where(i), r) for i, r in self._index.read(indices).items()]
     found = _check_records(numbered, empties=False)
-    for has, had, what, fix in ((found[0], self._has_negative, "a 'negative'",
+    for has, had, what, fix in ((found.negative, self._fields.negative, "a 'negative'",
                                  "a hard negative, or none (Eq. 2)"),
-                                (found[1], self._has_teacher, "teacher scores",
+                                (found.teacher, self._fields.teacher, "teacher scores",
                                  "teacher scores, or none")):
       if has != had:
         raise ValueError(f"{numbered[0][0]}: records {'have' if has else 'lack'} {what} "
                          f"that the file's first record {'lacks' if has else 'has'}; give "
                          f"every record {fix}.")
+    if found.candidates != self._fields.candidates:
+      raise ValueError(f"{numbered[0][0]}: records have {found.candidates} 'candidates' where "
+                       f"the file's first record has {self._fields.candidates}; give every "
+                       "record the same number, or none.")
     by_index = {i: r for i, (_, r) in zip(sorted(set(indices.tolist())), numbered)}
     return self._encode([by_index[int(i)] for i in indices])
 
@@ -165,16 +176,26 @@ class PairBatches:
     """Tokenized, padded towers and text keys of `records`, in order."""
     out = {}
     texts = {}
-    for tower in ("query", "positive", "negative") if self._has_negative else ("query", "positive"):
+    towers = ("query", "positive", "negative") if self._fields.negative else ("query", "positive")
+    for tower in towers:
       texts[tower] = apply_prompt([r[tower] for r in records], self._prompts[tower])
       ids, mask = self._tokenizer.pad(self._tokenizer.encode_batch(texts[tower]),
                                       self._lengths[tower])
       out[f"{tower}_tokens"], out[f"{tower}_mask"] = ids, mask
     out[features.POSITIVE_KEY] = np.array([text_key(t) for t in texts["positive"]], np.int32)
     out[features.QUERY_KEY] = np.array([text_key(t) for t in texts["query"]], np.int32)
-    if self._has_teacher:
+    if self._fields.teacher:
       for name in features.TEACHER:
         out[name] = np.array([r[name] for r in records], np.float32)
+    if self._fields.candidates:
+      flat = apply_prompt([c for r in records for c in r["candidates"]],
+                          self._prompts["positive"])
+      ids, mask = self._tokenizer.pad(self._tokenizer.encode_batch(flat),
+                                      self._lengths["positive"])
+      shape = (len(records), self._fields.candidates, -1)
+      out["candidate_tokens"], out["candidate_mask"] = ids.reshape(shape), mask.reshape(shape)
+      out[features.TEACHER_CANDIDATES] = np.array([r[features.TEACHER_CANDIDATES]
+                                                   for r in records], np.float32)
     return out
 
   def close(self) -> None:
@@ -182,11 +203,19 @@ class PairBatches:
     `SeqioBatches.close`."""
 
 
+class _Fields(NamedTuple):
+  """What every record of a source carries besides its query and positive."""
+
+  negative: bool  # a hard negative
+  teacher: bool  # teacher scores of the positive and the negative
+  candidates: int  # K candidates with a teacher's score each (0: none)
+
+
 def _check_records(numbered: Sequence[tuple[str, object]], *, empties: bool = True
-                   ) -> tuple[bool, bool]:
-  """Checks (where, record) pairs (objects, string texts, a negative and teacher scores
-  in all or none and, with `empties`, empty texts); returns whether they have negatives,
-  and whether teacher scores."""
+                   ) -> _Fields:
+  """Checks (where, record) pairs (objects, string texts, a negative, teacher scores
+  and candidates in all or none and, with `empties`, empty texts); returns what they
+  carry."""
   for where, record in numbered:
     if not isinstance(record, dict):
       raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__} "
@@ -203,7 +232,37 @@ def _check_records(numbered: Sequence[tuple[str, object]], *, empties: bool = Tr
   if empties:
     _check_empty(numbered, ("query", "positive", "negative") if has_negative
                  else ("query", "positive"))
-  return has_negative, _check_teacher(numbered, has_negative=has_negative)
+  return _Fields(negative=has_negative,
+                 teacher=_check_teacher(numbered, has_negative=has_negative),
+                 candidates=_check_candidates(numbered))
+
+
+def _check_candidates(numbered: Sequence[tuple[str, dict]]) -> int:
+  """K, the candidates every record carries with a teacher's score of each (0: none)."""
+  fields = ("candidates", features.TEACHER_CANDIDATES)
+  present = [any(name in r for name in fields) for _, r in numbered]
+  if not any(present):
+    return 0
+  count = None
+  for (where, record), has in zip(numbered, present):
+    if not has:
+      raise ValueError(f"{where}: has no 'candidates' while other records do; give every "
+                       "record its candidates and their teacher scores, or none.")
+    texts, scores = record.get("candidates"), record.get(features.TEACHER_CANDIDATES)
+    if not (isinstance(texts, list) and all(isinstance(t, str) for t in texts)):
+      raise ValueError(f"{where}: 'candidates' must be a list of passage texts, got "
+                       f"{texts!r:.60}.")
+    if not (isinstance(scores, list) and len(scores) == len(texts) and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+        for x in scores)):
+      raise ValueError(f"{where}: {features.TEACHER_CANDIDATES!r} must be {len(texts)} finite "
+                       f"numbers, one teacher score per candidate, got {scores!r:.60}.")
+    if len(texts) < 2 or len(texts) != (count or len(texts)):
+      want = "a listwise loss needs 2 or more" if len(texts) < 2 else f"the first has {count}"
+      raise ValueError(f"{where}: has {len(texts)} 'candidates' where {want}; give every "
+                       "record the same number K >= 2.")
+    count = len(texts)
+  return count
 
 
 def _check_teacher(numbered: Sequence[tuple[str, dict]], *, has_negative: bool) -> bool:

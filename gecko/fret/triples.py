@@ -1,6 +1,7 @@
 """FRet records -> training triples with the teacher's scores (`gecko.data.pairs`).
 
   python -m gecko.fret.triples --fret FRET_DIR --output triples.jsonl [--teacher ql]
+      [--candidates CORPUS]
 
 Each record of FRET_DIR (either runner's shards) becomes one line
 
@@ -13,6 +14,13 @@ score of the positive and of the hard negative: QL (`--teacher ql`, log P(query 
 passage)) or RC (`--teacher rc`, log P(relevant | query, passage)); `--teacher none`
 leaves them out. Train on the file with `gin/data/jsonl.gin` and
 `--gin.losses.GeckoLoss.distillation='margin_mse'` (or `'listwise_kl'`).
+
+`--candidates CORPUS` (the run's corpus file) adds every passage the LLM scored, in the
+record's order, with the teacher's score of each,
+
+   "candidates": ["title: ... | text: ...", ...], "teacher_candidates": [-12.3, ...],
+
+for the listwise loss over all N (`--gin.losses.GeckoLoss.distill_over='candidates'`).
 """
 
 from __future__ import annotations
@@ -29,8 +37,11 @@ from gecko.fret import records as records_lib
 TEACHERS = ("ql", "rc", "none")
 
 
-def triple(record: Mapping[str, object], *, teacher: str = "ql") -> dict[str, object]:
-  """One FRet record as a training triple (Gecko's format), with the teacher's scores."""
+def triple(record: Mapping[str, object], *, teacher: str = "ql",
+           passages: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, object]:
+  """One FRet record as a training triple (Gecko's format), with the teacher's scores;
+  with `passages` (the corpus by id), also its candidates and the teacher's score of
+  each."""
   out = {"query": GECKO.query(record["query"], task=record["task"]),
          "positive": GECKO.document(record["positive_text"], title=record["positive_title"]),
          "negative": GECKO.document(record["negative_text"], title=record["negative_title"])}
@@ -41,13 +52,32 @@ def triple(record: Mapping[str, object], *, teacher: str = "ql") -> dict[str, ob
     other = {"ql": "rc", "rc": "ql"}[teacher]
     raise ValueError(f"record {record['id']!r} has no {teacher.upper()} scores (its run's "
                      f"ranking did not compute them): use --teacher {other} or none.")
-  return {**out, "teacher_positive": scores[0], "teacher_negative": scores[1]}
+  out.update(teacher_positive=scores[0], teacher_negative=scores[1])
+  if passages is None:
+    return out
+  ids, candidate_scores = record.get("candidate_ids"), record.get(f"candidate_{teacher}")
+  if not ids or candidate_scores is None:
+    raise ValueError(f"record {record['id']!r} has no candidate {teacher.upper()} scores (its "
+                     "run's ranking did not compute them): drop --candidates, or use the "
+                     "other --teacher.")
+  missing = [i for i in ids if i not in passages]
+  if missing:
+    raise ValueError(f"record {record['id']!r}: candidate {missing[0]!r} is not in the "
+                     "--candidates corpus; give the corpus file the FRet run read.")
+  return {**out, "candidates": [GECKO.document(passages[i]["text"], title=passages[i]["title"])
+                                for i in ids],
+          "teacher_candidates": list(candidate_scores)}
 
 
-def convert(*, fret: str, output: str, teacher: str = "ql", overwrite: bool = False) -> int:
-  """Writes FRET_DIR's records as triples to `output`; returns how many."""
+def convert(*, fret: str, output: str, teacher: str = "ql", overwrite: bool = False,
+            candidates: str | None = None) -> int:
+  """Writes FRET_DIR's records as triples to `output` (with each record's candidates
+  when `candidates` names the run's corpus file); returns how many."""
   if teacher not in TEACHERS:
     raise ValueError(f"teacher={teacher!r}; use one of {TEACHERS}.")
+  if candidates is not None and teacher == "none":
+    raise ValueError("--candidates carries the teacher's score of each candidate: use "
+                     "--teacher ql or rc with it.")
   if paths.exists(output) and not overwrite:
     raise FileExistsError(f"{output} exists; pass --overwrite to replace it.")
   if records_lib.SHARD.search(str(output)):
@@ -57,8 +87,13 @@ def convert(*, fret: str, output: str, teacher: str = "ql", overwrite: bool = Fa
   if not found:
     raise ValueError(f"{fret} holds no FRet records (no complete fret-*.jsonl shard): give "
                      "the OUTPUT_DIR of a finished gecko.fret run.")
+  passages = None
+  if candidates is not None:
+    from gecko.fret.corpus import read_corpus
+    passages = {p["id"]: p for p in read_corpus(candidates)[0]}
   # Every record is converted (and checked) before the file is written.
-  return jsonl.write(output, [triple(record, teacher=teacher) for record in found])
+  return jsonl.write(output, [triple(record, teacher=teacher, passages=passages)
+                              for record in found])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,11 +104,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--teacher", choices=TEACHERS, default="ql",
                       help="the LLM score to carry: ql (default), rc or none")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+  parser.add_argument("--candidates", metavar="CORPUS",
+                      help="the run's corpus file: add each record's N candidates and the "
+                           "teacher's score of each (a listwise loss over all of them)")
   args = parser.parse_args(argv)
   return gin_flags.run_plain(convert, prog="gecko.fret.triples",
                              success=f"gecko.fret.triples: wrote {{}} triples to {args.output}",
                              fret=args.fret, output=args.output, teacher=args.teacher,
-                             overwrite=args.overwrite)
+                             overwrite=args.overwrite, candidates=args.candidates)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,12 @@ QL log-probabilities), `GeckoLoss(distillation=...)` adds, per dim and with a we
   "listwise_kl"  KL(softmax([t+, t-] / T) || softmax([s(q,p+), s(q,p-)] / tau))
                                                                         (`listwise_kl`)
 
-and `contrastive_weight=0` trains on the teacher's scores alone.
+and `contrastive_weight=0` trains on the teacher's scores alone. With
+`distill_over="candidates"`, "listwise_kl" is taken over each query's K candidates
+instead (the `candidate_*` towers and `teacher_candidates`: a FRet record's N retrieved
+passages with the LLM's score of each, as ART and UPR distil a ranking):
+
+  KL(softmax(t_1..K / T) || softmax(s(q,c_1)..s(q,c_K) / tau)).
 
 All similarities are taken over the *global* batch: inside `jax.jit` with sharded
 embeddings, XLA gathers what each device needs, so negatives cross devices for free.
@@ -45,6 +50,7 @@ from gecko.models import matryoshka
 Array = jax.Array
 
 DISTILLATIONS = (None, "margin_mse", "listwise_kl")
+DISTILL_OVER = ("pair", "candidates")
 
 
 def contrastive_loss(query: Array, positive: Array, negative: Array | None = None, *,
@@ -179,11 +185,16 @@ class GeckoLoss:
     dims: Matryoshka dims, e.g. (256, 768); () means the full embedding only.
     dim_weights: one weight per dim (default all 1.0).
     distillation: None, "margin_mse" or "listwise_kl": a term on the teacher's scores
-      of each example's positive and hard negative (needs `hard_negatives` and the
-      `teacher_positive` / `teacher_negative` features).
+      (`distill_over`).
+    distill_over: "pair": of each example's positive and hard negative (needs
+      `hard_negatives` and the `teacher_positive` / `teacher_negative` features);
+      "candidates": of each query's K candidates ("listwise_kl" only; the
+      `candidate_tokens` / `candidate_mask` and `teacher_candidates` features).
     distillation_weight: the distillation term's weight.
     contrastive_weight: the contrastive term's weight (0: the teacher's scores alone).
     teacher_temperature: "listwise_kl": the teacher's softmax temperature.
+    teacher_standardize: "listwise_kl": standardise the teacher's scores per query
+      first (an LLM's log-likelihoods differ in scale from query to query).
     teacher_scale: "margin_mse": the teacher's margin times this is the student's
       target (cosine units; a QL margin of 10 nats is far from a cosine's range).
   """
@@ -196,9 +207,11 @@ class GeckoLoss:
   dims: Sequence[int] = ()
   dim_weights: Sequence[float] | None = None
   distillation: str | None = None
+  distill_over: str = "pair"
   distillation_weight: float = 1.0
   contrastive_weight: float = 1.0
   teacher_temperature: float = 1.0
+  teacher_standardize: bool = False
   teacher_scale: float = 1.0
 
   def __post_init__(self):
@@ -221,6 +234,12 @@ class GeckoLoss:
     if self.distillation not in DISTILLATIONS:
       raise ValueError(f"GeckoLoss.distillation={self.distillation!r}; use one of "
                        f"{DISTILLATIONS}.")
+    if self.distill_over not in DISTILL_OVER:
+      raise ValueError(f"GeckoLoss.distill_over={self.distill_over!r}; use one of "
+                       f"{DISTILL_OVER}.")
+    if self.distill_over == "candidates" and self.distillation != "listwise_kl":
+      raise ValueError(f"GeckoLoss.distill_over='candidates' is a listwise term: it needs "
+                       f"distillation='listwise_kl', got {self.distillation!r}.")
     for name in ("distillation_weight", "contrastive_weight", "teacher_scale"):
       value = getattr(self, name)
       if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
@@ -232,7 +251,7 @@ class GeckoLoss:
     if self.distillation is None and self.contrastive_weight == 0:
       raise ValueError("GeckoLoss.contrastive_weight=0 leaves no loss without a distillation "
                        "term; set distillation='margin_mse' or 'listwise_kl', or the weight > 0.")
-    if self.distillation is not None and not self.hard_negatives:
+    if self.distillation is not None and self.distill_over == "pair" and not self.hard_negatives:
       raise ValueError(f"GeckoLoss.distillation={self.distillation!r} scores each example's "
                        "positive against its hard negative: it needs hard_negatives=True.")
 
@@ -243,7 +262,9 @@ class GeckoLoss:
       required += features.NEGATIVE
     if self.mask_false_negatives:
       required += (features.POSITIVE_KEY,)
-    if self.distillation is not None:
+    if self.distillation is not None and self.distill_over == "candidates":
+      required += features.CANDIDATE + (features.TEACHER_CANDIDATES,)
+    elif self.distillation is not None:
       required += features.TEACHER
     return required
 
@@ -262,7 +283,8 @@ class GeckoLoss:
     """Loss over a batch of full-size embeddings.
 
     Args:
-      embeddings: {"query", "positive"[, "negative"]} -> `[B, D]` unit-norm arrays.
+      embeddings: {"query", "positive"[, "negative"]} -> `[B, D]` unit-norm arrays
+        (and "candidate" -> `[B, K, D]` with `distill_over="candidates"`).
       batch: the model features, for `positive_key` / `query_key`.
 
     Returns:
@@ -299,6 +321,12 @@ class GeckoLoss:
 
   def _distillation(self, embeddings: dict[str, Array], batch: dict[str, Array]) -> Array:
     """`[B]` the distillation term of each example (`distillation`)."""
+    if self.distill_over == "candidates":
+      student = jnp.einsum("bd,bkd->bk", embeddings["query"], embeddings["candidate"])
+      return listwise_kl(student, batch[features.TEACHER_CANDIDATES],
+                         temperature=self.temperature,
+                         teacher_temperature=self.teacher_temperature,
+                         standardize=self.teacher_standardize)
     positive = jnp.sum(embeddings["query"] * embeddings["positive"], -1)
     negative = jnp.sum(embeddings["query"] * embeddings["negative"], -1)
     teacher = (batch[features.TEACHER_POSITIVE], batch[features.TEACHER_NEGATIVE])
@@ -307,4 +335,5 @@ class GeckoLoss:
                         self.teacher_scale * teacher[1])
     return listwise_kl(jnp.stack([positive, negative], -1), jnp.stack(teacher, -1),
                        temperature=self.temperature,
-                       teacher_temperature=self.teacher_temperature)
+                       teacher_temperature=self.teacher_temperature,
+                       standardize=self.teacher_standardize)

@@ -49,8 +49,12 @@ class TrainState:
   nonfinite_total: jax.Array
 
 
-def _towers(batch_keys) -> tuple[str, ...]:
-  return tuple(t for t, (tokens, _) in features.TOWERS.items() if tokens in batch_keys)
+def _towers(batch_keys, loss_fn: GeckoLoss) -> tuple[str, ...]:
+  """The towers to embed: those the batch holds and the loss uses (a batch may carry
+  more, e.g. candidates that only a listwise distillation reads)."""
+  needed = set(loss_fn.required_features)
+  return tuple(t for t, (tokens, _) in features.TOWERS.items()
+               if tokens in batch_keys and tokens in needed)
 
 
 def state_shardings(model: DualEncoder, tx: optax.GradientTransformation, mesh: Mesh,
@@ -118,9 +122,14 @@ def params_init_fn(tx: optax.GradientTransformation) -> Callable:
 
 
 def _embed_fn(model: DualEncoder):
+  """`(params, tokens, mask, key) -> embeddings`: `[B, L]` -> `[B, D]`, and a candidate
+  tower's `[B, K, L]` -> `[B, K, D]` (embedded as B * K rows; row-major, so the rows of
+  a slice of the batch are a slice of the B * K rows, and dropout by position holds)."""
   def embed(params, tokens, mask, key):
-    return model.apply({"params": params}, tokens, mask, deterministic=False,
-                       rngs={"dropout": key})
+    lead = tokens.shape[:-1]
+    flat = tokens.reshape((-1, tokens.shape[-1])), mask.reshape((-1, mask.shape[-1]))
+    out = model.apply({"params": params}, *flat, deterministic=False, rngs={"dropout": key})
+    return out.reshape(lead + out.shape[-1:])
   return embed
 
 
@@ -131,7 +140,7 @@ def _tower_key(rng, step, index):
 def plain_loss_and_grads(model, loss_fn, params, batch, rng, step):
   """Loss, metrics and parameter gradients, all towers in one backward pass."""
   embed = _embed_fn(model)
-  towers = _towers(batch)
+  towers = _towers(batch, loss_fn)
 
   def objective(p):
     embeddings = {t: embed(p, batch[f"{t}_tokens"], batch[f"{t}_mask"], _tower_key(rng, step, i))
@@ -164,7 +173,7 @@ def grad_cache_loss_and_grads(model, loss_fn, params, batch, rng, step, *, chunk
   masks, and the result, do not depend on the mesh.
   """
   embed = _embed_fn(model)
-  towers = _towers(batch)
+  towers = _towers(batch, loss_fn)
   batch_size = batch["query_tokens"].shape[0]
   if batch_size % chunk_size:
     raise ValueError(f"grad_cache_chunk={chunk_size} must divide the global batch {batch_size}.")

@@ -95,13 +95,21 @@ class ShardedTraining:
         for name in first}
 
   def abstract_batch(self, loss: GeckoLoss, *, batch_size: int, query_length: int,
-                     passage_length: int) -> dict[str, jax.ShapeDtypeStruct]:
-    """The shapes of a global batch holding exactly the features `loss` needs."""
-    lengths = {"query": query_length, "positive": passage_length, "negative": passage_length}
+                     passage_length: int, candidates: int | None = None
+                     ) -> dict[str, jax.ShapeDtypeStruct]:
+    """The shapes of a global batch holding exactly the features `loss` needs
+    (`candidates`: K, the candidates per query of a listwise distillation)."""
+    needs_k = features.TEACHER_CANDIDATES in loss.required_features
+    if needs_k and not (candidates or 0) >= 2:
+      raise ValueError(f"GeckoLoss(distill_over='candidates') scores K candidates per query: "
+                       f"give candidates=K >= 2, got {candidates!r}.")
+    rows = {"query": (query_length,), "positive": (passage_length,),
+            "negative": (passage_length,), "candidate": (candidates, passage_length)}
     batch = {}
     for name in loss.required_features:
       tower = next((t for t, names in features.TOWERS.items() if name in names), None)
-      shape = (batch_size, lengths[tower]) if tower else (batch_size,)
+      shape = ((batch_size, *rows[tower]) if tower else (batch_size, candidates)
+               if name == features.TEACHER_CANDIDATES else (batch_size,))
       dtype = jnp.float32 if name in features.FLOATS else jnp.int32
       batch[name] = jax.ShapeDtypeStruct(shape, dtype, sharding=self.batch_sharding)
     return batch
