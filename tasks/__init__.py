@@ -14,7 +14,7 @@ Fine-tuning (Eq. 3 data: query + positive + hard negative):
   gecko_fret_ql, gecko_fret_rc
                           <root>/fret/fret-*.jsonl with the LLM's QL or RC score of the
                           positive and the negative (teacher_positive / teacher_negative,
-                          for GeckoLoss.distillation); each trains alone
+                          for GeckoLoss.distillation); alone, or in the mixtures below
   gecko_nq, gecko_hotpotqa, gecko_fever, gecko_medmcqa, gecko_miracl
                           <root>/<name>/*.jsonl  {"query", "positive_text", "negative_text",
                                                     "positive_title"?, "negative_title"?}
@@ -23,9 +23,12 @@ Fine-tuning (Eq. 3 data: query + positive + hard negative):
                           TFDS ag_news_subset / imdb_reviews as classification triples
   gecko_classification    <root>/classification/*.jsonl  {"text", "label", "task"?}
   gecko_stsb              <root>/stsb/sts-train.csv (STS-B), symmetric
+  gecko_stsb_no_teacher, gecko_classification_no_teacher
+                          the same with NaN teacher scores (to mix with gecko_fret_ql/rc)
 Mixtures (rates: `gecko_tasks.mixtures`, overridable per task with SeqioBatches.rates):
-  gecko_prefinetune, gecko_finetune, gecko_fret_only, gecko_qa, gecko_nli,
-  gecko_classification_mix, gecko_multilingual
+  gecko_prefinetune, gecko_finetune, gecko_fret_only, gecko_fret_human, gecko_qa,
+  gecko_nli, gecko_classification_mix, gecko_multilingual,
+  gecko_fret_ql_human, gecko_fret_rc_human (gecko_fret_human with the pair's scores)
 """
 
 # Tasks before the mixtures that name them.

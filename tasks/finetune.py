@@ -135,3 +135,14 @@ seqio.TaskRegistry.add(
     preprocessors=[functools.partial(pp.format_symmetric, task=TASK_STRINGS["STS"]),
                    seqio.preprocessors.tokenize],
     output_features=triple_features())
+
+# The human tasks with NaN teacher scores, to mix with gecko_fret_ql / gecko_fret_rc
+# (mixtures gecko_fret_ql_human / gecko_fret_rc_human): the distillation term skips their
+# rows, Eq. 3 trains on them as in gecko_fret_human.
+UNSCORED_HUMAN_TASKS = ("gecko_stsb", "gecko_classification")
+for _name in UNSCORED_HUMAN_TASKS:
+  _task = seqio.TaskRegistry.get(_name)
+  *_formatting, _tokenize = _task.preprocessors
+  seqio.TaskRegistry.add(f"{_name}_no_teacher", source=_task.source,
+                         preprocessors=[*_formatting, pp.no_teacher, _tokenize],
+                         output_features=scored_triple_features())

@@ -29,6 +29,12 @@ _add("gecko_prefinetune", PREFINETUNE)
 _add("gecko_finetune", FINETUNE)
 _add("gecko_fret_only", {"gecko_fret": 1.0})
 _add("gecko_fret_human", HUMAN)
+# The same with the LLM's scores of each FRet pair (a distillation loss); the human tasks
+# carry NaN scores, which the distillation term skips.
+for _score in ("ql", "rc"):
+  _add(f"gecko_fret_{_score}_human", {f"gecko_fret_{_score}": HUMAN["gecko_fret"],
+                                      **{f"{name}_no_teacher": HUMAN[name]
+                                         for name in finetune.UNSCORED_HUMAN_TASKS}})
 _add("gecko_qa", QA)
 _add("gecko_nli", NLI)
 _add("gecko_classification_mix", CLASSIFICATION)

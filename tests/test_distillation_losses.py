@@ -148,6 +148,36 @@ def test_the_distillation_gradient_reaches_the_embeddings_and_not_the_teacher(ba
   assert all(float(jnp.abs(g).sum()) == 0 for g in grads[1].values())
 
 
+@pytest.mark.parametrize("distillation", ["margin_mse", "listwise_kl"])
+def test_rows_without_teacher_scores_train_on_eq3_alone(batch, distillation):
+  """A mixed batch: rows with NaN teacher scores (the human tasks of a scored mixture)
+  are left out of the distillation term's mean, and no NaN reaches a gradient; a batch
+  of such rows has a distillation term of 0."""
+  embeddings, teacher = batch
+  loss_fn = losses.GeckoLoss(temperature=0.05, distillation=distillation, teacher_scale=0.01)
+  unscored = {k: v.copy() for k, v in teacher.items()}
+  unscored["teacher_positive"][[1, 4]] = np.nan
+  unscored["teacher_negative"][4] = np.nan
+  _, metrics = loss_fn(embeddings, unscored)
+  kept = [0, 2, 3, 5]
+  _, only_kept = loss_fn({k: v[kept] for k, v in embeddings.items()},
+                         {k: v[kept] for k, v in teacher.items()})
+  per_row = {"margin_mse": lambda s, t: losses.margin_mse(s[:, 0], s[:, 1], 0.01 * t[:, 0],
+                                                          0.01 * t[:, 1]),
+             "listwise_kl": lambda s, t: losses.listwise_kl(s, t, temperature=0.05)}
+  student = np.stack([np.sum(embeddings["query"] * embeddings[side], -1)
+                      for side in ("positive", "negative")], -1)
+  scores = np.stack([teacher["teacher_positive"], teacher["teacher_negative"]], -1)
+  by_hand = np.mean(np.asarray(per_row[distillation](student, scores))[kept])
+  np.testing.assert_allclose(metrics["distillation/8"], by_hand, rtol=1e-5)
+  assert float(metrics["distillation/8"]) == pytest.approx(float(only_kept["distillation/8"]))
+  grads = jax.grad(lambda e: loss_fn(e, unscored)[0])(embeddings)
+  assert all(np.isfinite(np.asarray(g)).all() for g in grads.values())
+  none = {k: np.full_like(v, np.nan) for k, v in teacher.items()}
+  _, metrics = loss_fn(embeddings, none)
+  assert float(metrics["distillation/8"]) == 0.0
+
+
 @pytest.mark.parametrize("standardize", [False, True])
 def test_listwise_kl_over_every_candidate_by_hand(standardize):
   """`distill_over="candidates"`: each query's K candidates (a `[B, K, D]` tower) against

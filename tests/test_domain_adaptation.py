@@ -280,6 +280,46 @@ def test_recipes_name_rows_and_directories():
     recipes.Recipe(few_shot_type="claims")
 
 
+@pytest.mark.parametrize("human, mixture", [(True, "gecko_fret_ql_human"),
+                                            (False, "gecko_fret_ql")])
+def test_soft_label_rows_train_on_the_scored_task_with_their_loss_settings(human, mixture):
+  """A scored variant's run reads the LLM's QL of each pair (alone, or mixed with the
+  human tasks), its gin file turns the distillation term on, and the recipe's --loss
+  settings are bound and name the row; the configuration parses as gecko.train reads it."""
+  import gin
+
+  from gecko import gin_flags
+  from gecko.training import losses
+  recipe = recipes.Recipe(teacher="gemma3-270m", human=human,
+                          loss=(("teacher_scale", 0.05), ("distillation_weight", 2.0)))
+  assert recipe.row_name("margin_mse", recipes.Budget(steps=300)) == (
+      "margin_mse+gemma3-270m" + "+human" * human
+      + "+teacher_scale0.05+distillation_weight2+300steps")
+  stage = domain_adaptation.fine_tuning(
+      variant=recipes.VARIANTS["margin_mse"], recipe=recipe, model_dir="/tmp/m",
+      data_dir="/tmp/d", budget=recipes.Budget(steps=300), seed=0)
+  assert "--gin.losses.GeckoLoss.teacher_scale=0.05" in stage.command_line()
+  gin_flags.configure(list(stage.gin_files),
+                      [f"{k} = {v}" for k, v in stage.bindings().items()])
+  try:
+    assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == mixture
+    with gin.config_scope(None):
+      loss = gin.get_configurable(losses.GeckoLoss)()
+    assert (loss.distillation, loss.teacher_scale, loss.distillation_weight) == (
+        "margin_mse", 0.05, 2.0)
+  finally:
+    gin.clear_config()
+  kl = domain_adaptation.fine_tuning(
+      variant=recipes.VARIANTS["listwise_kl"], recipe=recipes.Recipe(), model_dir="/tmp/m",
+      data_dir="/tmp/d", budget=recipes.Budget(), seed=0)
+  assert kl.bindings()["MIXTURE_OR_TASK_NAME"] == "'gecko_fret_ql'"
+  assert "gin/ablations/distill_listwise_kl.gin" in kl.gin_files
+  with pytest.raises(ValueError, match="unknown loss setting 'tau'"):
+    recipes.Recipe(loss=(("tau", 0.1),))
+  with pytest.raises(SystemExit):
+    domain_adaptation.main(["--corpus_dir=x", "--loss", "teacher_scale=-1"])
+
+
 def test_human_data_links_sts_and_writes_banking77(human_dirs, tmp_path):
   sts, banking = human_dirs
   (tmp_path / "data" / "fret").mkdir(parents=True)

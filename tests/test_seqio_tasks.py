@@ -174,6 +174,52 @@ def test_stsb_task_from_a_data_dir(data_dir):
   assert {n for _, _, n in got} == {sym("a woman cooks rice")}
 
 
+def test_scored_fret_mixes_with_human_tasks_whose_teacher_scores_are_nan(data_dir, tmp_path,
+                                                                        minilm):
+  """gecko_fret_ql_human: the human tasks give the same examples as their plain tasks,
+  with NaN teacher scores, so they share batches with gecko_fret_ql's scored rows."""
+  root, _ = data_dir
+  options = seqio_sources.DataOptions(data_dir=str(root))
+  for name in ("gecko_stsb", "gecko_classification"):
+    assert task_examples(f"{name}_no_teacher", options) == task_examples(name, options)
+    task = seqio.get_mixture_or_task(f"{name}_no_teacher")
+    with seqio_sources.using(options):
+      example = next(task.get_dataset(sequence_length=None, split="train",
+                                      shuffle=False).as_numpy_iterator())
+    assert np.isnan(example["teacher_positive"]) and np.isnan(example["teacher_negative"])
+  for name in ("stsb", "classification"):
+    (tmp_path / name).symlink_to(root / name)
+  write_jsonl(tmp_path / "fret" / "fret-00000.jsonl",
+              [dict(fret_record(i), positive_ql=-1.0 - i, negative_ql=-20.0 - i)
+               for i in range(15)])
+  data = SeqioBatches(mixture_or_task_name="gecko_fret_ql_human", tokenizer=minilm.tokenizer,
+                      batch_size=32, data_dir=str(tmp_path), query_length=48,
+                      passage_length=16)
+  try:
+    batch = data.batch(0)
+  finally:
+    data.close()
+  scored = np.isfinite(batch["teacher_positive"])
+  assert 0 < scored.sum() < 32 and np.isnan(batch["teacher_negative"][~scored]).all()
+  fret_queries = {int(row[row > 0][-2]) for row in batch["query_tokens"][scored]}
+  human_queries = {int(row[row > 0][-2]) for row in batch["query_tokens"][~scored]}
+  numbers = {minilm.tokenizer.encode_batch([str(i)])[0][1] for i in range(15)}
+  assert fret_queries <= numbers and not human_queries & numbers  # "... number {i}"
+  np.testing.assert_array_equal(batch["teacher_negative"][scored],  # each row's own pair
+                                batch["teacher_positive"][scored] - 19.0)
+  from conftest import read_metrics
+
+  from gecko import train  # a run on the mixture: every step finite, the term logged
+  assert train.main(["--gin_file=gin/models/tiny.gin", "--gin_file=gin/runs/finetune.gin",
+                     "--gin_file=gin/data/seqio.gin", "--gin_file=gin/overlays/local_tiny.gin",
+                     "--gin_file=gin/ablations/distill_margin_mse.gin",
+                     "--gin.MIXTURE_OR_TASK_NAME='gecko_fret_ql_human'",
+                     f"--gin.TASK_DATA_DIR='{tmp_path}'", f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
+                     "--gin.TRAIN_STEPS=2"]) == 0
+  rows = read_metrics(tmp_path / "run")
+  assert len(rows) == 2 and all(r["finite"] == 1.0 and r["distillation/64"] > 0 for r in rows)
+
+
 # --- The conversions themselves, on hand-made rows.
 def test_nli_triples_by_hand():
   rows = [{"premise": "p1", "hypothesis": "e1", "label": 0},
@@ -375,6 +421,12 @@ ABLATIONS = {
                            {"seqio_batches.SeqioBatches.fret_positive = 'llm'"}),
     "fret_only": ({"MIXTURE_OR_TASK_NAME = 'gecko_fret_only'"},
                   {"MIXTURE_OR_TASK_NAME = 'gecko_finetune'"}),
+    "distill_margin_mse": ({"losses.GeckoLoss.distillation = 'margin_mse'",
+                            "losses.GeckoLoss.teacher_scale = 0.01"},
+                           {"losses.GeckoLoss.distillation = None",
+                            "losses.GeckoLoss.teacher_scale = 1.0"}),
+    "distill_listwise_kl": ({"losses.GeckoLoss.distillation = 'listwise_kl'"},
+                            {"losses.GeckoLoss.distillation = None"}),
     "no_mrl": ({"losses.GeckoLoss.dims = ()"},
                {"losses.GeckoLoss.dims = %MATRYOSHKA_DIMS", "MATRYOSHKA_DIMS = (16, 64)"}),
     "plain_format": ({"seqio_batches.SeqioBatches.input_format = @input_format.InputFormat()",

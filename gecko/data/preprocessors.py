@@ -19,6 +19,9 @@ is built), producing the task features `query`, `positive` and `negative` string
   `fret_teacher`       FRet records' QL or RC scores of the positive and the negative ->
                        float32 `teacher_positive` / `teacher_negative` (the scored FRet
                        tasks), which the formatting passes on untouched.
+  `no_teacher`         NaN `teacher_positive` / `teacher_negative` for a task without a
+                       teacher, so that it mixes with the scored FRet tasks (the
+                       distillation term skips those rows).
 """
 
 from __future__ import annotations
@@ -167,6 +170,15 @@ def fret_fields(dataset: tf.data.Dataset) -> tf.data.Dataset:
             "negative_title": x["negative_title"], "negative_text": x["negative_text"],
             **_teacher(x)}
   return dataset.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def no_teacher(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """NaN teacher scores on every example: a human-annotated task in a mixture with the
+  scored FRet tasks (SeqIO mixes only tasks with the same features). `GeckoLoss` takes
+  the distillation term over the rows whose scores are finite; these train on Eq. 3."""
+  nan = tf.constant(float("nan"), tf.float32)
+  return dataset.map(lambda x: {**x, **{name: nan for name in TEACHER}},
+                     num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def fret_teacher(dataset: tf.data.Dataset, *, score: str) -> tf.data.Dataset:

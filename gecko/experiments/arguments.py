@@ -30,3 +30,22 @@ def positive_float(text: str) -> float:
   if not (math.isfinite(value) and value > 0):
     raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
   return value
+
+
+def named_number(names):
+  """An argparse type: 'NAME=VALUE' -> (NAME, VALUE), NAME one of `names`, VALUE a
+  finite number >= 0."""
+  def parse(text: str) -> tuple[str, float]:
+    name, _, value = text.partition("=")
+    if name not in names:
+      raise argparse.ArgumentTypeError(f"expected NAME=VALUE with NAME one of "
+                                       f"{', '.join(names)}, got {text!r}")
+    try:
+      number = float(value)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"{text!r}: VALUE must be a number") from None
+    if not (math.isfinite(number) and number >= 0):
+      raise argparse.ArgumentTypeError(f"{text!r}: VALUE must be a finite number >= 0")
+    return name, number
+  parse.__name__ = "NAME=VALUE"
+  return parse

@@ -72,6 +72,7 @@ from gecko.experiments import arguments, human_dev, in_domain, stages
 from gecko.experiments.adaptation_report import SELECTION, report
 from gecko.experiments.recipes import (
   HUMAN_MIXTURE_GIN,
+  LOSS_SETTINGS,
   TASK_TYPES,
   TEACHERS,
   VARIANTS,
@@ -181,13 +182,18 @@ def human_data(*, output_dir: str, data_dir: str, sts_dir: str | None,
 def fine_tuning(*, variant: Variant, recipe: Recipe, model_dir: str, data_dir: str,
                 budget: Budget, seed: int) -> stages.FineTuning:
   """The fine-tuning stage of one row: the experiment's gin file, the variant's and the
-  recipe's, at `budget` (keeping each of its checkpoints)."""
+  recipe's, at `budget` (keeping each of its checkpoints); a scored variant trains on
+  its SeqIO task (with the human tasks under --human), the recipe's loss settings bound."""
   files = [EXPERIMENT_GIN, *variant.gin_files, *([HUMAN_MIXTURE_GIN] if recipe.human else [])]
+  macros = {"SEED": seed, "CHECKPOINT_EVERY": budget.checkpoint_every or budget.steps,
+            "train.train.keep_checkpoints": len(budget.checkpoint_steps()),
+            **{f"losses.GeckoLoss.{name}": value for name, value in recipe.loss}}
+  if variant.teacher_score:
+    macros["MIXTURE_OR_TASK_NAME"] = (f"gecko_fret_{variant.teacher_score}"
+                                      + "_human" * recipe.human)
   return stages.FineTuning(
       gin_files=tuple(files), model_dir=model_dir, data_dir=data_dir, steps=budget.steps,
-      batch_size=budget.batch_size, learning_rate=budget.learning_rate,
-      macros={"SEED": seed, "CHECKPOINT_EVERY": budget.checkpoint_every or budget.steps,
-              "train.train.keep_checkpoints": len(budget.checkpoint_steps())})
+      batch_size=budget.batch_size, learning_rate=budget.learning_rate, macros=macros)
 
 
 def checkpoint_model(*, output_dir: str, run_name: str, model_dir: str, step: int) -> str:
@@ -472,6 +478,11 @@ def _parser() -> argparse.ArgumentParser:
                       help="keep a record only if its positive is in MiniLM's top k")
   levers.add_argument("--human", action="store_true",
                       help="train on FRet plus STS-B train and Banking77 train")
+  levers.add_argument("--loss", metavar="NAME=VALUE", action="append", default=[],
+                      type=arguments.named_number(LOSS_SETTINGS),
+                      help=f"a GeckoLoss setting of the row (repeat for several; one of "
+                           f"{', '.join(LOSS_SETTINGS)}), e.g. teacher_scale=0.05 with "
+                           "--variant=margin_mse")
   levers.add_argument("--human_dev", action="store_true",
                       help="score the human dev split of qrels/train.tsv (apart by query "
                            "and document) in every row; in_domain trains on the rest")
@@ -519,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   top_p=args.top_p, dedup_cosine=args.dedup_cosine,
                   few_shot_type=args.few_shot_type,
                   consistency_top_k=args.consistency_top_k, human=args.human,
-                  human_dev=args.human_dev)
+                  human_dev=args.human_dev, loss=tuple(args.loss))
   run(corpus_dir=args.corpus_dir, output_dir=args.output_dir, variant=args.variant,
       seed=args.seed, passages=args.passages, neighbors=args.neighbors, steps=args.steps,
       batch_size=args.batch_size, learning_rate=args.learning_rate, sts_dir=args.sts_dir,

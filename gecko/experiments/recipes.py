@@ -15,19 +15,27 @@ TEACHERS = tuple(PACKAGED_TEACHERS)  # the packaged GGUF teachers, DEFAULT_TEACH
 SEED_POSITIVE_GIN = "gin/ablations/fret_seed_positive.gin"
 NO_SAME_TOWER_GIN = "gin/ablations/no_same_tower.gin"
 HUMAN_MIXTURE_GIN = "gin/experiments/human_mixture.gin"
+DISTILL_GIN = {"margin_mse": "gin/ablations/distill_margin_mse.gin",
+               "listwise_kl": "gin/ablations/distill_listwise_kl.gin"}
+# `GeckoLoss` settings a row may set (`Recipe.loss`, the driver's --loss NAME=VALUE).
+LOSS_SETTINGS = ("distillation_weight", "contrastive_weight", "teacher_scale",
+                 "teacher_temperature")
 
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
   """One row's labelling: FRet's ranking and negative and the ablation file training
   adds; `source` says where the records come from ("fret", "in_domain": the corpus's
-  own human training queries, or "none": the start model, untrained)."""
+  own human training queries, or "none": the start model, untrained); `teacher_score`
+  trains on the LLM's scores of each pair ("ql" or "rc": the SeqIO task
+  gecko_fret_ql / gecko_fret_rc, mixed with the human tasks as gecko_fret_ql_human)."""
 
   description: str
   ranking: str = "rrf"
   negative: str = "lowest"
   gin_files: tuple[str, ...] = ()
   source: str = "fret"
+  teacher_score: str | None = None
 
   @property
   def trains_on_seed(self) -> bool:
@@ -51,6 +59,10 @@ VARIANTS = {
                            gin_files=("gin/ablations/false_negative_margin.gin",)),
     "in_domain": Variant("the corpus's own human training queries (the in-domain "
                          "reference)", source="in_domain"),
+    "margin_mse": Variant("main, plus MarginMSE on the LLM's QL margin of each pair",
+                          gin_files=(DISTILL_GIN["margin_mse"],), teacher_score="ql"),
+    "listwise_kl": Variant("main, plus the KL to the LLM's QL softmax over each pair",
+                           gin_files=(DISTILL_GIN["listwise_kl"],), teacher_score="ql"),
 }
 
 
@@ -118,6 +130,8 @@ class Recipe:
     human: Train on FRet plus the human mixture (STS-B train, Banking77 train).
     human_dev: Score every row on the human dev split of the corpus's training queries
       (`gecko.experiments.human_dev`), and train in_domain on the train part alone.
+    loss: `GeckoLoss` settings, ((name, value), ...) from `LOSS_SETTINGS`, e.g.
+      (("teacher_scale", 0.05),): each names the row ("+teacher_scale0.05").
   """
 
   teacher: str = DEFAULT_TEACHER
@@ -129,8 +143,14 @@ class Recipe:
   consistency_top_k: int | None = None
   human: bool = False
   human_dev: bool = False
+  loss: tuple[tuple[str, float], ...] = ()
 
   def __post_init__(self):
+    for name, value in self.loss:
+      if name not in LOSS_SETTINGS:
+        raise ValueError(f"unknown loss setting {name!r}; use one of {list(LOSS_SETTINGS)}.")
+      if not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"loss setting {name}={value!r} must be a number >= 0.")
     if self.teacher not in TEACHERS:
       raise ValueError(f"unknown teacher {self.teacher!r}; use one of {TEACHERS}.")
     if self.few_shot_type is not None and self.few_shot_type not in TASK_TYPES:
@@ -167,6 +187,8 @@ class Recipe:
       parts.append("human")
     if self.human_dev and variant.source == "in_domain":
       parts.append("trainpart")  # the dev split's queries are not trained on
+    if variant.source != "none":
+      parts += [f"{name}{value:g}" for name, value in self.loss]
     if variant.source == "none" or budget is None:
       return "+".join(parts)
     return "+".join(parts + budget.name_parts()) + budget.step_suffix()

@@ -24,7 +24,9 @@ QL log-probabilities), `GeckoLoss(distillation=...)` adds, per dim and with a we
   "listwise_kl"  KL(softmax([t+, t-] / T) || softmax([s(q,p+), s(q,p-)] / tau))
                                                                         (`listwise_kl`)
 
-and `contrastive_weight=0` trains on the teacher's scores alone. With
+and `contrastive_weight=0` trains on the teacher's scores alone. The term is averaged
+over the rows whose teacher scores are finite, so unscored human data can share the
+batch with NaN scores (it trains on Eq. 3 alone). With
 `distill_over="candidates"`, "listwise_kl" is taken over each query's K candidates
 instead (the `candidate_*` towers and `teacher_candidates`: a FRet record's N retrieved
 passages with the LLM's score of each, as ART and UPR distil a ranking):
@@ -312,28 +314,34 @@ class GeckoLoss:
       metrics.update({f"{name}/{dim}": jnp.mean(value) for name, value in stats.items()})
       term = self.contrastive_weight * jnp.mean(loss)
       if self.distillation is not None:
-        distilled = jnp.mean(self._distillation(prefix, batch))
+        per_row, scored = self._distillation(prefix, batch)
+        distilled = jnp.sum(per_row) / jnp.maximum(jnp.sum(scored), 1)
         metrics[f"distillation/{dim}"] = distilled
         term = term + self.distillation_weight * distilled
       total = total + weight * term
     metrics["loss"] = total
     return total, metrics
 
-  def _distillation(self, embeddings: dict[str, Array], batch: dict[str, Array]) -> Array:
-    """`[B]` the distillation term of each example (`distillation`)."""
+  def _distillation(self, embeddings: dict[str, Array], batch: dict[str, Array]
+                    ) -> tuple[Array, Array]:
+    """(`[B]` the distillation term of each example, 0 where it has no teacher, and `[B]`
+    whether it has one). A row whose teacher scores are not all finite has none: the
+    human tasks of a scored mixture carry NaN (`gecko.data.preprocessors.no_teacher`)."""
     if self.distill_over == "candidates":
       student = jnp.einsum("bd,bkd->bk", embeddings["query"], embeddings["candidate"])
-      return listwise_kl(student, batch[features.TEACHER_CANDIDATES],
-                         temperature=self.temperature,
+      teacher = batch[features.TEACHER_CANDIDATES].astype(jnp.float32)
+    else:
+      student = jnp.stack([jnp.sum(embeddings["query"] * embeddings[side], -1)
+                           for side in ("positive", "negative")], -1)
+      teacher = jnp.stack([batch[features.TEACHER_POSITIVE],
+                           batch[features.TEACHER_NEGATIVE]], -1).astype(jnp.float32)
+    scored = jnp.all(jnp.isfinite(teacher), -1)
+    teacher = jnp.where(scored[:, None], teacher, 0.0)  # no NaN reaches a gradient
+    if self.distillation == "margin_mse":
+      scaled = self.teacher_scale * teacher
+      term = margin_mse(student[:, 0], student[:, 1], scaled[:, 0], scaled[:, 1])
+    else:
+      term = listwise_kl(student, teacher, temperature=self.temperature,
                          teacher_temperature=self.teacher_temperature,
                          standardize=self.teacher_standardize)
-    positive = jnp.sum(embeddings["query"] * embeddings["positive"], -1)
-    negative = jnp.sum(embeddings["query"] * embeddings["negative"], -1)
-    teacher = (batch[features.TEACHER_POSITIVE], batch[features.TEACHER_NEGATIVE])
-    if self.distillation == "margin_mse":
-      return margin_mse(positive, negative, self.teacher_scale * teacher[0],
-                        self.teacher_scale * teacher[1])
-    return listwise_kl(jnp.stack([positive, negative], -1), jnp.stack(teacher, -1),
-                       temperature=self.temperature,
-                       teacher_temperature=self.teacher_temperature,
-                       standardize=self.teacher_standardize)
+    return jnp.where(scored, term, 0.0), scored
