@@ -5,15 +5,16 @@ cannot rot."""
 import functools
 import json
 import os
+import shlex
 import zlib
 
 import jax
 import pytest
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, read_metrics
 
 from gecko.data import jsonl
 from gecko.evaluation import datasets
-from gecko.experiments import domain_adaptation, human_dev, in_domain, recipes
+from gecko.experiments import adaptation_data, domain_adaptation, human_dev, in_domain, recipes
 from gecko.fret import docstrings, schema
 
 SCIFACT = SHARED_DATA / "scifact"
@@ -110,6 +111,26 @@ def test_experiment_rows_and_report_end_to_end(beir_corpus, human_dirs, tmp_path
   assert human["row"] == "main+human" + TINY and "human_mixture.gin" in human["command"]
   assert (tmp_path / "data" / "fret_rrf_lowest+human" / "stsb").resolve() == human_dirs[0]
 
+  # Soft labels in the same mixture: the LLM's QL of each pair, MarginMSE beside Eq. 3 on
+  # the FRet rows (the human rows carry NaN scores); every step finite.
+  soft = _run(beir_corpus, tmp_path, "margin_mse", sts_dir=sts, banking77_dir=banking,
+              recipe=recipes.Recipe(human=True, loss=(("teacher_scale", 0.05),)))
+  assert soft["row"] == "margin_mse+human+teacher_scale0.05" + TINY
+  assert "--gin.MIXTURE_OR_TASK_NAME='gecko_fret_ql_human'" in shlex.split(soft["command"])
+  steps = read_metrics(tmp_path / "runs" / f"{soft['row']}_seed0")
+  assert steps[-1]["step"] == 2 and all(s["finite"] == 1.0 and s["distillation/384"] > 0
+                                       for s in steps)
+  # Over every candidate: JSONL triples with the N = 3 candidates of each training record.
+  every = _run(beir_corpus, tmp_path, "candidates_kl")
+  triples_file = tmp_path / "data" / "fret_rrf_lowest" / "candidates.jsonl"
+  assert f"--gin.TRAIN_DATA='{triples_file}'" in shlex.split(every["command"])
+  lines = jsonl.read_objects(triples_file)
+  assert len(lines) == every["train"] and {len(t["candidates"]) for t in lines} == {3}
+  steps = read_metrics(tmp_path / "runs" / f"{every['row']}_seed0")
+  assert steps[-1]["step"] == 2 and all(s["distillation/384"] > 0 for s in steps)
+  with pytest.raises(ValueError, match="drop --human"):
+    _run(beir_corpus, tmp_path, "candidates_kl", recipe=recipes.Recipe(human=True))
+
   # The in-domain reference: the corpus's own train queries, FRet-shaped.
   ref = _run(beir_corpus, tmp_path, "in_domain")
   assert ref["records"] == 7 and ref["row"] == "in_domain" + TINY
@@ -122,7 +143,7 @@ def test_experiment_rows_and_report_end_to_end(beir_corpus, human_dirs, tmp_path
 
   # Claim-shaped queries: one task type, the corpus's own training queries (not the dev
   # split's r4) as the prompt's examples; trained on the seed, without same-tower terms.
-  monkeypatch.setattr(domain_adaptation, "FEW_SHOT", 3)
+  monkeypatch.setattr(adaptation_data, "FEW_SHOT", 3)
   claims = _run(beir_corpus, tmp_path, "seed_no_same_tower",
                 recipe=recipes.Recipe(few_shot_type="fact checking"))
   assert claims["row"] == "seed_no_same_tower+fewshot-fact-checking" + TINY
@@ -159,6 +180,14 @@ def test_experiment_rows_and_report_end_to_end(beir_corpus, human_dirs, tmp_path
   soup = json.loads((tmp_path / "results" / f"soup({rows})_seed0.json").read_text())
   assert len(soup["soup_of"]) == 3 and f"3 runs of main{TINY}, main+human{TINY}" in soup[
       "description"]
+  # A soup of rows that scored the human dev split scores it too.
+  _run(beir_corpus, tmp_path, "in_domain", recipe=recipes.Recipe(human_dev=True), seed=1)
+  assert domain_adaptation.main([f"--corpus_dir={beir_corpus}", f"--output_dir={tmp_path}",
+                                 "--soup", f"in_domain+trainpart{TINY}"]) == 0
+  dev_soup = json.loads((tmp_path / "results" /
+                         f"soup(in_domain+trainpart{TINY})_seed0.json").read_text())
+  assert {"human_dev@256", "human_dev@384"} <= set(dev_soup["scores_plain_format"])
+  assert "human_dev@384" not in soup["scores_plain_format"]
   text = domain_adaptation.report(str(tmp_path), versus="main" + TINY)
   table = _table(text)
   assert list(table)[0] == "start" and {f"main{TINY}", f"ql+consistent2{TINY}",
@@ -174,7 +203,7 @@ def test_experiment_rows_and_report_end_to_end(beir_corpus, human_dirs, tmp_path
 
 def test_in_domain_records_take_judged_positives_and_unjudged_negatives(beir_corpus, tmp_path):
   corpus_path = tmp_path / "corpus.jsonl"
-  domain_adaptation.write_corpus(str(beir_corpus), str(corpus_path))
+  adaptation_data.write_corpus(str(beir_corpus), str(corpus_path))
   made = in_domain.records(corpus_dir=str(beir_corpus), corpus_path=str(corpus_path),
                            output_dir=str(tmp_path / "in_domain"), neighbors=4,
                            encoder="all-MiniLM-L6-v2")
@@ -323,7 +352,7 @@ def test_soft_label_rows_train_on_the_scored_task_with_their_loss_settings(human
 def test_human_data_links_sts_and_writes_banking77(human_dirs, tmp_path):
   sts, banking = human_dirs
   (tmp_path / "data" / "fret").mkdir(parents=True)
-  mixed = domain_adaptation.human_data(output_dir=str(tmp_path), data_dir=str(tmp_path / "data"),
+  mixed = adaptation_data.human_data(output_dir=str(tmp_path), data_dir=str(tmp_path / "data"),
                                        sts_dir=str(sts), banking77_dir=str(banking))
   assert mixed.endswith("data+human")
   assert os.path.realpath(os.path.join(mixed, "stsb")) == str(sts)
@@ -332,13 +361,13 @@ def test_human_data_links_sts_and_writes_banking77(human_dirs, tmp_path):
                             what="classification")
   assert len(rows) == 12 and {r["label"] for r in rows} == {0, 1, 2}
   with pytest.raises(ValueError, match="--human needs --banking77_dir"):
-    domain_adaptation.human_data(output_dir=str(tmp_path), data_dir=str(tmp_path / "data"),
+    adaptation_data.human_data(output_dir=str(tmp_path), data_dir=str(tmp_path / "data"),
                                  sts_dir=str(sts), banking77_dir=None)
 
 
 def test_bad_inputs_are_named(tmp_path):
   with pytest.raises(FileNotFoundError, match="BEIR directory"):
-    domain_adaptation.write_corpus(str(tmp_path), str(tmp_path / "c.jsonl"))
+    adaptation_data.write_corpus(str(tmp_path), str(tmp_path / "c.jsonl"))
   with pytest.raises(ValueError, match="Unknown variant 'best'"):
     _run(tmp_path, tmp_path, "best")
   with pytest.raises(ValueError, match="score the human dev split: add --human_dev"):

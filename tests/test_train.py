@@ -170,6 +170,18 @@ def test_configuration_mistakes_exit_with_one_line(tmp_path, triples, extra, mes
   assert "Traceback" not in result.stderr
 
 
+def _assert_losses_add_up(run, *, distillation_weight):
+  """Each of the run's 2 logged losses is, per dim, the contrastive term plus the
+  weighted distillation term (which is on)."""
+  rows = read_metrics(run)
+  assert len(rows) == 2
+  for row in rows:
+    assert row["distillation/16"] > 0 and row["distillation/64"] > 0
+    want = sum(row[f"loss/{d}"] + distillation_weight * row[f"distillation/{d}"]
+               for d in (16, 64))
+    assert row["loss"] == pytest.approx(want, rel=1e-5)
+
+
 def test_a_run_distils_the_teachers_scores_beside_the_contrastive_loss(tmp_path, capsys):
   """Triples with a teacher's scores, MarginMSE bound from gin: each logged loss is the
   contrastive and the distillation term of both dims, weighted; data without the scores
@@ -185,12 +197,7 @@ def test_a_run_distils_the_teachers_scores_beside_the_contrastive_loss(tmp_path,
                      "--gin.losses.GeckoLoss.distillation_weight=0.5",
                      "--gin.losses.GeckoLoss.teacher_scale=0.02"]
   assert train.main(args + [f"--gin.TRAIN_DATA='{data}'"]) == 0
-  rows = read_metrics(tmp_path / "run")
-  assert len(rows) == 2
-  for row in rows:
-    assert row["distillation/16"] > 0 and row["distillation/64"] > 0
-    want = sum(row[f"loss/{d}"] + 0.5 * row[f"distillation/{d}"] for d in (16, 64))
-    assert row["loss"] == pytest.approx(want, rel=1e-5)
+  _assert_losses_add_up(tmp_path / "run", distillation_weight=0.5)
   assert "losses.GeckoLoss.distillation = 'margin_mse'" in (
       tmp_path / "run" / "config.gin").read_text()
   plain = tmp_path / "plain.jsonl"
@@ -225,12 +232,7 @@ def test_a_run_distils_the_teachers_ranking_of_every_candidate(tmp_path):
                      "--gin.losses.GeckoLoss.distillation_weight=0.5",
                      "--gin.train.train.grad_cache_chunk=8"]
   assert train.main(args) == 0
-  rows = read_metrics(tmp_path / "run")
-  assert len(rows) == 2
-  for row in rows:
-    assert row["distillation/16"] > 0 and row["distillation/64"] > 0
-    want = sum(row[f"loss/{d}"] + 0.5 * row[f"distillation/{d}"] for d in (16, 64))
-    assert row["loss"] == pytest.approx(want, rel=1e-5)
+  _assert_losses_add_up(tmp_path / "run", distillation_weight=0.5)
 
 
 def test_help_explains_the_flags():

@@ -62,13 +62,11 @@ import glob
 import json
 import os
 import shlex
-import shutil
 import sys
 from collections.abc import Sequence
 
-from gecko.data import jsonl, paths
-from gecko.data.packaged_models import DEFAULT_MODEL
-from gecko.experiments import arguments, human_dev, in_domain, stages
+from gecko.data import paths
+from gecko.experiments import adaptation_data, arguments, human_dev, selection, stages
 from gecko.experiments.adaptation_report import SELECTION, report
 from gecko.experiments.recipes import (
   HUMAN_MIXTURE_GIN,
@@ -80,155 +78,31 @@ from gecko.experiments.recipes import (
   Recipe,
   Variant,
 )
-from gecko.fret import heldout
 
-__all__ = ["report", "run", "main", "write_corpus"]
+__all__ = ["report", "run", "main"]
 
-START_MODEL = DEFAULT_MODEL
 EXPERIMENT_GIN = "gin/experiments/fret_adaptation.gin"
 DIMS = (256, 384)
-DEV_FRACTION = 5
-FEW_SHOT = 8  # --few_shot_type: the corpus's training queries shown to the LLM
-BASE = VARIANTS["main"]
-
-
-def write_corpus(corpus_dir: str, path: str) -> int:
-  """The BEIR corpus as FRet JSONL in a fixed shuffled order (`stages.write_corpus`);
-  returns its size."""
-  from gecko.fret import corpus as corpus_lib
-  source = os.path.join(corpus_dir, "corpus.jsonl")
-  if not os.path.exists(source):
-    raise FileNotFoundError(f"{source!r} not found: --corpus_dir must be a BEIR directory "
-                            "(corpus.jsonl, queries.jsonl, qrels/test.tsv).")
-  return len(stages.write_corpus(corpus_lib.read_corpus(source)[0], path))
-
-
-def run_fret(*, corpus_dir: str, output_dir: str, corpus_path: str, variant: Variant,
-             recipe: Recipe, passages: int, neighbors: int, llm) -> tuple[list[dict], dict]:
-  """(records, summary) for `variant` under `recipe`; all but the base relabel from
-  its cache."""
-  from gecko.fret.config import FretConfig
-  fret_dir = os.path.join(output_dir, recipe.fret_name(variant))
-  base = dataclasses.replace(recipe, consistency_top_k=None)  # the filter relabels its cache
-  base_dir = os.path.join(output_dir, base.fret_name(BASE))
-  if fret_dir != base_dir:
-    run_fret(corpus_dir=corpus_dir, output_dir=output_dir, corpus_path=corpus_path,
-             variant=BASE, recipe=base, passages=passages, neighbors=neighbors, llm=llm)
-    copy_missing(glob.glob(os.path.join(base_dir, "llm_cache.sqlite")) +
-                 glob.glob(os.path.join(base_dir, "corpus_embeddings_*.npy")), fret_dir)
-  options = recipe.llm_options()
-  if recipe.few_shot_type is not None:
-    options.update(task_types=[recipe.few_shot_type], few_shot=few_shot_examples(
-        corpus_dir=corpus_dir, output_dir=output_dir, task_type=recipe.few_shot_type))
-  return stages.fret(FretConfig(
-      corpus=corpus_path, output_dir=fret_dir, num_seeds=passages, num_neighbors=neighbors,
-      ranking=variant.ranking, negative=variant.negative, generator_options=options,
-      dedup_cosine=recipe.dedup_cosine, consistency_top_k=recipe.consistency_top_k), llm=llm)
-
-
-def few_shot_examples(*, corpus_dir: str, output_dir: str, task_type: str) -> str:
-  """OUTPUT_DIR/few_shot_<type>.jsonl: FEW_SHOT of the corpus's training queries (from
-  the train side of the human dev split: no dev query is shown to the LLM) as the
-  generation prompt's examples of `task_type` (written the first time)."""
-  from gecko.experiments import few_shot
-  from gecko.fret import generate
-  path = os.path.join(output_dir, f"few_shot_{task_type.replace(' ', '_')}.jsonl")
-  if not os.path.exists(path):
-    jsonl.write(path, few_shot.from_beir(
-        corpus_dir, count=FEW_SHOT, task=generate.example_task(task_type), task_type=task_type,
-        query_ids=human_dev.split(corpus_dir).train))
-  return path
-
-
-def copy_missing(paths: Sequence[str], directory: str) -> None:
-  """Copies each of `paths` into `directory` unless a file of that name is there (the
-  caches' names hold their keys, so a copy is valid wherever it lands)."""
-  os.makedirs(directory, exist_ok=True)
-  for path in paths:
-    target = os.path.join(directory, os.path.basename(path))
-    if not os.path.exists(target):
-      shutil.copyfile(path, target)
-
-
-def split_records(records: Sequence[dict], *, data_dir: str, dev_dir: str,
-                  corpus_path: str) -> tuple[int, int]:
-  """Training shards in DATA_DIR/fret; the dev records as a BEIR task (their label)."""
-  corpus = jsonl.read_objects(corpus_path, what="FRet corpus")
-  return heldout.split_records(records, fraction=DEV_FRACTION, data_dir=data_dir,
-                               eval_dir=dev_dir, corpus=corpus, hint="--passages",
-                               qrels={"test": "positive_id"})
-
-
-def human_data(*, output_dir: str, data_dir: str, sts_dir: str | None,
-               banking77_dir: str | None) -> str:
-  """A TASK_DATA_DIR for the human mixture: `data_dir`'s fret/, the STS-B files as
-  stsb/ and Banking77 train as classification/banking77.jsonl (links, not copies)."""
-  from gecko.evaluation import datasets
-  for flag, path in (("--sts_dir", sts_dir), ("--banking77_dir", banking77_dir)):
-    if not path or not os.path.isdir(path):
-      raise ValueError(f"--human needs {flag} (a directory), got {path!r}.")
-  mixed = data_dir.rstrip("/") + "+human"
-  os.makedirs(os.path.join(mixed, "classification"), exist_ok=True)
-  for name, target in (("fret", os.path.join(data_dir, "fret")), ("stsb", sts_dir)):
-    link = os.path.join(mixed, name)
-    if not os.path.islink(link):
-      os.symlink(os.path.abspath(target), link)
-  train, _ = datasets.load_classification(banking77_dir)
-  jsonl.write(os.path.join(mixed, "classification", "banking77.jsonl"),
-              ({"text": t, "label": label} for t, label in zip(train.texts, train.labels)))
-  return mixed
 
 
 def fine_tuning(*, variant: Variant, recipe: Recipe, model_dir: str, data_dir: str,
                 budget: Budget, seed: int) -> stages.FineTuning:
   """The fine-tuning stage of one row: the experiment's gin file, the variant's and the
   recipe's, at `budget` (keeping each of its checkpoints); a scored variant trains on
-  its SeqIO task (with the human tasks under --human), the recipe's loss settings bound."""
+  its SeqIO task (with the human tasks under --human) or, over every candidate, its
+  JSONL triples; the recipe's loss settings bound."""
   files = [EXPERIMENT_GIN, *variant.gin_files, *([HUMAN_MIXTURE_GIN] if recipe.human else [])]
   macros = {"SEED": seed, "CHECKPOINT_EVERY": budget.checkpoint_every or budget.steps,
             "train.train.keep_checkpoints": len(budget.checkpoint_steps()),
             **{f"losses.GeckoLoss.{name}": value for name, value in recipe.loss}}
-  if variant.teacher_score:
+  if variant.candidates:
+    macros["TRAIN_DATA"] = os.path.join(data_dir, adaptation_data.CANDIDATES_FILE)
+  elif variant.teacher_score:
     macros["MIXTURE_OR_TASK_NAME"] = (f"gecko_fret_{variant.teacher_score}"
                                       + "_human" * recipe.human)
   return stages.FineTuning(
       gin_files=tuple(files), model_dir=model_dir, data_dir=data_dir, steps=budget.steps,
       batch_size=budget.batch_size, learning_rate=budget.learning_rate, macros=macros)
-
-
-def checkpoint_model(*, output_dir: str, run_name: str, model_dir: str, step: int) -> str:
-  """OUTPUT_DIR/steps/RUN/STEP: the run's checkpoint at `step` as a model directory
-  (`gecko.export`, written the first time)."""
-  from gecko import export
-  path = os.path.join(output_dir, "steps", run_name, str(step))
-  if not os.path.isdir(path):
-    export.export(model=model_dir, output=path, step=step)
-  return path
-
-
-def dev_by_step(*, output_dir: str, run_name: str, model_dir: str, budget: Budget,
-                human_dev_dir: str) -> dict[str, dict[str, float]]:
-  """{step: {"human_dev@DIM": nDCG@10}} of each kept checkpoint on the human dev split,
-  in the plain format (model selection; kept in OUTPUT_DIR/steps/RUN/dev_by_step.json,
-  so a rerun scores only what is missing)."""
-  from gecko import eval as eval_lib
-  from gecko.evaluation import tasks
-  path = os.path.join(output_dir, "steps", run_name, "dev_by_step.json")
-  scores = json.loads(paths.read_text(path)) if os.path.exists(path) else {}
-  task = tasks.RetrievalTask(name="human_dev", path=human_dev_dir, task="fact checking")
-  for step in budget.checkpoint_steps():
-    if str(step) in scores:
-      continue
-    model = checkpoint_model(output_dir=output_dir, run_name=run_name, model_dir=model_dir,
-                             step=step)
-    results = eval_lib.evaluate(checkpoint=model, tasks=[task], dims=DIMS, gecko_format=False,
-                                output_dir=os.path.join(output_dir, "steps", run_name,
-                                                        "dev_eval", str(step)),
-                                model_name=f"{run_name}@{step}")
-    scores[str(step)] = {f"human_dev@{dim}": s["main_score"]
-                         for dim, s in results["human_dev"].items()}
-    paths.write_text(path, json.dumps(scores, indent=2))
-  return {str(step): scores[str(step)] for step in budget.checkpoint_steps()}
 
 
 def evaluation_tasks(*, corpus_dir: str, dev_dir: str | None, sts_dir: str | None,
@@ -263,30 +137,6 @@ def evaluate_both_formats(*, checkpoint: str, tasks: Sequence, output_dir: str, 
   return out
 
 
-def training_records(*, variant: Variant, recipe: Recipe, corpus_dir: str, output_dir: str,
-                     corpus_path: str, passages: int, neighbors: int, llm_url: str | None,
-                     llm_model: str | None) -> tuple[str, list[dict], dict]:
-  """(the records' name, the records, what made them) for a training row."""
-  from gecko.fret.llm import LlamaCpp, OpenAICompatible
-  if variant.source == "in_domain":
-    name = "in_domain_trainpart" if recipe.human_dev else "in_domain"
-    copy_missing(glob.glob(os.path.join(output_dir, "fret_*", "corpus_embeddings_*.npy")),
-                 os.path.join(output_dir, name))  # any FRet run's embeddings of the pool
-    records = in_domain.records(
-        corpus_dir=corpus_dir, corpus_path=corpus_path, output_dir=os.path.join(output_dir, name),
-        neighbors=neighbors, encoder=START_MODEL,
-        query_ids=human_dev.split(corpus_dir).train if recipe.human_dev else None)
-    return name, records, {"positive_not_seed_fraction": 0.0}
-  llm = (OpenAICompatible(base_url=llm_url, model=llm_model) if llm_url
-         else LlamaCpp(model_path=recipe.teacher))
-  records, summary = run_fret(corpus_dir=corpus_dir, output_dir=output_dir,
-                              corpus_path=corpus_path, variant=variant, recipe=recipe,
-                              passages=passages, neighbors=neighbors, llm=llm)
-  name = recipe.fret_name(variant)
-  keys = ("positive_not_seed_fraction", "queries", "consistency")
-  return name, records, {k: summary[k] for k in keys if k in summary}
-
-
 def train_row(*, variant_name: str, recipe: Recipe, corpus_dir: str, output_dir: str,
               corpus_path: str, seed: int, passages: int, neighbors: int, budget: Budget,
               sts_dir: str | None, banking77_dir: str | None, llm_url: str | None,
@@ -294,41 +144,29 @@ def train_row(*, variant_name: str, recipe: Recipe, corpus_dir: str, output_dir:
   """Records, split, fine-tuning and both formats' scores of one training row; with
   `dev_only`, each kept checkpoint's dev score instead (model selection)."""
   variant = VARIANTS[variant_name]
-  records_name, records, provenance = training_records(
+  data = adaptation_data.row_data(
       variant=variant, recipe=recipe, corpus_dir=corpus_dir, output_dir=output_dir,
-      corpus_path=corpus_path, passages=passages, neighbors=neighbors, llm_url=llm_url,
-      llm_model=llm_model)
-  data_dir = os.path.join(output_dir, "data", records_name)
-  dev_dir = os.path.join(output_dir, "dev", records_name)
-  if recipe.human_dev and variant.source == "in_domain":  # its dev is the human split
-    dev_dir, n_dev = None, 0
-    n_train = jsonl.write(os.path.join(data_dir, "fret", "fret-00000.jsonl"), records)
-  else:
-    n_train, n_dev = split_records(records, data_dir=data_dir, dev_dir=dev_dir,
-                                   corpus_path=corpus_path)
-  if recipe.human:
-    data_dir = human_data(output_dir=output_dir, data_dir=data_dir, sts_dir=sts_dir,
-                          banking77_dir=banking77_dir)
+      corpus_path=corpus_path, passages=passages, neighbors=neighbors, sts_dir=sts_dir,
+      banking77_dir=banking77_dir, llm_url=llm_url, llm_model=llm_model)
   # The training run: the row without its scored step, and its checkpoint cadence (a
   # finished run without those checkpoints cannot serve a selection run).
   every = f"+ckpt{budget.checkpoint_every}" if budget.checkpoint_every else ""
   run_name = (f"{recipe.row_name(variant_name, dataclasses.replace(budget, eval_step=None))}"
               f"{every}_seed{seed}")
   model_dir = os.path.join(output_dir, "runs", run_name)
-  training = fine_tuning(variant=variant, recipe=recipe, model_dir=model_dir, data_dir=data_dir,
-                         budget=budget, seed=seed)
+  training = fine_tuning(variant=variant, recipe=recipe, model_dir=model_dir,
+                         data_dir=data.data_dir, budget=budget, seed=seed)
   export = training.run()
   dev_task = human_dev_task(corpus_dir, output_dir, recipe)
-  result = {"records": len(records), "train": n_train, "dev": n_dev,
-            "command": training.command_line(), **provenance}
+  result = {**data.counts, "command": training.command_line()}
   if dev_only:
-    return {**result, "dev_by_step": dev_by_step(output_dir=output_dir, run_name=run_name,
-                                                 model_dir=model_dir, budget=budget,
-                                                 human_dev_dir=dev_task)}
+    return {**result, "dev_by_step": selection.dev_by_step(
+        output_dir=output_dir, run_name=run_name, model_dir=model_dir, budget=budget,
+        human_dev_dir=dev_task, dims=DIMS)}
   if budget.step_suffix():
-    export = checkpoint_model(output_dir=output_dir, run_name=run_name, model_dir=model_dir,
-                              step=budget.eval_step)
-  tasks = evaluation_tasks(corpus_dir=corpus_dir, dev_dir=dev_dir, sts_dir=sts_dir,
+    export = selection.checkpoint_model(output_dir=output_dir, run_name=run_name,
+                                        model_dir=model_dir, step=budget.eval_step)
+  tasks = evaluation_tasks(corpus_dir=corpus_dir, dev_dir=data.dev_dir, sts_dir=sts_dir,
                            banking77_dir=banking77_dir, human_dev_dir=dev_task)
   return {**result, **evaluate_both_formats(
       checkpoint=export, tasks=tasks, name=f"{recipe.row_name(variant_name, budget)}_seed{seed}",
@@ -355,7 +193,7 @@ def run(*, corpus_dir: str, output_dir: str, variant: str, seed: int, passages: 
     raise ValueError("--dev_only scores each kept checkpoint on dev: set --checkpoint_every.")
   os.makedirs(os.path.join(output_dir, "results"), exist_ok=True)
   corpus_path = os.path.join(output_dir, "corpus.jsonl")
-  size = write_corpus(corpus_dir, corpus_path)
+  size = adaptation_data.write_corpus(corpus_dir, corpus_path)
   if passages > size:
     raise ValueError(f"--passages={passages} exceeds the corpus ({size} passages).")
   row = recipe.row_name(variant, budget)
@@ -366,7 +204,8 @@ def run(*, corpus_dir: str, output_dir: str, variant: str, seed: int, passages: 
     tasks = evaluation_tasks(corpus_dir=corpus_dir, dev_dir=None, sts_dir=sts_dir,
                              banking77_dir=banking77_dir,
                              human_dev_dir=human_dev_task(corpus_dir, output_dir, recipe))
-    result.update(evaluate_both_formats(checkpoint=START_MODEL, tasks=tasks, name="start",
+    result.update(evaluate_both_formats(checkpoint=adaptation_data.START_MODEL, tasks=tasks,
+                                        name="start",
                                         dims=None, output_dir=os.path.join(output_dir, "eval")))
   else:
     result.update(train_row(
@@ -392,7 +231,8 @@ def human_dev_task(corpus_dir: str, output_dir: str, recipe: Recipe) -> str | No
 def soup_row(*, row: str, corpus_dir: str, output_dir: str, sts_dir: str | None,
              banking77_dir: str | None) -> dict:
   """The uniform soup of every finished seed of `row` (or of several rows, "A,B"),
-  evaluated as a row of its own."""
+  evaluated as a row of its own (on the human dev split too when its first row's
+  recipe scored it)."""
   from gecko import soup
   rows = [r.strip() for r in row.split(",") if r.strip()]
   exports, seeds = [], []
@@ -413,8 +253,10 @@ def soup_row(*, row: str, corpus_dir: str, output_dir: str, sts_dir: str | None,
     soup.soup(models=exports, output=path)
   with open(seeds[0], encoding="utf-8") as f:
     first = json.load(f)
+  scored_dev = Recipe(human_dev=bool((first.get("recipe") or {}).get("human_dev")))
   tasks = evaluation_tasks(corpus_dir=corpus_dir, dev_dir=None, sts_dir=sts_dir,
-                           banking77_dir=banking77_dir)
+                           banking77_dir=banking77_dir,
+                           human_dev_dir=human_dev_task(corpus_dir, output_dir, scored_dev))
   result = {"row": name, "variant": first["variant"], "seed": 0, "soup_of": exports,
             "description": f"uniform soup of {len(exports)} runs of {', '.join(rows)}",
             "recipe": first.get("recipe"),
@@ -471,7 +313,8 @@ def _parser() -> argparse.ArgumentParser:
   levers.add_argument("--dedup_cosine", type=float, default=None,
                       help="drop a query within this cosine of an earlier one of its task type")
   levers.add_argument("--few_shot_type", default=None, choices=TASK_TYPES,
-                      help=f"generate queries of this task type alone, with {FEW_SHOT} of the "
+                      help=f"generate queries of this task type alone, with "
+                           f"{adaptation_data.FEW_SHOT} of the "
                            "corpus's training queries as the prompt's examples (e.g. 'fact "
                            "checking')")
   levers.add_argument("--consistency_top_k", type=arguments.at_least(1), default=None,

@@ -16,7 +16,9 @@ SEED_POSITIVE_GIN = "gin/ablations/fret_seed_positive.gin"
 NO_SAME_TOWER_GIN = "gin/ablations/no_same_tower.gin"
 HUMAN_MIXTURE_GIN = "gin/experiments/human_mixture.gin"
 DISTILL_GIN = {"margin_mse": "gin/ablations/distill_margin_mse.gin",
-               "listwise_kl": "gin/ablations/distill_listwise_kl.gin"}
+               "listwise_kl": "gin/ablations/distill_listwise_kl.gin",
+               "candidates": "gin/ablations/distill_candidates.gin"}
+JSONL_DATA_GIN = "gin/data/jsonl.gin"
 # `GeckoLoss` settings a row may set (`Recipe.loss`, the driver's --loss NAME=VALUE).
 LOSS_SETTINGS = ("distillation_weight", "contrastive_weight", "teacher_scale",
                  "teacher_temperature")
@@ -28,7 +30,9 @@ class Variant:
   adds; `source` says where the records come from ("fret", "in_domain": the corpus's
   own human training queries, or "none": the start model, untrained); `teacher_score`
   trains on the LLM's scores of each pair ("ql" or "rc": the SeqIO task
-  gecko_fret_ql / gecko_fret_rc, mixed with the human tasks as gecko_fret_ql_human)."""
+  gecko_fret_ql / gecko_fret_rc, mixed with the human tasks as gecko_fret_ql_human), or
+  with `candidates`, on its scores of all N candidates (JSONL triples that carry them,
+  `gecko.fret.triples --candidates`; FRet records alone)."""
 
   description: str
   ranking: str = "rrf"
@@ -36,6 +40,7 @@ class Variant:
   gin_files: tuple[str, ...] = ()
   source: str = "fret"
   teacher_score: str | None = None
+  candidates: bool = False
 
   @property
   def trains_on_seed(self) -> bool:
@@ -63,6 +68,9 @@ VARIANTS = {
                           gin_files=(DISTILL_GIN["margin_mse"],), teacher_score="ql"),
     "listwise_kl": Variant("main, plus the KL to the LLM's QL softmax over each pair",
                            gin_files=(DISTILL_GIN["listwise_kl"],), teacher_score="ql"),
+    "candidates_kl": Variant("main, plus the KL to the LLM's QL softmax over all N "
+                             "candidates", gin_files=(JSONL_DATA_GIN, DISTILL_GIN["candidates"]),
+                             teacher_score="ql", candidates=True),
 }
 
 
