@@ -252,9 +252,8 @@ def _check_candidates(numbered: Sequence[tuple[str, dict]]) -> int:
     if not (isinstance(texts, list) and all(isinstance(t, str) for t in texts)):
       raise ValueError(f"{where}: 'candidates' must be a list of passage texts, got "
                        f"{texts!r:.60}.")
-    if not (isinstance(scores, list) and len(scores) == len(texts) and all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-        for x in scores)):
+    if not (isinstance(scores, list) and len(scores) == len(texts)
+            and all(_is_score(x) for x in scores)):
       raise ValueError(f"{where}: {features.TEACHER_CANDIDATES!r} must be {len(texts)} finite "
                        f"numbers, one teacher score per candidate, got {scores!r:.60}.")
     if len(texts) < 2 or len(texts) != (count or len(texts)):
@@ -265,12 +264,14 @@ def _check_candidates(numbered: Sequence[tuple[str, dict]]) -> int:
   return count
 
 
+def _is_score(value: object) -> bool:
+  """Whether `value` is a teacher's score: a finite number (not a bool)."""
+  return (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value))
+
+
 def _check_teacher(numbered: Sequence[tuple[str, dict]], *, has_negative: bool) -> bool:
   """Whether the records carry teacher scores (finite numbers, in all or none)."""
-  def score(record, name):
-    value = record.get(name)
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
   present = [any(name in r for name in features.TEACHER) for _, r in numbered]
   if not any(present):
     return False
@@ -279,7 +280,7 @@ def _check_teacher(numbered: Sequence[tuple[str, dict]], *, has_negative: bool) 
       raise ValueError(f"{where}: has no teacher scores while other records do; give every "
                        f"record {features.TEACHER_POSITIVE!r} and "
                        f"{features.TEACHER_NEGATIVE!r}, or none.")
-    bad = [name for name in features.TEACHER if not score(record, name)]
+    bad = [name for name in features.TEACHER if not _is_score(record.get(name))]
     if bad:
       raise ValueError(f"{where}: {bad[0]!r} must be a finite number (a teacher's score), "
                        f"got {record.get(bad[0])!r:.60}.")
