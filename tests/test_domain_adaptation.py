@@ -6,16 +6,18 @@ import functools
 import json
 import os
 import shlex
+import shutil
 import zlib
 
 import jax
 import pytest
-from conftest import SHARED_DATA, read_metrics
+from conftest import SHARED_DATA, read_metrics, report_table
 
 from gecko.data import jsonl
 from gecko.evaluation import datasets
 from gecko.experiments import adaptation_data, domain_adaptation, human_dev, in_domain, recipes
 from gecko.fret import docstrings, schema
+from gecko.fret import records as fret_files
 
 SCIFACT = SHARED_DATA / "scifact"
 
@@ -61,12 +63,6 @@ def human_dirs(tmp_path_factory):
 TINY = "+2steps+batch8"  # the budget of _run's rows, in their names
 
 
-def _table(text):
-  """{row: its cells} of the first table in a report."""
-  lines = text[text.index("| row |"):].split("\n\n")[0].splitlines()[2:]
-  return {line.split(" | ")[0].removeprefix("| "): line.split(" | ") for line in lines}
-
-
 def _run(corpus, out, variant, **overrides):
   args = dict(corpus_dir=str(corpus), output_dir=str(out), variant=variant, seed=0,
               passages=15, neighbors=3, steps=2, batch_size=8, learning_rate=2e-5,
@@ -95,6 +91,23 @@ def test_experiment_rows_and_report_end_to_end(beir_corpus, human_dirs, tmp_path
   train = (tmp_path / "data" / "fret_rrf_lowest" / "fret" / "fret-00000.jsonl").read_text()
   assert not set(dev.qrels) & {json.loads(line)["id"] for line in train.splitlines()}
   assert "what does" not in train
+  # The run's LLM calls are kept as text; a fresh output dir holding only them (a clone
+  # of a committed run) replays the same records without an LLM call.
+  calls = tmp_path / adaptation_data.CALLS_DIR / "fret_rrf_lowest.jsonl"
+  clone = tmp_path / "clone"
+  (clone / adaptation_data.CALLS_DIR).mkdir(parents=True)
+  shutil.copy(calls, clone / adaptation_data.CALLS_DIR)
+  adaptation_data.write_corpus(str(beir_corpus), str(clone / "corpus.jsonl"))
+  _, replayed, _ = adaptation_data.training_records(
+      variant=adaptation_data.BASE, recipe=recipes.Recipe(), corpus_dir=str(beir_corpus),
+      output_dir=str(clone), corpus_path=str(clone / "corpus.jsonl"), passages=15,
+      neighbors=3, llm_url=None, llm_model=None)
+  summary = json.loads((clone / "fret_rrf_lowest" / "summary.json").read_text())
+  assert summary["llm_calls_this_run"] == 0 and summary["llm_cache_hits_this_run"] > 0
+  assert sorted(json.dumps(r, sort_keys=True) for r in replayed) == sorted(
+      json.dumps(r, sort_keys=True) for r in fret_files.read(str(tmp_path / "fret_rrf_lowest")))
+  assert (clone / adaptation_data.CALLS_DIR / "fret_rrf_lowest.jsonl").read_text() == (
+      calls.read_text())
 
   # A ranking variant and the consistency filter relabel the same queries from the base
   # run's cache: no LLM call.
@@ -189,7 +202,7 @@ def test_experiment_rows_and_report_end_to_end(beir_corpus, human_dirs, tmp_path
   assert {"human_dev@256", "human_dev@384"} <= set(dev_soup["scores_plain_format"])
   assert "human_dev@384" not in soup["scores_plain_format"]
   text = domain_adaptation.report(str(tmp_path), versus="main" + TINY)
-  table = _table(text)
+  table = report_table(text)
   assert list(table)[0] == "start" and {f"main{TINY}", f"ql+consistent2{TINY}",
                                         f"main+human{TINY}", f"in_domain{TINY}",
                                         f"soup({rows})", f"main{TINY}@1"} <= set(table)
@@ -388,68 +401,6 @@ def test_bad_inputs_are_named(tmp_path):
     soup(row="main")
   with pytest.raises(ValueError, match=r"--soup 'main,ql': no results/ql_seed\*.json"):
     soup(row="main,ql")
-
-
-def _write_result(directory, row, seed, score, per_query, variant=None, **extra):
-  (directory / "results" / f"{row}_seed{seed}.json").write_text(json.dumps({
-      "row": row, "variant": variant or row.split("+")[0], "seed": seed,
-      "positive_not_seed_fraction": 0.84,
-      "scores_plain_format": {"test@384": score}, "scores_gecko_format": {"test@384": score - 0.01,
-                                                                         "dev@384": score / 2},
-      "per_query": {"plain": {"384": per_query}, "gecko": {"384": per_query}}, **extra}))
-
-
-def test_report_averages_seeds_and_bootstraps_against_start(tmp_path):
-  (tmp_path / "results").mkdir()
-  _write_result(tmp_path, "start", 0, 0.50, {"a": 0.5, "b": 0.5})
-  _write_result(tmp_path, "main", 0, 0.60, {"a": 0.6, "b": 0.6})
-  _write_result(tmp_path, "main", 1, 0.62, {"a": 0.6, "b": 0.7})
-  _write_result(tmp_path, "seed_positive", 0, 0.63, {"a": 0.5, "b": 0.5})
-  text = domain_adaptation.report(str(tmp_path), versus="main")
-  rows = _table(text)
-  assert list(rows) == ["start", "main", "seed_positive"]
-  assert rows["main"][1:3] == ["2", "0.6100 ± 0.0100"] and rows["main"][-1] == "84% |"
-  assert rows["main"][3] == "—"  # no plain test@256 in these results
-  # Per query, main's seeds average to (0.6, 0.65): differences 0.1 and 0.15 to start.
-  assert rows["main"][12] == "+0.1250 [+0.1000, +0.1500] *"
-  assert rows["seed_positive"][12] == "+0.0000 [+0.0000, +0.0000]"
-  # FRet moved 84% of the positives, but this row trains on the seed passages.
-  assert rows["seed_positive"][-1] == "0% |"
-  assert (tmp_path / "results.png").exists() and (tmp_path / "results_delta.png").exists()
-  # Between rows: seed_positive (0.5, 0.5) minus main's seeds averaged (0.6, 0.65).
-  between = text[text.index("Between rows: each row − main"):]
-  assert "--report --versus=main\n```" in between
-  assert ("| seed_positive | -0.1250 [-0.1500, -0.1000] * | -0.1250 [-0.1500, -0.1000] * |"
-          in between)
-  assert "| start | -0.1250" in between and "| main |" not in between
-  assert text.startswith(f"```bash\npython -m gecko.experiments.domain_adaptation "
-                         f"--output_dir={tmp_path} --report\n```\n")
-  assert "Model selection" not in text and "commands that made" not in text
-  with pytest.raises(ValueError, match="--versus 'best' is not a row"):
-    domain_adaptation.report(str(tmp_path), versus="best")
-  # Without query a: main's seeds average 0.65 on b, start 0.5 there.
-  text = domain_adaptation.report(str(tmp_path), exclude=["a"])
-  without = text[text.index("Without the test queries a"):]
-  assert "--report --exclude_queries=a\n```" in without
-  assert "| main | 0.6500 | 0.6500 | +0.1500 [+0.1500, +0.1500] * |" in without
-  assert "| start | 0.5000 | 0.5000 | — | — |" in without
-
-
-def test_report_tabulates_model_selection_and_commands(tmp_path):
-  (tmp_path / "results" / "selection").mkdir(parents=True)
-  for seed, scores in ((0, {"50": 0.61, "100": 0.64, "150": 0.63}), (1, {"50": 0.6, "100": 0.6})):
-    (tmp_path / "results" / "selection" / f"main+150steps_seed{seed}.json").write_text(
-        json.dumps({"row": "main+150steps", "variant": "main", "seed": seed,
-                    "driver_command": f"python -m gecko.experiments.domain_adaptation "
-                                      f"--seed={seed}",
-                    "dev_by_step": {s: {"human_dev@384": v, "human_dev@256": 0.0}
-                                    for s, v in scores.items()}}))
-  text = domain_adaptation.report(str(tmp_path))  # selection runs alone: no row yet
-  assert "| main+150steps | 0 | 0.6100 | **0.6400** | 0.6300 | 100 |" in text
-  # A tie goes to the earlier step; a step a run did not keep is a dash.
-  assert "| main+150steps | 1 | **0.6000** | 0.6000 | — | 50 |" in text
-  assert ("# main+150steps (selection), seed 1\n"
-          "python -m gecko.experiments.domain_adaptation --seed=1\n") in text
 
 
 def test_ranker_accuracy_orders_and_hits_by_hand():

@@ -6,6 +6,7 @@ own training queries, the record split, and the human mixture's TASK_DATA_DIR.""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import os
@@ -24,6 +25,7 @@ DEV_FRACTION = 5
 FEW_SHOT = 8  # --few_shot_type: the corpus's training queries shown to the LLM
 BASE = VARIANTS["main"]
 CANDIDATES_FILE = "candidates.jsonl"  # a candidates variant's triples, in its data dir
+CALLS_DIR = "llm_calls"  # each FRet run's LLM calls as text (LLMCache.export)
 
 
 def write_corpus(corpus_dir: str, path: str) -> int:
@@ -50,14 +52,34 @@ def run_fret(*, corpus_dir: str, output_dir: str, corpus_path: str, variant: Var
              variant=BASE, recipe=base, passages=passages, neighbors=neighbors, llm=llm)
     copy_missing(glob.glob(os.path.join(base_dir, "llm_cache.sqlite")) +
                  glob.glob(os.path.join(base_dir, "corpus_embeddings_*.npy")), fret_dir)
+  # The run that calls the LLM (the others relabel its cache) keeps its calls as text
+  # under OUTPUT_DIR/llm_calls, and replays them when its cache is absent (a fresh clone).
+  calls = os.path.join(output_dir, CALLS_DIR, f"{recipe.fret_name(variant)}.jsonl")
+  if fret_dir == base_dir and os.path.exists(calls):
+    with _cache(fret_dir) as cache:
+      cache.merge(calls)
   options = recipe.llm_options()
   if recipe.few_shot_type is not None:
     options.update(task_types=[recipe.few_shot_type], few_shot=few_shot_examples(
         corpus_dir=corpus_dir, output_dir=output_dir, task_type=recipe.few_shot_type))
-  return stages.fret(FretConfig(
+  made = stages.fret(FretConfig(
       corpus=corpus_path, output_dir=fret_dir, num_seeds=passages, num_neighbors=neighbors,
       ranking=variant.ranking, negative=variant.negative, generator_options=options,
       dedup_cosine=recipe.dedup_cosine, consistency_top_k=recipe.consistency_top_k), llm=llm)
+  if fret_dir == base_dir:
+    with _cache(fret_dir) as cache:
+      cache.export(calls)
+  return made
+
+
+@contextlib.contextmanager
+def _cache(fret_dir: str):
+  from gecko.fret.cache import LLMCache
+  cache = LLMCache(os.path.join(fret_dir, "llm_cache.sqlite"))
+  try:
+    yield cache
+  finally:
+    cache.close()
 
 
 def few_shot_examples(*, corpus_dir: str, output_dir: str, task_type: str) -> str:

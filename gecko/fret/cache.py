@@ -4,14 +4,23 @@ One SQLite file; every call's result is committed as soon as it returns (SQLite
 commits are atomic, so a kill at any point loses at most the calls in flight). Keys
 hash everything that determines the answer: backend, model, kind of call, prompt and
 sampling parameters. Safe to share between the threads of one process.
+
+A cache travels as text: `export` writes its calls as sorted JSON lines (the keys'
+hashes and the LLM's answers, no prompt), `merge` adds such a file's calls to a cache,
+so a run made elsewhere is replayed without an LLM call:
+
+  python -m gecko.fret.cache export RUN/llm_cache.sqlite calls.jsonl
+  python -m gecko.fret.cache merge RUN/llm_cache.sqlite calls.jsonl
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import argparse
 import os
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -70,6 +79,37 @@ class LLMCache:
     with self._lock:
       self._execute("INSERT OR REPLACE INTO calls VALUES (?, ?)", (key, json.dumps(value)))
 
+  def export(self, path: str | os.PathLike) -> int:
+    """Writes every call to `path` as JSON lines {"key", "value"}, sorted by key (a text
+    file that can be committed or shared: hashes and the LLM's answers, no prompt);
+    returns how many. The file is replaced whole, never left half-written."""
+    from gecko.data import paths
+    with self._lock:
+      rows = self._execute("SELECT key, value FROM calls ORDER BY key").fetchall()
+    paths.write_text(path, "".join(
+        json.dumps({"key": key, "value": json.loads(value)}, ensure_ascii=False) + "\n"
+        for key, value in rows))
+    return len(rows)
+
+  def merge(self, path: str | os.PathLike) -> int:
+    """Adds the calls of an `export`ed file that this cache lacks (the cache's own answer
+    wins); returns how many were added."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+      for number, line in enumerate(f, 1):
+        try:
+          row = json.loads(line)
+          rows.append((row["key"], json.dumps(row["value"])))
+        except (ValueError, KeyError, TypeError):
+          raise CacheError(f"{path}:{number} is not a line of LLMCache.export "
+                           f'({{"key": ..., "value": ...}}): {line[:80]!r}') from None
+    with self._lock:
+      before = self._execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+      self._execute("BEGIN")
+      self._db.executemany("INSERT OR IGNORE INTO calls VALUES (?, ?)", rows)
+      self._execute("COMMIT")
+      return self._execute("SELECT COUNT(*) FROM calls").fetchone()[0] - before
+
   def __len__(self) -> int:
     with self._lock:
       return self._execute("SELECT COUNT(*) FROM calls").fetchone()[0]
@@ -91,3 +131,31 @@ def through(cache: LLMCache | None, keys: Sequence[str],
       if cache is not None:
         cache.put(keys[i], value)
   return values
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m gecko.fret.cache",
+                                   description="Write an LLM cache's calls as JSON lines, "
+                                   "or add such a file's calls to a cache.")
+  parser.add_argument("action", choices=("export", "merge"))
+  parser.add_argument("cache", help="the SQLite cache (a FRet run's llm_cache.sqlite)")
+  parser.add_argument("calls", help="the JSON lines file")
+  args = parser.parse_args(argv)
+  if args.action == "export" and not os.path.exists(args.cache):
+    parser.error(f"{args.cache!r} does not exist: export reads a FRet run's llm_cache.sqlite")
+  if args.action == "merge" and not os.path.exists(args.calls):
+    parser.error(f"{args.calls!r} does not exist: merge reads a file written by export")
+  cache = LLMCache(args.cache)
+  try:
+    count = cache.export(args.calls) if args.action == "export" else cache.merge(args.calls)
+    total = len(cache)
+  except CacheError as e:
+    parser.error(str(e))
+  finally:
+    cache.close()
+  print(f"{args.action}: {count} calls ({total} in {args.cache})")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
