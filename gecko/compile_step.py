@@ -115,8 +115,7 @@ def memory_report(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW, batc
                   dcn_mesh_axes: Mapping[str, int] | None = None,
                   additional_axis_rules: Sequence[tuple] = (),
                   grad_cache_chunk: int | None = None, output: str | None = None,
-                  devices: Sequence[Any] | None = None,
-                  topology: str | None = None,
+                  devices: Sequence[Any] | None = None, topology: str | None = None,
                   candidates: int | None = None) -> dict[str, Any]:
   """Lowers and compiles the train step for abstract inputs; returns the memory report.
 
@@ -128,31 +127,64 @@ def memory_report(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW, batc
     dcn_mesh_axes: The mesh across slices, e.g. {"data": 2} (with `--slices=2`).
     additional_axis_rules: Logical-axis rules taking precedence over the standard ones.
     grad_cache_chunk: Compile the GradCache step with chunks of this many examples.
-    output: Also write the report as JSON here (the command line's `--json`).
-    devices: The devices to compile for (default: this process's JAX devices);
-      `--topology` passes a TPU slice's.
-    topology: The topology's name, for the report.
+    devices, topology: The devices to compile for (default: this process's; a TPU
+      slice's with `--topology`) and the topology's name, for the report.
     candidates: K, each query's candidates, when the loss distils over them
       (`GeckoLoss(distill_over="candidates")`).
+    output: Also write the report as JSON here (the command line's `--json`).
 
   Returns:
-    {"topology", "chips", "platform", "device_kind", "mesh", "parameters",
-    "global_batch", "lengths", "towers", "grad_cache_chunk", "per_device_gib":
-    {"arguments", "outputs", "temporaries", "aliased", "peak", "state", "code"},
-    "hbm_per_chip_bytes", "hbm_capacity_bytes" (None off TPU), "flops_per_step",
-    "compile_seconds"}; `peak` = arguments + outputs + temporaries - aliased (the
-    donated state is aliased to the new state).
+    {"topology", "chips", "platform", "device_kind", "mesh", "parameters", "global_batch",
+    "lengths", "towers", "grad_cache_chunk", "per_device_gib" (`_memory_parts`),
+    "hbm_per_chip_bytes" (its peak), "hbm_capacity_bytes" (None off TPU),
+    "flops_per_step", "compile_seconds"}.
   """
   program = trainer.build(model=model, loss=loss, optimizer=optimizer, batch_size=batch_size,
                           mesh_axes=mesh_axes, dcn_mesh_axes=dcn_mesh_axes,
                           additional_axis_rules=additional_axis_rules,
                           grad_cache_chunk=grad_cache_chunk, devices=devices)
-  mesh, abstract_state = program.mesh, program.abstract_state
   batch = program.abstract_batch(loss, batch_size=batch_size, query_length=query_length,
                                  passage_length=passage_length, candidates=candidates)
   start = time.perf_counter()
-  compiled = program.lower(abstract_state, batch).compile()
+  compiled = program.lower(program.abstract_state, batch).compile()
   seconds = time.perf_counter() - start
+  parts = _memory_parts(compiled, program.abstract_state)
+  towers = sorted({n.split("_")[0] for n in batch if n.endswith("_tokens")})
+  report = {
+      "topology": topology,
+      **_devices(program.mesh),
+      "parameters": int(sum(np.prod(x.shape) for x in
+                            jax.tree_util.tree_leaves(program.abstract_state.params))),
+      "global_batch": batch_size,
+      "lengths": {"query": query_length, "passage": passage_length},
+      "towers": towers,
+      "grad_cache_chunk": grad_cache_chunk,
+      "per_device_gib": {k: round(v / _GIB, 3) for k, v in parts.items()},
+      "hbm_per_chip_bytes": int(parts["peak"]),
+      "flops_per_step": model_flops(model, batch_size=batch_size, lengths=[
+          length for t in towers for length in
+          ([query_length] if t == "query" else
+           [passage_length] * (candidates if t == "candidate" else 1))]),
+      "compile_seconds": round(seconds, 1),
+  }
+  _print_report(report, output=output)
+  return report
+
+
+def _devices(mesh) -> dict[str, Any]:
+  """What the step was compiled for: "chips", "platform", "device_kind", "mesh" and
+  "hbm_capacity_bytes" (a TPU chip's HBM; None off TPU)."""
+  first = mesh.devices.flat[0]
+  return {"chips": int(mesh.devices.size), "platform": first.platform,
+          "device_kind": first.device_kind, "mesh": {k: int(v) for k, v in mesh.shape.items()},
+          "hbm_capacity_bytes": HBM_BYTES.get(first.device_kind)
+                                if first.platform == "tpu" else None}
+
+
+def _memory_parts(compiled, abstract_state) -> dict[str, int]:
+  """Per-device bytes of the compiled step: XLA's memory analysis ("arguments",
+  "outputs", "temporaries", "aliased", "code"), "peak" = arguments + outputs +
+  temporaries - aliased (the donated state is aliased to the new state), and "state"."""
   memory = compiled.memory_analysis()
   parts = {
       "arguments": memory.argument_size_in_bytes,
@@ -163,40 +195,21 @@ def memory_report(*, model: DualEncoder, loss: GeckoLoss, optimizer: AdamW, batc
   }
   parts["peak"] = parts["arguments"] + parts["outputs"] + parts["temporaries"] - parts["aliased"]
   parts["state"] = _per_device_bytes(abstract_state)
-  towers = sorted({n.split("_")[0] for n in batch if n.endswith("_tokens")})
-  lengths = [length for t in towers for length in
-             ([query_length] if t == "query" else
-              [passage_length] * (candidates if t == "candidate" else 1))]
-  first = mesh.devices.flat[0]
-  capacity = HBM_BYTES.get(first.device_kind) if first.platform == "tpu" else None
-  report = {
-      "topology": topology,
-      "chips": int(mesh.devices.size),
-      "platform": first.platform,
-      "device_kind": first.device_kind,
-      "mesh": {k: int(v) for k, v in mesh.shape.items()},
-      "parameters": int(sum(np.prod(x.shape) for x in
-                            jax.tree_util.tree_leaves(abstract_state.params))),
-      "global_batch": batch_size,
-      "lengths": {"query": query_length, "passage": passage_length},
-      "towers": towers,
-      "grad_cache_chunk": grad_cache_chunk,
-      "per_device_gib": {k: round(v / _GIB, 3) for k, v in parts.items()},
-      "hbm_per_chip_bytes": int(parts["peak"]),
-      "hbm_capacity_bytes": capacity,
-      "flops_per_step": model_flops(model, batch_size=batch_size, lengths=lengths),
-      "compile_seconds": round(seconds, 1),
-  }
+  return parts
+
+
+def _print_report(report: dict[str, Any], *, output: str | None) -> None:
+  """The report as JSON on stdout (and in `output`), with a line on HBM use on TPU."""
   text = json.dumps(report, indent=2)
   print(text)
+  peak, capacity = report["hbm_per_chip_bytes"], report["hbm_capacity_bytes"]
   if capacity:
-    print(f"gecko.compile_step: {parts['peak'] / _GIB:.2f} GiB of {capacity / _GIB:.0f} GiB "
-          f"HBM per chip ({parts['peak'] / capacity:.0%}) on {topology or first.device_kind}",
-          file=sys.stderr)
+    where = report["topology"] or report["device_kind"]
+    print(f"gecko.compile_step: {peak / _GIB:.2f} GiB of {capacity / _GIB:.0f} GiB "
+          f"HBM per chip ({peak / capacity:.0%}) on {where}", file=sys.stderr)
   if output:
     with open(output, "w", encoding="utf-8") as f:
       f.write(text + "\n")
-  return report
 
 
 def _take_flag(argv: Sequence[str], name: str) -> tuple[str | None, list[str]]:

@@ -120,6 +120,12 @@ def read_metrics(model_dir: pathlib.Path, **json_options) -> list[dict]:
           for line in (pathlib.Path(model_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
+def report_table(text: str) -> dict[str, list[str]]:
+  """{row: its cells} of the first table in an experiment report."""
+  lines = text[text.index("| row |"):].split("\n\n")[0].splitlines()[2:]
+  return {line.split(" | ")[0].removeprefix("| "): line.split(" | ") for line in lines}
+
+
 def write_triples(path: pathlib.Path, count: int = 32) -> pathlib.Path:
   """`count` toy training triples, one topic each, as JSONL at `path`."""
   from gecko.data import jsonl

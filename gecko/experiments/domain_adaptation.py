@@ -303,7 +303,25 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--sts_dir", default=None, help="STS-B directory (check; --human)")
   parser.add_argument("--banking77_dir", default=None,
                       help="Banking77 directory (check; --human)")
-  levers = parser.add_argument_group("levers (each pulled lever names the row)")
+  _add_levers(parser.add_argument_group("levers (each pulled lever names the row)"))
+  parser.add_argument("--soup", metavar="ROW", default=None,
+                      help="evaluate the uniform soup of ROW's finished seeds (several "
+                           "rows: A,B)")
+  parser.add_argument("--llm_url", default=None,
+                      help="an OpenAI-compatible server instead of the embedded teacher")
+  parser.add_argument("--llm_model", default=None, help="the server's model name")
+  parser.add_argument("--report", action="store_true", help="tabulate the finished rows")
+  parser.add_argument("--versus", metavar="ROW", default=None,
+                      help="with --report: each row's paired difference to ROW as well")
+  parser.add_argument("--exclude_queries", metavar="IDS", default="",
+                      help="with --report: each row's test score and difference to start "
+                           "without these test query ids as well (comma-separated, e.g. "
+                           "ones that are verbatim training queries)")
+  return parser
+
+
+def _add_levers(levers: argparse._ArgumentGroup) -> None:
+  """The flags that make a row's recipe (`recipes.Recipe`)."""
   levers.add_argument("--teacher", default=Recipe.teacher, choices=TEACHERS,
                       help="the GGUF LLM that writes and ranks")
   levers.add_argument("--sampling", action="store_true",
@@ -329,20 +347,6 @@ def _parser() -> argparse.ArgumentParser:
   levers.add_argument("--human_dev", action="store_true",
                       help="score the human dev split of qrels/train.tsv (apart by query "
                            "and document) in every row; in_domain trains on the rest")
-  parser.add_argument("--soup", metavar="ROW", default=None,
-                      help="evaluate the uniform soup of ROW's finished seeds (several "
-                           "rows: A,B)")
-  parser.add_argument("--llm_url", default=None,
-                      help="an OpenAI-compatible server instead of the embedded teacher")
-  parser.add_argument("--llm_model", default=None, help="the server's model name")
-  parser.add_argument("--report", action="store_true", help="tabulate the finished rows")
-  parser.add_argument("--versus", metavar="ROW", default=None,
-                      help="with --report: each row's paired difference to ROW as well")
-  parser.add_argument("--exclude_queries", metavar="IDS", default="",
-                      help="with --report: each row's test score and difference to start "
-                           "without these test query ids as well (comma-separated, e.g. "
-                           "ones that are verbatim training queries)")
-  return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

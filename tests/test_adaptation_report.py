@@ -1,0 +1,72 @@
+"""The domain-adaptation report (`gecko.experiments.adaptation_report`) on results
+written by hand: seeds averaged, paired bootstrap intervals, the model-selection table
+and each row's command."""
+
+import json
+
+import pytest
+from conftest import report_table
+
+from gecko.experiments import domain_adaptation
+
+
+def _write_result(directory, row, seed, score, per_query, variant=None, **extra):
+  (directory / "results" / f"{row}_seed{seed}.json").write_text(json.dumps({
+      "row": row, "variant": variant or row.split("+")[0], "seed": seed,
+      "positive_not_seed_fraction": 0.84,
+      "scores_plain_format": {"test@384": score}, "scores_gecko_format": {"test@384": score - 0.01,
+                                                                         "dev@384": score / 2},
+      "per_query": {"plain": {"384": per_query}, "gecko": {"384": per_query}}, **extra}))
+
+
+def test_report_averages_seeds_and_bootstraps_against_start(tmp_path):
+  (tmp_path / "results").mkdir()
+  _write_result(tmp_path, "start", 0, 0.50, {"a": 0.5, "b": 0.5})
+  _write_result(tmp_path, "main", 0, 0.60, {"a": 0.6, "b": 0.6})
+  _write_result(tmp_path, "main", 1, 0.62, {"a": 0.6, "b": 0.7})
+  _write_result(tmp_path, "seed_positive", 0, 0.63, {"a": 0.5, "b": 0.5})
+  text = domain_adaptation.report(str(tmp_path), versus="main")
+  rows = report_table(text)
+  assert list(rows) == ["start", "main", "seed_positive"]
+  assert rows["main"][1:3] == ["2", "0.6100 ± 0.0100"] and rows["main"][-1] == "84% |"
+  assert rows["main"][3] == "—"  # no plain test@256 in these results
+  # Per query, main's seeds average to (0.6, 0.65): differences 0.1 and 0.15 to start.
+  assert rows["main"][12] == "+0.1250 [+0.1000, +0.1500] *"
+  assert rows["seed_positive"][12] == "+0.0000 [+0.0000, +0.0000]"
+  # FRet moved 84% of the positives, but this row trains on the seed passages.
+  assert rows["seed_positive"][-1] == "0% |"
+  assert (tmp_path / "results.png").exists() and (tmp_path / "results_delta.png").exists()
+  # Between rows: seed_positive (0.5, 0.5) minus main's seeds averaged (0.6, 0.65).
+  between = text[text.index("Between rows: each row − main"):]
+  assert "--report --versus=main\n```" in between
+  assert ("| seed_positive | -0.1250 [-0.1500, -0.1000] * | -0.1250 [-0.1500, -0.1000] * |"
+          in between)
+  assert "| start | -0.1250" in between and "| main |" not in between
+  assert text.startswith(f"```bash\npython -m gecko.experiments.domain_adaptation "
+                         f"--output_dir={tmp_path} --report\n```\n")
+  assert "Model selection" not in text and "commands that made" not in text
+  with pytest.raises(ValueError, match="--versus 'best' is not a row"):
+    domain_adaptation.report(str(tmp_path), versus="best")
+  # Without query a: main's seeds average 0.65 on b, start 0.5 there.
+  text = domain_adaptation.report(str(tmp_path), exclude=["a"])
+  without = text[text.index("Without the test queries a"):]
+  assert "--report --exclude_queries=a\n```" in without
+  assert "| main | 0.6500 | 0.6500 | +0.1500 [+0.1500, +0.1500] * |" in without
+  assert "| start | 0.5000 | 0.5000 | — | — |" in without
+
+
+def test_report_tabulates_model_selection_and_commands(tmp_path):
+  (tmp_path / "results" / "selection").mkdir(parents=True)
+  for seed, scores in ((0, {"50": 0.61, "100": 0.64, "150": 0.63}), (1, {"50": 0.6, "100": 0.6})):
+    (tmp_path / "results" / "selection" / f"main+150steps_seed{seed}.json").write_text(
+        json.dumps({"row": "main+150steps", "variant": "main", "seed": seed,
+                    "driver_command": f"python -m gecko.experiments.domain_adaptation "
+                                      f"--seed={seed}",
+                    "dev_by_step": {s: {"human_dev@384": v, "human_dev@256": 0.0}
+                                    for s, v in scores.items()}}))
+  text = domain_adaptation.report(str(tmp_path))  # selection runs alone: no row yet
+  assert "| main+150steps | 0 | 0.6100 | **0.6400** | 0.6300 | 100 |" in text
+  # A tie goes to the earlier step; a step a run did not keep is a dash.
+  assert "| main+150steps | 1 | **0.6000** | 0.6000 | — | 50 |" in text
+  assert ("# main+150steps (selection), seed 1\n"
+          "python -m gecko.experiments.domain_adaptation --seed=1\n") in text
