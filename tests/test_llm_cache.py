@@ -26,12 +26,12 @@ def test_export_then_merge_replays_every_call_and_keeps_the_caches_own(tmp_path)
   assert "q ü" in lines[[json.loads(line)["key"] for line in lines].index(_key("p2"))]
   assert all("p1" not in line for line in lines)  # hashes, not prompts
 
-  target = LLMCache(tmp_path / "b.sqlite")
-  target.put(_key("p1"), [9.0])  # the cache's own answer wins
-  assert target.merge(tmp_path / "calls.jsonl") == 2
-  assert target.get(_key("p1")) == [9.0]
-  assert target.get(_key("p2")) == values[_key("p2")] and target.get(_key("p3")) == "text"
-  assert target.merge(tmp_path / "calls.jsonl") == 0 and len(target) == 3
+  with LLMCache(tmp_path / "b.sqlite") as target:
+    target.put(_key("p1"), [9.0])  # the cache's own answer wins
+    assert target.merge(tmp_path / "calls.jsonl") == 2
+    assert target.get(_key("p1")) == [9.0]
+    assert target.get(_key("p2")) == values[_key("p2")] and target.get(_key("p3")) == "text"
+    assert target.merge(tmp_path / "calls.jsonl") == 0 and len(target) == 3
 
 
 def test_a_line_that_is_not_an_export_is_named_and_nothing_is_added(tmp_path):

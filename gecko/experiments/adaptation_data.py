@@ -6,7 +6,6 @@ own training queries, the record split, and the human mixture's TASK_DATA_DIR.""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import glob
 import os
@@ -43,6 +42,7 @@ def run_fret(*, corpus_dir: str, output_dir: str, corpus_path: str, variant: Var
              recipe: Recipe, passages: int, neighbors: int, llm) -> tuple[list[dict], dict]:
   """(records, summary) for `variant` under `recipe`; all but the base relabel from
   its cache."""
+  from gecko.fret.cache import LLMCache
   from gecko.fret.config import FretConfig
   fret_dir = os.path.join(output_dir, recipe.fret_name(variant))
   base = dataclasses.replace(recipe, consistency_top_k=None)  # the filter relabels its cache
@@ -55,8 +55,9 @@ def run_fret(*, corpus_dir: str, output_dir: str, corpus_path: str, variant: Var
   # The run that calls the LLM (the others relabel its cache) keeps its calls as text
   # under OUTPUT_DIR/llm_calls, and replays them when its cache is absent (a fresh clone).
   calls = os.path.join(output_dir, CALLS_DIR, f"{recipe.fret_name(variant)}.jsonl")
+  cache_path = os.path.join(fret_dir, "llm_cache.sqlite")
   if fret_dir == base_dir and os.path.exists(calls):
-    with _cache(fret_dir) as cache:
+    with LLMCache(cache_path) as cache:
       cache.merge(calls)
   options = recipe.llm_options()
   if recipe.few_shot_type is not None:
@@ -67,19 +68,9 @@ def run_fret(*, corpus_dir: str, output_dir: str, corpus_path: str, variant: Var
       ranking=variant.ranking, negative=variant.negative, generator_options=options,
       dedup_cosine=recipe.dedup_cosine, consistency_top_k=recipe.consistency_top_k), llm=llm)
   if fret_dir == base_dir:
-    with _cache(fret_dir) as cache:
+    with LLMCache(cache_path) as cache:
       cache.export(calls)
   return made
-
-
-@contextlib.contextmanager
-def _cache(fret_dir: str):
-  from gecko.fret.cache import LLMCache
-  cache = LLMCache(os.path.join(fret_dir, "llm_cache.sqlite"))
-  try:
-    yield cache
-  finally:
-    cache.close()
 
 
 def few_shot_examples(*, corpus_dir: str, output_dir: str, task_type: str) -> str:

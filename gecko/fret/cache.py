@@ -118,6 +118,12 @@ class LLMCache:
     with self._lock:
       self._db.close()
 
+  def __enter__(self) -> LLMCache:
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
 
 def through(cache: LLMCache | None, keys: Sequence[str],
             compute: Callable[[list[int]], Sequence[Any]]) -> list[Any]:
@@ -145,14 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error(f"{args.cache!r} does not exist: export reads a FRet run's llm_cache.sqlite")
   if args.action == "merge" and not os.path.exists(args.calls):
     parser.error(f"{args.calls!r} does not exist: merge reads a file written by export")
-  cache = LLMCache(args.cache)
-  try:
-    count = cache.export(args.calls) if args.action == "export" else cache.merge(args.calls)
+  with LLMCache(args.cache) as cache:
+    try:
+      count = cache.export(args.calls) if args.action == "export" else cache.merge(args.calls)
+    except CacheError as e:
+      parser.error(str(e))
     total = len(cache)
-  except CacheError as e:
-    parser.error(str(e))
-  finally:
-    cache.close()
   print(f"{args.action}: {count} calls ({total} in {args.cache})")
   return 0
 
