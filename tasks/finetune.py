@@ -6,7 +6,7 @@ Every task yields `query`, `positive` and `negative`, so that they mix freely.
 import functools
 
 import seqio
-from gecko_tasks.vocabulary import scored_triple_features, triple_features
+from gecko_tasks.vocabulary import candidate_features, scored_triple_features, triple_features
 
 from gecko.data import preprocessors as pp
 from gecko.data import sources
@@ -37,6 +37,18 @@ for _score in ("ql", "rc"):
       preprocessors=[functools.partial(pp.fret_teacher, score=_score), pp.fret_fields,
                      pp.format_asymmetric, seqio.preprocessors.tokenize],
       output_features=scored_triple_features())
+
+# FRet triples with each query's N candidates and the LLM's score of each, for the
+# listwise loss over every candidate (GeckoLoss(distill_over="candidates")): the file
+# `gecko.fret.triples --candidates` writes, in DATA_DIR/fret_candidates, whose texts are
+# already in Gecko's input format. SeqioBatches.candidates must be its N.
+seqio.TaskRegistry.add(
+    "gecko_fret_candidates",
+    source=sources.file_source("fret_candidates/*.jsonl*", fields={
+        "query": str, "positive": str, "negative": str,
+        "candidates": sources.ListOf(str), "teacher_candidates": sources.ListOf((int, float))}),
+    preprocessors=[pp.gecko_formatted, pp.candidate_lists, seqio.preprocessors.tokenize],
+    output_features=candidate_features())
 
 # --- Retrieval triples from files: query, positive and hard-negative passages.
 RETRIEVAL_TASKS = {
@@ -146,3 +158,13 @@ for _name in UNSCORED_HUMAN_TASKS:
   seqio.TaskRegistry.add(f"{_name}_no_teacher", source=_task.source,
                          preprocessors=[*_formatting, pp.no_teacher, _tokenize],
                          output_features=scored_triple_features())
+
+# The same human tasks without candidates, to mix with gecko_fret_candidates (mixture
+# gecko_fret_candidates_human): the feature converter gives each row its positive K times
+# with NaN scores, which the listwise term skips.
+for _name in UNSCORED_HUMAN_TASKS:
+  _task = seqio.TaskRegistry.get(_name)
+  *_formatting, _tokenize = _task.preprocessors
+  seqio.TaskRegistry.add(f"{_name}_no_candidates", source=_task.source,
+                         preprocessors=[*_formatting, pp.no_candidates, _tokenize],
+                         output_features=candidate_features())

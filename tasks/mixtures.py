@@ -35,6 +35,11 @@ for _score in ("ql", "rc"):
   _add(f"gecko_fret_{_score}_human", {f"gecko_fret_{_score}": HUMAN["gecko_fret"],
                                       **{f"{name}_no_teacher": HUMAN[name]
                                          for name in finetune.UNSCORED_HUMAN_TASKS}})
+# FRet with every candidate's score (the listwise loss over them), the human tasks
+# without candidates beside it.
+_add("gecko_fret_candidates_human", {"gecko_fret_candidates": HUMAN["gecko_fret"],
+                                     **{f"{name}_no_candidates": HUMAN[name]
+                                        for name in finetune.UNSCORED_HUMAN_TASKS}})
 _add("gecko_qa", QA)
 _add("gecko_nli", NLI)
 _add("gecko_classification_mix", CLASSIFICATION)

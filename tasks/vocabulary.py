@@ -31,3 +31,14 @@ def scored_triple_features(vocabulary=VOCABULARY) -> dict[str, seqio.Feature]:
   score = seqio.Feature(vocabulary=seqio.PassThroughVocabulary(1), add_eos=False,
                         dtype=tf.float32, rank=0)
   return {**triple_features(vocabulary), "teacher_positive": score, "teacher_negative": score}
+
+
+def candidate_features(vocabulary=VOCABULARY) -> dict[str, seqio.Feature]:
+  """A triple and each query's K candidate passages (`[K, None]` ids) with a teacher's
+  score of each (float32 `[K]`), for the listwise loss over every candidate."""
+  scores = seqio.Feature(vocabulary=seqio.PassThroughVocabulary(1), add_eos=False,
+                         dtype=tf.float32, rank=1)
+  return {**triple_features(vocabulary),
+          "candidates": seqio.Feature(vocabulary=vocabulary, add_eos=False, dtype=tf.int32,
+                                      rank=2),
+          "teacher_candidates": scores}

@@ -133,16 +133,22 @@ def test_experiment_rows_and_report_end_to_end(beir_corpus, human_dirs, tmp_path
   steps = read_metrics(tmp_path / "runs" / f"{soft['row']}_seed0")
   assert steps[-1]["step"] == 2 and all(s["finite"] == 1.0 and s["distillation/384"] > 0
                                        for s in steps)
-  # Over every candidate: JSONL triples with the N = 3 candidates of each training record.
+  # Over every candidate: triples with the N = 3 candidates of each training record,
+  # through SeqIO (gecko_fret_candidates), alone and beside the human tasks.
   every = _run(beir_corpus, tmp_path, "candidates_kl")
-  triples_file = tmp_path / "data" / "fret_rrf_lowest" / "candidates.jsonl"
-  assert f"--gin.TRAIN_DATA='{triples_file}'" in shlex.split(every["command"])
+  triples_file = tmp_path / "data" / "fret_rrf_lowest" / "fret_candidates" / "candidates.jsonl"
+  assert {"--gin.MIXTURE_OR_TASK_NAME='gecko_fret_candidates'",
+          "--gin.seqio_batches.SeqioBatches.candidates=3"} <= set(shlex.split(every["command"]))
   lines = jsonl.read_objects(triples_file)
   assert len(lines) == every["train"] and {len(t["candidates"]) for t in lines} == {3}
   steps = read_metrics(tmp_path / "runs" / f"{every['row']}_seed0")
   assert steps[-1]["step"] == 2 and all(s["distillation/384"] > 0 for s in steps)
-  with pytest.raises(ValueError, match="drop --human"):
-    _run(beir_corpus, tmp_path, "candidates_kl", recipe=recipes.Recipe(human=True))
+  mixed = _run(beir_corpus, tmp_path, "candidates_kl", recipe=recipes.Recipe(human=True),
+               sts_dir=sts, banking77_dir=banking)
+  assert "--gin.MIXTURE_OR_TASK_NAME='gecko_fret_candidates_human'" in shlex.split(
+      mixed["command"])
+  steps = read_metrics(tmp_path / "runs" / f"{mixed['row']}_seed0")
+  assert steps[-1]["step"] == 2 and all(s["finite"] == 1.0 for s in steps)
 
   # The in-domain reference: the corpus's own train queries, FRet-shaped.
   ref = _run(beir_corpus, tmp_path, "in_domain")

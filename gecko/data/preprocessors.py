@@ -22,6 +22,14 @@ is built), producing the task features `query`, `positive` and `negative` string
   `no_teacher`         NaN `teacher_positive` / `teacher_negative` for a task without a
                        teacher, so that it mixes with the scored FRet tasks (the
                        distillation term skips those rows).
+  `gecko_formatted`    checks that the run's input format is Gecko's, for records whose
+                       texts were written in it (`gecko.fret.triples`).
+  `candidate_lists`    a triples file's `candidates` and `teacher_candidates` (list
+                       fields, `sources.ListOf`) -> a `[K]` vector of passages and
+                       float32 `[K]` scores (the listwise loss over every candidate).
+  `no_candidates`      no candidates (`[0]` passages and scores) for a task without them,
+                       so that it mixes with the candidates task; the feature converter
+                       fills its K rows and NaN scores (the listwise term skips them).
 """
 
 from __future__ import annotations
@@ -33,7 +41,8 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 from gecko.data import sources as seqio_sources
-from gecko.data.features import TEACHER
+from gecko.data.features import TEACHER, TEACHER_CANDIDATES
+from gecko.data.input_format import GECKO
 
 # TFDS SNLI/MNLI label ids.
 ENTAILMENT, NEUTRAL, CONTRADICTION = 0, 1, 2
@@ -193,4 +202,34 @@ def fret_teacher(dataset: tf.data.Dataset, *, score: str) -> tf.data.Dataset:
   def apply(x):
     return {**x, TEACHER[0]: tf.strings.to_number(x[f"positive_{score}"], tf.float32),
             TEACHER[1]: tf.strings.to_number(x[f"negative_{score}"], tf.float32)}
+  return dataset.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def gecko_formatted(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """The dataset unchanged, when the run's input format is Gecko's: the records' texts
+  were written in it (`gecko.fret.triples`), so another format cannot be applied."""
+  if seqio_sources.active().input_format != GECKO:
+    raise ValueError("this task's texts are already in Gecko's input format (written by "
+                     "gecko.fret.triples): train it with input_format=GECKO, or write the "
+                     "triples in the other format and train them as JSONL pairs.")
+  return dataset
+
+
+def candidate_lists(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """`candidates` / `teacher_candidates` as joined strings (`sources.ListOf`) -> a `[K]`
+  string vector of formatted passages and their float32 `[K]` teacher scores."""
+  def apply(x):
+    split = lambda name: tf.strings.split(x[name], seqio_sources.ITEM_SEPARATOR)  # noqa: E731
+    return {**x, "candidates": split("candidates"),
+            TEACHER_CANDIDATES: tf.strings.to_number(split(TEACHER_CANDIDATES), tf.float32)}
+  return dataset.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def no_candidates(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """Empty `candidates` and `teacher_candidates` on every example: a task without
+  candidates, to mix with `gecko_fret_candidates`. The feature converter repeats the
+  positive K times with NaN scores, which the listwise term skips."""
+  def apply(x):
+    return {**x, "candidates": tf.zeros([0], tf.string),
+            TEACHER_CANDIDATES: tf.zeros([0], tf.float32)}
   return dataset.map(apply, num_parallel_calls=tf.data.AUTOTUNE)

@@ -59,6 +59,8 @@ class SeqioBatches:
     shuffle_buffer: Examples held for shuffling, per task and process (filled before
       the first batch, from the repeated data).
     task_modules: Modules imported first to register the tasks.
+    candidates: K, each query's candidate passages in a task that carries them
+      (`gecko_fret_candidates`: the FRet run's N neighbours; 0 for tasks without).
     shard_index, shard_count: This process's input shard: rows
       [shard_index*n, (shard_index+1)*n) of each global batch, n = batch_size/shard_count.
   """
@@ -71,7 +73,7 @@ class SeqioBatches:
                rates: Mapping[str, float] | None = None, homogeneous: bool = False,
                skip_bad_records: bool = False, split: str = "train", seed: int = 0,
                shuffle_buffer: int = 1000, task_modules: tuple[str, ...] = ("gecko_tasks",),
-               shard_index: int = 0, shard_count: int = 1):
+               shard_index: int = 0, shard_count: int = 1, candidates: int = 0):
     import seqio
 
     from gecko.data import sources as seqio_sources
@@ -107,6 +109,14 @@ class SeqioBatches:
       _check_vocabulary(task, tokenizer)
     self.with_negative = "negative" in self.tasks[0][0].output_features
     self.with_teacher = features.TEACHER_POSITIVE in self.tasks[0][0].output_features
+    carried = "candidates" in self.tasks[0][0].output_features
+    if carried != bool(candidates):
+      raise ValueError(
+          f"{mixture_or_task_name!r} {'carries' if carried else 'has no'} candidates and "
+          f"candidates={candidates}: " + ("give SeqioBatches.candidates the number each record "
+                                          "has (the FRet run's --neighbors N)." if carried else
+                                          "leave SeqioBatches.candidates at 0."))
+    self.candidates = candidates
     self.name, self.batch_size, self.split, self.seed = mixture_or_task_name, batch_size, split, seed
     self.homogeneous, self.shuffle_buffer = homogeneous, shuffle_buffer
     self.shard_index, self.shard_count = shard_index, shard_count
@@ -122,6 +132,8 @@ class SeqioBatches:
       names += features.NEGATIVE
     if self.with_teacher:
       names += features.TEACHER
+    if self.candidates:
+      names += features.CANDIDATE + (features.TEACHER_CANDIDATES,)
     return names + (features.POSITIVE_KEY, features.QUERY_KEY)
 
   @property
@@ -138,9 +150,13 @@ class SeqioBatches:
     from gecko.data import sources as seqio_sources
     from gecko.data.feature_converters import DualEncoderFeatureConverter
     converter = DualEncoderFeatureConverter(with_negative=self.with_negative,
-                                            with_teacher=self.with_teacher)
+                                            with_teacher=self.with_teacher,
+                                            candidates=self.candidates)
     lengths = {**{t: self.lengths[t] for t in converter.towers},
                **{s: 1 for s in converter.scores}}  # scalars: no length to check
+    if self.candidates:
+      lengths.update(candidates=self.lengths["positive"],
+                     **{features.TEACHER_CANDIDATES: self.candidates})
     rows = self.batch_size // self.shard_count
     shard = seqio.ShardInfo(index=self.shard_index, num_shards=self.shard_count)
     per_task = []

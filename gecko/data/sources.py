@@ -10,6 +10,9 @@ features) from local paths or any `tf.io.gfile` filesystem (`gs://...`), given a
 globs relative to `DataOptions.data_dir` (default: `$GECKO_DATA_DIR`). A malformed
 line or a record without a required field stops the pipeline with `file:line` in the
 error, or, with `skip_bad_records=True`, is skipped, counted in `SKIPPED` and logged.
+Fields are strings, except a JSONL field declared `ListOf(kind)`: a non-empty list, read
+as one string with its items joined by `ITEM_SEPARATOR` (`preprocessors.split_items`
+turns it back into a vector).
 
 Input shards (`seqio.ShardInfo`, one per row block of the global batch) read only
 their share: uncompressed JSONL is cut into byte ranges of at most `CHUNK_BYTES`
@@ -47,6 +50,32 @@ FRET_POSITIVES = ("llm", "seed")
 SKIPPED: collections.Counter = collections.Counter()  # file -> bad records skipped
 RECORDS_READ: collections.Counter = collections.Counter()  # file -> records decoded here
 CHUNK_BYTES = 1 << 20  # the largest byte range of a JSONL file read in one call
+ITEM_SEPARATOR = "\x1e"  # joins a ListOf field's items (ASCII record separator)
+
+
+@dataclasses.dataclass(frozen=True)
+class ListOf:
+  """A field spec: a non-empty JSON list of `kind` items (JSONL sources only), held as
+  one string with its items joined by `ITEM_SEPARATOR`."""
+
+  kind: type | tuple
+
+  def problem(self, value) -> str | None:
+    """What is wrong with `value` for this spec (None: nothing)."""
+    kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
+    if not isinstance(value, list) or not value:
+      return f"should be a non-empty list, got {value!r:.60}"
+    bad = next((x for x in value if not isinstance(x, kinds)
+                or (isinstance(x, bool) and bool not in kinds)), None)
+    if bad is not None:
+      names = " or ".join(k.__name__ for k in kinds)
+      return f"should hold only {names} items, got {bad!r:.60}"
+    if any(isinstance(x, str) and ITEM_SEPARATOR in x for x in value):
+      return "holds an item with the reserved character \\x1e (ITEM_SEPARATOR)"
+    return None
+
+
+FieldSpec = type | tuple | ListOf  # a field's Python type(s), or ListOf(kind)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -127,7 +156,7 @@ def glob(patterns: str | Sequence[str]) -> list[str]:
   return files
 
 
-def _check(record, fields: Mapping[str, type | tuple], optional: Sequence[str]) -> str | None:
+def _check(record, fields: Mapping[str, FieldSpec], optional: Sequence[str]) -> str | None:
   if not isinstance(record, dict):
     return f"expected a JSON object, got {type(record).__name__}"
   for name, types in fields.items():
@@ -135,16 +164,29 @@ def _check(record, fields: Mapping[str, type | tuple], optional: Sequence[str]) 
       if name in optional:
         continue
       return f"missing field {name!r} (the record has {sorted(record)})"
-    if not isinstance(record[name], types):
+    if isinstance(types, ListOf):
+      problem = types.problem(record[name])
+      if problem:
+        return f"field {name!r} {problem}"
+    elif not isinstance(record[name], types):
       return f"field {name!r} has the wrong type ({record[name]!r:.60})"
   return None
+
+
+def _string(value) -> str:
+  """A decoded field's value as the string the dataset holds."""
+  if value is None:
+    return ""
+  if isinstance(value, list):
+    return ITEM_SEPARATOR.join(map(str, value))
+  return str(value)
 
 
 class _Decoder:
   """JSONL lines to records of string `fields`: a bad line raises naming `file:line`, or
   with `skip_bad` is counted in `SKIPPED` (and the first one of each file logged)."""
 
-  def __init__(self, fields: Mapping[str, type | tuple], optional: Sequence[str], skip_bad: bool):
+  def __init__(self, fields: Mapping[str, FieldSpec], optional: Sequence[str], skip_bad: bool):
     self.fields, self.optional, self.skip_bad = fields, optional, skip_bad
 
   def __call__(self, line: bytes | str, *, path: str,
@@ -164,7 +206,7 @@ class _Decoder:
       SKIPPED[path] += 1
       return None
     RECORDS_READ[path] += 1
-    return {name: "" if record.get(name) is None else str(record[name]) for name in self.fields}
+    return {name: _string(record.get(name)) for name in self.fields}
 
 
 def _lines(path: str) -> Iterator[str]:
@@ -176,7 +218,7 @@ def _lines(path: str) -> Iterator[str]:
     yield from io.TextIOWrapper(gzip.GzipFile(fileobj=raw), encoding="utf-8")
 
 
-def read_jsonl(files: Sequence[str], *, fields: Mapping[str, type | tuple],
+def read_jsonl(files: Sequence[str], *, fields: Mapping[str, FieldSpec],
                optional: Sequence[str] = (), skip_bad: bool = False) -> Iterator[dict[str, str]]:
   """Records with `fields` as strings (absent optional fields: ""), in file order."""
   decoder = _Decoder(fields, optional, skip_bad)
@@ -301,7 +343,7 @@ def _is_tfrecord(path: str) -> bool:
   return ".tfrecord" in os.path.basename(path)
 
 
-def file_dataset(files: Sequence[str], *, fields: Mapping[str, type | tuple],
+def file_dataset(files: Sequence[str], *, fields: Mapping[str, FieldSpec],
                  optional: Sequence[str] = (), skip_bad: bool = False,
                  shard: seqio.ShardInfo | None = None,
                  shuffle_seed: int | None = None) -> tf.data.Dataset:
@@ -318,6 +360,10 @@ def file_dataset(files: Sequence[str], *, fields: Mapping[str, type | tuple],
   if gzipped:
     parts.append(_gzip_dataset(gzipped, decoder, shard))
   tfrecords = [f for f in files if _is_tfrecord(f)]
+  lists = [name for name, spec in fields.items() if isinstance(spec, ListOf)]
+  if tfrecords and lists:
+    raise ValueError(f"list fields {lists} are read from JSONL only, and {tfrecords[0]} is "
+                     "a TFRecord file: give the records as JSONL (.jsonl or .jsonl.gz).")
   if tfrecords:
     tfrecords, by_record = _own_files(tfrecords, shard, "TFRecord")
     spec = {name: tf.io.FixedLenFeature([], tf.string, default_value="" if name in optional
@@ -348,7 +394,7 @@ class ShardedFileSource(seqio.FunctionDataSource):
     return self._dataset_fn(split=split, shuffle_files=shuffle, seed=seed, shard=shard_info)
 
 
-def file_source(patterns: str | Sequence[str], *, fields: Mapping[str, type | tuple],
+def file_source(patterns: str | Sequence[str], *, fields: Mapping[str, FieldSpec],
                 optional: Sequence[str] = (), splits: Sequence[str] = ("train",),
                 alternatives: bool = False) -> ShardedFileSource:
   """A streaming source over the files matching `DATA_DIR/pattern` (`{split}` filled in).
@@ -390,7 +436,7 @@ def rows_source(load: Callable[[DataOptions, str], list[dict]],
   return seqio.FunctionDataSource(dataset_fn, splits=splits)
 
 
-def jsonl_rows(pattern: str, *, fields: Mapping[str, type | tuple], optional: Sequence[str] = ()
+def jsonl_rows(pattern: str, *, fields: Mapping[str, FieldSpec], optional: Sequence[str] = ()
                ) -> Callable[[DataOptions, str], list[dict]]:
   """A `rows_source` loader for `DATA_DIR/pattern` JSONL files."""
   def load(options: DataOptions, split: str) -> list[dict]:

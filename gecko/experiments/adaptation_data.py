@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -23,7 +24,8 @@ START_MODEL = DEFAULT_MODEL  # the encoder FRet retrieves with, and the rows sta
 DEV_FRACTION = 5
 FEW_SHOT = 8  # --few_shot_type: the corpus's training queries shown to the LLM
 BASE = VARIANTS["main"]
-CANDIDATES_FILE = "candidates.jsonl"  # a candidates variant's triples, in its data dir
+# A candidates variant's triples in its data dir, where gecko_fret_candidates reads them.
+CANDIDATES_FILE = os.path.join("fret_candidates", "candidates.jsonl")
 CALLS_DIR = "llm_calls"  # each FRet run's LLM calls as text (LLMCache.export)
 
 
@@ -97,6 +99,13 @@ def copy_missing(paths: Sequence[str], directory: str) -> None:
       shutil.copyfile(path, target)
 
 
+def candidate_count(data_dir: str) -> int:
+  """K, the candidates per query in `data_dir`'s triples (`CANDIDATES_FILE`: the same K
+  in every line, which the SeqIO task checks)."""
+  with open(os.path.join(data_dir, CANDIDATES_FILE), encoding="utf-8") as f:
+    return len(json.loads(f.readline())["candidates"])
+
+
 def split_records(records: Sequence[dict], *, data_dir: str, dev_dir: str,
                   corpus_path: str) -> tuple[int, int]:
   """Training shards in DATA_DIR/fret; the dev records as a BEIR task (their label)."""
@@ -108,15 +117,18 @@ def split_records(records: Sequence[dict], *, data_dir: str, dev_dir: str,
 
 def human_data(*, output_dir: str, data_dir: str, sts_dir: str | None,
                banking77_dir: str | None) -> str:
-  """A TASK_DATA_DIR for the human mixture: `data_dir`'s fret/, the STS-B files as
-  stsb/ and Banking77 train as classification/banking77.jsonl (links, not copies)."""
+  """A TASK_DATA_DIR for the human mixture: `data_dir`'s fret/ (and fret_candidates/),
+  the STS-B files as stsb/ and Banking77 train as classification/banking77.jsonl (links,
+  not copies)."""
   from gecko.evaluation import datasets
   for flag, path in (("--sts_dir", sts_dir), ("--banking77_dir", banking77_dir)):
     if not path or not os.path.isdir(path):
       raise ValueError(f"--human needs {flag} (a directory), got {path!r}.")
   mixed = data_dir.rstrip("/") + "+human"
   os.makedirs(os.path.join(mixed, "classification"), exist_ok=True)
-  for name, target in (("fret", os.path.join(data_dir, "fret")), ("stsb", sts_dir)):
+  links = [(name, os.path.join(data_dir, name)) for name in ("fret", "fret_candidates")
+           if os.path.isdir(os.path.join(data_dir, name))]
+  for name, target in links + [("stsb", sts_dir)]:
     link = os.path.join(mixed, name)
     if not os.path.islink(link):
       os.symlink(os.path.abspath(target), link)
@@ -177,9 +189,6 @@ def row_data(*, variant: Variant, recipe: Recipe, corpus_dir: str, output_dir: s
     n_train, n_dev = split_records(records, data_dir=data_dir, dev_dir=dev_dir,
                                    corpus_path=corpus_path)
   if variant.candidates:
-    if recipe.human:
-      raise ValueError("a candidates variant trains on JSONL triples of the FRet records "
-                       "alone (the SeqIO tasks do not carry candidates): drop --human.")
     from gecko.fret import triples
     triples.convert(fret=os.path.join(data_dir, "fret"), teacher=variant.teacher_score,
                     output=os.path.join(data_dir, CANDIDATES_FILE), candidates=corpus_path,

@@ -89,14 +89,15 @@ def fine_tuning(*, variant: Variant, recipe: Recipe, model_dir: str, data_dir: s
                 budget: Budget, seed: int) -> stages.FineTuning:
   """The fine-tuning stage of one row: the experiment's gin file, the variant's and the
   recipe's, at `budget` (keeping each of its checkpoints); a scored variant trains on
-  its SeqIO task (with the human tasks under --human) or, over every candidate, its
-  JSONL triples; the recipe's loss settings bound."""
+  its SeqIO task (with the human tasks under --human; over every candidate, the triples
+  with their candidates, `gecko_fret_candidates`); the recipe's loss settings bound."""
   files = [EXPERIMENT_GIN, *variant.gin_files, *([HUMAN_MIXTURE_GIN] if recipe.human else [])]
   macros = {"SEED": seed, "CHECKPOINT_EVERY": budget.checkpoint_every or budget.steps,
             "train.train.keep_checkpoints": len(budget.checkpoint_steps()),
             **{f"losses.GeckoLoss.{name}": value for name, value in recipe.loss}}
   if variant.candidates:
-    macros["TRAIN_DATA"] = os.path.join(data_dir, adaptation_data.CANDIDATES_FILE)
+    macros["MIXTURE_OR_TASK_NAME"] = "gecko_fret_candidates" + "_human" * recipe.human
+    macros["seqio_batches.SeqioBatches.candidates"] = adaptation_data.candidate_count(data_dir)
   elif variant.teacher_score:
     macros["MIXTURE_OR_TASK_NAME"] = (f"gecko_fret_{variant.teacher_score}"
                                       + "_human" * recipe.human)

@@ -18,7 +18,6 @@ HUMAN_MIXTURE_GIN = "gin/experiments/human_mixture.gin"
 DISTILL_GIN = {"margin_mse": "gin/ablations/distill_margin_mse.gin",
                "listwise_kl": "gin/ablations/distill_listwise_kl.gin",
                "candidates": "gin/ablations/distill_candidates.gin"}
-JSONL_DATA_GIN = "gin/data/jsonl.gin"
 # `GeckoLoss` settings a row may set (`Recipe.loss`, the driver's --loss NAME=VALUE).
 LOSS_SETTINGS = ("distillation_weight", "contrastive_weight", "teacher_scale",
                  "teacher_temperature")
@@ -31,8 +30,9 @@ class Variant:
   own human training queries, or "none": the start model, untrained); `teacher_score`
   trains on the LLM's scores of each pair ("ql" or "rc": the SeqIO task
   gecko_fret_ql / gecko_fret_rc, mixed with the human tasks as gecko_fret_ql_human), or
-  with `candidates`, on its scores of all N candidates (JSONL triples that carry them,
-  `gecko.fret.triples --candidates`; FRet records alone)."""
+  with `candidates`, on its scores of all N candidates (the triples that carry them,
+  `gecko.fret.triples --candidates`, as the SeqIO task gecko_fret_candidates, mixed with
+  the human tasks as gecko_fret_candidates_human)."""
 
   description: str
   ranking: str = "rrf"
@@ -69,7 +69,7 @@ VARIANTS = {
     "listwise_kl": Variant("main, plus the KL to the LLM's QL softmax over each pair",
                            gin_files=(DISTILL_GIN["listwise_kl"],), teacher_score="ql"),
     "candidates_kl": Variant("main, plus the KL to the LLM's QL softmax over all N "
-                             "candidates", gin_files=(JSONL_DATA_GIN, DISTILL_GIN["candidates"]),
+                             "candidates", gin_files=(DISTILL_GIN["candidates"],),
                              teacher_score="ql", candidates=True),
 }
 
