@@ -78,11 +78,32 @@ def contrastive_loss(query: Array, positive: Array, negative: Array | None = Non
     on the other queries (with same_tower), and `margin_dropped`, the share of the
     negatives the margin rule removed (with margin)).
   """
+  qp = query @ positive.T / temperature
+  target = jnp.diagonal(qp)
+  columns, dropped, negatives = _logit_columns(
+      query, qp, negative, target=target, temperature=temperature,
+      same_tower=same_tower, positive_key=positive_key, query_key=query_key, margin=margin)
+  logits = jnp.concatenate(columns, axis=1)
+  denominator = jax.nn.logsumexp(logits, axis=1)
+  loss = denominator - target
+  correct = jnp.argmax(logits, axis=1) == jnp.arange(query.shape[0])
+  stats = {}
+  if same_tower:
+    stats["same_tower_share"] = jnp.exp(jax.nn.logsumexp(columns[1], axis=1) - denominator)
+  if margin is not None:
+    stats["margin_dropped"] = dropped / negatives
+  return loss, correct, jax.lax.stop_gradient(stats)
+
+
+def _logit_columns(query, qp, negative, *, target, temperature, same_tower,
+                   positive_key, query_key, margin) -> tuple[list[Array], Array, int]:
+  """The denominator's logits in blocks, masked entries at -inf: `[B, B]` s(q_i, p_j)
+  (`qp`, the target on the diagonal), then `[B, B]` s(q_i, q_j) with same_tower, then `[B, 1]`
+  s(q_i, n_i) with a negative; and per row, how many negatives the margin rule dropped
+  out of how many."""
   batch = query.shape[0]
   eye = jnp.eye(batch, dtype=bool)
   neg_inf = jnp.array(-jnp.inf, query.dtype)
-  qp = query @ positive.T / temperature
-  target = jnp.diagonal(qp)
 
   def too_close(logits):  # the margin rule (a bool mask; no gradient flows through it)
     if margin is None:
@@ -108,16 +129,7 @@ def contrastive_loss(query: Array, positive: Array, negative: Array | None = Non
     close = too_close(qn)
     dropped, negatives = dropped + close[:, 0], negatives + 1
     columns.append(jnp.where(close, neg_inf, qn))
-  logits = jnp.concatenate(columns, axis=1)
-  denominator = jax.nn.logsumexp(logits, axis=1)
-  loss = denominator - target
-  correct = jnp.argmax(logits, axis=1) == jnp.arange(batch)
-  stats = {}
-  if same_tower:
-    stats["same_tower_share"] = jnp.exp(jax.nn.logsumexp(columns[1], axis=1) - denominator)
-  if margin is not None:
-    stats["margin_dropped"] = dropped / negatives
-  return loss, correct, jax.lax.stop_gradient(stats)
+  return columns, dropped, negatives
 
 
 def listwise_kl(student: Array, teacher: Array, *, temperature: float,
