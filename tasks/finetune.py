@@ -148,23 +148,20 @@ seqio.TaskRegistry.add(
                    seqio.preprocessors.tokenize],
     output_features=triple_features())
 
-# The human tasks with NaN teacher scores, to mix with gecko_fret_ql / gecko_fret_rc
-# (mixtures gecko_fret_ql_human / gecko_fret_rc_human): the distillation term skips their
-# rows, Eq. 3 trains on them as in gecko_fret_human.
+# The human tasks again, to mix with a FRet task that carries a teacher's scores. SeqIO
+# mixes only tasks with the same features, so each gets the same features, empty:
+# - `<name>_no_teacher`: NaN scores of the pair, to mix with gecko_fret_ql / _rc
+#   (mixtures gecko_fret_ql_human / gecko_fret_rc_human);
+# - `<name>_no_candidates`: no candidates, to mix with gecko_fret_candidates (mixture
+#   gecko_fret_candidates_human); the feature converter gives each row its positive K
+#   times with NaN scores.
+# The distillation term skips their rows; Eq. 3 trains on them as in gecko_fret_human.
 UNSCORED_HUMAN_TASKS = ("gecko_stsb", "gecko_classification")
-for _name in UNSCORED_HUMAN_TASKS:
-  _task = seqio.TaskRegistry.get(_name)
-  *_formatting, _tokenize = _task.preprocessors
-  seqio.TaskRegistry.add(f"{_name}_no_teacher", source=_task.source,
-                         preprocessors=[*_formatting, pp.no_teacher, _tokenize],
-                         output_features=scored_triple_features())
-
-# The same human tasks without candidates, to mix with gecko_fret_candidates (mixture
-# gecko_fret_candidates_human): the feature converter gives each row its positive K times
-# with NaN scores, which the listwise term skips.
-for _name in UNSCORED_HUMAN_TASKS:
-  _task = seqio.TaskRegistry.get(_name)
-  *_formatting, _tokenize = _task.preprocessors
-  seqio.TaskRegistry.add(f"{_name}_no_candidates", source=_task.source,
-                         preprocessors=[*_formatting, pp.no_candidates, _tokenize],
-                         output_features=candidate_features())
+for _suffix, _empty, _features in (("no_teacher", pp.no_teacher, scored_triple_features()),
+                                   ("no_candidates", pp.no_candidates, candidate_features())):
+  for _name in UNSCORED_HUMAN_TASKS:
+    _task = seqio.TaskRegistry.get(_name)
+    *_formatting, _tokenize = _task.preprocessors
+    seqio.TaskRegistry.add(f"{_name}_{_suffix}", source=_task.source,
+                           preprocessors=[*_formatting, _empty, _tokenize],
+                           output_features=_features)

@@ -11,8 +11,8 @@ globs relative to `DataOptions.data_dir` (default: `$GECKO_DATA_DIR`). A malform
 line or a record without a required field stops the pipeline with `file:line` in the
 error, or, with `skip_bad_records=True`, is skipped, counted in `SKIPPED` and logged.
 Fields are strings, except a JSONL field declared `ListOf(kind)`: a non-empty list, read
-as one string with its items joined by `ITEM_SEPARATOR` (`preprocessors.split_items`
-turns it back into a vector).
+as one string with its items joined by `ITEM_SEPARATOR` (`preprocessors.candidate_lists`
+turns the candidates' back into vectors).
 
 Input shards (`seqio.ShardInfo`, one per row block of the global batch) read only
 their share: uncompressed JSONL is cut into byte ranges of at most `CHUNK_BYTES`
