@@ -118,43 +118,35 @@ def test_experiment_rows_and_report_end_to_end(beir_corpus, human_dirs, tmp_path
   assert ql["records"] + summary["consistency"]["dropped_this_run"] == main["records"]
   assert "--gin_file=gin/experiments/fret_adaptation.gin" in ql["command"]
 
-  # The human mixture trains through SeqIO on FRet + STS-B + Banking77 (links, not copies).
-  human = _run(beir_corpus, tmp_path, "main", recipe=recipes.Recipe(human=True),
-               sts_dir=sts, banking77_dir=banking)
-  assert human["row"] == "main+human" + TINY and "human_mixture.gin" in human["command"]
-  assert (tmp_path / "data" / "fret_rrf_lowest+human" / "stsb").resolve() == human_dirs[0]
-
-  # Soft labels in the same mixture: the LLM's QL of each pair, MarginMSE beside Eq. 3 on
+  # Soft labels in the human mixture, which trains through SeqIO on FRet + STS-B +
+  # Banking77 (links, not copies): the LLM's QL of each pair, MarginMSE beside Eq. 3 on
   # the FRet rows (the human rows carry NaN scores); every step finite.
   soft = _run(beir_corpus, tmp_path, "margin_mse", sts_dir=sts, banking77_dir=banking,
               recipe=recipes.Recipe(human=True, loss=(("teacher_scale", 0.05),)))
   assert soft["row"] == "margin_mse+human+teacher_scale0.05" + TINY
+  assert "human_mixture.gin" in soft["command"]
   assert "--gin.MIXTURE_OR_TASK_NAME='gecko_fret_ql_human'" in shlex.split(soft["command"])
+  assert (tmp_path / "data" / "fret_rrf_lowest+human" / "stsb").resolve() == human_dirs[0]
   steps = read_metrics(tmp_path / "runs" / f"{soft['row']}_seed0")
   assert steps[-1]["step"] == 2 and all(s["finite"] == 1.0 and s["distillation/384"] > 0
                                        for s in steps)
   # Over every candidate: triples with the N = 3 candidates of each training record,
-  # through SeqIO (gecko_fret_candidates), alone and beside the human tasks.
-  every = _run(beir_corpus, tmp_path, "candidates_kl")
-  triples_file = tmp_path / "data" / "fret_rrf_lowest" / "fret_candidates" / "candidates.jsonl"
-  assert {"--gin.MIXTURE_OR_TASK_NAME='gecko_fret_candidates'",
-          "--gin.seqio_batches.SeqioBatches.candidates=3"} <= set(shlex.split(every["command"]))
-  lines = jsonl.read_objects(triples_file)
-  assert len(lines) == every["train"] and {len(t["candidates"]) for t in lines} == {3}
-  steps = read_metrics(tmp_path / "runs" / f"{every['row']}_seed0")
-  assert steps[-1]["step"] == 2 and all(s["distillation/384"] > 0 for s in steps)
+  # through SeqIO (gecko_fret_candidates), beside the human tasks (tests/
+  # test_seqio_candidates.py trains the task alone).
   mixed = _run(beir_corpus, tmp_path, "candidates_kl", recipe=recipes.Recipe(human=True),
                sts_dir=sts, banking77_dir=banking)
-  assert "--gin.MIXTURE_OR_TASK_NAME='gecko_fret_candidates_human'" in shlex.split(
-      mixed["command"])
+  assert {"--gin.MIXTURE_OR_TASK_NAME='gecko_fret_candidates_human'",
+          "--gin.seqio_batches.SeqioBatches.candidates=3"} <= set(shlex.split(mixed["command"]))
+  triples_file = tmp_path / "data" / "fret_rrf_lowest" / "fret_candidates" / "candidates.jsonl"
+  lines = jsonl.read_objects(triples_file)
+  assert len(lines) == mixed["train"] and {len(t["candidates"]) for t in lines} == {3}
   steps = read_metrics(tmp_path / "runs" / f"{mixed['row']}_seed0")
-  assert steps[-1]["step"] == 2 and all(s["finite"] == 1.0 for s in steps)
+  assert steps[-1]["step"] == 2 and all(
+      s["finite"] == 1.0 and s["distillation/384"] > 0 for s in steps)
 
-  # The in-domain reference: the corpus's own train queries, FRet-shaped.
-  ref = _run(beir_corpus, tmp_path, "in_domain")
-  assert ref["records"] == 7 and ref["row"] == "in_domain" + TINY
-  # With the human dev split (r4 here), in_domain trains on the other queries' 6 pairs,
-  # and the split is scored as a task of its own.
+  # The in-domain reference, the corpus's own train queries FRet-shaped, with the human
+  # dev split (r4 here): it trains on the other queries' 6 pairs (r0's two relevant
+  # passages included), and the split is scored as a task of its own.
   apart = _run(beir_corpus, tmp_path, "in_domain", recipe=recipes.Recipe(human_dev=True))
   assert human_dev.split(str(beir_corpus)).dev == ("r4",)
   assert apart["row"] == "in_domain+trainpart" + TINY and apart["records"] == apart["train"] == 6
@@ -191,28 +183,26 @@ def test_experiment_rows_and_report_end_to_end(beir_corpus, human_dirs, tmp_path
   card = (tmp_path / "steps" / f"main{TINY}+ckpt1_seed0" / "1" / "README.md").read_text()
   assert f"step 1 of main{TINY}+ckpt1_seed0" in card  # what at_1 scored
 
-  # A soup of main's two seeds and main+human's one is evaluated as a row of its own.
-  _run(beir_corpus, tmp_path, "main", seed=1)
-  rows = f"main{TINY},main+human{TINY}"
+  # A soup of two rows (one run each) is evaluated as a row of its own; it scores the
+  # human dev split when its first row did.
+  rows = f"main{TINY},margin_mse+human+teacher_scale0.05{TINY}"
   assert domain_adaptation.main([f"--corpus_dir={beir_corpus}", f"--output_dir={tmp_path}",
                                  "--soup", rows]) == 0
   soup = json.loads((tmp_path / "results" / f"soup({rows})_seed0.json").read_text())
-  assert len(soup["soup_of"]) == 3 and f"3 runs of main{TINY}, main+human{TINY}" in soup[
+  assert len(soup["soup_of"]) == 2 and f"2 runs of main{TINY}, margin_mse+" in soup[
       "description"]
-  # A soup of rows that scored the human dev split scores it too.
-  _run(beir_corpus, tmp_path, "in_domain", recipe=recipes.Recipe(human_dev=True), seed=1)
+  dev_rows = f"in_domain+trainpart{TINY},main{TINY}"
   assert domain_adaptation.main([f"--corpus_dir={beir_corpus}", f"--output_dir={tmp_path}",
-                                 "--soup", f"in_domain+trainpart{TINY}"]) == 0
-  dev_soup = json.loads((tmp_path / "results" /
-                         f"soup(in_domain+trainpart{TINY})_seed0.json").read_text())
+                                 "--soup", dev_rows]) == 0
+  dev_soup = json.loads((tmp_path / "results" / f"soup({dev_rows})_seed0.json").read_text())
   assert {"human_dev@256", "human_dev@384"} <= set(dev_soup["scores_plain_format"])
   assert "human_dev@384" not in soup["scores_plain_format"]
   text = domain_adaptation.report(str(tmp_path), versus="main" + TINY)
   table = report_table(text)
-  assert list(table)[0] == "start" and {f"main{TINY}", f"ql+consistent2{TINY}",
-                                        f"main+human{TINY}", f"in_domain{TINY}",
-                                        f"soup({rows})", f"main{TINY}@1"} <= set(table)
-  assert table["main" + TINY][1] == "2"
+  assert list(table)[0] == "start" and {
+      f"main{TINY}", f"ql+consistent2{TINY}", f"margin_mse+human+teacher_scale0.05{TINY}",
+      f"in_domain+trainpart{TINY}", f"soup({rows})", f"main{TINY}@1"} <= set(table)
+  assert table["main" + TINY][1] == "1"
   assert table["start"][2] == f"{start['scores_plain_format']['test@384']:.4f}"
   assert table["main" + TINY][12].count("[") == 1  # Δ plain @384 with its interval
   assert "Model selection" in text and f"| main{TINY} | 0 | " in text

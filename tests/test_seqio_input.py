@@ -250,8 +250,10 @@ def test_a_killed_seqio_run_resumes_from_its_input_position_exactly(tmp_path):
             "--gin_file=gin/overlays/local_tiny.gin", f"--gin.TASK_DATA_DIR='{root}'",
             "--gin.MIXTURE_OR_TASK_NAME='gecko_fret_only'", "--gin.TRAIN_STEPS=8", "--gin.CHECKPOINT_EVERY=4",
             "--gin.seqio_batches.SeqioBatches.shuffle_buffer=8", f"--gin.MODEL_DIR='{model_dir}'"]
-  whole = run_cli(command(tmp_path / "whole"))
-  assert whole.returncode == 0, whole.stderr[-3000:]
+  # The uninterrupted run trains beside the one to be killed (they share nothing).
+  whole_log = tmp_path / "whole.log"
+  whole = subprocess.Popen(command(tmp_path / "whole"), cwd=REPO, env=cli_env(),
+                           stdout=subprocess.DEVNULL, stderr=open(whole_log, "w"))  # noqa: SIM115
   killed = tmp_path / "killed"
   proc = subprocess.Popen(command(killed), cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
@@ -261,6 +263,7 @@ def test_a_killed_seqio_run_resumes_from_its_input_position_exactly(tmp_path):
   proc.send_signal(signal.SIGKILL)
   assert proc.wait() == -signal.SIGKILL
   assert not (killed / "export").exists(), "the run finished before it could be killed"
+  assert whole.wait(timeout=900) == 0, whole_log.read_text()[-3000:]
   assert "process-00000-of-00001" in os.listdir(killed / "checkpoints" / "4" / "input")
   resumed = run_cli(command(killed))
   assert resumed.returncode == 0, resumed.stderr[-3000:]
