@@ -36,15 +36,22 @@ if ! $SMOKE && ! "$PY" -c \
     | tee -a "$OUT/log.txt"
   exit 1
 fi
+run_part() {
+  echo "== $1 $(date -u +%T)" | tee -a "$OUT/log.txt"
+  timeout "${LIMIT[$1]}" "$PY" benchmarks/gpu_step.py --part="$1" --json "$OUT/$1.json" \
+    "${ARGS[@]}" 2>&1 | tee -a "$OUT/log.txt"
+  local rc=${PIPESTATUS[0]}
+  ((rc == 0)) || { echo "gpu.sh: the $1 part exited $rc" | tee -a "$OUT/log.txt"; return 1; }
+}
 status=0
 read -r -a PARTS <<< "${GPU_PARTS:-jax torch}"  # e.g. GPU_PARTS=jax to rerun one part
-for part in "${PARTS[@]}"; do
-  echo "== $part $(date -u +%T)" | tee -a "$OUT/log.txt"
-  timeout "${LIMIT[$part]}" "$PY" benchmarks/gpu_step.py --part="$part" --json "$OUT/$part.json" \
-    "${ARGS[@]}" 2>&1 | tee -a "$OUT/log.txt"
-  rc=${PIPESTATUS[0]}
-  ((rc == 0)) || { echo "gpu.sh: the $part part exited $rc" | tee -a "$OUT/log.txt"; status=1; }
-done
+if $SMOKE; then  # on a CPU the parts, mostly single-threaded start-up, run side by side
+  pids=()
+  for part in "${PARTS[@]}"; do run_part "$part" & pids+=("$!"); done
+  for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+else  # on the GPU one at a time, so that neither is timed beside the other
+  for part in "${PARTS[@]}"; do run_part "$part" || status=1; done
+fi
 parts=()
 for part in "${PARTS[@]}"; do [[ -s "$OUT/$part.json" ]] && parts+=("$OUT/$part.json"); done
 ((${#parts[@]})) && "$PY" benchmarks/gpu_step.py --part=report --json "$OUT/gpu.json" \
