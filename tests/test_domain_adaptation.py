@@ -15,7 +15,8 @@ from conftest import SHARED_DATA, read_metrics, report_table
 
 from gecko.data import jsonl
 from gecko.evaluation import datasets
-from gecko.experiments import adaptation_data, domain_adaptation, human_dev, in_domain, recipes
+from gecko.experiments import (adaptation_data, domain_adaptation, human_dev, in_domain,
+                                recipes, stages)
 from gecko.fret import docstrings, schema
 from gecko.fret import records as fret_files
 
@@ -169,19 +170,24 @@ def test_experiment_rows_and_report_end_to_end(beir_corpus, human_dirs, tmp_path
   start = _run(beir_corpus, tmp_path, "start", sts_dir=sts, banking77_dir=banking)
   assert "test@384" in start["scores_plain_format"] and "per_query" in start
 
-  # Model selection: a checkpoint every step, each scored on the human dev split alone;
-  # then the first step's checkpoint scored as a row of its own.
+  # Model selection: a checkpoint every step. The first step's checkpoint scored as a row
+  # of its own trains the 2-step schedule to step 1 alone; then each checkpoint is scored
+  # on the human dev split alone, the run resuming from step 1; then step 1 alone.
   select = dict(recipe=recipes.Recipe(human_dev=True), checkpoint_every=1)
-  chosen = _run(beir_corpus, tmp_path, "main", dev_only=True, **select)
-  assert chosen["row"] == "main" + TINY and "scores_plain_format" not in chosen
-  assert set(chosen["dev_by_step"]) == {"1", "2"}
-  assert (tmp_path / "results" / "selection" / f"main{TINY}_seed0.json").exists()
   at_1 = _run(beir_corpus, tmp_path, "main", eval_step=1, **select)
   assert at_1["row"] == f"main{TINY}@1" and "dev_by_step" not in at_1
-  assert at_1["scores_plain_format"]["human_dev@384"] == pytest.approx(
-      chosen["dev_by_step"]["1"]["human_dev@384"], abs=1e-6)  # one checkpoint, scored twice
+  run_dir = tmp_path / "runs" / f"main{TINY}+ckpt1_seed0"
+  assert [r["step"] for r in read_metrics(run_dir)] == [1] and not (run_dir / "export").exists()
   card = (tmp_path / "steps" / f"main{TINY}+ckpt1_seed0" / "1" / "README.md").read_text()
   assert f"step 1 of main{TINY}+ckpt1_seed0" in card  # what at_1 scored
+  chosen = _run(beir_corpus, tmp_path, "main", dev_only=True, **select)
+  assert chosen["row"] == "main" + TINY and "scores_plain_format" not in chosen
+  assert set(chosen["dev_by_step"]) == {"1", "2"} and (run_dir / "export").exists()
+  assert (tmp_path / "results" / "selection" / f"main{TINY}_seed0.json").exists()
+  assert at_1["scores_plain_format"]["human_dev@384"] == pytest.approx(
+      chosen["dev_by_step"]["1"]["human_dev@384"], abs=1e-6)  # one checkpoint, scored twice
+  only_1 = _run(beir_corpus, tmp_path, "main", dev_only=True, eval_step=1, **select)
+  assert only_1["dev_by_step"] == {"1": chosen["dev_by_step"]["1"]}
 
   # A soup of two rows (one run each) is evaluated as a row of its own; it scores the
   # human dev split when its first row did.
@@ -285,6 +291,23 @@ def test_budgets_name_rows_and_choose_checkpoints():
   assert main.row_name("main", recipes.Budget(steps=300, checkpoint_every=50,
                                               eval_step=300)) == "main+300steps"  # the last
   assert main.row_name(start, chosen) == "start"  # not trained
+  assert select.scored_steps() == select.checkpoint_steps() and chosen.scored_steps() == [150]
+  # The chosen row's run trains the 300-step schedule to step 150 and stops: the macros
+  # keep the schedule (TRAIN_STEPS, WARMUP_STEPS), train.train stops and exports nothing.
+  stops = domain_adaptation.fine_tuning(
+      variant=recipes.VARIANTS["main"], recipe=main, model_dir="m", data_dir="d",
+      budget=chosen, seed=0).bindings()
+  assert {k: stops[k] for k in ("TRAIN_STEPS", "WARMUP_STEPS", "train.train.train_steps",
+                                "train.train.export")} == {
+      "TRAIN_STEPS": "300", "WARMUP_STEPS": "30", "train.train.train_steps": "150",
+      "train.train.export": "False"}
+  whole = domain_adaptation.fine_tuning(
+      variant=recipes.VARIANTS["main"], recipe=main, model_dir="m", data_dir="d",
+      budget=select, seed=0).bindings()
+  assert "train.train.train_steps" not in whole and "train.train.export" not in whole
+  with pytest.raises(ValueError, match="stop_at=301 is not a step of this 300-step run"):
+    stages.FineTuning(gin_files=(), model_dir="m", data_dir="d", steps=300, batch_size=8,
+                      learning_rate=1e-5, stop_at=301)
   assert recipes.Budget(steps=70, checkpoint_every=30).checkpoint_steps() == [30, 60, 70]
   assert recipes.Budget(batch_size=64).name_parts() == ["batch64"]
   with pytest.raises(ValueError, match=r"eval_step=70 is not a checkpoint .*\[50, 100"):

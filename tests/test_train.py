@@ -13,6 +13,7 @@ import pytest
 from conftest import (REPO, SHARED_DATA, TINY_RUN_GIN, assert_trees_close, cli_env, free_port,
                       read_metrics, run_cli)
 
+from gecko.experiments import stages
 from gecko.models import embedder
 
 WORDS = ("gecko lizard wall climb tree forest river ocean mountain city music piano guitar "
@@ -133,6 +134,32 @@ def test_sigterm_saves_the_step_it_reached_exits_0_and_resumes_exactly(tmp_path,
   resumed = run_cli(cmd)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"resuming from step {saved[0]}" in resumed.stderr
+  assert_trees_close(_exported(model_dir), _exported(uninterrupted), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_run_stopped_early_keeps_the_whole_schedules_checkpoint(tmp_path, triples,
+                                                                  uninterrupted):
+  """A row scored at an earlier checkpoint (`stages.FineTuning(stop_at=4)`) trains the
+  12-step schedule to step 4 alone: the same steps and learning rates as the whole
+  run, its checkpoint and no export; the command without the stop resumes to its end."""
+  stop = [a for a in stages.FineTuning(gin_files=(), model_dir="m", data_dir="d", steps=12,
+                                       batch_size=8, learning_rate=1e-3, stop_at=4).args()
+          if a.startswith("--gin.train.train.")]
+  assert sorted(stop) == ["--gin.train.train.export=False", "--gin.train.train.train_steps=4"]
+  model_dir = tmp_path / "stopped"
+  cmd = _train_cmd(model_dir, triples, 12)
+  stopped = run_cli(cmd + stop)
+  assert stopped.returncode == 0, stopped.stderr[-3000:]
+  assert (model_dir / "checkpoints" / "4").exists() and not (model_dir / "export").exists()
+  rows, whole = read_metrics(model_dir), read_metrics(uninterrupted)
+  assert [r["step"] for r in rows] == [1, 2, 3, 4]
+  assert rows[-1]["learning_rate"] > 0  # a 4-step schedule would have decayed to 0
+  for key in ("learning_rate", "loss"):
+    np.testing.assert_allclose([r[key] for r in rows], [r[key] for r in whole[:4]], atol=1e-6)
+  resumed = run_cli(cmd)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resuming from step 4" in resumed.stderr
   assert_trees_close(_exported(model_dir), _exported(uninterrupted), atol=1e-6)
 
 

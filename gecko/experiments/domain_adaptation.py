@@ -12,7 +12,9 @@ levers that make the recipe work with a small teacher.
   python -m gecko.experiments.domain_adaptation --output_dir=/tmp/fret_scifact --report
 
   # model selection: a 300-step budget, each 50-step checkpoint scored on the human dev
-  # split alone; then the chosen checkpoint scored as a row ("...+300steps@150")
+  # split alone; then the chosen checkpoint scored as a row ("...+300steps@150"), whose
+  # run trains the 300-step schedule up to step 150 only (with --dev_only: the dev
+  # score of that checkpoint alone, e.g. a setting's row at the chosen budget)
   python -m gecko.experiments.domain_adaptation $D --human_dev --steps=300 \
       --learning_rate=5e-5 --checkpoint_every=50 --dev_only
   python -m gecko.experiments.domain_adaptation $D --human_dev --steps=300 \
@@ -88,7 +90,8 @@ DIMS = (256, 384)
 def fine_tuning(*, variant: Variant, recipe: Recipe, model_dir: str, data_dir: str,
                 budget: Budget, seed: int) -> stages.FineTuning:
   """The fine-tuning stage of one row: the experiment's gin file, the variant's and the
-  recipe's, at `budget` (keeping each of its checkpoints); a scored variant trains on
+  recipe's, at `budget` (keeping each of its checkpoints, and stopping at its
+  `eval_step`); a scored variant trains on
   its SeqIO task (with the human tasks under --human; over every candidate, the triples
   with their candidates, `gecko_fret_candidates`); the recipe's loss settings bound."""
   files = [EXPERIMENT_GIN, *variant.gin_files, *([HUMAN_MIXTURE_GIN] if recipe.human else [])]
@@ -103,7 +106,8 @@ def fine_tuning(*, variant: Variant, recipe: Recipe, model_dir: str, data_dir: s
                                       + "_human" * recipe.human)
   return stages.FineTuning(
       gin_files=tuple(files), model_dir=model_dir, data_dir=data_dir, steps=budget.steps,
-      batch_size=budget.batch_size, learning_rate=budget.learning_rate, macros=macros)
+      batch_size=budget.batch_size, learning_rate=budget.learning_rate, macros=macros,
+      stop_at=budget.eval_step)
 
 
 def evaluation_tasks(*, corpus_dir: str, dev_dir: str | None, sts_dir: str | None,
@@ -297,10 +301,12 @@ def _parser() -> argparse.ArgumentParser:
                            "human dev split (needs --human_dev; model selection)")
   parser.add_argument("--eval_step", type=arguments.at_least(1), default=None,
                       help="score the checkpoint of this step, not the last (a multiple of "
-                           "--checkpoint_every; '@STEP' ends the row's name)")
+                           "--checkpoint_every; '@STEP' ends the row's name); the run trains "
+                           "the --steps schedule up to this step only")
   parser.add_argument("--dev_only", action="store_true",
                       help="score the checkpoints on dev and nothing else (no test, STS-B "
-                           "or Banking77): the selection runs")
+                           "or Banking77): the selection runs; with --eval_step, that "
+                           "checkpoint alone")
   parser.add_argument("--sts_dir", default=None, help="STS-B directory (check; --human)")
   parser.add_argument("--banking77_dir", default=None,
                       help="Banking77 directory (check; --human)")

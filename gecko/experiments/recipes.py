@@ -85,7 +85,9 @@ class Budget:
     checkpoint_every: Keep a checkpoint every this many steps (and the last); None: the
       last only. With a dev split, each is scored on it (model selection).
     eval_step: Score this checkpoint instead of the last ("@150" ends the row's name);
-      a multiple of `checkpoint_every`.
+      a multiple of `checkpoint_every`. The run trains up to it and stops there: the
+      learning-rate schedule stays that of `steps`, so the checkpoint is the one a run
+      of all `steps` keeps at that step.
   """
 
   steps: int = 30
@@ -109,6 +111,10 @@ class Budget:
     """The steps whose checkpoints the run keeps."""
     every = self.checkpoint_every or self.steps
     return sorted({*range(every, self.steps + 1, every), self.steps})
+
+  def scored_steps(self) -> list[int]:
+    """The checkpoints a row is scored at: `eval_step` alone where set, else each kept one."""
+    return [self.eval_step] if self.eval_step else self.checkpoint_steps()
 
   def name_parts(self) -> list[str]:
     """The parts of a row's name that say how this budget differs from the default."""

@@ -24,7 +24,8 @@ def checkpoint_model(*, output_dir: str, run_name: str, model_dir: str, step: in
 
 def dev_by_step(*, output_dir: str, run_name: str, model_dir: str, budget: Budget,
                 human_dev_dir: str, dims: Sequence[int]) -> dict[str, dict[str, float]]:
-  """{step: {"human_dev@DIM": nDCG@10}} of each kept checkpoint on the human dev split,
+  """{step: {"human_dev@DIM": nDCG@10}} of each scored checkpoint (each kept one, or
+  the budget's `eval_step` alone) on the human dev split,
   in the plain format (model selection; kept in OUTPUT_DIR/steps/RUN/dev_by_step.json,
   so a rerun scores only what is missing)."""
   from gecko import eval as eval_lib
@@ -32,7 +33,7 @@ def dev_by_step(*, output_dir: str, run_name: str, model_dir: str, budget: Budge
   path = os.path.join(output_dir, "steps", run_name, "dev_by_step.json")
   scores = json.loads(paths.read_text(path)) if os.path.exists(path) else {}
   task = tasks.RetrievalTask(name="human_dev", path=human_dev_dir, task="fact checking")
-  for step in budget.checkpoint_steps():
+  for step in budget.scored_steps():
     if str(step) in scores:
       continue
     model = checkpoint_model(output_dir=output_dir, run_name=run_name, model_dir=model_dir,
@@ -44,4 +45,4 @@ def dev_by_step(*, output_dir: str, run_name: str, model_dir: str, budget: Budge
     scores[str(step)] = {f"human_dev@{dim}": s["main_score"]
                          for dim, s in results["human_dev"].items()}
     paths.write_text(path, json.dumps(scores, indent=2))
-  return {str(step): scores[str(step)] for step in budget.checkpoint_steps()}
+  return {str(step): scores[str(step)] for step in budget.scored_steps()}

@@ -67,6 +67,9 @@ class FineTuning:
     steps, batch_size, learning_rate: TRAIN_STEPS, BATCH_SIZE, LEARNING_RATE (with
       WARMUP_STEPS a tenth of the steps and one checkpoint, at the end).
     macros: Any other macros, as Python values (strings are quoted for gin).
+    stop_at: Train up to this step of the `steps` schedule and stop there, its
+      checkpoint kept and nothing exported (a row scored at an earlier checkpoint:
+      the same checkpoint as a run of all `steps`, which resumes from it); None: all.
   """
 
   gin_files: Sequence[str]
@@ -76,13 +79,25 @@ class FineTuning:
   batch_size: int
   learning_rate: float
   macros: Mapping[str, object] = dataclasses.field(default_factory=dict)
+  stop_at: int | None = None
+
+  def __post_init__(self):
+    if self.stop_at is not None and not 1 <= self.stop_at <= self.steps:
+      raise ValueError(f"stop_at={self.stop_at} is not a step of this {self.steps}-step run; "
+                       f"use 1 to {self.steps}, or None to train them all.")
+
+  def stops_early(self) -> bool:
+    """Whether the run stops before the end of its schedule (`stop_at`)."""
+    return self.stop_at is not None and self.stop_at < self.steps
 
   def bindings(self) -> dict[str, str]:
-    """{MACRO: gin literal} of the run."""
+    """{MACRO or binding: gin literal} of the run."""
     values = {"MODEL_DIR": self.model_dir, "TASK_DATA_DIR": self.data_dir,
               "TRAIN_STEPS": self.steps, "BATCH_SIZE": self.batch_size,
               "LEARNING_RATE": self.learning_rate, "WARMUP_STEPS": max(1, self.steps // 10),
               "CHECKPOINT_EVERY": self.steps, **self.macros}
+    if self.stops_early():  # the optimizer's schedule keeps TRAIN_STEPS
+      values.update({"train.train.train_steps": self.stop_at, "train.train.export": False})
     return {name: _gin_literal(value) for name, value in values.items()}
 
   def args(self) -> list[str]:
@@ -95,12 +110,15 @@ class FineTuning:
     return "python -m gecko.train " + shlex.join(self.args())
 
   def run(self) -> str:
-    """Trains unless MODEL_DIR/export exists (a finished run is not repeated; an
-    unfinished one resumes from its checkpoint); returns the export."""
+    """Trains unless MODEL_DIR/export exists, or with `stop_at` its checkpoint does (a
+    finished run is not repeated; an unfinished one resumes from its checkpoint);
+    returns the export (none is written when the run stops early)."""
     from gecko import gin_flags, train
     export = os.path.join(self.model_dir, "export")
+    stopped = self.stops_early() and os.path.isdir(
+        os.path.join(self.model_dir, "checkpoints", str(self.stop_at)))
     print(f"fine-tuning:\n  {self.command_line()}", file=sys.stderr)
-    if not os.path.isdir(export):
+    if not (os.path.isdir(export) or stopped):
       gin_flags.configure(list(self.gin_files),
                           [f"{name} = {value}" for name, value in self.bindings().items()])
       gin_flags.call_configured(train.train)
