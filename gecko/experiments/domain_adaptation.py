@@ -90,10 +90,10 @@ DIMS = (256, 384)
 def fine_tuning(*, variant: Variant, recipe: Recipe, model_dir: str, data_dir: str,
                 budget: Budget, seed: int) -> stages.FineTuning:
   """The fine-tuning stage of one row: the experiment's gin file, the variant's and the
-  recipe's, at `budget` (keeping each of its checkpoints, and stopping at its
-  `eval_step`); a scored variant trains on
-  its SeqIO task (with the human tasks under --human; over every candidate, the triples
-  with their candidates, `gecko_fret_candidates`); the recipe's loss settings bound."""
+  recipe's, at `budget` (keeping each of its checkpoints, stopping at its `eval_step`);
+  a scored variant trains on its SeqIO task (with the human tasks under --human; over
+  every candidate, the triples with their candidates, `gecko_fret_candidates`); the
+  recipe's loss settings bound."""
   files = [EXPERIMENT_GIN, *variant.gin_files, *([HUMAN_MIXTURE_GIN] if recipe.human else [])]
   macros = {"SEED": seed, "CHECKPOINT_EVERY": budget.checkpoint_every or budget.steps,
             "train.train.keep_checkpoints": len(budget.checkpoint_steps()),
