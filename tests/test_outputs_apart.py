@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from conftest import REPO, TINY_RUN_GIN, cli_env, tree_hashes
@@ -36,34 +35,51 @@ def test_an_export_onto_its_own_run_is_refused_and_every_byte_kept(run, capsys, 
   assert tree_hashes(run) == before
 
 
+# A real `gecko.export` process that SIGKILLs itself just before the swap's rename number
+# KILL_AT in its output's folder: 0 before the old export is set aside, 1 between setting
+# it aside and renaming the new one over it. (Killing it from outside at those instants
+# is a race the test would lose on a fast disk.)
+KILLED_AT_A_RENAME = """
+import os, signal, sys
+parent, kill_at, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+real_replace, renames = os.replace, []
+def replace(src, dst, **kwargs):
+  if os.path.dirname(os.path.abspath(src)) == parent:
+    if len(renames) == kill_at:
+      os.kill(os.getpid(), signal.SIGKILL)
+    renames.append(src)
+  return real_replace(src, dst, **kwargs)
+os.replace = replace
+from gecko import export
+sys.exit(export.main(argv))
+"""
+
+
+@pytest.mark.parametrize("kill_at", [0, 1], ids=["before_setting_aside", "between_renames"])
 def test_an_export_killed_while_replacing_another_leaves_the_old_one_whole(minilm_dir, tmp_path,
-                                                                           capsys):
+                                                                           capsys, kill_at):
   target = tmp_path / "hf"
-  assert export.main(["--model", minilm_dir, "--output", str(target)]) == 0
+  assert export.main(["--model", minilm_dir, "--output", str(target), "--name", "first"]) == 0
   before = tree_hashes(target)
-  for _ in range(3):  # the window between starting the copy and the swap is short
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gecko.export", "--model", minilm_dir, "--output", str(target),
-         "--overwrite", "--name", "second"], cwd=REPO, env=cli_env(1),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while process.poll() is None and not any(
-        (tmp_path / n / "model.safetensors").exists() for n in os.listdir(tmp_path)
-        if n.startswith(".hf.partial-")):
-      time.sleep(0.002)
-    if process.poll() is None:
-      process.send_signal(signal.SIGKILL)
-      process.wait()
-      break
-  else:
-    pytest.fail("the export finished three times before it could be killed mid-write")
-  assert tree_hashes(target) == before  # the old export, every byte
-  leftovers = [n for n in os.listdir(tmp_path) if n.startswith(".hf.")]
-  assert leftovers, "the kill left no half-written copy to name"
+  process = subprocess.run(
+      [sys.executable, "-c", KILLED_AT_A_RENAME, str(tmp_path), str(kill_at), "--model",
+       minilm_dir, "--output", str(target), "--overwrite", "--name", "second"], cwd=REPO,
+      env=cli_env(1), capture_output=True, text=True, timeout=600)
+  assert process.returncode == -signal.SIGKILL, process.stderr
+  leftovers = sorted(n for n in os.listdir(tmp_path) if n.startswith(".hf."))
+  if kill_at == 0:  # the old export untouched; the new one whole beside it, never used
+    assert tree_hashes(target) == before
+    assert [n.split("-")[0] for n in leftovers] == [".hf.partial"]
+    said = f"gecko: removed {tmp_path / leftovers[0]}, a half-written copy of {target}"
+  else:  # the old export set aside whole, the new one not yet renamed over it
+    assert not target.exists()
+    assert [n.split("-")[0] for n in leftovers] == [".hf.old", ".hf.partial"]
+    assert tree_hashes(tmp_path / leftovers[0]) == before
+    said = f"gecko: restored {target} from {tmp_path / leftovers[0]}"
   capsys.readouterr()
   assert export.main(["--model", minilm_dir, "--output", str(target), "--overwrite",
                       "--name", "third"]) == 0
-  err = capsys.readouterr().err
-  assert f"gecko: removed {tmp_path / leftovers[0]}, a half-written copy of {target}" in err
+  assert said in capsys.readouterr().err
   assert "# third" in (target / "README.md").read_text()
   assert not [n for n in os.listdir(tmp_path) if n.startswith(".hf.")]
 
