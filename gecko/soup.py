@@ -28,7 +28,7 @@ def _split(spec: str) -> tuple[str, str]:
   MODEL_DIR followed by `@` and no step number is refused, naming its steps."""
   path, sep, step = spec.rpartition("@")
   if sep and not step.isdigit() and paths.is_run_dir(path):
-    steps = sorted(int(n) for n in paths.listdir(paths.join(path, "checkpoints")) if n.isdigit())
+    steps = sorted(int(n) for n in paths.listdir(paths.checkpoints_dir(path)) if n.isdigit())
     raise ValueError(f"{spec!r}: what follows @ must be a checkpoint step of {path}, one of "
                      f"{steps} (e.g. {path}@{steps[-1] if steps else 1000}).")
   return (path, step) if sep and step.isdigit() else (spec, "")

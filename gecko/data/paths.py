@@ -278,9 +278,14 @@ def check_apart(output: PathLike, *inputs: PathLike, flag: str = "--output") -> 
                        "writing there could overwrite what is being read: choose another path.")
 
 
+def checkpoints_dir(model_dir: PathLike) -> str:
+  """MODEL_DIR/checkpoints: a training run's orbax steps, one folder per step number."""
+  return join(model_dir, "checkpoints")
+
+
 def is_run_dir(path: PathLike) -> bool:
   """A training MODEL_DIR (local or gs://): checkpoints/ and the operative config.gin."""
-  return isdir(join(path, "checkpoints")) and exists(join(path, "config.gin"))
+  return isdir(checkpoints_dir(path)) and exists(join(path, "config.gin"))
 
 
 def check_output_dir(output: PathLike, *inputs: PathLike, flag: str) -> None:

@@ -20,7 +20,7 @@ import shlex
 import sys
 from collections.abc import Mapping, Sequence
 
-from gecko.data import jsonl
+from gecko.data import jsonl, paths
 from gecko.fret.config import FretConfig
 from gecko.fret.llm import LLM
 from gecko.gin_flags import gin_string
@@ -115,8 +115,8 @@ class FineTuning:
     returns the export (none is written when the run stops early)."""
     from gecko import gin_flags, train
     export = os.path.join(self.model_dir, "export")
-    stopped = self.stops_early() and os.path.isdir(
-        os.path.join(self.model_dir, "checkpoints", str(self.stop_at)))
+    stopped = self.stops_early() and paths.isdir(
+        paths.join(paths.checkpoints_dir(self.model_dir), str(self.stop_at)))
     print(f"fine-tuning:\n  {self.command_line()}", file=sys.stderr)
     if not (os.path.isdir(export) or stopped):
       gin_flags.configure(list(self.gin_files),

@@ -93,7 +93,7 @@ class Checkpointer:
     self.every = every
     self.directory = directory
     self._manager = ocp.CheckpointManager(
-        paths.join(paths.absolute(directory), "checkpoints"),
+        paths.checkpoints_dir(paths.absolute(directory)),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         item_names=("state", "meta", "input"))
 
