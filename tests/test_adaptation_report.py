@@ -70,3 +70,14 @@ def test_report_tabulates_model_selection_and_commands(tmp_path):
   assert "| main+150steps | 1 | **0.6000** | 0.6000 | — | 50 |" in text
   assert ("# main+150steps (selection), seed 1\n"
           "python -m gecko.experiments.domain_adaptation --seed=1\n") in text
+  assert "Settings scored at one checkpoint" not in text
+  for name, score in (("margin_mse+150steps@100", 0.65), ("listwise_kl+150steps@100", 0.62)):
+    (tmp_path / "results" / "selection" / f"{name}_seed0.json").write_text(json.dumps(
+        {"row": name, "variant": name.split("+")[0], "seed": 0,
+         "dev_by_step": {"100": {"human_dev@384": score, "human_dev@256": 0.0}}}))
+  text = domain_adaptation.report(str(tmp_path))
+  assert "| main+150steps | 0 | 0.6100 | **0.6400** | 0.6300 | 100 |" in text  # curves alone
+  assert "| margin_mse+150steps@100 |" not in text.split("Settings scored at one")[0]
+  grid = text.split("Settings scored at one checkpoint")[1]
+  assert "| listwise_kl+150steps@100 | 0 | 100 | 0.6200 |" in grid
+  assert "| margin_mse+150steps@100 | 0 | 100 | **0.6500** |" in grid  # the best setting

@@ -192,24 +192,39 @@ def without(rows: dict[str, list[dict]], output_dir: str, exclude: Sequence[str]
 
 def selection(selected: dict[str, list[dict]], output_dir: str) -> str:
   """Model selection: each selection run's human-dev nDCG@10 (plain, @CI_DIM) at every
-  kept checkpoint, the best step marked (empty without selection runs)."""
+  kept checkpoint, the best step marked; then the settings scored at one checkpoint
+  (`--dev_only --eval_step S`, named `ROW@S`), the best of them marked. Empty without
+  selection runs."""
   runs = [(name, r) for name, results in sorted(selected.items())
           for r in sorted(results, key=lambda r: r["seed"])]
-  if not runs:
-    return ""
-  steps = sorted({int(s) for _, r in runs for s in r["dev_by_step"]})
-  lines = ["", f"Model selection on the human dev split (plain format, nDCG@10 @{CI_DIM}); "
-           "** marks each run's best checkpoint.", "", _command(output_dir),
-           "| run | seed | " + " | ".join(f"step {s}" for s in steps) + " | best |",
-           "|" + "---|" * (len(steps) + 3)]
+  curves = [(name, r) for name, r in runs if "@" not in name]
+  settings = [(name, r) for name, r in runs if "@" in name]
   key = f"human_dev@{CI_DIM}"
-  for name, r in runs:
-    by_step = {int(s): v[key] for s, v in r["dev_by_step"].items()}
-    best = max(by_step, key=lambda s: (by_step[s], -s))  # ties: the earlier step
-    cells = ["—" if s not in by_step else
-             (f"**{by_step[s]:.4f}**" if s == best else f"{by_step[s]:.4f}") for s in steps]
-    lines.append(f"| {name} | {r['seed']} | " + " | ".join(cells) + f" | {best} |")
-  return "\n".join(lines) + "\n"
+  lines = []
+  if curves:
+    steps = sorted({int(s) for _, r in curves for s in r["dev_by_step"]})
+    lines += ["", f"Model selection on the human dev split (plain format, nDCG@10 @{CI_DIM}); "
+              "** marks each run's best checkpoint.", "", _command(output_dir),
+              "| run | seed | " + " | ".join(f"step {s}" for s in steps) + " | best |",
+              "|" + "---|" * (len(steps) + 3)]
+    for name, r in curves:
+      by_step = {int(s): v[key] for s, v in r["dev_by_step"].items()}
+      best = max(by_step, key=lambda s: (by_step[s], -s))  # ties: the earlier step
+      cells = ["—" if s not in by_step else
+               (f"**{by_step[s]:.4f}**" if s == best else f"{by_step[s]:.4f}") for s in steps]
+      lines.append(f"| {name} | {r['seed']} | " + " | ".join(cells) + f" | {best} |")
+  if settings:
+    scored = [(name, r["seed"], int(step), v[key]) for name, r in settings
+              for step, v in r["dev_by_step"].items()]
+    best = max(scored, key=lambda row: row[3])
+    lines += ["", f"Settings scored at one checkpoint on the human dev split (plain format, "
+              f"nDCG@10 @{CI_DIM}); ** marks the best.", "", _command(output_dir),
+              "| setting | seed | step | dev |", "|---|---|---|---|"]
+    for row in scored:
+      name, seed, step, dev = row
+      lines.append(f"| {name} | {seed} | {step} | "
+                   + (f"**{dev:.4f}** |" if row == best else f"{dev:.4f} |"))
+  return "\n".join(lines) + "\n" if lines else ""
 
 
 def commands(rows: dict[str, list[dict]], selected: dict[str, list[dict]]) -> str:

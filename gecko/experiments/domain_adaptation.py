@@ -53,7 +53,8 @@ and the budget where it is not the default (`main+gemma3-270m+dedup0.9+human`,
    OUTPUT_DIR/results/<row>_seed<seed>.json; `--report` tabulates them with paired
    bootstrap intervals against the start model (results.md, results.png, and
    results_delta.png: each row's difference with its interval), `--versus ROW` against
-   ROW as well, the model-selection table and each row's command.
+   ROW as well, the model-selection tables (every checkpoint of each selection run;
+   each setting scored at one step) and each row's command.
 """
 
 from __future__ import annotations
