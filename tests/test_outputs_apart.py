@@ -41,10 +41,10 @@ def test_an_export_onto_its_own_run_is_refused_and_every_byte_kept(run, capsys, 
 # is a race the test would lose on a fast disk.)
 KILLED_AT_A_RENAME = """
 import os, signal, sys
-parent, kill_at, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+parent, kill_at, argv = os.path.realpath(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 real_replace, renames = os.replace, []
 def replace(src, dst, **kwargs):
-  if os.path.dirname(os.path.abspath(src)) == parent:
+  if os.path.realpath(os.path.dirname(os.path.abspath(src))) == parent:
     if len(renames) == kill_at:
       os.kill(os.getpid(), signal.SIGKILL)
     renames.append(src)
