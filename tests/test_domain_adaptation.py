@@ -339,6 +339,46 @@ def test_recipes_name_rows_and_directories():
   assert recipes.VARIANTS["seed_no_same_tower"].trains_on_seed
   with pytest.raises(ValueError, match="unknown few-shot task type 'claims'"):
     recipes.Recipe(few_shot_type="claims")
+  capped = recipes.Recipe(teacher="gemma3-270m", human=True, human_dev=True, max_records=92)
+  assert capped.row_name("in_domain") == "in_domain+human+trainpart+records92"
+  assert capped.row_name("main") == "main+gemma3-270m+human+records92"
+  assert capped.row_name("start") == "start"
+  assert capped.fret_name(recipes.VARIANTS["main"]) == "fret_gemma3-270m_rrf_lowest"  # shared
+  with pytest.raises(ValueError, match="max_records must be >= 1, got 0"):
+    recipes.Recipe(max_records=0)
+
+
+def test_capped_records_keep_the_held_out_ones_and_nest(beir_corpus, tmp_path):
+  made = [{"id": f"q{i}-d{i}"} for i in range(40)]
+  held = [r["id"] for r in made if zlib.crc32(r["id"].encode()) % adaptation_data.DEV_FRACTION == 0]
+  assert 0 < len(held) < 40
+  by_hash = sorted((r["id"] for r in made if r["id"] not in held),
+                   key=lambda i: zlib.crc32(i.encode()))
+  small = adaptation_data.capped(made, count=5, keep_held_out=True)
+  assert [r["id"] for r in small] == [r["id"] for r in made
+                                      if r["id"] in set(held) | set(by_hash[:5])]  # in order
+  larger = {r["id"] for r in adaptation_data.capped(made, count=9, keep_held_out=True)}
+  assert {r["id"] for r in small} < larger
+  assert len(adaptation_data.capped(made, count=5, keep_held_out=False)) == 5
+  with pytest.raises(ValueError, match="max_records=41 exceeds the 40 training records"):
+    adaptation_data.capped(made, count=41, keep_held_out=False)
+
+  # in_domain with the human dev split trains on all its records: the cap takes 4 of 6
+  # pairs, in a data directory of its own.
+  corpus_path = tmp_path / "corpus.jsonl"
+  adaptation_data.write_corpus(str(beir_corpus), str(corpus_path))
+  data = functools.partial(
+      adaptation_data.row_data, variant=recipes.VARIANTS["in_domain"], corpus_dir=str(beir_corpus),
+      output_dir=str(tmp_path), corpus_path=str(corpus_path), passages=15, neighbors=3,
+      sts_dir=None, banking77_dir=None, llm_url=None, llm_model=None)
+  every = data(recipe=recipes.Recipe(human_dev=True))
+  four = data(recipe=recipes.Recipe(human_dev=True, max_records=4))
+  assert every.counts["train"] == 6 and four.counts["train"] == 4 and four.dev_dir is None
+  assert four.data_dir == str(tmp_path / "data" / "in_domain_trainpart_records4")
+  shard = lambda d: jsonl.read_objects(os.path.join(d, "fret", "fret-00000.jsonl"))  # noqa: E731
+  assert [r["id"] for r in shard(four.data_dir)] == [
+      r["id"] for r in adaptation_data.capped(shard(every.data_dir), count=4,
+                                              keep_held_out=False)]
 
 
 @pytest.mark.parametrize("human, mixture", [(True, "gecko_fret_ql_human"),

@@ -11,6 +11,7 @@ import glob
 import json
 import os
 import shutil
+import zlib
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -115,6 +116,20 @@ def split_records(records: Sequence[dict], *, data_dir: str, dev_dir: str,
                                qrels={"test": "positive_id"})
 
 
+def capped(records: Sequence[dict], *, count: int, keep_held_out: bool) -> list[dict]:
+  """`records` with `count` of those that train: the ones whose id has the lowest crc32
+  (stable; a smaller count keeps a subset of a larger one). With `keep_held_out`, the
+  records `split_records` holds out for dev are all kept and not counted."""
+  held = {r["id"] for r in records
+          if keep_held_out and heldout.is_held_out(r["id"], fraction=DEV_FRACTION)}
+  training = [r["id"] for r in records if r["id"] not in held]
+  if count > len(training):
+    raise ValueError(f"max_records={count} exceeds the {len(training)} training records of "
+                     f"this row; lower it.")
+  kept = held | set(sorted(training, key=lambda i: (zlib.crc32(i.encode("utf-8")), i))[:count])
+  return [r for r in records if r["id"] in kept]
+
+
 def human_data(*, output_dir: str, data_dir: str, sts_dir: str | None,
                banking77_dir: str | None) -> str:
   """A TASK_DATA_DIR for the human mixture: `data_dir`'s fret/ (and fret_candidates/),
@@ -180,9 +195,13 @@ def row_data(*, variant: Variant, recipe: Recipe, corpus_dir: str, output_dir: s
       variant=variant, recipe=recipe, corpus_dir=corpus_dir, output_dir=output_dir,
       corpus_path=corpus_path, passages=passages, neighbors=neighbors, llm_url=llm_url,
       llm_model=llm_model)
+  all_train = recipe.human_dev and variant.source == "in_domain"  # the human split is dev
+  if recipe.max_records is not None:
+    records = capped(records, count=recipe.max_records, keep_held_out=not all_train)
+    name += f"_records{recipe.max_records}"
   data_dir = os.path.join(output_dir, "data", name)
   dev_dir = os.path.join(output_dir, "dev", name)
-  if recipe.human_dev and variant.source == "in_domain":
+  if all_train:
     dev_dir, n_dev = None, 0
     n_train = jsonl.write(os.path.join(data_dir, "fret", "fret-00000.jsonl"), records)
   else:

@@ -355,6 +355,11 @@ def _add_levers(levers: argparse._ArgumentGroup) -> None:
   levers.add_argument("--human_dev", action="store_true",
                       help="score the human dev split of qrels/train.tsv (apart by query "
                            "and document) in every row; in_domain trains on the rest")
+  levers.add_argument("--max_records", metavar="N", type=arguments.at_least(1),
+                      default=None,
+                      help="train on N of the records (held-out dev records aside; the "
+                           "lowest crc32 of their id): rows at equal data, e.g. in_domain "
+                           "at a FRet row's size")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -385,7 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   top_p=args.top_p, dedup_cosine=args.dedup_cosine,
                   few_shot_type=args.few_shot_type,
                   consistency_top_k=args.consistency_top_k, human=args.human,
-                  human_dev=args.human_dev, loss=tuple(args.loss))
+                  human_dev=args.human_dev, max_records=args.max_records,
+                  loss=tuple(args.loss))
   run(corpus_dir=args.corpus_dir, output_dir=args.output_dir, variant=args.variant,
       seed=args.seed, passages=args.passages, neighbors=args.neighbors, steps=args.steps,
       batch_size=args.batch_size, learning_rate=args.learning_rate, sts_dir=args.sts_dir,

@@ -144,6 +144,9 @@ class Recipe:
     human: Train on FRet plus the human mixture (STS-B train, Banking77 train).
     human_dev: Score every row on the human dev split of the corpus's training queries
       (`gecko.experiments.human_dev`), and train in_domain on the train part alone.
+    max_records: Train on this many of the row's records (the held-out dev records
+      aside): those whose id has the lowest crc32, so a smaller cap keeps a subset of a
+      larger one. Compares rows at equal data, e.g. in_domain at a FRet row's size.
     loss: `GeckoLoss` settings, ((name, value), ...) from `LOSS_SETTINGS`, e.g.
       (("teacher_scale", 0.05),): each names the row ("+teacher_scale0.05").
   """
@@ -157,6 +160,7 @@ class Recipe:
   consistency_top_k: int | None = None
   human: bool = False
   human_dev: bool = False
+  max_records: int | None = None
   loss: tuple[tuple[str, float], ...] = ()
 
   def __post_init__(self):
@@ -165,6 +169,8 @@ class Recipe:
         raise ValueError(f"unknown loss setting {name!r}; use one of {list(LOSS_SETTINGS)}.")
       if not isinstance(value, (int, float)) or not value >= 0:
         raise ValueError(f"loss setting {name}={value!r} must be a number >= 0.")
+    if self.max_records is not None and self.max_records < 1:
+      raise ValueError(f"max_records must be >= 1, got {self.max_records}.")
     if self.teacher not in TEACHERS:
       raise ValueError(f"unknown teacher {self.teacher!r}; use one of {TEACHERS}.")
     if self.few_shot_type is not None and self.few_shot_type not in TASK_TYPES:
@@ -201,6 +207,8 @@ class Recipe:
       parts.append("human")
     if self.human_dev and variant.source == "in_domain":
       parts.append("trainpart")  # the dev split's queries are not trained on
+    if self.max_records is not None and variant.source != "none":
+      parts.append(f"records{self.max_records}")
     if variant.source != "none":
       parts += [f"{name}{value:g}" for name, value in self.loss]
     if variant.source == "none" or budget is None:
