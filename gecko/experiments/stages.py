@@ -114,11 +114,11 @@ class FineTuning:
     finished run is not repeated; an unfinished one resumes from its checkpoint);
     returns the export (none is written when the run stops early)."""
     from gecko import gin_flags, train
-    export = os.path.join(self.model_dir, "export")
+    export = paths.join(self.model_dir, "export")
     stopped = self.stops_early() and paths.isdir(
         paths.join(paths.checkpoints_dir(self.model_dir), str(self.stop_at)))
     print(f"fine-tuning:\n  {self.command_line()}", file=sys.stderr)
-    if not (os.path.isdir(export) or stopped):
+    if not (paths.isdir(export) or stopped):
       gin_flags.configure(list(self.gin_files),
                           [f"{name} = {value}" for name, value in self.bindings().items()])
       gin_flags.call_configured(train.train)
