@@ -1,6 +1,7 @@
 """gecko.experiments.loss_shares: Eq. 3's denominator split by hand, and on real FRet
 shards under the real MiniLM."""
 
+import functools
 import json
 import math
 
@@ -92,3 +93,27 @@ def test_measure_on_fret_shards_with_the_real_minilm(tmp_path, capsys, minilm_di
   assert "gecko.experiments.loss_shares: 6 queries" in capsys.readouterr().err
   assert loss_shares.main(["--fret", str(tmp_path / "none"), "--model", minilm_dir]) == 2
   assert "holds no FRet records" in capsys.readouterr().err
+
+
+def test_the_seed_as_positive_measures_what_seed_positive_rows_train_on(tmp_path, minilm_dir):
+  """The same records, the LLM's top passage an unrelated one and the seed the claim's
+  own abstract: the seed raises s(q, p+) and the positive's share; a record whose
+  negative is its seed is dropped, as training drops it."""
+  writer = ShardWriter(str(tmp_path / "fret"), shard_size=8)
+  for i, topic in enumerate(TOPICS):
+    record = _record(i, topic, f"The history of {TOPICS[(i + 3) % 6].split()[0]} research.",
+                     "Weather reports for the coming week.")
+    writer.add({**record, "seed_text": f"A trial found that {topic} in adults.",
+                "positive_is_seed": False})
+  writer.add({**_record(6, "coffee improves attention", "Coffee trial.", "Coffee trial."),
+              "seed_text": "Coffee trial."})  # its negative is its seed
+  writer.close()
+  measure = functools.partial(loss_shares.measure, fret=str(tmp_path / "fret"),
+                              model=minilm_dir, batch_size=6)
+  llm, seed = measure(positive="llm"), measure(positive="seed")
+  assert llm["positive"] == "llm" and seed["positive"] == "seed"
+  assert [measure(positive=p, batch_size=1)["queries"] for p in ("llm", "seed")] == [7, 6]
+  assert seed["s_positive"]["p10"] > 0.5 > llm["s_positive"]["p90"]
+  assert seed["share"]["positive"] > 0.5 > llm["share"]["positive"]
+  with pytest.raises(ValueError, match="positive='gold'; use one of"):
+    measure(positive="gold")

@@ -9,6 +9,7 @@ lowest tertile's same-tower share is the largest. (EXPERIMENTS.md, round 5, row 
 
   python -m gecko.experiments.loss_shares --fret RUN/data/fret_rrf_lowest/fret \
       --model all-MiniLM-L6-v2 --output shares.json
+  python -m gecko.experiments.loss_shares ... --positive seed   # as seed-positive rows train
 
 The records are any FRet shards (`gecko.fret.records`: a FRet run's OUTPUT_DIR, or a
 row's training data `data/<records>/fret`), formatted as training formats them
@@ -74,21 +75,31 @@ def shares(query: np.ndarray, positive: np.ndarray, negative: np.ndarray, *,
   }
 
 
+POSITIVES = ("llm", "seed")  # as training's `fret_positive`
+
+
 def measure(*, fret: str, model: str, temperature: float = 0.05, batch_size: int = 32,
-            seed: int = 0) -> dict[str, object]:
-  """`shares` of the FRet records in `fret`, embedded by `model` in Gecko's format."""
+            seed: int = 0, positive: str = "llm") -> dict[str, object]:
+  """`shares` of the FRet records in `fret`, embedded by `model` in Gecko's format, with
+  the LLM's top passage as each query's positive or, with `positive="seed"`, the seed
+  passage (as seed-positive rows train: records whose negative is the seed dropped)."""
+  if positive not in POSITIVES:
+    raise ValueError(f"positive={positive!r}; use one of {list(POSITIVES)}.")
   from gecko import encode
   from gecko.fret import records as records_lib
   from gecko.fret import triples
   found = records_lib.read(fret)
   if not found:
     raise ValueError(f"{fret} holds no FRet records (no complete fret-*.jsonl shard).")
+  if positive == "seed":
+    found = [{**r, "positive_title": r["seed_title"], "positive_text": r["seed_text"]}
+             for r in found if r["seed_text"] != r["negative_text"]]
   texts = [triples.triple(r, teacher="none") for r in found]
   embedded = {side: encode.encode([t[side] for t in texts], model=model, show_progress=True)
               for side in ("query", "positive", "negative")}
   result = shares(embedded["query"], embedded["positive"], embedded["negative"],
                   temperature=temperature, batch_size=batch_size, seed=seed)
-  return {"fret": fret, "model": model, "temperature": temperature,
+  return {"fret": fret, "model": model, "positive": positive, "temperature": temperature,
           "batch_size": batch_size, "seed": seed, **result}
 
 
@@ -99,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--fret", required=True, help="a directory of FRet shards")
   parser.add_argument("--model", required=True,
                       help="a packaged model name or a model directory (an export)")
+  parser.add_argument("--positive", choices=POSITIVES, default="llm",
+                      help="each query's positive: the LLM's top passage (default) or the "
+                           "seed passage, as seed-positive rows train")
   parser.add_argument("--temperature", type=arguments.positive_float, default=0.05,
                       help="tau of the loss (default 0.05, the experiment's)")
   parser.add_argument("--batch_size", type=arguments.at_least(2), default=32)
@@ -108,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   def run() -> int:
     result = measure(fret=args.fret, model=args.model, temperature=args.temperature,
-                     batch_size=args.batch_size, seed=args.seed)
+                     batch_size=args.batch_size, seed=args.seed, positive=args.positive)
     text = json.dumps(result, indent=2)
     print(text)
     if args.output:
