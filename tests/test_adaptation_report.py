@@ -71,6 +71,7 @@ def test_report_tabulates_model_selection_and_commands(tmp_path):
   assert ("# main+150steps (selection), seed 1\n"
           "python -m gecko.experiments.domain_adaptation --seed=1\n") in text
   assert "Settings scored at one checkpoint" not in text
+  assert "Where Eq. 3's denominator goes" not in text  # no results/shares
   for name, score in (("margin_mse+150steps@100", 0.65), ("listwise_kl+150steps@100", 0.62)):
     (tmp_path / "results" / "selection" / f"{name}_seed0.json").write_text(json.dumps(
         {"row": name, "variant": name.split("+")[0], "seed": 0,
@@ -81,3 +82,24 @@ def test_report_tabulates_model_selection_and_commands(tmp_path):
   grid = text.split("Settings scored at one checkpoint")[1]
   assert "| listwise_kl+150steps@100 | 0 | 100 | 0.6200 |" in grid
   assert "| margin_mse+150steps@100 | 0 | 100 | **0.6500** |" in grid  # the best setting
+
+
+def test_report_tabulates_where_the_denominator_goes(tmp_path):
+  shares = tmp_path / "results" / "shares"
+  shares.mkdir(parents=True)
+  for name, positive, low in (("main_llm", "llm", 0.5), ("claims_seed", "seed", 0.25)):
+    (shares / f"{name}.json").write_text(json.dumps({
+        "fret": f"out/data/{name}/fret", "model": "all-MiniLM-L6-v2", "positive": positive,
+        "queries": 64, "s_positive": {"mean": 0.3, "p10": 0.1, "p50": 0.25, "p90": low},
+        "share": {"positive": 0.1, "in_batch_positives": 0.02, "same_tower": 0.8,
+                  "hard_negative": 0.08},
+        "same_tower_share_by_s_positive_tertile": [0.95, 0.8, low],
+        "command": f"python -m gecko.experiments.loss_shares --fret out/data/{name}/fret"}))
+  _write_result(tmp_path, "start", 0, 0.50, {"a": 0.5, "b": 0.5})
+  text = domain_adaptation.report(str(tmp_path))
+  table = text[text.index("Where Eq. 3's denominator goes"):]
+  assert ("| main_llm | all-MiniLM-L6-v2 | llm | 64 | 0.100 / 0.250 / 0.500 | 0.100 | 0.020 "
+          "| 0.800 | 0.080 | 0.950 / 0.800 / 0.500 |") in table
+  assert "| claims_seed | all-MiniLM-L6-v2 | seed | 64 |" in table
+  assert ("```bash\npython -m gecko.experiments.loss_shares --fret out/data/claims_seed/fret\n"
+          "python -m gecko.experiments.loss_shares --fret out/data/main_llm/fret\n```") in table

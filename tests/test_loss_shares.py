@@ -88,6 +88,9 @@ def test_measure_on_fret_shards_with_the_real_minilm(tmp_path, capsys, minilm_di
                            "--batch_size", "6", "--output", str(out)]) == 0
   result = json.loads(out.read_text())
   assert result["queries"] == 6 and result["s_positive"]["p10"] > 0.5
+  assert result["command"] == ("python -m gecko.experiments.loss_shares --fret "
+                               f"{tmp_path / 'fret'} --model {minilm_dir} --batch_size 6 "
+                               f"--output {out}")
   assert result["share"]["positive"] > 0.5
   assert sum(result["share"].values()) == pytest.approx(1.0)
   assert "gecko.experiments.loss_shares: 6 queries" in capsys.readouterr().err

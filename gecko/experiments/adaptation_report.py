@@ -7,6 +7,8 @@
 * with `exclude`, each row's test score and difference to the start model without
   those test queries (e.g. ones that are verbatim training queries);
 * model selection: each selection run's dev score at every kept checkpoint;
+* where Eq. 3's denominator goes: the `gecko.experiments.loss_shares` results written
+  to OUTPUT_DIR/results/shares/;
 * the command that made each row.
 
 Each table is printed under the command that produces it."""
@@ -34,6 +36,7 @@ COLUMNS = (
 )
 CI_DIM = "384"
 SELECTION = "selection"  # results/selection/: the model-selection runs' dev scores
+SHARES = "shares"  # results/shares/: `gecko.experiments.loss_shares --output` files
 
 
 def scores(result: dict, fmt: str) -> dict[str, float]:
@@ -135,7 +138,7 @@ def report(output_dir: str, *, versus: str | None = None, exclude: Sequence[str]
   table = "\n".join(lines) + "\n"
   text = (_command(output_dir) + "\n" + table + "\n* the 95% interval excludes zero.\n"
           + between_rows(rows, output_dir, versus) + without(rows, output_dir, exclude)
-          + selection(selected, output_dir)
+          + selection(selected, output_dir) + denominator_shares(output_dir)
           + commands(rows, selected))
   with open(os.path.join(output_dir, "results.md"), "w", encoding="utf-8") as f:
     f.write(text)
@@ -225,6 +228,41 @@ def selection(selected: dict[str, list[dict]], output_dir: str) -> str:
       lines.append(f"| {name} | {seed} | {step} | "
                    + (f"**{dev:.4f}** |" if row == best else f"{dev:.4f} |"))
   return "\n".join(lines) + "\n" if lines else ""
+
+
+def denominator_shares(output_dir: str) -> str:
+  """Where Eq. 3's softmax denominator goes, one line per OUTPUT_DIR/results/shares/*.json
+  (`gecko.experiments.loss_shares --output`): the records and the model, the positive
+  measured, s(q, p+) and each part's share, and the same-tower share by tertile of
+  s(q, p+), under the commands that wrote them. Empty without any."""
+  found = []
+  for path in sorted(glob.glob(os.path.join(output_dir, "results", SHARES, "*.json"))):
+    with open(path, encoding="utf-8") as f:
+      found.append(json.load(f))
+  if not found:
+    return ""
+  made = [r["command"] for r in found if r.get("command")]
+  lines = ["", "Where Eq. 3's denominator goes (`gecko.experiments.loss_shares`: batches of "
+           "each row's training records alone, tau as trained); the share of each part, "
+           "averaged over queries.", ""]
+  if made:
+    lines += ["```bash", *made, "```", ""]
+  lines += ["| records | model | positive | queries | s(q, p⁺) p10 / p50 / p90 | positive "
+            "| other positives | same tower | hard negative | same tower by s(q, p⁺) tertile, "
+            "low / mid / high |", "|" + "---|" * 10]
+  for r in found:
+    folder = r["fret"].rstrip("/")
+    records = (os.path.basename(os.path.dirname(folder)) if os.path.basename(folder) == "fret"
+               else folder)
+    s, share = r["s_positive"], r["share"]
+    lines.append(
+        f"| {records} | {r['model']} | {r.get('positive', 'llm')} | {r['queries']} | "
+        f"{s['p10']:.3f} / {s['p50']:.3f} / {s['p90']:.3f} | "
+        + " | ".join(f"{share[part]:.3f}" for part in
+                     ("positive", "in_batch_positives", "same_tower", "hard_negative"))
+        + " | " + " / ".join(f"{v:.3f}" for v in r["same_tower_share_by_s_positive_tertile"])
+        + " |")
+  return "\n".join(lines) + "\n"
 
 
 def commands(rows: dict[str, list[dict]], selected: dict[str, list[dict]]) -> str:

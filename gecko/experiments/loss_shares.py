@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -117,12 +118,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="tau of the loss (default 0.05, the experiment's)")
   parser.add_argument("--batch_size", type=arguments.at_least(2), default=32)
   parser.add_argument("--seed", type=int, default=0, help="the batches' random order")
-  parser.add_argument("--output", default=None, help="also write the result as JSON here")
+  parser.add_argument("--output", default=None,
+                      help="also write the result as JSON here (under a domain-adaptation "
+                           "OUTPUT_DIR/results/shares/, its --report tabulates it)")
+  argv = sys.argv[1:] if argv is None else list(argv)
   args = parser.parse_args(argv)
 
   def run() -> int:
     result = measure(fret=args.fret, model=args.model, temperature=args.temperature,
                      batch_size=args.batch_size, seed=args.seed, positive=args.positive)
+    result["command"] = f"python -m gecko.experiments.loss_shares {shlex.join(argv)}"
     text = json.dumps(result, indent=2)
     print(text)
     if args.output:
