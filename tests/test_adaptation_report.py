@@ -87,7 +87,7 @@ def test_report_tabulates_model_selection_and_commands(tmp_path):
 def test_report_tabulates_where_the_denominator_goes(tmp_path):
   shares = tmp_path / "results" / "shares"
   shares.mkdir(parents=True)
-  for name, positive, low in (("main_llm", "llm", 0.5), ("claims_seed", "seed", 0.25)):
+  for name, positive, low in (("main_llm", "record", 0.5), ("claims_seed", "seed", 0.25)):
     (shares / f"{name}.json").write_text(json.dumps({
         "fret": f"out/data/{name}/fret", "model": "all-MiniLM-L6-v2", "positive": positive,
         "queries": 64, "s_positive": {"mean": 0.3, "p10": 0.1, "p50": 0.25, "p90": low},
@@ -98,7 +98,7 @@ def test_report_tabulates_where_the_denominator_goes(tmp_path):
   _write_result(tmp_path, "start", 0, 0.50, {"a": 0.5, "b": 0.5})
   text = domain_adaptation.report(str(tmp_path))
   table = text[text.index("Where Eq. 3's denominator goes"):]
-  assert ("| main_llm | all-MiniLM-L6-v2 | llm | 64 | 0.100 / 0.250 / 0.500 | 0.100 | 0.020 "
+  assert ("| main_llm | all-MiniLM-L6-v2 | record | 64 | 0.100 / 0.250 / 0.500 | 0.100 | 0.020 "
           "| 0.800 | 0.080 | 0.950 / 0.800 / 0.500 |") in table
   assert "| claims_seed | all-MiniLM-L6-v2 | seed | 64 |" in table
   assert ("```bash\npython -m gecko.experiments.loss_shares --fret out/data/claims_seed/fret\n"

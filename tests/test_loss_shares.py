@@ -113,9 +113,9 @@ def test_the_seed_as_positive_measures_what_seed_positive_rows_train_on(tmp_path
   writer.close()
   measure = functools.partial(loss_shares.measure, fret=str(tmp_path / "fret"),
                               model=minilm_dir, batch_size=6)
-  llm, seed = measure(positive="llm"), measure(positive="seed")
-  assert llm["positive"] == "llm" and seed["positive"] == "seed"
-  assert [measure(positive=p, batch_size=1)["queries"] for p in ("llm", "seed")] == [7, 6]
+  llm, seed = measure(positive="record"), measure(positive="seed")
+  assert llm["positive"] == "record" and seed["positive"] == "seed"
+  assert [measure(positive=p, batch_size=1)["queries"] for p in ("record", "seed")] == [7, 6]
   assert seed["s_positive"]["p10"] > 0.5 > llm["s_positive"]["p90"]
   assert seed["share"]["positive"] > 0.5 > llm["share"]["positive"]
   with pytest.raises(ValueError, match="positive='gold'; use one of"):

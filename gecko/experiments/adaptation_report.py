@@ -256,7 +256,7 @@ def denominator_shares(output_dir: str) -> str:
                else folder)
     s, share = r["s_positive"], r["share"]
     lines.append(
-        f"| {records} | {r['model']} | {r.get('positive', 'llm')} | {r['queries']} | "
+        f"| {records} | {r['model']} | {r.get('positive', 'record')} | {r['queries']} | "
         f"{s['p10']:.3f} / {s['p50']:.3f} / {s['p90']:.3f} | "
         + " | ".join(f"{share[part]:.3f}" for part in
                      ("positive", "in_batch_positives", "same_tower", "hard_negative"))

@@ -76,14 +76,15 @@ def shares(query: np.ndarray, positive: np.ndarray, negative: np.ndarray, *,
   }
 
 
-POSITIVES = ("llm", "seed")  # as training's `fret_positive`
+POSITIVES = ("record", "seed")  # the record's positive, or its seed (`fret_positive`)
 
 
 def measure(*, fret: str, model: str, temperature: float = 0.05, batch_size: int = 32,
-            seed: int = 0, positive: str = "llm") -> dict[str, object]:
+            seed: int = 0, positive: str = "record") -> dict[str, object]:
   """`shares` of the FRet records in `fret`, embedded by `model` in Gecko's format, with
-  the LLM's top passage as each query's positive or, with `positive="seed"`, the seed
-  passage (as seed-positive rows train: records whose negative is the seed dropped)."""
+  the record's positive (FRet's: the LLM's top passage) as each query's positive or,
+  with `positive="seed"`, the seed passage (as seed-positive rows train: records whose
+  negative is the seed are dropped)."""
   if positive not in POSITIVES:
     raise ValueError(f"positive={positive!r}; use one of {list(POSITIVES)}.")
   from gecko import encode
@@ -111,9 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--fret", required=True, help="a directory of FRet shards")
   parser.add_argument("--model", required=True,
                       help="a packaged model name or a model directory (an export)")
-  parser.add_argument("--positive", choices=POSITIVES, default="llm",
-                      help="each query's positive: the LLM's top passage (default) or the "
-                           "seed passage, as seed-positive rows train")
+  parser.add_argument("--positive", choices=POSITIVES, default="record",
+                      help="each query's positive: the record's (default; FRet's is the LLM's "
+                           "top passage) or the seed passage, as seed-positive rows train")
   parser.add_argument("--temperature", type=arguments.positive_float, default=0.05,
                       help="tau of the loss (default 0.05, the experiment's)")
   parser.add_argument("--batch_size", type=arguments.at_least(2), default=32)
