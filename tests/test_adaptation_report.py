@@ -7,6 +7,7 @@ import json
 import pytest
 from conftest import report_table
 
+from gecko.data import jsonl
 from gecko.experiments import domain_adaptation
 
 
@@ -103,3 +104,28 @@ def test_report_tabulates_where_the_denominator_goes(tmp_path):
   assert "| claims_seed | all-MiniLM-L6-v2 | seed | 64 |" in table
   assert ("```bash\npython -m gecko.experiments.loss_shares --fret out/data/claims_seed/fret\n"
           "python -m gecko.experiments.loss_shares --fret out/data/main_llm/fret\n```") in table
+
+
+def test_report_scores_rows_on_the_test_queries_about_unseen_documents(tmp_path, capsys):
+  (tmp_path / "results").mkdir()
+  _write_result(tmp_path, "start", 0, 0.50, {"a": 0.5, "b": 0.5, "c": 0.4})
+  _write_result(tmp_path, "in_domain", 0, 0.70, {"a": 0.9, "b": 0.6, "c": 0.5})
+  beir = tmp_path / "beir"
+  jsonl.write(beir / "corpus.jsonl", [{"_id": f"d{i}", "title": "", "text": f"doc {i}"}
+                                      for i in range(3)])
+  jsonl.write(beir / "queries.jsonl", [{"_id": q, "text": q} for q in "abcx"])
+  (beir / "qrels").mkdir()
+  (beir / "qrels" / "test.tsv").write_text(
+      "query-id\tcorpus-id\tscore\na\td0\t1\nb\td1\t1\nc\td2\t1\n")
+  (beir / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nx\td0\t1\n")
+  text = domain_adaptation.report(str(tmp_path), unseen_of=str(beir))
+  table = text[text.index("On the test queries none of whose judged documents"):]
+  assert "(1 test queries left out)" in table.splitlines()[0]
+  assert f"--report --corpus_dir={beir} --unseen_documents\n```" in table
+  # b and c: in_domain 0.55 against start 0.45, a difference of 0.1 on each.
+  assert "| in_domain | 0.5500 | 0.5500 | +0.1000 [+0.1000, +0.1000] * |" in table
+  assert "| start | 0.4500 | 0.4500 | — | — |" in table
+  assert "On the test queries" not in domain_adaptation.report(str(tmp_path))
+  with pytest.raises(SystemExit):
+    domain_adaptation.main(["--output_dir", str(tmp_path), "--report", "--unseen_documents"])
+  assert "--unseen_documents needs --corpus_dir" in capsys.readouterr().err

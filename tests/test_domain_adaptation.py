@@ -278,6 +278,25 @@ def test_scifacts_human_dev_split_is_the_one_round_5_states():
       179, 213, 630, 706)
   positives = lambda ids: {d for q in ids for d, r in qrels[q].items() if r > 0}  # noqa: E731
   assert not positives(split.dev) & positives(split.train)
+  # The test claims judged on a training claim's document, and the two that are
+  # verbatim training claims among them.
+  seen = human_dev.on_training_documents(str(SCIFACT))
+  assert len(seen) == 196 and {"870", "1292"} <= set(seen)
+  test = datasets.load_beir(str(SCIFACT)).qrels
+  assert len({d for docs in test.values() for d, r in docs.items() if r > 0}
+             & positives(qrels)) == 181
+
+
+def test_test_queries_on_training_documents(tmp_path):
+  jsonl.write(tmp_path / "corpus.jsonl", [{"_id": f"d{i}", "title": "", "text": f"doc {i}"}
+                                          for i in range(4)])
+  jsonl.write(tmp_path / "queries.jsonl", [{"_id": q, "text": f"query {q}"} for q in "abcxy"])
+  (tmp_path / "qrels").mkdir()
+  (tmp_path / "qrels" / "test.tsv").write_text(
+      "query-id\tcorpus-id\tscore\na\td1\t1\nb\td2\t1\nc\td3\t1\nc\td0\t1\n")
+  (tmp_path / "qrels" / "train.tsv").write_text(  # y judges d2 not relevant
+      "query-id\tcorpus-id\tscore\nx\td1\t1\nx\td0\t2\ny\td2\t0\ny\td3\t0\n")
+  assert human_dev.on_training_documents(str(tmp_path)) == ("a", "c")
 
 
 def test_budgets_name_rows_and_choose_checkpoints():

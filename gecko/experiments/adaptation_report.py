@@ -6,6 +6,8 @@
 * with `versus`, each row's paired difference to another row (between rows);
 * with `exclude`, each row's test score and difference to the start model without
   those test queries (e.g. ones that are verbatim training queries);
+* with `unseen_of` (a BEIR directory), the same on the test queries none of whose
+  judged documents a training query is judged on;
 * model selection: each selection run's dev score at every kept checkpoint;
 * where Eq. 3's denominator goes: the `gecko.experiments.loss_shares` results written
   to OUTPUT_DIR/results/shares/;
@@ -101,7 +103,8 @@ def _command(output_dir: str, *flags: str) -> str:
           f"{output_dir} --report{''.join(' ' + f for f in flags)}\n```\n")
 
 
-def report(output_dir: str, *, versus: str | None = None, exclude: Sequence[str] = ()) -> str:
+def report(output_dir: str, *, versus: str | None = None, exclude: Sequence[str] = (),
+           unseen_of: str | None = None) -> str:
   """results.md (the tables of the module docstring, each under its command),
   results.png (the scores) and results_delta.png (the Δs to the start model with their
   intervals); returns results.md's text."""
@@ -138,6 +141,7 @@ def report(output_dir: str, *, versus: str | None = None, exclude: Sequence[str]
   table = "\n".join(lines) + "\n"
   text = (_command(output_dir) + "\n" + table + "\n* the 95% interval excludes zero.\n"
           + between_rows(rows, output_dir, versus) + without(rows, output_dir, exclude)
+          + unseen(rows, output_dir, unseen_of)
           + selection(selected, output_dir) + denominator_shares(output_dir)
           + commands(rows, selected))
   with open(os.path.join(output_dir, "results.md"), "w", encoding="utf-8") as f:
@@ -172,14 +176,30 @@ def between_rows(rows: dict[str, list[dict]], output_dir: str, versus: str | Non
   return "\n".join(lines) + "\n"
 
 
-def without(rows: dict[str, list[dict]], output_dir: str, exclude: Sequence[str]) -> str:
+def unseen(rows: dict[str, list[dict]], output_dir: str, corpus_dir: str | None) -> str:
+  """`without` the test queries of `corpus_dir` judged on a training query's document
+  (`human_dev.on_training_documents`; empty without `corpus_dir`)."""
+  if corpus_dir is None:
+    return ""
+  from gecko.experiments import human_dev
+  seen = human_dev.on_training_documents(corpus_dir)
+  return without(rows, output_dir, seen, title=(
+      f"On the test queries none of whose judged documents a training query of {corpus_dir} "
+      f"is judged on ({len(seen)} test queries left out)"),
+      flags=(f"--corpus_dir={corpus_dir}", "--unseen_documents"))
+
+
+def without(rows: dict[str, list[dict]], output_dir: str, exclude: Sequence[str], *,
+            title: str | None = None, flags: Sequence[str] | None = None) -> str:
   """Each row's test nDCG@10 @CI_DIM and its difference to the start model, both
-  without the test queries `exclude` (empty without them)."""
+  without the test queries `exclude` (empty without them), under `title` and the report
+  command with `flags` (default: the queries and --exclude_queries)."""
   if not exclude:
     return ""
-  lines = ["", f"Without the test queries {', '.join(exclude)}: nDCG@10 @{CI_DIM}, seeds "
-           "averaged per query; Δ vs start with its 95% paired bootstrap interval.", "",
-           _command(output_dir, f"--exclude_queries={','.join(exclude)}"),
+  title = title or f"Without the test queries {', '.join(exclude)}"
+  flags = flags or (f"--exclude_queries={','.join(exclude)}",)
+  lines = ["", f"{title}: nDCG@10 @{CI_DIM}, seeds averaged per query; Δ vs start with its "
+           "95% paired bootstrap interval.", "", _command(output_dir, *flags),
            "| row | plain | Gecko | Δ plain vs start [95% CI] | Δ Gecko vs start [95% CI] |",
            "|---|---|---|---|---|"]
   for name, results in sorted(rows.items(), key=lambda item: _order(*item)):

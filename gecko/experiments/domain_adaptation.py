@@ -325,6 +325,11 @@ def _parser() -> argparse.ArgumentParser:
                       help="with --report: each row's test score and difference to start "
                            "without these test query ids as well (comma-separated, e.g. "
                            "ones that are verbatim training queries)")
+  parser.add_argument("--unseen_documents", action="store_true",
+                      help="with --report and --corpus_dir: each row's test score and "
+                           "difference to start on the test queries none of whose judged "
+                           "documents a query of qrels/train.tsv is judged on (SciFact: 104 "
+                           "of 300) as well")
   return parser
 
 
@@ -368,8 +373,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   if args.report:
     try:
+      if args.unseen_documents and not args.corpus_dir:
+        raise ValueError("--unseen_documents needs --corpus_dir (its qrels/train.tsv and "
+                         "qrels/test.tsv).")
       report(args.output_dir, versus=args.versus,
-             exclude=[q for q in args.exclude_queries.split(",") if q])
+             exclude=[q for q in args.exclude_queries.split(",") if q],
+             unseen_of=args.corpus_dir if args.unseen_documents else None)
     except (FileNotFoundError, ValueError) as e:
       parser.error(str(e))
     return 0

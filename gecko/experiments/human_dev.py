@@ -71,6 +71,18 @@ def split(corpus_dir: str, *, fraction: int = FRACTION) -> Split:
   return split_qrels(datasets.load_beir(corpus_dir, split="train").qrels, fraction=fraction)
 
 
+def on_training_documents(corpus_dir: str) -> tuple[str, ...]:
+  """The test queries of `corpus_dir` (`qrels/test.tsv`) judged relevant to a document
+  that some training query (`qrels/train.tsv`) is judged relevant to: those a model
+  trained on the training queries may score by having seen their documents."""
+  from gecko.evaluation import datasets
+  relevant = lambda qrels: {q: {d for d, r in docs.items() if r > 0}  # noqa: E731
+                            for q, docs in qrels.items()}
+  trained = set().union(*relevant(datasets.load_beir(corpus_dir, split="train").qrels).values())
+  return tuple(sorted(q for q, docs in relevant(datasets.load_beir(corpus_dir).qrels).items()
+                      if docs & trained))
+
+
 def write_task(corpus_dir: str, split_: Split, output_dir: str) -> str:
   """A BEIR task at `output_dir` for the dev queries (their qrels as split "test") over
   `corpus_dir`'s whole corpus; returns `output_dir`."""
