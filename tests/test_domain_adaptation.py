@@ -62,6 +62,7 @@ def human_dirs(tmp_path_factory):
 
 
 TINY = "+2steps+batch8"  # the budget of _run's rows, in their names
+SEEDS = "+15seeds"  # _run's FRet seed passages, in the names of its FRet rows
 
 
 def _run(corpus, out, variant, **overrides):
@@ -87,9 +88,9 @@ def test_experiment_rows_and_report_end_to_end(beir_corpus, human_dirs, tmp_path
   # the corpus's own test queries never reach training or dev.
   records = {json.loads(line)["id"]: json.loads(line) for line in
              (tmp_path / "fret_rrf_lowest" / "fret-00000.jsonl").read_text().splitlines()}
-  dev = datasets.load_beir(str(tmp_path / "dev" / "fret_rrf_lowest"), split="test")
+  dev = datasets.load_beir(str(tmp_path / "dev" / "fret_rrf_lowest_15seeds"), split="test")
   assert dev.qrels and all(dev.qrels[q] == {records[q]["positive_id"]: 1} for q in dev.qrels)
-  train = (tmp_path / "data" / "fret_rrf_lowest" / "fret" / "fret-00000.jsonl").read_text()
+  train = (tmp_path / "data" / "fret_rrf_lowest_15seeds" / "fret" / "fret-00000.jsonl").read_text()
   assert not set(dev.qrels) & {json.loads(line)["id"] for line in train.splitlines()}
   assert "what does" not in train
   # The run's LLM calls are kept as text; a fresh output dir holding only them (a clone
@@ -109,13 +110,22 @@ def test_experiment_rows_and_report_end_to_end(beir_corpus, human_dirs, tmp_path
       json.dumps(r, sort_keys=True) for r in fret_files.read(str(tmp_path / "fret_rrf_lowest")))
   assert (clone / adaptation_data.CALLS_DIR / "fret_rrf_lowest.jsonl").read_text() == (
       calls.read_text())
+  # Fewer seed passages: the same FRet directory, the records of the first 10 seeds
+  # alone, as a data directory of their own.
+  name, fewer, _ = adaptation_data.training_records(
+      variant=adaptation_data.BASE, recipe=recipes.Recipe(), corpus_dir=str(beir_corpus),
+      output_dir=str(tmp_path), corpus_path=str(tmp_path / "corpus.jsonl"), passages=10,
+      neighbors=3, llm_url=None, llm_model=None)
+  first = {p["id"] for p in jsonl.read_objects(tmp_path / "corpus.jsonl")[:10]}
+  assert name == "fret_rrf_lowest_10seeds"
+  assert fewer and {r["id"] for r in fewer} == set(records) & first
 
   # A ranking variant and the consistency filter relabel the same queries from the base
   # run's cache: no LLM call.
   recipe = recipes.Recipe(consistency_top_k=2)
   ql = _run(beir_corpus, tmp_path, "ql", recipe=recipe)
   summary = json.loads((tmp_path / "fret_ql_lowest_consistent2" / "summary.json").read_text())
-  assert summary["llm_calls_this_run"] == 0 and ql["row"] == "ql+consistent2" + TINY
+  assert summary["llm_calls_this_run"] == 0 and ql["row"] == "ql+consistent2" + SEEDS + TINY
   assert ql["records"] + summary["consistency"]["dropped_this_run"] == main["records"]
   assert "--gin_file=gin/experiments/fret_adaptation.gin" in ql["command"]
 
@@ -124,10 +134,10 @@ def test_experiment_rows_and_report_end_to_end(beir_corpus, human_dirs, tmp_path
   # the FRet rows (the human rows carry NaN scores); every step finite.
   soft = _run(beir_corpus, tmp_path, "margin_mse", sts_dir=sts, banking77_dir=banking,
               recipe=recipes.Recipe(human=True, loss=(("teacher_scale", 0.05),)))
-  assert soft["row"] == "margin_mse+human+teacher_scale0.05" + TINY
+  assert soft["row"] == f"margin_mse{SEEDS}+human+teacher_scale0.05{TINY}"
   assert "human_mixture.gin" in soft["command"]
   assert "--gin.MIXTURE_OR_TASK_NAME='gecko_fret_ql_human'" in shlex.split(soft["command"])
-  assert (tmp_path / "data" / "fret_rrf_lowest+human" / "stsb").resolve() == human_dirs[0]
+  assert (tmp_path / "data" / "fret_rrf_lowest_15seeds+human" / "stsb").resolve() == human_dirs[0]
   steps = read_metrics(tmp_path / "runs" / f"{soft['row']}_seed0")
   assert steps[-1]["step"] == 2 and all(s["finite"] == 1.0 and s["distillation/384"] > 0
                                        for s in steps)
@@ -138,7 +148,7 @@ def test_experiment_rows_and_report_end_to_end(beir_corpus, human_dirs, tmp_path
                sts_dir=sts, banking77_dir=banking)
   assert {"--gin.MIXTURE_OR_TASK_NAME='gecko_fret_candidates_human'",
           "--gin.seqio_batches.SeqioBatches.candidates=3"} <= set(shlex.split(mixed["command"]))
-  triples_file = tmp_path / "data" / "fret_rrf_lowest" / "fret_candidates" / "candidates.jsonl"
+  triples_file = tmp_path / "data" / "fret_rrf_lowest_15seeds" / "fret_candidates" / "candidates.jsonl"
   lines = jsonl.read_objects(triples_file)
   assert len(lines) == mixed["train"] and {len(t["candidates"]) for t in lines} == {3}
   steps = read_metrics(tmp_path / "runs" / f"{mixed['row']}_seed0")
@@ -158,7 +168,7 @@ def test_experiment_rows_and_report_end_to_end(beir_corpus, human_dirs, tmp_path
   monkeypatch.setattr(adaptation_data, "FEW_SHOT", 3)
   claims = _run(beir_corpus, tmp_path, "seed_no_same_tower",
                 recipe=recipes.Recipe(few_shot_type="fact checking"))
-  assert claims["row"] == "seed_no_same_tower+fewshot-fact-checking" + TINY
+  assert claims["row"] == "seed_no_same_tower+fewshot-fact-checking" + SEEDS + TINY
   examples = jsonl.read_objects(tmp_path / "few_shot_fact_checking.jsonl")
   queries = {q["_id"]: q["text"] for q in jsonl.read_objects(beir_corpus / "queries.jsonl")}
   assert len(examples) == 3 and queries["r4"] not in {e["query"] for e in examples}
@@ -175,15 +185,15 @@ def test_experiment_rows_and_report_end_to_end(beir_corpus, human_dirs, tmp_path
   # on the human dev split alone, the run resuming from step 1; then step 1 alone.
   select = dict(recipe=recipes.Recipe(human_dev=True), checkpoint_every=1)
   at_1 = _run(beir_corpus, tmp_path, "main", eval_step=1, **select)
-  assert at_1["row"] == f"main{TINY}@1" and "dev_by_step" not in at_1
-  run_dir = tmp_path / "runs" / f"main{TINY}+ckpt1_seed0"
+  assert at_1["row"] == f"main{SEEDS}{TINY}@1" and "dev_by_step" not in at_1
+  run_dir = tmp_path / "runs" / f"main{SEEDS}{TINY}+ckpt1_seed0"
   assert [r["step"] for r in read_metrics(run_dir)] == [1] and not (run_dir / "export").exists()
-  card = (tmp_path / "steps" / f"main{TINY}+ckpt1_seed0" / "1" / "README.md").read_text()
-  assert f"step 1 of main{TINY}+ckpt1_seed0" in card  # what at_1 scored
+  card = (tmp_path / "steps" / f"main{SEEDS}{TINY}+ckpt1_seed0" / "1" / "README.md").read_text()
+  assert f"step 1 of main{SEEDS}{TINY}+ckpt1_seed0" in card  # what at_1 scored
   chosen = _run(beir_corpus, tmp_path, "main", dev_only=True, **select)
-  assert chosen["row"] == "main" + TINY and "scores_plain_format" not in chosen
+  assert chosen["row"] == "main" + SEEDS + TINY and "scores_plain_format" not in chosen
   assert set(chosen["dev_by_step"]) == {"1", "2"} and (run_dir / "export").exists()
-  assert (tmp_path / "results" / "selection" / f"main{TINY}_seed0.json").exists()
+  assert (tmp_path / "results" / "selection" / f"main{SEEDS}{TINY}_seed0.json").exists()
   assert at_1["scores_plain_format"]["human_dev@384"] == pytest.approx(
       chosen["dev_by_step"]["1"]["human_dev@384"], abs=1e-6)  # one checkpoint, scored twice
   only_1 = _run(beir_corpus, tmp_path, "main", dev_only=True, eval_step=1, **select)
@@ -191,27 +201,27 @@ def test_experiment_rows_and_report_end_to_end(beir_corpus, human_dirs, tmp_path
 
   # A soup of two rows (one run each) is evaluated as a row of its own; it scores the
   # human dev split when its first row did.
-  rows = f"main{TINY},margin_mse+human+teacher_scale0.05{TINY}"
+  rows = f"main{SEEDS}{TINY},margin_mse{SEEDS}+human+teacher_scale0.05{TINY}"
   assert domain_adaptation.main([f"--corpus_dir={beir_corpus}", f"--output_dir={tmp_path}",
                                  "--soup", rows]) == 0
   soup = json.loads((tmp_path / "results" / f"soup({rows})_seed0.json").read_text())
-  assert len(soup["soup_of"]) == 2 and f"2 runs of main{TINY}, margin_mse+" in soup[
+  assert len(soup["soup_of"]) == 2 and f"2 runs of main{SEEDS}{TINY}, margin_mse+" in soup[
       "description"]
-  dev_rows = f"in_domain+trainpart{TINY},main{TINY}"
+  dev_rows = f"in_domain+trainpart{TINY},main{SEEDS}{TINY}"
   assert domain_adaptation.main([f"--corpus_dir={beir_corpus}", f"--output_dir={tmp_path}",
                                  "--soup", dev_rows]) == 0
   dev_soup = json.loads((tmp_path / "results" / f"soup({dev_rows})_seed0.json").read_text())
   assert {"human_dev@256", "human_dev@384"} <= set(dev_soup["scores_plain_format"])
   assert "human_dev@384" not in soup["scores_plain_format"]
-  text = domain_adaptation.report(str(tmp_path), versus="main" + TINY)
+  text = domain_adaptation.report(str(tmp_path), versus="main" + SEEDS + TINY)
   table = report_table(text)
   assert list(table)[0] == "start" and {
-      f"main{TINY}", f"ql+consistent2{TINY}", f"margin_mse+human+teacher_scale0.05{TINY}",
-      f"in_domain+trainpart{TINY}", f"soup({rows})", f"main{TINY}@1"} <= set(table)
-  assert table["main" + TINY][1] == "1"
+      f"main{SEEDS}{TINY}", f"ql+consistent2{SEEDS}{TINY}", f"margin_mse{SEEDS}+human+teacher_scale0.05{TINY}",
+      f"in_domain+trainpart{TINY}", f"soup({rows})", f"main{SEEDS}{TINY}@1"} <= set(table)
+  assert table["main" + SEEDS + TINY][1] == "1"
   assert table["start"][2] == f"{start['scores_plain_format']['test@384']:.4f}"
-  assert table["main" + TINY][12].count("[") == 1  # Δ plain @384 with its interval
-  assert "Model selection" in text and f"| main{TINY} | 0 | " in text
+  assert table["main" + SEEDS + TINY][12].count("[") == 1  # Δ plain @384 with its interval
+  assert "Model selection" in text and f"| main{SEEDS}{TINY} | 0 | " in text
   assert (tmp_path / "results.md").read_text() == text
   assert (tmp_path / "results.png").exists()
 
@@ -362,9 +372,37 @@ def test_recipes_name_rows_and_directories():
   assert capped.row_name("in_domain") == "in_domain+human+trainpart+records92"
   assert capped.row_name("main") == "main+gemma3-270m+human+records92"
   assert capped.row_name("start") == "start"
+  assert plain.row_name("main", passages=600) == "main+600seeds"
+  assert plain.row_name("main", passages=recipes.DEFAULT_PASSAGES) == "main"
+  assert capped.row_name("in_domain", passages=600) == "in_domain+human+trainpart+records92"
   assert capped.fret_name(recipes.VARIANTS["main"]) == "fret_gemma3-270m_rrf_lowest"  # shared
   with pytest.raises(ValueError, match="max_records must be >= 1, got 0"):
     recipes.Recipe(max_records=0)
+
+
+def test_a_seed_ranked_variant_calls_the_llm_itself_and_replays_from_its_calls(
+    beir_corpus, tmp_path, smollm2):
+  """unranked_no_same_tower: generation alone, without running the base variant; its
+  calls are kept as text, and a directory holding only them replays the records."""
+  variant = recipes.VARIANTS["unranked_no_same_tower"]
+  assert variant.ranking == "seed" and recipes.NO_SAME_TOWER_GIN in variant.gin_files
+  fret = functools.partial(adaptation_data.run_fret, corpus_dir=str(beir_corpus),
+                           variant=variant, recipe=recipes.Recipe(), passages=4, neighbors=3,
+                           llm=smollm2)
+  for out in (tmp_path / "run", tmp_path / "clone"):
+    adaptation_data.write_corpus(str(beir_corpus), str(out / "corpus.jsonl"))
+  made, summary = fret(output_dir=str(tmp_path / "run"),
+                       corpus_path=str(tmp_path / "run" / "corpus.jsonl"))
+  assert made and all(r["positive_id"] == r["seed_id"] and r["candidate_ql"] is None
+                      for r in made)
+  assert not (tmp_path / "run" / "fret_rrf_lowest").exists()  # the base never ran
+  calls = tmp_path / "run" / adaptation_data.CALLS_DIR / "fret_seed_lowest.jsonl"
+  assert len(calls.read_text().splitlines()) == summary["llm_calls_this_run"] > 0
+  (tmp_path / "clone" / adaptation_data.CALLS_DIR).mkdir()
+  shutil.copy(calls, tmp_path / "clone" / adaptation_data.CALLS_DIR)
+  replayed, again = fret(output_dir=str(tmp_path / "clone"),
+                         corpus_path=str(tmp_path / "clone" / "corpus.jsonl"))
+  assert again["llm_calls_this_run"] == 0 and replayed == made
 
 
 def test_capped_records_keep_the_held_out_ones_and_nest(beir_corpus, tmp_path):

@@ -50,6 +50,26 @@ def test_choose_positive_and_negative_by_hand():
   assert label.choose(None, rc, ranking="rc").positive == 0
   with pytest.raises(ValueError, match="needs the RC scores"):
     label.choose(ql, None, ranking="rrf")
+  with pytest.raises(ValueError, match="ranking='seed' has no LLM score to rank by"):
+    label.choose(ql, rc, ranking="seed")
+
+
+def test_choose_the_seed_without_any_score_by_hand():
+  # Four candidates in the encoder's order, the seed third: it is the positive, and the
+  # encoder's lowest other candidate the negative (the second-lowest when the seed is last).
+  chosen = label.choose_seed(4, seed_at=2)
+  assert (chosen.positive, chosen.negative) == (2, 3) and chosen.fused == chosen.ql_ranks == ()
+  assert label.choose_seed(4, seed_at=3).negative == 2
+  assert label.choose_seed(4, seed_at=0, negative="window").negative is None
+  rng = np.random.default_rng(0)
+  assert {label.choose_seed(3, seed_at=1, negative="random", rng=rng).negative
+          for _ in range(50)} == {0, 2}
+  with pytest.raises(ValueError, match="needs an rng"):
+    label.choose_seed(3, seed_at=1, negative="random")
+  with pytest.raises(ValueError, match="seed_at=4 of 4"):
+    label.choose_seed(4, seed_at=4)
+  with pytest.raises(ValueError, match="negative='worst'"):
+    label.choose_seed(4, seed_at=0, negative="worst")
 
 
 def test_window_negatives_and_the_generic_query_guard_by_hand():

@@ -310,6 +310,29 @@ def test_failed_llm_calls_are_reported_and_a_rerun_completes_the_run(fret_corpus
   assert all(first[r["id"]] == r for r in records if r["id"] in first)
 
 
+def test_seed_ranking_asks_the_llm_for_queries_alone(fret_corpus, tmp_path, smollm2):
+  """ranking="seed": generation is the only LLM work (a scoring call would fail here);
+  each record's positive is its seed and its negative the encoder's lowest other
+  candidate; the records carry no LLM score."""
+  from gecko.fret import pipeline
+  config = FretConfig(corpus=str(fret_corpus), output_dir=str(tmp_path / "fret"), num_seeds=4,
+                      num_neighbors=3, ranking="seed")
+  summary = pipeline.run(config, llm=_FailingFor(smollm2, generate="\x00", score=""),
+                         shard_size=10)
+  written = fret_records(tmp_path / "fret")
+  assert len(written) == summary["records"] > 0
+  failed = tmp_path / "fret" / "failures.jsonl"
+  reasons = [json.loads(line)["reason"] for line in
+             (failed.read_text().splitlines() if failed.exists() else [])]
+  assert not [r for r in reasons if r.startswith("scoring failed")], reasons
+  for r in written:
+    assert not schema.problems(r), r
+    assert r["positive_id"] == r["seed_id"] and r["positive_is_seed"]
+    others = [c for c in r["candidate_ids"] if c != r["seed_id"]]
+    assert r["negative_id"] == others[-1] and len(r["candidate_ids"]) == 3
+    assert r["positive_ql"] is r["candidate_ql"] is r["candidate_rc"] is None
+
+
 def test_consistency_filter_by_hand():
   from gecko.fret.relabel import consistent
   record = {"positive_id": "b"}

@@ -18,7 +18,7 @@ from typing import NamedTuple
 from gecko.data import jsonl
 from gecko.data.packaged_models import DEFAULT_MODEL
 from gecko.experiments import human_dev, in_domain, stages
-from gecko.experiments.recipes import VARIANTS, Recipe, Variant
+from gecko.experiments.recipes import DEFAULT_PASSAGES, VARIANTS, Recipe, Variant
 from gecko.fret import heldout
 
 START_MODEL = DEFAULT_MODEL  # the encoder FRet retrieves with, and the rows start from
@@ -43,23 +43,28 @@ def write_corpus(corpus_dir: str, path: str) -> int:
 
 def run_fret(*, corpus_dir: str, output_dir: str, corpus_path: str, variant: Variant,
              recipe: Recipe, passages: int, neighbors: int, llm) -> tuple[list[dict], dict]:
-  """(records, summary) for `variant` under `recipe`; all but the base relabel from
-  its cache."""
+  """(records, summary) for `variant` under `recipe`. The base variant calls the LLM, and
+  the others relabel its queries from its cache; a variant ranked by the seed (no LLM
+  score) calls the LLM itself for what the base's cache lacks (its own generations), on
+  as many seeds as `passages`, without running the base."""
   from gecko.fret.cache import LLMCache
   from gecko.fret.config import FretConfig
   fret_dir = os.path.join(output_dir, recipe.fret_name(variant))
   base = dataclasses.replace(recipe, consistency_top_k=None)  # the filter relabels its cache
   base_dir = os.path.join(output_dir, base.fret_name(BASE))
+  calls_llm = fret_dir == base_dir or variant.ranking == "seed"
   if fret_dir != base_dir:
-    run_fret(corpus_dir=corpus_dir, output_dir=output_dir, corpus_path=corpus_path,
-             variant=BASE, recipe=base, passages=passages, neighbors=neighbors, llm=llm)
+    if not calls_llm:
+      run_fret(corpus_dir=corpus_dir, output_dir=output_dir, corpus_path=corpus_path,
+               variant=BASE, recipe=base, passages=passages, neighbors=neighbors, llm=llm)
     copy_missing(glob.glob(os.path.join(base_dir, "llm_cache.sqlite")) +
                  glob.glob(os.path.join(base_dir, "corpus_embeddings_*.npy")), fret_dir)
-  # The run that calls the LLM (the others relabel its cache) keeps its calls as text
-  # under OUTPUT_DIR/llm_calls, and replays them when its cache is absent (a fresh clone).
+  # A run that calls the LLM (the others relabel the base's cache) keeps its calls as
+  # text under OUTPUT_DIR/llm_calls, and replays them when its cache is absent (a fresh
+  # clone).
   calls = os.path.join(output_dir, CALLS_DIR, f"{recipe.fret_name(variant)}.jsonl")
   cache_path = os.path.join(fret_dir, "llm_cache.sqlite")
-  if fret_dir == base_dir and os.path.exists(calls):
+  if calls_llm and os.path.exists(calls):
     with LLMCache(cache_path) as cache:
       cache.merge(calls)
   options = recipe.llm_options()
@@ -70,10 +75,14 @@ def run_fret(*, corpus_dir: str, output_dir: str, corpus_path: str, variant: Var
       corpus=corpus_path, output_dir=fret_dir, num_seeds=passages, num_neighbors=neighbors,
       ranking=variant.ranking, negative=variant.negative, generator_options=options,
       dedup_cosine=recipe.dedup_cosine, consistency_top_k=recipe.consistency_top_k), llm=llm)
-  if fret_dir == base_dir:
+  if calls_llm:
     with LLMCache(cache_path) as cache:
       cache.export(calls)
-  return made
+  # The FRet directory may hold more seeds' records (a run of more --passages): these
+  # are the records of the first `passages` seeds alone.
+  seeds = {p["id"] for p in jsonl.read_objects(corpus_path, what="FRet corpus")[:passages]}
+  records, summary = made
+  return [r for r in records if r["id"] in seeds], summary
 
 
 def few_shot_examples(*, corpus_dir: str, output_dir: str, task_type: str) -> str:
@@ -172,7 +181,8 @@ def training_records(*, variant: Variant, recipe: Recipe, corpus_dir: str, outpu
   records, summary = run_fret(corpus_dir=corpus_dir, output_dir=output_dir,
                               corpus_path=corpus_path, variant=variant, recipe=recipe,
                               passages=passages, neighbors=neighbors, llm=llm)
-  name = recipe.fret_name(variant)
+  name = recipe.fret_name(variant) + ("" if passages == DEFAULT_PASSAGES
+                                      else f"_{passages}seeds")
   keys = ("positive_not_seed_fraction", "queries", "consistency")
   return name, records, {k: summary[k] for k in keys if k in summary}
 

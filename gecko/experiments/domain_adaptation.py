@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import glob
 import json
 import os
@@ -72,6 +73,7 @@ from gecko.data import paths
 from gecko.experiments import adaptation_data, arguments, human_dev, selection, stages
 from gecko.experiments.adaptation_report import SELECTION, report
 from gecko.experiments.recipes import (
+  DEFAULT_PASSAGES,
   HUMAN_MIXTURE_GIN,
   LOSS_SETTINGS,
   TASK_TYPES,
@@ -157,8 +159,8 @@ def train_row(*, variant_name: str, recipe: Recipe, corpus_dir: str, output_dir:
   # The training run: the row without its scored step, and its checkpoint cadence (a
   # finished run without those checkpoints cannot serve a selection run).
   every = f"+ckpt{budget.checkpoint_every}" if budget.checkpoint_every else ""
-  run_name = (f"{recipe.row_name(variant_name, dataclasses.replace(budget, eval_step=None))}"
-              f"{every}_seed{seed}")
+  row_name = functools.partial(recipe.row_name, variant_name, passages=passages)
+  run_name = f"{row_name(dataclasses.replace(budget, eval_step=None))}{every}_seed{seed}"
   model_dir = os.path.join(output_dir, "runs", run_name)
   training = fine_tuning(variant=variant, recipe=recipe, model_dir=model_dir,
                          data_dir=data.data_dir, budget=budget, seed=seed)
@@ -175,7 +177,7 @@ def train_row(*, variant_name: str, recipe: Recipe, corpus_dir: str, output_dir:
   tasks = evaluation_tasks(corpus_dir=corpus_dir, dev_dir=data.dev_dir, sts_dir=sts_dir,
                            banking77_dir=banking77_dir, human_dev_dir=dev_task)
   return {**result, **evaluate_both_formats(
-      checkpoint=export, tasks=tasks, name=f"{recipe.row_name(variant_name, budget)}_seed{seed}",
+      checkpoint=export, tasks=tasks, name=f"{row_name(budget)}_seed{seed}",
       dims=DIMS, output_dir=os.path.join(output_dir, "eval"))}
 
 
@@ -202,7 +204,7 @@ def run(*, corpus_dir: str, output_dir: str, variant: str, seed: int, passages: 
   size = adaptation_data.write_corpus(corpus_dir, corpus_path)
   if passages > size:
     raise ValueError(f"--passages={passages} exceeds the corpus ({size} passages).")
-  row = recipe.row_name(variant, budget)
+  row = recipe.row_name(variant, budget, passages=passages)
   result: dict = {"row": row, "variant": variant, "seed": seed, "driver_command": command,
                   "description": VARIANTS[variant].description,
                   "recipe": dataclasses.asdict(recipe)}
@@ -290,8 +292,10 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--output_dir", required=True)
   parser.add_argument("--variant", default="main", choices=sorted(VARIANTS))
   parser.add_argument("--seed", type=arguments.at_least(0), default=0, help="training seed")
-  parser.add_argument("--passages", type=arguments.at_least(1), default=150,
-                      help="FRet seed passages (150 with N=8: ~45 min of SmolLM2 on 2 cores)")
+  parser.add_argument("--passages", type=arguments.at_least(1), default=DEFAULT_PASSAGES,
+                      help=f"FRet seed passages ({DEFAULT_PASSAGES} with N=8: ~45 min of "
+                           "SmolLM2 on 2 cores); names the row where not the default "
+                           "('+600seeds')")
   parser.add_argument("--neighbors", type=arguments.at_least(2), default=8,
                       help="N, neighbours relabelled")
   parser.add_argument("--steps", type=arguments.at_least(1), default=30)

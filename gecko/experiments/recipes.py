@@ -11,6 +11,7 @@ from gecko.fret.generate import TASK_TYPES
 from gecko.fret.llm import TEACHERS as PACKAGED_TEACHERS
 
 DEFAULT_TEACHER = "smollm2-135m"
+DEFAULT_PASSAGES = 150  # FRet's seed passages (the driver's --passages)
 TEACHERS = tuple(PACKAGED_TEACHERS)  # the packaged GGUF teachers, DEFAULT_TEACHER first
 SEED_POSITIVE_GIN = "gin/ablations/fret_seed_positive.gin"
 NO_SAME_TOWER_GIN = "gin/ablations/no_same_tower.gin"
@@ -60,6 +61,10 @@ VARIANTS = {
                              gin_files=(NO_SAME_TOWER_GIN,)),
     "seed_no_same_tower": Variant("seed passage as the positive, without same-tower "
                                   "negatives", gin_files=(SEED_POSITIVE_GIN, NO_SAME_TOWER_GIN)),
+    "unranked_no_same_tower": Variant(
+        "seed passage as the positive with no LLM ranking (generation alone; the encoder's "
+        "lowest of N the negative), without same-tower negatives", ranking="seed",
+        gin_files=(NO_SAME_TOWER_GIN,)),
     "margin_mask": Variant("negatives closer than the positive + 0.1 masked",
                            gin_files=("gin/ablations/false_negative_margin.gin",)),
     "in_domain": Variant("the corpus's own human training queries (the in-domain "
@@ -194,15 +199,19 @@ class Recipe:
       parts.append(f"consistent{self.consistency_top_k}")
     return "_".join(parts)
 
-  def row_name(self, variant_name: str, budget: Budget | None = None) -> str:
-    """The table row: the variant, then each lever pulled and the budget where it is not
-    the default ("main+gemma3-270m+human+300steps+lr5e-05@150")."""
+  def row_name(self, variant_name: str, budget: Budget | None = None, *,
+               passages: int = DEFAULT_PASSAGES) -> str:
+    """The table row: the variant, then each lever pulled, FRet's seed `passages` and the
+    budget where they are not the default ("main+gemma3-270m+human+300steps+lr5e-05@150",
+    "main+600seeds")."""
     variant = VARIANTS[variant_name]
     parts = [variant_name]
     if variant.source == "fret":
       parts += self._generation_parts()
       if self.consistency_top_k is not None:
         parts.append(f"consistent{self.consistency_top_k}")
+      if passages != DEFAULT_PASSAGES:
+        parts.append(f"{passages}seeds")
     if self.human and variant.source != "none":
       parts.append("human")
     if self.human_dev and variant.source == "in_domain":

@@ -50,7 +50,9 @@ class FretConfig:
       score of the positive are skipped as likely false negatives (NV-Retriever: 0.95);
       the negative is the best-ranked passage of the window left, neither the positive
       nor the seed. A query with none left is dropped (counted in the summary).
-    ranking: "rrf" (QL and RC fused), or "ql" / "rc" alone (the paper's ablation).
+    ranking: "rrf" (QL and RC fused), or "ql" / "rc" alone (the paper's ablation), or
+      "seed": no LLM score, the seed passage the positive and the negative from the
+      encoder's order (`gecko.fret.label.choose_seed`; generation is the only LLM work).
     tfrecord: Also write each shard as TFRecord (tf.train.Example).
     generator_options: Extra `gecko.fret.generate.Generator` attributes, e.g.
       {"task_types": [...], "prompt": "my_prompt.txt", "sampling": True}.

@@ -12,7 +12,9 @@ the positive; the hard negative is the lowest fused one ("lowest", the paper's b
 p1/p20 setting with N = 20), a random one of the rest ("random"), or one mined from a
 window of the encoder's ranks ("window", `window_negative`: NV-Retriever's
 positive-aware rule, no LLM score). For the paper's ranking ablation, `ranking="ql"` or
-`"rc"` uses one score's ranks alone.
+`"rc"` uses one score's ranks alone. `ranking="seed"` asks the LLM for no score at all
+(`choose_seed`): the seed passage is the positive and the negative comes from the
+encoder's order (generation alone, as GPL and InPars label their queries).
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from collections.abc import Sequence
 import numpy as np
 
 NEGATIVE_CHOICES = ("lowest", "random", "window")
-RANKINGS = ("rrf", "ql", "rc")
+RANKINGS = ("rrf", "ql", "rc", "seed")
 # The LLM scores each ranking needs (the others are not computed).
-NEEDS = {"rrf": ("ql", "rc"), "ql": ("ql",), "rc": ("rc",)}
+NEEDS = {"rrf": ("ql", "rc"), "ql": ("ql",), "rc": ("rc",), "seed": ()}
 
 
 def ranks(scores: Sequence[float]) -> np.ndarray:
@@ -66,6 +68,8 @@ def _fuse(ql: Sequence[float] | None, rc: Sequence[float] | None, *, ranking: st
   """(fused scores, QL ranks, RC ranks, the neighbours best first) under `ranking`."""
   if ranking not in RANKINGS:
     raise ValueError(f"ranking={ranking!r}; use one of {RANKINGS}.")
+  if not NEEDS[ranking]:
+    raise ValueError(f"ranking={ranking!r} has no LLM score to rank by: use choose_seed.")
   missing = [name for name, s in (("ql", ql), ("rc", rc)) if s is None and name in NEEDS[ranking]]
   if missing:
     raise ValueError(f"ranking={ranking!r} needs the {missing[0].upper()} scores.")
@@ -112,6 +116,29 @@ def choose(ql: Sequence[float] | None, rc: Sequence[float] | None, *, negative: 
   as_tuple = lambda r: () if r is None else tuple(int(x) for x in r)  # noqa: E731
   return Labels(positive=positive, negative=chosen, fused=tuple(float(f) for f in fused),
                 ql_ranks=as_tuple(ql_ranks), rc_ranks=as_tuple(rc_ranks))
+
+
+def choose_seed(count: int, *, seed_at: int, negative: str = "lowest",
+                rng: np.random.Generator | None = None) -> Labels:
+  """ranking="seed", no LLM score: the seed (index `seed_at` of the `count` candidates,
+  which are in the encoder's order) is the positive; the negative is the encoder's
+  lowest other candidate ("lowest"), a random other one, or None ("window":
+  `window_negative`)."""
+  if negative not in NEGATIVE_CHOICES:
+    raise ValueError(f"negative={negative!r}; use one of {NEGATIVE_CHOICES}.")
+  if count < 2 or not 0 <= seed_at < count:
+    raise ValueError(f"need the seed among at least 2 candidates, got seed_at={seed_at} of "
+                     f"{count}.")
+  others = [i for i in range(count) if i != seed_at]
+  if negative == "lowest":
+    chosen = others[-1]
+  elif negative == "window":
+    chosen = None
+  else:
+    if rng is None:
+      raise ValueError("negative='random' needs an rng (np.random.default_rng(seed)).")
+    chosen = int(rng.choice(others))
+  return Labels(positive=seed_at, negative=chosen, fused=(), ql_ranks=(), rc_ranks=())
 
 
 def window_negative(ranked: Sequence[tuple[str, float]], *, window: tuple[int, int],

@@ -88,8 +88,8 @@ class Relabeler:
   """Attributes:
     scorer: The LLM's scores (`gecko.fret.score.Scorer`).
     negative: "lowest" fused candidate or a "random" other one.
-    ranking: "rrf", "ql" or "rc" (`gecko.fret.label`); a score the ranking does not
-      use is not computed (None, and None in the record).
+    ranking: "rrf", "ql", "rc" or "seed" (`gecko.fret.label`); a score the ranking
+      does not use is not computed (None, and None in the record): "seed" computes none.
     seed: With the query id, seeds the random negative.
     llm_label: The record's "llm" field ("backend:model").
     negative_window, negative_max_ratio: The "window" negative's ranks and rule
@@ -133,8 +133,13 @@ class Relabeler:
     needs = label_lib.NEEDS[self.ranking]
     ql = self.scorer.ql(generated.query, passages) if "ql" in needs else None
     rc = self.scorer.rc(generated.task, generated.query, passages) if "rc" in needs else None
-    chosen = label_lib.choose(ql, rc, negative=self.negative, ranking=self.ranking,
-                              rng=record_rng(self.seed, generated.id))
+    rng = record_rng(self.seed, generated.id)
+    if needs:
+      chosen = label_lib.choose(ql, rc, negative=self.negative, ranking=self.ranking, rng=rng)
+    else:  # ranking "seed": no LLM score
+      chosen = label_lib.choose_seed(
+          len(passages), seed_at=[p["id"] for p in passages].index(seed_passage["id"]),
+          negative=self.negative, rng=rng)
     pos = passages[chosen.positive]
     negative_at = chosen.negative
     if negative_at is None:

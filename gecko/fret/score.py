@@ -32,7 +32,7 @@ class Scorer:
     ql_prompt, rc_prompt: Packaged prompt names or file paths.
     rc_score: "yes" (log P(yes)) or "margin" (log P(yes) - log P(no)).
     max_passage_tokens: Passages are cut to this many LLM tokens in the prompts.
-    ranking: The run's ranking ("rrf", "ql" or "rc"): the backend must give the scores
+    ranking: The run's ranking (`gecko.fret.label.RANKINGS`): the backend must give the scores
       it uses (a server without prompt logprobs can still rank by RC alone).
   """
 
