@@ -386,6 +386,8 @@ def test_a_seed_ranked_variant_calls_the_llm_itself_and_replays_from_its_calls(
   calls are kept as text, and a directory holding only them replays the records."""
   variant = recipes.VARIANTS["unranked_no_same_tower"]
   assert variant.ranking == "seed" and recipes.NO_SAME_TOWER_GIN in variant.gin_files
+  assert recipes.VARIANTS["unranked"].ranking == "seed"  # the same records, Eq. 3 whole
+  assert recipes.VARIANTS["unranked"].gin_files == ()
   fret = functools.partial(adaptation_data.run_fret, corpus_dir=str(beir_corpus),
                            variant=variant, recipe=recipes.Recipe(), passages=4, neighbors=3,
                            llm=smollm2)

@@ -61,6 +61,9 @@ VARIANTS = {
                              gin_files=(NO_SAME_TOWER_GIN,)),
     "seed_no_same_tower": Variant("seed passage as the positive, without same-tower "
                                   "negatives", gin_files=(SEED_POSITIVE_GIN, NO_SAME_TOWER_GIN)),
+    "unranked": Variant("seed passage as the positive with no LLM ranking (generation alone; "
+                        "the encoder's lowest of N the negative), as in_domain's records",
+                        ranking="seed"),
     "unranked_no_same_tower": Variant(
         "seed passage as the positive with no LLM ranking (generation alone; the encoder's "
         "lowest of N the negative), without same-tower negatives", ranking="seed",
