@@ -210,6 +210,47 @@ def fret_corpus(tmp_path_factory) -> pathlib.Path:
   return path
 
 
+@pytest.fixture(scope="module")
+def beir_corpus(tmp_path_factory) -> pathlib.Path:
+  """A BEIR directory: 40 docstring passages, 4 test queries and 6 train queries with
+  their qrels."""
+  from gecko.data import jsonl
+  from gecko.fret import docstrings
+  root = tmp_path_factory.mktemp("beir")
+  passages = docstrings.passages(limit=40)
+  jsonl.write(root / "corpus.jsonl", [{"_id": p["id"], "title": p["title"], "text": p["text"]}
+                                      for p in passages])
+  queries = [{"_id": f"t{i}", "text": f"what does {p['title']} do"}
+             for i, p in enumerate(passages[:4])]
+  queries += [{"_id": f"r{i}", "text": f"how is {p['title']} used"}
+              for i, p in enumerate(passages[10:16])]
+  jsonl.write(root / "queries.jsonl", queries)
+  (root / "qrels").mkdir()
+  (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+      f"t{i}\t{p['id']}\t1\n" for i, p in enumerate(passages[:4])))
+  (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+      f"r{i}\t{p['id']}\t1\n" for i, p in enumerate(passages[10:16])) + "r0\t"
+      f"{passages[20]['id']}\t1\n")  # a query with two relevant passages
+  return root
+
+
+@pytest.fixture(scope="module")
+def human_dirs(tmp_path_factory):
+  """Tiny STS-B and Banking77 directories in their JSONL layouts."""
+  from gecko.data import jsonl
+  root = tmp_path_factory.mktemp("human")
+  pairs = [("a cat sits", "a cat is sitting", 4.6), ("a dog runs", "the dog is running", 4.2),
+           ("a man cooks", "stocks fell today", 0.4), ("rain falls", "it is raining", 4.8),
+           ("a bird sings", "the car is red", 1.0), ("kids play", "children are playing", 4.4)]
+  for split in ("train", "test"):
+    jsonl.write(root / "stsb" / f"{split}.jsonl",
+                [{"sentence1": a, "sentence2": b, "score": s} for a, b, s in pairs])
+    jsonl.write(root / "banking77" / f"{split}.jsonl", [
+        {"text": f"{word} question {i}", "label": label}
+        for label, word in enumerate(["card", "transfer", "refund"]) for i in range(4)])
+  return root / "stsb", root / "banking77"
+
+
 def fret_records(directory: pathlib.Path) -> list[dict]:
   """The records of the FRet JSONL shards in `directory`, in file order."""
   records = []
