@@ -18,7 +18,7 @@ from typing import NamedTuple
 from gecko.data import jsonl
 from gecko.data.packaged_models import DEFAULT_MODEL
 from gecko.experiments import human_dev, in_domain, stages
-from gecko.experiments.recipes import DEFAULT_PASSAGES, VARIANTS, Recipe, Variant
+from gecko.experiments.recipes import VARIANTS, Recipe, Variant, seeds_part
 from gecko.fret import heldout
 
 START_MODEL = DEFAULT_MODEL  # the encoder FRet retrieves with, and the rows start from
@@ -181,8 +181,7 @@ def training_records(*, variant: Variant, recipe: Recipe, corpus_dir: str, outpu
   records, summary = run_fret(corpus_dir=corpus_dir, output_dir=output_dir,
                               corpus_path=corpus_path, variant=variant, recipe=recipe,
                               passages=passages, neighbors=neighbors, llm=llm)
-  name = recipe.fret_name(variant) + ("" if passages == DEFAULT_PASSAGES
-                                      else f"_{passages}seeds")
+  name = "_".join(filter(None, (recipe.fret_name(variant), seeds_part(passages))))
   keys = ("positive_not_seed_fraction", "queries", "consistency")
   return name, records, {k: summary[k] for k in keys if k in summary}
 
