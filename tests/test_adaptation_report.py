@@ -126,6 +126,14 @@ def test_report_scores_rows_on_the_test_queries_about_unseen_documents(tmp_path,
   assert "| in_domain | 0.5500 | 0.5500 | +0.1000 [+0.1000, +0.1000] * |" in table
   assert "| start | 0.4500 | 0.4500 | — | — |" in table
   assert "On the test queries" not in domain_adaptation.report(str(tmp_path))
+  # With --versus, each row's plain difference to that row on the same queries as well.
+  text = domain_adaptation.report(str(tmp_path), unseen_of=str(beir), versus="in_domain")
+  table = text[text.index("On the test queries none of whose judged documents"):]
+  assert f"--unseen_documents --versus=in_domain\n```" in table
+  assert "| Δ plain vs start [95% CI] | Δ Gecko vs start [95% CI] | Δ plain vs in_domain" in table
+  assert "| start | 0.4500 | 0.4500 | — | — | -0.1000 [-0.1000, -0.1000] * |" in table
+  assert "| in_domain | 0.5500 | 0.5500 | +0.1000 [+0.1000, +0.1000] * | " in table
+  assert table.split("| in_domain |")[1].splitlines()[0].endswith("| — |")
   with pytest.raises(SystemExit):
     domain_adaptation.main(["--output_dir", str(tmp_path), "--report", "--unseen_documents"])
   assert "--unseen_documents needs --corpus_dir" in capsys.readouterr().err

@@ -5,7 +5,8 @@
   (`gecko.evaluation.bootstrap`; the start model in the same format: like for like);
 * with `versus`, each row's paired difference to another row (between rows);
 * with `exclude`, each row's test score and difference to the start model without
-  those test queries (e.g. ones that are verbatim training queries);
+  those test queries (e.g. ones that are verbatim training queries), and to `versus`
+  where it is given;
 * with `unseen_of` (a BEIR directory), the same on the test queries none of whose
   judged documents a training query is judged on;
 * model selection: each selection run's dev score at every kept checkpoint;
@@ -140,8 +141,9 @@ def report(output_dir: str, *, versus: str | None = None, exclude: Sequence[str]
     lines.append(f"| {name} | {len(results)} | " + " | ".join(cells) + " |")
   table = "\n".join(lines) + "\n"
   text = (_command(output_dir) + "\n" + table + "\n* the 95% interval excludes zero.\n"
-          + between_rows(rows, output_dir, versus) + without(rows, output_dir, exclude)
-          + unseen(rows, output_dir, unseen_of)
+          + between_rows(rows, output_dir, versus)
+          + without(rows, output_dir, exclude, versus=versus)
+          + unseen(rows, output_dir, unseen_of, versus=versus)
           + selection(selected, output_dir) + denominator_shares(output_dir)
           + commands(rows, selected))
   with open(os.path.join(output_dir, "results.md"), "w", encoding="utf-8") as f:
@@ -176,7 +178,8 @@ def between_rows(rows: dict[str, list[dict]], output_dir: str, versus: str | Non
   return "\n".join(lines) + "\n"
 
 
-def unseen(rows: dict[str, list[dict]], output_dir: str, corpus_dir: str | None) -> str:
+def unseen(rows: dict[str, list[dict]], output_dir: str, corpus_dir: str | None, *,
+           versus: str | None = None) -> str:
   """`without` the test queries of `corpus_dir` judged on a training query's document
   (`human_dev.on_training_documents`; empty without `corpus_dir`)."""
   if corpus_dir is None:
@@ -186,22 +189,26 @@ def unseen(rows: dict[str, list[dict]], output_dir: str, corpus_dir: str | None)
   return without(rows, output_dir, seen, title=(
       f"On the test queries none of whose judged documents a training query of {corpus_dir} "
       f"is judged on ({len(seen)} test queries left out)"),
-      flags=(f"--corpus_dir={corpus_dir}", "--unseen_documents"))
+      flags=(f"--corpus_dir={corpus_dir}", "--unseen_documents"), versus=versus)
 
 
 def without(rows: dict[str, list[dict]], output_dir: str, exclude: Sequence[str], *,
-            title: str | None = None, flags: Sequence[str] | None = None) -> str:
-  """Each row's test nDCG@10 @CI_DIM and its difference to the start model, both
-  without the test queries `exclude` (empty without them), under `title` and the report
-  command with `flags` (default: the queries and --exclude_queries)."""
+            title: str | None = None, flags: Sequence[str] | None = None,
+            versus: str | None = None) -> str:
+  """Each row's test nDCG@10 @CI_DIM and its difference to the start model (and, with
+  `versus`, its plain difference to that row), all without the test queries `exclude`
+  (empty without them), under `title` and the report command with `flags` (default: the
+  queries and --exclude_queries)."""
   if not exclude:
     return ""
   title = title or f"Without the test queries {', '.join(exclude)}"
-  flags = flags or (f"--exclude_queries={','.join(exclude)}",)
-  lines = ["", f"{title}: nDCG@10 @{CI_DIM}, seeds averaged per query; Δ vs start with its "
+  flags = [*(flags or (f"--exclude_queries={','.join(exclude)}",)),
+           *([f"--versus={versus}"] if versus else [])]
+  headers = ["row", "plain", "Gecko", "Δ plain vs start [95% CI]", "Δ Gecko vs start [95% CI]",
+             *([f"Δ plain vs {versus} [95% CI]"] if versus else [])]
+  lines = ["", f"{title}: nDCG@10 @{CI_DIM}, seeds averaged per query; Δ with its "
            "95% paired bootstrap interval.", "", _command(output_dir, *flags),
-           "| row | plain | Gecko | Δ plain vs start [95% CI] | Δ Gecko vs start [95% CI] |",
-           "|---|---|---|---|---|"]
+           "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
   for name, results in sorted(rows.items(), key=lambda item: _order(*item)):
     means, cells = [], []
     for fmt in ("plain", "gecko"):
@@ -209,6 +216,9 @@ def without(rows: dict[str, list[dict]], output_dir: str, exclude: Sequence[str]
       means.append("—" if not scores_ else f"{np.mean(list(scores_.values())):.4f}")
       diff = None if name == START else difference(rows, name, fmt, exclude=exclude)
       cells.append(_diff_cell(diff))
+    if versus:
+      cells.append(_diff_cell(None if name == versus else difference(
+          rows, name, "plain", versus=versus, exclude=exclude)))
     lines.append(f"| {name} | " + " | ".join(means + cells) + " |")
   return "\n".join(lines) + "\n"
 

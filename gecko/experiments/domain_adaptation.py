@@ -324,7 +324,9 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--llm_model", default=None, help="the server's model name")
   parser.add_argument("--report", action="store_true", help="tabulate the finished rows")
   parser.add_argument("--versus", metavar="ROW", default=None,
-                      help="with --report: each row's paired difference to ROW as well")
+                      help="with --report: each row's paired difference to ROW as well (on the "
+                           "whole test split, and with --exclude_queries or "
+                           "--unseen_documents on those queries too)")
   parser.add_argument("--exclude_queries", metavar="IDS", default="",
                       help="with --report: each row's test score and difference to start "
                            "without these test query ids as well (comma-separated, e.g. "
