@@ -12,12 +12,6 @@ from gecko.fret.llm import TEACHERS as PACKAGED_TEACHERS
 
 DEFAULT_TEACHER = "smollm2-135m"
 DEFAULT_PASSAGES = 150  # FRet's seed passages (the driver's --passages)
-
-
-def seeds_part(passages: int) -> str:
-  """How FRet's seed `passages` name a row and its data: "" for the default, else
-  "600seeds"."""
-  return "" if passages == DEFAULT_PASSAGES else f"{passages}seeds"
 TEACHERS = tuple(PACKAGED_TEACHERS)  # the packaged GGUF teachers, DEFAULT_TEACHER first
 SEED_POSITIVE_GIN = "gin/ablations/fret_seed_positive.gin"
 NO_SAME_TOWER_GIN = "gin/ablations/no_same_tower.gin"
@@ -28,6 +22,12 @@ DISTILL_GIN = {"margin_mse": "gin/ablations/distill_margin_mse.gin",
 # `GeckoLoss` settings a row may set (`Recipe.loss`, the driver's --loss NAME=VALUE).
 LOSS_SETTINGS = ("distillation_weight", "contrastive_weight", "teacher_scale",
                  "teacher_temperature")
+
+
+def seeds_part(passages: int) -> str:
+  """How FRet's seed `passages` name a row and its data: "" for the default, else
+  "600seeds"."""
+  return "" if passages == DEFAULT_PASSAGES else f"{passages}seeds"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,7 +219,8 @@ class Recipe:
       parts += self._generation_parts()
       if self.consistency_top_k is not None:
         parts.append(f"consistent{self.consistency_top_k}")
-      parts += [seeds_part(passages)] * bool(seeds_part(passages))
+      if seeds := seeds_part(passages):
+        parts.append(seeds)
     if self.human and variant.source != "none":
       parts.append("human")
     if self.human_dev and variant.source == "in_domain":
