@@ -137,3 +137,42 @@ def test_report_scores_rows_on_the_test_queries_about_unseen_documents(tmp_path,
   with pytest.raises(SystemExit):
     domain_adaptation.main(["--output_dir", str(tmp_path), "--report", "--unseen_documents"])
   assert "--unseen_documents needs --corpus_dir" in capsys.readouterr().err
+
+
+def test_report_pairs_runs_on_the_human_dev_split(tmp_path):
+  selection = tmp_path / "results" / "selection"
+  selection.mkdir(parents=True)
+
+  def dev_run(folder, name, seed, per_query):
+    (folder / f"{name}_seed{seed}.json").write_text(json.dumps(
+        {"row": name, "variant": name.split("+")[0].split("@")[0], "seed": seed,
+         "dev_by_step": {"0" if name == "start" else "50": {"human_dev@384": 0.0}},
+         "human_dev_per_query": {"384": per_query, "256": {}}}))
+
+  dev_run(selection, "start", 0, {"a": 0.5, "b": 0.5})
+  dev_run(selection, "unranked@50", 0, {"a": 0.3, "b": 0.4})
+  dev_run(selection, "unranked@50", 1, {"a": 0.5, "b": 0.4})
+  dev_run(selection, "in_domain@50", 0, {"a": 0.0, "b": 0.0})  # a row's seed wins
+  dev_run(tmp_path / "results", "in_domain@50", 0, {"a": 0.7, "b": 0.6})
+  (selection / "main_seed0.json").write_text(json.dumps(  # a curve: no per-query scores
+      {"row": "main", "variant": "main", "seed": 0, "dev_by_step": {"50": {"human_dev@384": 0.6}}}))
+  text = domain_adaptation.report(str(tmp_path), dev_versus="unranked@50")
+  table = text[text.index("On the human dev split, each run"):]
+  assert "--report --dev_versus=unranked@50\n```" in table
+  assert ("| run | seeds | human dev plain | Δ vs start [95% CI] | Δ vs unranked@50 [95% CI] |"
+          in table)
+  lines = [line for line in table.splitlines() if line.startswith("| ") and "seeds" not in line]
+  assert [line.split(" | ")[0] for line in lines] == ["| start", "| in_domain@50", "| unranked@50"]
+  # unranked's seeds average to (0.4, 0.4): 0.1 under start on each query.
+  assert lines[0] == "| start | 1 | 0.5000 | — | +0.1000 [+0.1000, +0.1000] * |"
+  assert lines[2] == "| unranked@50 | 2 | 0.4000 | -0.1000 [-0.1000, -0.1000] * | — |"
+  # in_domain (0.7, 0.6): against start +0.2 / +0.1, against unranked +0.3 / +0.2.
+  assert lines[1].startswith("| in_domain@50 | 1 | 0.6500 | +0.1500 [+0.1000, +0.2000] * |")
+  assert lines[1].endswith("| +0.2500 [+0.2000, +0.3000] * |")
+  assert "| main |" not in table
+  # The start model's dev row is a setting of its own, at step 0, not a curve.
+  grid = text.split("Settings scored at one checkpoint")[1]
+  assert "| start | 0 | 0 | 0.0000 |" in grid and "Model selection on" in text
+  with pytest.raises(ValueError, match="--dev_versus 'main' has no per-query"):
+    domain_adaptation.report(str(tmp_path), dev_versus="main")
+  assert "Δ vs unranked" not in domain_adaptation.report(str(tmp_path))

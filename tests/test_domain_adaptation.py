@@ -153,6 +153,25 @@ def test_experiment_rows_and_report_end_to_end(beir_corpus, human_dirs, tmp_path
       chosen["dev_by_step"]["1"]["human_dev@384"], abs=1e-6)  # one checkpoint, scored twice
   only_1 = _run(beir_corpus, tmp_path, "main", dev_only=True, eval_step=1, **select)
   assert only_1["dev_by_step"] == {"1": chosen["dev_by_step"]["1"]}
+  # One scored checkpoint keeps its dev scores per query (a row's and a setting's alike,
+  # the step scored again for them); several do not.
+  assert "human_dev_per_query" not in chosen
+  dev_queries = {q["_id"] for q in jsonl.read_objects(tmp_path / "human_dev" / "queries.jsonl")}
+  for scored in (at_1, only_1):
+    per_query = scored["human_dev_per_query"]["384"]
+    assert set(per_query) == dev_queries
+    assert sum(per_query.values()) / len(per_query) == pytest.approx(
+        at_1["scores_plain_format"]["human_dev@384"], abs=1e-6)
+  # The start model's dev row, the dev table's paired baseline.
+  start_dev = _run(beir_corpus, tmp_path, "start", dev_only=True,
+                   recipe=recipes.Recipe(human_dev=True))
+  assert set(start_dev["human_dev_per_query"]["384"]) == dev_queries
+  assert "scores_plain_format" not in start_dev
+  assert (tmp_path / "results" / "selection" / "start_seed0.json").exists()
+  text = domain_adaptation.report(str(tmp_path), dev_versus=f"main{SEEDS}{TINY}@1")
+  dev_table = text[text.index("On the human dev split, each run"):]
+  assert f"| main{SEEDS}{TINY}@1 | 1 | {at_1['scores_plain_format']['human_dev@384']:.4f} |" \
+      in dev_table and "| start | 1 |" in dev_table
 
   # A soup of two rows (one run each) is evaluated as a row of its own; it scores the
   # human dev split when its first row did.

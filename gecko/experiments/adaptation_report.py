@@ -10,6 +10,9 @@
 * with `unseen_of` (a BEIR directory), the same on the test queries none of whose
   judged documents a training query is judged on;
 * model selection: each selection run's dev score at every kept checkpoint;
+* on the human dev split, each run scored at one checkpoint with its per-query scores
+  (a row, or a setting of `--dev_only --eval_step S`), seeds averaged per query, and its
+  paired difference to the start model's and, with `dev_versus`, to that run's;
 * where Eq. 3's denominator goes: the `gecko.experiments.loss_shares` results written
   to OUTPUT_DIR/results/shares/;
 * the command that made each row.
@@ -105,7 +108,7 @@ def _command(output_dir: str, *flags: str) -> str:
 
 
 def report(output_dir: str, *, versus: str | None = None, exclude: Sequence[str] = (),
-           unseen_of: str | None = None) -> str:
+           unseen_of: str | None = None, dev_versus: str | None = None) -> str:
   """results.md (the tables of the module docstring, each under its command),
   results.png (the scores) and results_delta.png (the Δs to the start model with their
   intervals); returns results.md's text."""
@@ -144,7 +147,8 @@ def report(output_dir: str, *, versus: str | None = None, exclude: Sequence[str]
           + between_rows(rows, output_dir, versus)
           + without(rows, output_dir, exclude, versus=versus)
           + unseen(rows, output_dir, unseen_of, versus=versus)
-          + selection(selected, output_dir) + denominator_shares(output_dir)
+          + selection(selected, output_dir) + on_dev(rows, selected, output_dir, dev_versus)
+          + denominator_shares(output_dir)
           + commands(rows, selected))
   with open(os.path.join(output_dir, "results.md"), "w", encoding="utf-8") as f:
     f.write(text)
@@ -226,12 +230,13 @@ def without(rows: dict[str, list[dict]], output_dir: str, exclude: Sequence[str]
 def selection(selected: dict[str, list[dict]], output_dir: str) -> str:
   """Model selection: each selection run's human-dev nDCG@10 (plain, @CI_DIM) at every
   kept checkpoint, the best step marked; then the settings scored at one checkpoint
-  (`--dev_only --eval_step S`, named `ROW@S`), the best of them marked. Empty without
+  (`--dev_only --eval_step S`, named `ROW@S`, and the start model's
+  `--variant=start --dev_only`, at step 0), the best of them marked. Empty without
   selection runs."""
   runs = [(name, r) for name, results in sorted(selected.items())
           for r in sorted(results, key=lambda r: r["seed"])]
-  curves = [(name, r) for name, r in runs if "@" not in name]
-  settings = [(name, r) for name, r in runs if "@" in name]
+  settings = [(name, r) for name, r in runs if "@" in name or name == START]
+  curves = [(name, r) for name, r in runs if not ("@" in name or name == START)]
   key = f"human_dev@{CI_DIM}"
   lines = []
   if curves:
@@ -258,6 +263,46 @@ def selection(selected: dict[str, list[dict]], output_dir: str) -> str:
       lines.append(f"| {name} | {seed} | {step} | "
                    + (f"**{dev:.4f}** |" if row == best else f"{dev:.4f} |"))
   return "\n".join(lines) + "\n" if lines else ""
+
+
+def dev_per_query(runs: dict[str, dict[int, dict]], name: str) -> dict[str, float]:
+  """The run's human-dev nDCG@10 per query at CI_DIM (plain), seeds averaged per query."""
+  return bootstrap.mean_over_seeds([r["human_dev_per_query"][CI_DIM]
+                                    for r in runs[name].values()])
+
+
+def on_dev(rows: dict[str, list[dict]], selected: dict[str, list[dict]], output_dir: str,
+           versus: str | None = None) -> str:
+  """Each run with per-query human-dev scores (a row, or a setting scored at one
+  checkpoint; a row's seed wins over the same setting's) on the human dev split, seeds
+  averaged per query, with its paired difference to the start model's and to `versus`'s.
+  Empty without any such run."""
+  runs: dict[str, dict[int, dict]] = {}
+  for found in (selected, rows):
+    for name, results in found.items():
+      for r in results:
+        if "human_dev_per_query" in r:
+          runs.setdefault(name, {})[r["seed"]] = r
+  if versus is not None and versus not in runs:
+    raise ValueError(f"--dev_versus {versus!r} has no per-query human-dev scores under "
+                     f"{output_dir}/results; the runs that have them are {sorted(runs)}.")
+  if not runs:
+    return ""
+  flags = [f"--dev_versus={versus}"] if versus else []
+  headers = ["run", "seeds", "human dev plain", "Δ vs start [95% CI]",
+             *([f"Δ vs {versus} [95% CI]"] if versus else [])]
+  lines = ["", f"On the human dev split, each run at its scored checkpoint: nDCG@10 @{CI_DIM} "
+           "(plain), seeds averaged per query; Δ with its 95% paired bootstrap interval.", "",
+           _command(output_dir, *flags), "| " + " | ".join(headers) + " |",
+           "|" + "---|" * len(headers)]
+  for name in sorted(runs, key=lambda n: (n != START, n)):
+    scores_ = dev_per_query(runs, name)
+    cells = [str(len(runs[name])), f"{np.mean(list(scores_.values())):.4f}"]
+    for base in (START, *([versus] if versus else [])):
+      cells.append(_diff_cell(None if name == base or base not in runs else bootstrap.paired(
+          dev_per_query(runs, base), scores_)))
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
 
 
 def denominator_shares(output_dir: str) -> str:

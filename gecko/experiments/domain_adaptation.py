@@ -54,7 +54,9 @@ and the budget where it is not the default (`main+gemma3-270m+dedup0.9+human`,
    bootstrap intervals against the start model (results.md, results.png, and
    results_delta.png: each row's difference with its interval), `--versus ROW` against
    ROW as well, the model-selection tables (every checkpoint of each selection run;
-   each setting scored at one step) and each row's command.
+   each setting scored at one step), every run's human-dev score per query against the
+   start model's (`--variant=start --human_dev --dev_only` scores its dev row) and,
+   with `--dev_versus RUN`, against RUN's, and each row's command.
 """
 
 from __future__ import annotations
@@ -121,7 +123,8 @@ def evaluation_tasks(*, corpus_dir: str, dev_dir: str | None, sts_dir: str | Non
   if dev_dir:
     out.append(tasks.RetrievalTask(name="dev", path=dev_dir, task="search result"))
   if human_dev_dir:
-    out.append(tasks.RetrievalTask(name="human_dev", path=human_dev_dir, task="fact checking"))
+    out.append(tasks.RetrievalTask(name="human_dev", path=human_dev_dir, task="fact checking",
+                                   per_query=True))
   if sts_dir and os.path.isdir(sts_dir):
     out.append(tasks.STSTask(name="STSBenchmark", path=sts_dir))
   if banking77_dir and os.path.isdir(banking77_dir):
@@ -133,7 +136,8 @@ def evaluate_both_formats(*, checkpoint: str, tasks: Sequence, output_dir: str, 
                           dims: Sequence[int] | None) -> dict:
   """Scores in the plain and the Gecko input format (`stages.evaluate_formats`):
   {"scores_<format>_format": {task@dim: main score}, "per_query": {format: {dim:
-  {query: nDCG@10}}}}."""
+  {query: nDCG@10}}}} on the test queries, and where the human dev split is scored, its
+  plain format's "human_dev_per_query": {dim: {query: nDCG@10}}."""
   out: dict = {"per_query": {}}
   for fmt, results in stages.evaluate_formats(checkpoint, tasks=tasks, dims=dims,
                                               output_dir=output_dir, name=name).items():
@@ -142,6 +146,9 @@ def evaluate_both_formats(*, checkpoint: str, tasks: Sequence, output_dir: str, 
                                    for dim, scores in per_dim.items()}
     out["per_query"][fmt] = {str(dim): scores["ndcg_at_10_per_query"]
                              for dim, scores in results.get("test", {}).items()}
+    if fmt == "plain" and "human_dev" in results:
+      out["human_dev_per_query"] = {str(dim): scores["ndcg_at_10_per_query"]
+                                    for dim, scores in results["human_dev"].items()}
   return out
 
 
@@ -168,7 +175,7 @@ def train_row(*, variant_name: str, recipe: Recipe, corpus_dir: str, output_dir:
   dev_task = human_dev_task(corpus_dir, output_dir, recipe)
   result = {**data.counts, "command": training.command_line()}
   if dev_only:
-    return {**result, "dev_by_step": selection.dev_by_step(
+    return {**result, **selection.dev_by_step(
         output_dir=output_dir, run_name=run_name, model_dir=model_dir, budget=budget,
         human_dev_dir=dev_task, dims=DIMS)}
   if budget.step_suffix():
@@ -197,7 +204,8 @@ def run(*, corpus_dir: str, output_dir: str, variant: str, seed: int, passages: 
   if (checkpoint_every or dev_only) and not recipe.human_dev:
     raise ValueError("--checkpoint_every and --dev_only score the human dev split: add "
                      "--human_dev.")
-  if dev_only and not checkpoint_every:
+  start = VARIANTS[variant].source == "none"
+  if dev_only and not (checkpoint_every or start):
     raise ValueError("--dev_only scores each kept checkpoint on dev: set --checkpoint_every.")
   os.makedirs(os.path.join(output_dir, "results"), exist_ok=True)
   corpus_path = os.path.join(output_dir, "corpus.jsonl")
@@ -208,7 +216,14 @@ def run(*, corpus_dir: str, output_dir: str, variant: str, seed: int, passages: 
   result: dict = {"row": row, "variant": variant, "seed": seed, "driver_command": command,
                   "description": VARIANTS[variant].description,
                   "recipe": dataclasses.asdict(recipe)}
-  if VARIANTS[variant].source == "none":
+  if start and dev_only:  # the start model's dev row: the settings' paired baseline
+    dev = selection.score_dev(
+        model=adaptation_data.START_MODEL, dims=None, model_name="start",
+        human_dev_dir=human_dev_task(corpus_dir, output_dir, recipe),
+        output_dir=os.path.join(output_dir, "steps", "start", "dev_eval"))
+    result.update({"dev_by_step": {"0": {k: v for k, v in dev.items() if k != "per_query"}},
+                   "human_dev_per_query": dev["per_query"]})
+  elif start:
     tasks = evaluation_tasks(corpus_dir=corpus_dir, dev_dir=None, sts_dir=sts_dir,
                              banking77_dir=banking77_dir,
                              human_dev_dir=human_dev_task(corpus_dir, output_dir, recipe))
@@ -311,7 +326,8 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--dev_only", action="store_true",
                       help="score the checkpoints on dev and nothing else (no test, STS-B "
                            "or Banking77): the selection runs; with --eval_step, that "
-                           "checkpoint alone")
+                           "checkpoint alone, per query too; with --variant=start, the "
+                           "start model (the dev rows' paired baseline)")
   parser.add_argument("--sts_dir", default=None, help="STS-B directory (check; --human)")
   parser.add_argument("--banking77_dir", default=None,
                       help="Banking77 directory (check; --human)")
@@ -336,6 +352,9 @@ def _parser() -> argparse.ArgumentParser:
                            "difference to start on the test queries none of whose judged "
                            "documents a query of qrels/train.tsv is judged on (SciFact: 104 "
                            "of 300) as well")
+  parser.add_argument("--dev_versus", metavar="RUN", default=None,
+                      help="with --report: each run's paired difference to RUN (a row or a "
+                           "--dev_only setting) on the human dev split as well")
   return parser
 
 
@@ -384,7 +403,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "qrels/test.tsv).")
       report(args.output_dir, versus=args.versus,
              exclude=[q for q in args.exclude_queries.split(",") if q],
-             unseen_of=args.corpus_dir if args.unseen_documents else None)
+             unseen_of=args.corpus_dir if args.unseen_documents else None,
+             dev_versus=args.dev_versus)
     except (FileNotFoundError, ValueError) as e:
       parser.error(str(e))
     return 0

@@ -1,6 +1,7 @@
 """Model selection on the human dev split: a run's kept checkpoints, each exported as a
 model directory and scored on the dev split (`gecko.experiments.human_dev`) in the
-plain format, the scores cached so that a rerun scores only what is missing."""
+plain format, the scores cached so that a rerun scores only what is missing; and any
+model scored on that split alone (`score_dev`: the start model's dev row)."""
 
 from __future__ import annotations
 
@@ -22,27 +23,43 @@ def checkpoint_model(*, output_dir: str, run_name: str, model_dir: str, step: in
   return path
 
 
-def dev_by_step(*, output_dir: str, run_name: str, model_dir: str, budget: Budget,
-                human_dev_dir: str, dims: Sequence[int]) -> dict[str, dict[str, float]]:
-  """{step: {"human_dev@DIM": nDCG@10}} of each scored checkpoint (each kept one, or
-  the budget's `eval_step` alone) on the human dev split,
-  in the plain format (model selection; kept in OUTPUT_DIR/steps/RUN/dev_by_step.json,
-  so a rerun scores only what is missing)."""
+def score_dev(*, model: str, human_dev_dir: str, dims: Sequence[int] | None, output_dir: str,
+              model_name: str) -> dict[str, dict]:
+  """`model` on the human dev split in the plain format, at `dims` (None: the model's
+  own): {"human_dev@DIM": nDCG@10, ..., "per_query": {DIM: {query: nDCG@10}}} (the
+  reports under `output_dir`)."""
   from gecko import eval as eval_lib
   from gecko.evaluation import tasks
+  task = tasks.RetrievalTask(name="human_dev", path=human_dev_dir, task="fact checking",
+                             per_query=True)
+  results = eval_lib.evaluate(checkpoint=model, tasks=[task], dims=dims, gecko_format=False,
+                              output_dir=output_dir, model_name=model_name)["human_dev"]
+  return {**{f"human_dev@{dim}": s["main_score"] for dim, s in results.items()},
+          "per_query": {str(dim): s["ndcg_at_10_per_query"] for dim, s in results.items()}}
+
+
+def dev_by_step(*, output_dir: str, run_name: str, model_dir: str, budget: Budget,
+                human_dev_dir: str, dims: Sequence[int]) -> dict[str, dict]:
+  """{"dev_by_step": {step: {"human_dev@DIM": nDCG@10}}} of each scored checkpoint (each
+  kept one, or the budget's `eval_step` alone) on the human dev split, in the plain
+  format (model selection), and with one scored checkpoint its per-query scores,
+  {"human_dev_per_query": {DIM: {query: nDCG@10}}} (paired intervals between settings).
+  Kept in OUTPUT_DIR/steps/RUN/dev_by_step.json, so a rerun scores only what is missing
+  (a lone scored step whose per-query scores were not kept is scored again)."""
   path = os.path.join(output_dir, "steps", run_name, "dev_by_step.json")
   scores = json.loads(paths.read_text(path)) if os.path.exists(path) else {}
-  task = tasks.RetrievalTask(name="human_dev", path=human_dev_dir, task="fact checking")
-  for step in budget.scored_steps():
-    if str(step) in scores:
+  steps = [str(step) for step in budget.scored_steps()]
+  for step in steps:
+    if step in scores and ("per_query" in scores[step] or len(steps) > 1):
       continue
     model = checkpoint_model(output_dir=output_dir, run_name=run_name, model_dir=model_dir,
-                             step=step)
-    results = eval_lib.evaluate(checkpoint=model, tasks=[task], dims=dims, gecko_format=False,
-                                output_dir=os.path.join(output_dir, "steps", run_name,
-                                                        "dev_eval", str(step)),
-                                model_name=f"{run_name}@{step}")
-    scores[str(step)] = {f"human_dev@{dim}": s["main_score"]
-                         for dim, s in results["human_dev"].items()}
+                             step=int(step))
+    scores[step] = score_dev(
+        model=model, human_dev_dir=human_dev_dir, dims=dims, model_name=f"{run_name}@{step}",
+        output_dir=os.path.join(output_dir, "steps", run_name, "dev_eval", str(step)))
     paths.write_text(path, json.dumps(scores, indent=2))
-  return {str(step): scores[str(step)] for step in budget.scored_steps()}
+  out: dict[str, dict] = {"dev_by_step": {
+      step: {k: v for k, v in scores[step].items() if k != "per_query"} for step in steps}}
+  if len(steps) == 1:
+    out["human_dev_per_query"] = scores[steps[0]]["per_query"]
+  return out
