@@ -227,6 +227,12 @@ def without(rows: dict[str, list[dict]], output_dir: str, exclude: Sequence[str]
   return "\n".join(lines) + "\n"
 
 
+def _one_checkpoint(name: str) -> bool:
+  """Whether a selection run scored one checkpoint: a setting `ROW@S`, or the start
+  model's dev row."""
+  return "@" in name or name == START
+
+
 def selection(selected: dict[str, list[dict]], output_dir: str) -> str:
   """Model selection: each selection run's human-dev nDCG@10 (plain, @CI_DIM) at every
   kept checkpoint, the best step marked; then the settings scored at one checkpoint
@@ -235,8 +241,8 @@ def selection(selected: dict[str, list[dict]], output_dir: str) -> str:
   selection runs."""
   runs = [(name, r) for name, results in sorted(selected.items())
           for r in sorted(results, key=lambda r: r["seed"])]
-  settings = [(name, r) for name, r in runs if "@" in name or name == START]
-  curves = [(name, r) for name, r in runs if not ("@" in name or name == START)]
+  settings = [(name, r) for name, r in runs if _one_checkpoint(name)]
+  curves = [(name, r) for name, r in runs if not _one_checkpoint(name)]
   key = f"human_dev@{CI_DIM}"
   lines = []
   if curves:
