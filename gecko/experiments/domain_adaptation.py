@@ -221,8 +221,7 @@ def run(*, corpus_dir: str, output_dir: str, variant: str, seed: int, passages: 
         model=adaptation_data.START_MODEL, dims=None, model_name="start",
         human_dev_dir=human_dev_task(corpus_dir, output_dir, recipe),
         output_dir=os.path.join(output_dir, "steps", "start", "dev_eval"))
-    result.update({"dev_by_step": {"0": {k: v for k, v in dev.items() if k != "per_query"}},
-                   "human_dev_per_query": dev["per_query"]})
+    result.update(selection.dev_row({"0": dev}))
   elif start:
     tasks = evaluation_tasks(corpus_dir=corpus_dir, dev_dir=None, sts_dir=sts_dir,
                              banking77_dir=banking77_dir,

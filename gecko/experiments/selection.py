@@ -58,8 +58,16 @@ def dev_by_step(*, output_dir: str, run_name: str, model_dir: str, budget: Budge
         model=model, human_dev_dir=human_dev_dir, dims=dims, model_name=f"{run_name}@{step}",
         output_dir=os.path.join(output_dir, "steps", run_name, "dev_eval", str(step)))
     paths.write_text(path, json.dumps(scores, indent=2))
+  return dev_row({step: scores[step] for step in steps})
+
+
+def dev_row(scores: dict[str, dict]) -> dict[str, dict]:
+  """A result's dev fields from `score_dev`'s scores by step: {"dev_by_step": {step:
+  {"human_dev@DIM": nDCG@10}}}, and with one scored step its per-query scores,
+  {"human_dev_per_query": {DIM: {query: nDCG@10}}}."""
   out: dict[str, dict] = {"dev_by_step": {
-      step: {k: v for k, v in scores[step].items() if k != "per_query"} for step in steps}}
-  if len(steps) == 1:
-    out["human_dev_per_query"] = scores[steps[0]]["per_query"]
+      step: {k: v for k, v in score.items() if k != "per_query"}
+      for step, score in scores.items()}}
+  if len(scores) == 1:
+    out["human_dev_per_query"] = next(iter(scores.values()))["per_query"]
   return out
