@@ -13,6 +13,11 @@ a streaming input (`gecko.data.seqio_batches`), each process's input position
 uninterrupted one. Orbax writes to a temporary directory
 and renames on completion: a run killed mid-save leaves the previous checkpoint
 intact. A state with non-finite parameters is never written.
+
+The K kept are the newest on the cadence (`step % N == 0`). A checkpoint off it (one
+written on preemption) is kept only while it is the newest, as the point the run
+resumes from: it never takes the place of a kept one, so a preempted run that keeps
+every checkpoint for model selection still has each of them at its end.
 """
 
 from __future__ import annotations
@@ -78,13 +83,28 @@ def _shapes(params) -> dict[str, list[int]]:
           for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
 
 
+@dataclasses.dataclass(frozen=True)
+class CadencePreservation:
+  """Orbax's preservation policy for `Checkpointer` (module docstring): the newest
+  `keep` checkpoints whose step is a multiple of `every`, and the newest of all."""
+  every: int
+  keep: int
+
+  def should_preserve(self, checkpoints, *, context=None) -> list[bool]:
+    del context
+    steps = [info.step for info in checkpoints]
+    kept = set(sorted(s for s in steps if s % self.every == 0)[-self.keep:])
+    return [s in kept or s == max(steps) for s in steps]
+
+
 class Checkpointer:
   """Saves and restores TrainStates under `directory/checkpoints`.
 
   Args:
     directory: The run's MODEL_DIR.
     every: Save when `step % every == 0` (and always on `force=True`).
-    keep: How many recent checkpoints to keep.
+    keep: How many of the newest checkpoints on that cadence to keep (and the newest
+      of all, when it is off the cadence).
   """
 
   def __init__(self, directory: str, *, every: int, keep: int):
@@ -94,7 +114,8 @@ class Checkpointer:
     self.directory = directory
     self._manager = ocp.CheckpointManager(
         paths.checkpoints_dir(paths.absolute(directory)),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        options=ocp.CheckpointManagerOptions(
+            preservation_policy=CadencePreservation(every=every, keep=keep), create=True),
         item_names=("state", "meta", "input"))
 
   @property
