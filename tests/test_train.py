@@ -138,6 +138,32 @@ def test_sigterm_saves_the_step_it_reached_exits_0_and_resumes_exactly(tmp_path,
 
 
 @pytest.mark.slow
+def test_a_drivers_preempted_fine_tuning_ends_the_driver_before_anything_is_scored(
+    tmp_path, triples):
+  """SIGTERM during a driver's fine-tuning stage (`stages.FineTuning.run`): the step is
+  saved, and the driver ends with one line and exit status 1 instead of going on to
+  score checkpoints the run has not written."""
+  model_dir, unused = tmp_path / "stage", tmp_path / "task_data_dir.gin"
+  unused.write_text("TASK_DATA_DIR = None  # a stage binds it; this run reads TRAIN_DATA\n")
+  gin_files = [*TINY_RUN_GIN, str(unused)]
+  stage = (f"stages.FineTuning(gin_files={gin_files!r}, model_dir={str(model_dir)!r}, "
+           "data_dir='unused', steps=12, batch_size=8, learning_rate=1e-3, "
+           f"macros={{'TRAIN_DATA': {triples!r}}}).run()")
+  proc = subprocess.Popen(
+      [sys.executable, "-c", f"from gecko.experiments import stages\n{stage}\nprint('scored')"],
+      cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  _wait_for_step([proc], model_dir, 3)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  saved = [int(n) for n in os.listdir(model_dir / "checkpoints")]
+  assert proc.returncode == 1 and "scored" not in out, err[-3000:]
+  assert len(saved) == 1 and 3 <= saved[0] < 12, saved
+  assert (f"fine-tuning stopped at step {saved[0]} on SIGTERM (preemption), its checkpoint "
+          f"saved in {model_dir}; nothing was scored. The same command resumes it.") in err
+  assert "Traceback" not in err
+
+
+@pytest.mark.slow
 def test_a_run_stopped_early_keeps_the_whole_schedules_checkpoint(tmp_path, triples,
                                                                   uninterrupted):
   """A row scored at an earlier checkpoint (`stages.FineTuning(stop_at=4)`) trains the

@@ -8,7 +8,9 @@
 
 `gecko.experiments.demo` and `gecko.experiments.domain_adaptation` are two
 configurations of these. A stage keeps its output, and a rerun reuses it (the corpus
-file, the FRet cache and records, a finished training run), so a driver resumes.
+file, the FRet cache and records, a finished training run), so a driver resumes. A
+fine-tuning stopped by SIGTERM (preemption) saves its step and ends the driver
+(`Preempted`) before anything reads its checkpoints.
 """
 
 from __future__ import annotations
@@ -50,6 +52,12 @@ def fret(config: FretConfig, *, llm: LLM) -> tuple[list[dict], dict[str, object]
 
 def _gin_literal(value: object) -> str:
   return gin_string(value) if isinstance(value, str) else repr(value)
+
+
+class Preempted(SystemExit):
+  """Fine-tuning saved its step on SIGTERM and stopped: the driver ends here with this
+  message and exit status 1, nothing scored (a SystemExit, so no `except Exception` on
+  the way out treats the unfinished run as done); the same command resumes it."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -112,7 +120,10 @@ class FineTuning:
   def run(self) -> str:
     """Trains unless MODEL_DIR/export exists, or with `stop_at` its checkpoint does (a
     finished run is not repeated; an unfinished one resumes from its checkpoint);
-    returns the export (none is written when the run stops early)."""
+    returns the export (none is written when the run stops early).
+
+    Raises:
+      Preempted: SIGTERM stopped the run (its step is saved)."""
     from gecko import gin_flags, train
     export = paths.join(self.model_dir, "export")
     stopped = self.stops_early() and paths.isdir(
@@ -121,7 +132,11 @@ class FineTuning:
     if not (paths.isdir(export) or stopped):
       gin_flags.configure(list(self.gin_files),
                           [f"{name} = {value}" for name, value in self.bindings().items()])
-      gin_flags.call_configured(train.train)
+      last = gin_flags.call_configured(train.train)
+      if "preempted_at_step" in last:
+        raise Preempted(f"fine-tuning stopped at step {last['preempted_at_step']} on SIGTERM "
+                        f"(preemption), its checkpoint saved in {self.model_dir}; nothing was "
+                        "scored. The same command resumes it.")
     return export
 
 
