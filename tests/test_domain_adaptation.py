@@ -2,6 +2,7 @@
 MiniLM, real training and evaluation), so that the script behind EXPERIMENTS.md
 cannot rot."""
 
+import dataclasses
 import functools
 import json
 import shlex
@@ -225,6 +226,15 @@ def test_budgets_name_rows_and_choose_checkpoints():
       variant=recipes.VARIANTS["main"], recipe=main, model_dir="m", data_dir="d",
       budget=select, seed=0).bindings()
   assert "train.train.train_steps" not in whole and "train.train.export" not in whole
+  assert "GRAD_CACHE_CHUNK" not in whole
+  # GradCache changes the memory, not the model: the same run (name) with the chunk bound.
+  cached = dataclasses.replace(select, batch_size=8, grad_cache_chunk=2)
+  assert main.row_name("main", cached) == "main+300steps+batch8+lr5e-05"
+  assert domain_adaptation.fine_tuning(
+      variant=recipes.VARIANTS["main"], recipe=main, model_dir="m", data_dir="d",
+      budget=cached, seed=0).bindings()["GRAD_CACHE_CHUNK"] == "2"
+  with pytest.raises(ValueError, match="grad_cache_chunk=3 must divide the batch size 8"):
+    recipes.Budget(batch_size=8, grad_cache_chunk=3)
   with pytest.raises(ValueError, match="stop_at=301 is not a step of this 300-step run"):
     stages.FineTuning(gin_files=(), model_dir="m", data_dir="d", steps=300, batch_size=8,
                       learning_rate=1e-5, stop_at=301)

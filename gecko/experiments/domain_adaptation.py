@@ -103,6 +103,8 @@ def fine_tuning(*, variant: Variant, recipe: Recipe, model_dir: str, data_dir: s
   macros = {"SEED": seed, "CHECKPOINT_EVERY": budget.checkpoint_every or budget.steps,
             "train.train.keep_checkpoints": len(budget.checkpoint_steps()),
             **{f"losses.GeckoLoss.{name}": value for name, value in recipe.loss}}
+  if budget.grad_cache_chunk:
+    macros["GRAD_CACHE_CHUNK"] = budget.grad_cache_chunk
   if variant.candidates:
     macros["MIXTURE_OR_TASK_NAME"] = "gecko_fret_candidates" + "_human" * recipe.human
     macros["seqio_batches.SeqioBatches.candidates"] = adaptation_data.candidate_count(data_dir)
@@ -193,14 +195,16 @@ def run(*, corpus_dir: str, output_dir: str, variant: str, seed: int, passages: 
         sts_dir: str | None, banking77_dir: str | None = None, recipe: Recipe | None = None,
         llm_url: str | None = None, llm_model: str | None = None,
         checkpoint_every: int | None = None, eval_step: int | None = None,
-        dev_only: bool = False, command: str | None = None) -> dict:
+        grad_cache_chunk: int | None = None, dev_only: bool = False,
+        command: str | None = None) -> dict:
   """One row (module docstring); returns and writes its results. `command` (the driver
   command that made the row) is kept in them for the report."""
   if variant not in VARIANTS:
     raise ValueError(f"Unknown variant {variant!r}; use one of {sorted(VARIANTS)}.")
   recipe = recipe or Recipe()
   budget = Budget(steps=steps, batch_size=batch_size, learning_rate=learning_rate,
-                  checkpoint_every=checkpoint_every, eval_step=eval_step)
+                  checkpoint_every=checkpoint_every, eval_step=eval_step,
+                  grad_cache_chunk=grad_cache_chunk)
   if (checkpoint_every or dev_only) and not recipe.human_dev:
     raise ValueError("--checkpoint_every and --dev_only score the human dev split: add "
                      "--human_dev.")
@@ -322,6 +326,12 @@ def _parser() -> argparse.ArgumentParser:
                       help="score the checkpoint of this step, not the last (a multiple of "
                            "--checkpoint_every; '@STEP' ends the row's name); the run trains "
                            "the --steps schedule up to this step only")
+  parser.add_argument("--grad_cache_chunk", type=arguments.at_least(1), default=None,
+                      metavar="N",
+                      help="embed and back-propagate in chunks of N examples (GradCache: "
+                           "the same model in one chunk's activation memory; not in the "
+                           "row's name). --variant=candidates_kl at batch 8 needs about "
+                           "23 GB without it")
   parser.add_argument("--dev_only", action="store_true",
                       help="score the checkpoints on dev and nothing else (no test, STS-B "
                            "or Banking77): the selection runs; with --eval_step, that "
@@ -413,7 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error("--llm_url needs --llm_model (the served model's name)")
   try:
     Budget(steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
-           checkpoint_every=args.checkpoint_every, eval_step=args.eval_step)
+           checkpoint_every=args.checkpoint_every, eval_step=args.eval_step,
+           grad_cache_chunk=args.grad_cache_chunk)
   except ValueError as e:
     parser.error(str(e))
   if args.soup:
@@ -431,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       batch_size=args.batch_size, learning_rate=args.learning_rate, sts_dir=args.sts_dir,
       banking77_dir=args.banking77_dir, recipe=recipe, llm_url=args.llm_url,
       llm_model=args.llm_model, checkpoint_every=args.checkpoint_every,
-      eval_step=args.eval_step, dev_only=args.dev_only,
+      eval_step=args.eval_step, grad_cache_chunk=args.grad_cache_chunk, dev_only=args.dev_only,
       command=f"python -m gecko.experiments.domain_adaptation {shlex.join(argv)}")
   return 0
 

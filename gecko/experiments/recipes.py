@@ -102,6 +102,9 @@ class Budget:
       a multiple of `checkpoint_every`. The run trains up to it and stops there: the
       learning-rate schedule stays that of `steps`, so the checkpoint is the one a run
       of all `steps` keeps at that step.
+    grad_cache_chunk: Embed and back-propagate in chunks of this many examples
+      (GradCache: the same model in the activation memory of one chunk, for a step
+      too large for the machine, e.g. every candidate's); not in the row's name.
   """
 
   steps: int = 30
@@ -109,9 +112,10 @@ class Budget:
   learning_rate: float = 2e-5
   checkpoint_every: int | None = None
   eval_step: int | None = None
+  grad_cache_chunk: int | None = None
 
   def __post_init__(self):
-    for name in ("steps", "batch_size", "checkpoint_every", "eval_step"):
+    for name in ("steps", "batch_size", "checkpoint_every", "eval_step", "grad_cache_chunk"):
       value = getattr(self, name)
       if value is not None and value < 1:
         raise ValueError(f"the budget's {name} must be >= 1, got {value}.")
@@ -120,6 +124,9 @@ class Budget:
     if self.eval_step is not None and self.eval_step not in self.checkpoint_steps():
       raise ValueError(f"eval_step={self.eval_step} is not a checkpoint of this budget "
                        f"({self.checkpoint_steps()}); set checkpoint_every to divide it.")
+    if self.grad_cache_chunk and self.batch_size % self.grad_cache_chunk:
+      raise ValueError(f"grad_cache_chunk={self.grad_cache_chunk} must divide the batch "
+                       f"size {self.batch_size}.")
 
   def checkpoint_steps(self) -> list[int]:
     """The steps whose checkpoints the run keeps."""
