@@ -93,8 +93,8 @@ class CadencePreservation:
   def should_preserve(self, checkpoints, *, context=None) -> list[bool]:
     del context
     steps = [info.step for info in checkpoints]
-    kept = set(sorted(s for s in steps if s % self.every == 0)[-self.keep:])
-    return [s in kept or s == max(steps) for s in steps]
+    kept = {*sorted(s for s in steps if s % self.every == 0)[-self.keep:], max(steps, default=0)}
+    return [s in kept for s in steps]
 
 
 class Checkpointer:
