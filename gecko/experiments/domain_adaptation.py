@@ -316,27 +316,7 @@ def _parser() -> argparse.ArgumentParser:
                            "('+600seeds')")
   parser.add_argument("--neighbors", type=arguments.at_least(2), default=8,
                       help="N, neighbours relabelled")
-  parser.add_argument("--steps", type=arguments.at_least(1), default=30)
-  parser.add_argument("--batch_size", type=arguments.at_least(1), default=32)
-  parser.add_argument("--learning_rate", type=arguments.positive_float, default=2e-5)
-  parser.add_argument("--checkpoint_every", type=arguments.at_least(1), default=None,
-                      help="keep a checkpoint every this many steps and score each on the "
-                           "human dev split (needs --human_dev; model selection)")
-  parser.add_argument("--eval_step", type=arguments.at_least(1), default=None,
-                      help="score the checkpoint of this step, not the last (a multiple of "
-                           "--checkpoint_every; '@STEP' ends the row's name); the run trains "
-                           "the --steps schedule up to this step only")
-  parser.add_argument("--grad_cache_chunk", type=arguments.at_least(1), default=None,
-                      metavar="N",
-                      help="embed and back-propagate in chunks of N examples (GradCache: "
-                           "the same model in one chunk's activation memory; not in the "
-                           "row's name). --variant=candidates_kl at batch 8 needs about "
-                           "23 GB without it")
-  parser.add_argument("--dev_only", action="store_true",
-                      help="score the checkpoints on dev and nothing else (no test, STS-B "
-                           "or Banking77): the selection runs; with --eval_step, that "
-                           "checkpoint alone, per query too; with --variant=start, the "
-                           "start model (the dev rows' paired baseline)")
+  _add_budget(parser)
   parser.add_argument("--sts_dir", default=None, help="STS-B directory (check; --human)")
   parser.add_argument("--banking77_dir", default=None,
                       help="Banking77 directory (check; --human)")
@@ -365,6 +345,31 @@ def _parser() -> argparse.ArgumentParser:
                       help="with --report: each run's paired difference to RUN (a row or a "
                            "--dev_only setting) on the human dev split as well")
   return parser
+
+
+def _add_budget(parser: argparse.ArgumentParser) -> None:
+  """The training budget (`Budget`), its checkpoints and how they are scored."""
+  parser.add_argument("--steps", type=arguments.at_least(1), default=30)
+  parser.add_argument("--batch_size", type=arguments.at_least(1), default=32)
+  parser.add_argument("--learning_rate", type=arguments.positive_float, default=2e-5)
+  parser.add_argument("--checkpoint_every", type=arguments.at_least(1), default=None,
+                      help="keep a checkpoint every this many steps and score each on the "
+                           "human dev split (needs --human_dev; model selection)")
+  parser.add_argument("--eval_step", type=arguments.at_least(1), default=None,
+                      help="score the checkpoint of this step, not the last (a multiple of "
+                           "--checkpoint_every; '@STEP' ends the row's name); the run trains "
+                           "the --steps schedule up to this step only")
+  parser.add_argument("--grad_cache_chunk", type=arguments.at_least(1), default=None,
+                      metavar="N",
+                      help="embed and back-propagate in chunks of N examples (GradCache: "
+                           "the same model in one chunk's activation memory; not in the "
+                           "row's name). --variant=candidates_kl at batch 8 needs about "
+                           "23 GB without it")
+  parser.add_argument("--dev_only", action="store_true",
+                      help="score the checkpoints on dev and nothing else (no test, STS-B "
+                           "or Banking77): the selection runs; with --eval_step, that "
+                           "checkpoint alone, per query too; with --variant=start, the "
+                           "start model (the dev rows' paired baseline)")
 
 
 def _add_levers(levers: argparse._ArgumentGroup) -> None:
