@@ -13,13 +13,22 @@
 # (default /tmp/gecko-gpu): gpu.json (merged), jax.json, torch.json, log.txt,
 # nvidia-smi.txt. Each part has its own time limit (JAX_SECONDS, default 330;
 # TORCH_SECONDS, default 120), so the whole run stays under 8 minutes.
+#
+#   GPU_PARTS=profile benchmarks/gpu.sh   # where the bf16 encode's time goes, kernel by kernel
+#
+# runs benchmarks/gpu_profile.py: ours once per line of PROFILE_XLA_FLAGS (the first, empty
+# line: XLA's defaults), then torch, then a side-by-side table; profile-*.json and the
+# compiled HLO (profile-jax-N.hlo.txt) go to $OUT. About 2 minutes (PROFILE_SECONDS per run).
 set -uo pipefail
 OUT=${OUT:-/tmp/gecko-gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false TF_CPP_MIN_LOG_LEVEL=2
 PY=${PY:-python3}
-declare -A LIMIT=([jax]=${JAX_SECONDS:-330} [torch]=${TORCH_SECONDS:-120})
+declare -A LIMIT=([jax]=${JAX_SECONDS:-330} [torch]=${TORCH_SECONDS:-120}
+                  [profile]=${PROFILE_SECONDS:-150})
+DEFAULT_VARIANTS=$'\n--xla_gpu_enable_triton_gemm=false\n--xla_gpu_enable_cublaslt=true'
+PROFILE_XLA_FLAGS=${PROFILE_XLA_FLAGS-$DEFAULT_VARIANTS}  # one run per line; empty: defaults
 ARGS=("$@")  # --smoke, --repeats N: passed to both parts
 SMOKE=false
 for arg in "$@"; do [[ "$arg" == --smoke ]] && SMOKE=true; done
@@ -43,8 +52,35 @@ run_part() {
   local rc=${PIPESTATUS[0]}
   ((rc == 0)) || { echo "gpu.sh: the $1 part exited $rc" | tee -a "$OUT/log.txt"; return 1; }
 }
+with_xla_flags() {  # runs "${@:2}" with $1 added to XLA_FLAGS (unset if that leaves none)
+  local flags
+  flags=$(echo ${XLA_FLAGS:-} $1)
+  if [[ -n $flags ]]; then XLA_FLAGS="$flags" "${@:2}"; else env -u XLA_FLAGS "${@:2}"; fi
+}
+profile() {  # ours under each line of PROFILE_XLA_FLAGS, then torch, then the table
+  local flags i=0 files=()
+  local smoke=(); $SMOKE && smoke=(--smoke --repeats 1 --calls 1)
+  while IFS= read -r flags; do
+    echo "== profile jax, XLA_FLAGS='$flags' $(date -u +%T)" | tee -a "$OUT/log.txt"
+    with_xla_flags "$flags" timeout "${LIMIT[profile]}" "$PY" benchmarks/gpu_profile.py \
+      --framework=jax --json "$OUT/profile-jax-$i.json" "${smoke[@]}" 2>&1 | tee -a "$OUT/log.txt"
+    ((PIPESTATUS[0] == 0)) && files+=("$OUT/profile-jax-$i.json") || status=1
+    i=$((i + 1))
+  done <<< "$PROFILE_XLA_FLAGS"
+  echo "== profile torch $(date -u +%T)" | tee -a "$OUT/log.txt"
+  timeout "${LIMIT[profile]}" "$PY" benchmarks/gpu_profile.py --framework=torch \
+    --json "$OUT/profile-torch.json" "${smoke[@]}" 2>&1 | tee -a "$OUT/log.txt"
+  ((PIPESTATUS[0] == 0)) && files+=("$OUT/profile-torch.json") || status=1
+  ((${#files[@]})) && "$PY" benchmarks/gpu_profile.py --compare "${files[@]}" 2>&1 \
+    | tee -a "$OUT/log.txt"
+}
 status=0
 read -r -a PARTS <<< "${GPU_PARTS:-jax torch}"  # e.g. GPU_PARTS=jax to rerun one part
+if [[ " ${PARTS[*]} " == *" profile "* ]]; then  # alone: nothing is timed beside it
+  profile
+  PARTS=("${PARTS[@]/profile}")
+  read -r -a PARTS <<< "${PARTS[*]}"
+fi
 if $SMOKE; then  # on a CPU the parts, mostly single-threaded start-up, run side by side
   pids=()
   for part in "${PARTS[@]}"; do run_part "$part" & pids+=("$!"); done

@@ -82,7 +82,7 @@ def _row(case: str, dtype: str, seconds: float, flops: float, peaks: dict, **ext
           **extra, "tflops": tflops, "mfu": tflops / peaks[dtype] if peaks.get(dtype) else None}
 
 
-def _models(smoke: bool):
+def minilm_and_xl(smoke: bool):
   from gecko.models import bert, t5
   minilm = bert.BertConfig(dropout_rate=0.1) if not smoke else bert.BertConfig(
       num_layers=1, hidden_size=64, num_heads=2, mlp_dim=128, dropout_rate=0.1)
@@ -170,7 +170,7 @@ def jax_part(args, sizes: Sizes) -> int:
   import jax
 
   from gecko.models import dual_encoder
-  minilm, xl = _models(args.smoke)
+  minilm, xl = minilm_and_xl(args.smoke)
   report = {"framework": "jax", "jax": jax.__version__, "devices": [str(d) for d in jax.devices()],
             "rows": []}
   peaks = {d: jax_matmul_peak(d, sizes.peak_n, args.repeats) for d in ("bfloat16", "float32")}
@@ -233,7 +233,7 @@ def torch_matmul_peak(dtype: str, n: int, repeats: int, device: str) -> float:
   return 2 * n ** 3 / median_time(run, repeats) / 1e12
 
 
-def _bert(cfg, device: str):
+def torch_bert(cfg, device: str):
   from transformers import BertConfig, BertModel
   config = BertConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
                       num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
@@ -242,7 +242,7 @@ def _bert(cfg, device: str):
   return BertModel(config).to(device)
 
 
-def _embed(model, tokens):
+def torch_embed(model, tokens):
   import torch
   mask = torch.ones_like(tokens)
   states = model(input_ids=tokens, attention_mask=mask).last_hidden_state
@@ -253,13 +253,13 @@ def _embed(model, tokens):
 def torch_encode(cfg, *, dtype: str, sizes: Sizes, repeats: int, peaks: dict, device: str):
   import torch
   torch_precision(dtype)
-  model = _bert(cfg, device).to(getattr(torch, dtype)).eval()
+  model = torch_bert(cfg, device).to(getattr(torch, dtype)).eval()
   rows, length = sizes.encode_rows, sizes.encode_length
   ids = torch.randint(1000, 20000, (rows, length), device=device)
 
   def forward():
     with torch.inference_mode():
-      _embed(model, ids)
+      torch_embed(model, ids)
     torch_sync()
 
   seconds = median_time(forward, repeats)
@@ -274,7 +274,7 @@ def torch_train(cfg, *, dtype: str, sizes: Sizes, repeats: int, peaks: dict, dev
   weights, as our bf16 step keeps float32 parameters)."""
   import torch
   torch_precision(dtype)
-  model = _bert(cfg, device).train()
+  model = torch_bert(cfg, device).train()
   opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
   batch = sizes.batch
   towers = [torch.randint(1000, 20000, (batch, n), device=device)
@@ -284,7 +284,7 @@ def torch_train(cfg, *, dtype: str, sizes: Sizes, repeats: int, peaks: dict, dev
 
   def step():
     with autocast:
-      q, p, n = (_embed(model, t) for t in towers)
+      q, p, n = (torch_embed(model, t) for t in towers)
       scores = 20.0 * q @ torch.cat([p, n]).T
       loss = torch.nn.functional.cross_entropy(scores, torch.arange(batch, device=device))
     loss.backward()
@@ -306,7 +306,7 @@ def torch_part(args, sizes: Sizes) -> int:
   if device == "cpu" and not args.smoke:
     write({"framework": "torch", "rows": [], "skipped": "torch sees no CUDA device"}, args.json)
     return 1
-  minilm, _ = _models(args.smoke)
+  minilm, _ = minilm_and_xl(args.smoke)
   report = {"framework": "torch", "torch": torch.__version__, "device": device, "rows": []}
   peaks = {d: torch_matmul_peak(d, sizes.peak_n, args.repeats, device)
            for d in ("bfloat16", "float32")}

@@ -11,6 +11,7 @@ from conftest import REPO, cli_env
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import alternating  # noqa: E402
+import gpu_profile  # noqa: E402
 
 
 def test_alternate_runs_ours_and_the_peer_in_turn_and_reports_the_median_ratio():
@@ -61,3 +62,42 @@ def test_gpu_script_runs_in_smoke_mode(tmp_path):
   assert all("ratio_vs_torch" in r for r in report["rows"]
              if r["case"].startswith("jax") and "MiniLM" in r["case"])
   assert os.path.exists(tmp_path / "nvidia-smi.txt")
+
+def test_profile_summary_sums_kernel_time_per_op_and_per_call():
+  gemm = ("gemm_fusion.1", "sm90_xmma_gemm_bf16")
+  events = [(*gemm, 0.004), (*gemm, 0.002),
+            ("custom-call.3", "cudnn_generated_fort_native_sdpa_sm90_flash_fprop", 0.002),
+            ("input_reduce_fusion", "input_reduce_fusion", 0.001),
+            ("loop_add_fusion", "loop_add_fusion", 0.001)]
+  summary = gpu_profile.summarise(events, calls=2, wall_s=0.012, source="GPU kernels")
+  assert summary["wall_ms_per_call"] == pytest.approx(6.0)
+  assert summary["kernel_ms_per_call"] == pytest.approx(5.0)
+  assert summary["launches_per_call"] == 2.5
+  assert summary["categories_ms_per_call"] == pytest.approx({
+      "matmul": 3.0, "attention": 1.0, "normalisation and reductions": 0.5,
+      "elementwise and other": 0.5})
+  first = summary["top"][0]
+  assert (first["name"], first["launches_per_call"]) == ("gemm_fusion.1", 1.0)
+  assert first["ms_per_call"] == pytest.approx(3.0) and first["share"] == pytest.approx(0.6)
+  assert [g["category"] for g in summary["top"]][1] == "attention"
+
+
+@pytest.mark.slow
+def test_gpu_script_profiles_the_encode_in_smoke_mode(tmp_path):
+  env = dict(cli_env(devices=1), OUT=str(tmp_path), PY=sys.executable, GPU_PARTS="profile",
+             PROFILE_XLA_FLAGS="\n--xla_gpu_enable_triton_gemm=false")
+  result = subprocess.run(["bash", "benchmarks/gpu.sh", "--smoke"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  for i, flags in enumerate(("", "--xla_gpu_enable_triton_gemm=false")):
+    report = json.loads((tmp_path / f"profile-jax-{i}.json").read_text())
+    assert report["xla_flags"].endswith(flags)
+    assert [v["variant"] for v in report["variants"]] == ["float32 parameters",
+                                                          "bfloat16 parameters"]
+    assert report["profile"]["kernel_ms_per_call"] > 0 and report["profile"]["top"]
+    assert report["imports_not_on_the_image"] == []
+    assert "HloModule" in (tmp_path / report["hlo"]).read_text()[:200]
+  torch_report = json.loads((tmp_path / "profile-torch.json").read_text())
+  assert torch_report["profile"]["categories_ms_per_call"]["matmul"] > 0
+  assert "profile-jax-1" in result.stdout and "matmul" in result.stdout  # the side-by-side table
+  assert not (tmp_path / "jax.json").exists()  # the profile ran alone
