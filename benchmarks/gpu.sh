@@ -45,32 +45,30 @@ if ! $SMOKE && ! "$PY" -c \
     | tee -a "$OUT/log.txt"
   exit 1
 fi
-run_part() {
+run_logged() {  # run_logged LABEL SECONDS COMMAND...: logged; a failure is said and returned
   echo "== $1 $(date -u +%T)" | tee -a "$OUT/log.txt"
-  timeout "${LIMIT[$1]}" "$PY" benchmarks/gpu_step.py --part="$1" --json "$OUT/$1.json" \
-    "${ARGS[@]}" 2>&1 | tee -a "$OUT/log.txt"
+  timeout "$2" "${@:3}" 2>&1 | tee -a "$OUT/log.txt"
   local rc=${PIPESTATUS[0]}
-  ((rc == 0)) || { echo "gpu.sh: the $1 part exited $rc" | tee -a "$OUT/log.txt"; return 1; }
+  ((rc == 0)) || { echo "gpu.sh: $1 exited $rc" | tee -a "$OUT/log.txt"; return 1; }
 }
-with_xla_flags() {  # runs "${@:2}" with $1 added to XLA_FLAGS (unset if that leaves none)
-  local flags
-  flags=$(echo ${XLA_FLAGS:-} $1)
-  if [[ -n $flags ]]; then XLA_FLAGS="$flags" "${@:2}"; else env -u XLA_FLAGS "${@:2}"; fi
+run_part() {
+  run_logged "$1" "${LIMIT[$1]}" "$PY" benchmarks/gpu_step.py --part="$1" --json "$OUT/$1.json" \
+    "${ARGS[@]}"
 }
 profile() {  # ours under each line of PROFILE_XLA_FLAGS, then torch, then the table
-  local flags i=0 files=()
-  local smoke=(); $SMOKE && smoke=(--smoke --repeats 1 --calls 1)
+  local flags xla i=0 files=() smoke=()
+  $SMOKE && smoke=(--smoke --repeats 1 --calls 1)
   while IFS= read -r flags; do
-    echo "== profile jax, XLA_FLAGS='$flags' $(date -u +%T)" | tee -a "$OUT/log.txt"
-    with_xla_flags "$flags" timeout "${LIMIT[profile]}" "$PY" benchmarks/gpu_profile.py \
-      --framework=jax --json "$OUT/profile-jax-$i.json" "${smoke[@]}" 2>&1 | tee -a "$OUT/log.txt"
-    ((PIPESTATUS[0] == 0)) && files+=("$OUT/profile-jax-$i.json") || status=1
+    xla=$(echo ${XLA_FLAGS:-} $flags)  # the caller's flags and this line's, trimmed
+    run_logged "profile jax, XLA_FLAGS='$xla'" "${LIMIT[profile]}" \
+      env -u XLA_FLAGS ${xla:+"XLA_FLAGS=$xla"} "$PY" benchmarks/gpu_profile.py \
+      --framework=jax --json "$OUT/profile-jax-$i.json" "${smoke[@]}" \
+      && files+=("$OUT/profile-jax-$i.json") || status=1
     i=$((i + 1))
   done <<< "$PROFILE_XLA_FLAGS"
-  echo "== profile torch $(date -u +%T)" | tee -a "$OUT/log.txt"
-  timeout "${LIMIT[profile]}" "$PY" benchmarks/gpu_profile.py --framework=torch \
-    --json "$OUT/profile-torch.json" "${smoke[@]}" 2>&1 | tee -a "$OUT/log.txt"
-  ((PIPESTATUS[0] == 0)) && files+=("$OUT/profile-torch.json") || status=1
+  run_logged "profile torch" "${LIMIT[profile]}" "$PY" benchmarks/gpu_profile.py \
+    --framework=torch --json "$OUT/profile-torch.json" "${smoke[@]}" \
+    && files+=("$OUT/profile-torch.json") || status=1
   ((${#files[@]})) && "$PY" benchmarks/gpu_profile.py --compare "${files[@]}" 2>&1 \
     | tee -a "$OUT/log.txt"
 }
