@@ -56,10 +56,11 @@ run_part() {
     "${ARGS[@]}"
 }
 profile() {  # ours under each line of PROFILE_XLA_FLAGS, then torch, then the table
-  local flags xla i=0 files=() smoke=()
+  local flags words xla i=0 files=() smoke=()
   $SMOKE && smoke=(--smoke --repeats 1 --calls 1)
   while IFS= read -r flags; do
-    xla=$(echo ${XLA_FLAGS:-} $flags)  # the caller's flags and this line's, trimmed
+    read -r -a words <<< "${XLA_FLAGS:-} $flags"  # the caller's flags and this line's
+    xla="${words[*]}"
     run_logged "profile jax, XLA_FLAGS='$xla'" "${LIMIT[profile]}" \
       env -u XLA_FLAGS ${xla:+"XLA_FLAGS=$xla"} "$PY" benchmarks/gpu_profile.py \
       --framework=jax --json "$OUT/profile-jax-$i.json" "${smoke[@]}" \
