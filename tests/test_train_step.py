@@ -137,6 +137,8 @@ def test_grad_cache_equals_jax_grad_with_the_same_per_chunk_keys(mesh_axes, chun
   assert_trees_close(grads, want_grads, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow  # 70 s of compiles; the fast tier compiles the tower (test_partitioning)
+# and trains it with GradCache on 8 devices (test_train)
 def test_a_candidate_tower_agrees_across_meshes_and_with_grad_cache(reference):
   """The [B, K, L] tower is embedded as B * K rows: the loss and gradients do not
   depend on the mesh, and GradCache splits its rows with the batch's."""
