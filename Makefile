@@ -35,8 +35,14 @@ install: $(VENV)/.installed
 
 install-models: $(VENV)/.installed
 
+# The fast tier reuses XLA's compiles across tests and runs (JAX's persistent compilation
+# cache; `make clean` empties it). The slow tier runs without it: a second process of its
+# jax.distributed runs crashes with the cache on (jax 0.10.2).
+TEST_COMPILE_CACHE = JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.pytest_cache/jax \
+	JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_COMPILATION_CACHE_MAX_SIZE=1073741824
+
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -m "not slow" --durations=10 tests
+	$(TEST_COMPILE_CACHE) $(PY) -m pytest -q -m "not slow" --durations=10 tests
 
 test-all: $(VENV)/.installed
 	$(PY) -m pytest -q --durations=20 tests

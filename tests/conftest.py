@@ -7,15 +7,6 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# XLA's compiles take most of a tiny test's time, and many tests compile the same programs
-# (the same tiny model and batch). JAX's persistent compilation cache serves the repeats,
-# within a run and across runs, in this process and the tests' subprocesses (which inherit
-# the environment). GECKO_TEST_COMPILE_CACHE=0 turns it off; `make clean` empties it.
-if os.environ.get("GECKO_TEST_COMPILE_CACHE", "1") != "0":
-  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
-      os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "jax"))
-  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-  os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 ** 30))  # LRU beyond 1 GiB
 
 import json  # noqa: E402
 import pathlib  # noqa: E402
