@@ -127,17 +127,11 @@ def jax_events(trace_dir: str) -> tuple[list[tuple[str, str, float]], str]:
 def jax_profile(args, sizes: gpu_step.Sizes) -> dict:
   import jax
   import jax.numpy as jnp
-  import numpy as np
 
-  from gecko.models import dual_encoder, embedder
   minilm, _ = gpu_step.minilm_and_xl(args.smoke)
   cfg = dataclasses.replace(minilm, dtype="bfloat16", attention="auto")
-  module = dual_encoder.DualEncoder(backbone=cfg)
-  params = embedder.init_params(module)
+  module, params, ids, mask = gpu_step.jax_encode_case(cfg, sizes)
   rows, length = sizes.encode_rows, sizes.encode_length
-  ids = jax.device_put(np.random.default_rng(0).integers(1000, 20000, (rows, length))
-                       .astype(np.int32))
-  mask = jax.device_put(np.ones((rows, length), np.int32))
   variants = {"float32 parameters": params,
               "bfloat16 parameters": jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)}
   report = {"framework": "jax", "jax": jax.__version__, "devices": [str(d) for d in jax.devices()],
@@ -175,16 +169,8 @@ def torch_profile(args, sizes: gpu_step.Sizes) -> dict:
   cuda = torch.cuda.is_available()
   device = "cuda" if cuda else "cpu"
   minilm, _ = gpu_step.minilm_and_xl(args.smoke)
-  gpu_step.torch_precision("bfloat16")
-  model = gpu_step.torch_bert(minilm, device).to(torch.bfloat16).eval()
+  forward = gpu_step.torch_encode_case(minilm, dtype="bfloat16", sizes=sizes, device=device)
   rows, length = sizes.encode_rows, sizes.encode_length
-  ids = torch.randint(1000, 20000, (rows, length), device=device)
-
-  def forward():
-    with torch.inference_mode():
-      gpu_step.torch_embed(model, ids)
-    gpu_step.torch_sync()
-
   seconds = gpu_step.median_time(forward, args.repeats)
   activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
   with profile(activities=activities) as prof:
@@ -238,16 +224,14 @@ def main() -> int:
   if not (args.framework and args.json):
     parser.error("give --framework and --json, or --compare with profile files")
   sizes = gpu_step.Sizes.get(args.smoke)
-  report = (jax_profile if args.framework == "jax" else torch_profile)(args, sizes)
-  leaked = [m for m in gpu_step.NOT_ON_THE_IMAGE if m in sys.modules]
-  if args.framework == "jax":
-    report["imports_not_on_the_image"] = leaked
-  gpu_step.write(report, args.json)
+  if args.framework == "torch":
+    report = torch_profile(args, sizes)
+    gpu_step.write(report, args.json)
+    print_summary(report)
+    return 0
+  report = jax_profile(args, sizes)
   print_summary(report)
-  if leaked and args.framework == "jax":
-    print(f"gpu_profile: imported {leaked}, which the GPU image lacks", file=sys.stderr)
-    return 1
-  return 0
+  return gpu_step.finish_jax_report(report, args.json, "gpu_profile")
 
 
 if __name__ == "__main__":

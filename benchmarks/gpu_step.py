@@ -111,16 +111,24 @@ def jax_matmul_peak(dtype: str, n: int, repeats: int) -> float:
     return 2 * n ** 3 / median_time(lambda: f(a).block_until_ready(), repeats) / 1e12
 
 
-def jax_encode(cfg, *, sizes: Sizes, repeats: int, peaks: dict) -> dict:
+def jax_encode_case(cfg, sizes: Sizes):
+  """The encode case: the dual encoder, its random parameters, and `[rows x length]` ids
+  and mask (every token real) on the device."""
   import jax
   import numpy as np
 
   from gecko.models import dual_encoder, embedder
   module = dual_encoder.DualEncoder(backbone=cfg)
-  params = embedder.init_params(module)
   rows, length = sizes.encode_rows, sizes.encode_length
-  ids = jax.device_put(np.random.default_rng(0).integers(1000, 20000, (rows, length)).astype(np.int32))
-  mask = jax.device_put(np.ones((rows, length), np.int32))
+  ids = np.random.default_rng(0).integers(1000, 20000, (rows, length)).astype(np.int32)
+  return (module, embedder.init_params(module), jax.device_put(ids),
+          jax.device_put(np.ones((rows, length), np.int32)))
+
+
+def jax_encode(cfg, *, sizes: Sizes, repeats: int, peaks: dict) -> dict:
+  import jax
+  module, params, ids, mask = jax_encode_case(cfg, sizes)
+  rows, length = sizes.encode_rows, sizes.encode_length
   with jax_precision(cfg.dtype):
     apply = jax.jit(lambda p, i, m: module.apply({"params": p}, i, m))
     seconds = median_time(lambda: apply(params, ids, mask).block_until_ready(), repeats)
@@ -195,11 +203,16 @@ def jax_part(args, sizes: Sizes) -> int:
   for fn, kwargs in cases:
     kwargs = {"sizes": sizes, "repeats": args.repeats, "peaks": peaks, **kwargs}
     record(report, args.json, fn, only=args.only, **kwargs)
+  return finish_jax_report(report, args.json, "gpu_step")
+
+
+def finish_jax_report(report: dict, path: str, who: str) -> int:
+  """Records the modules imported that the GPU image lacks and writes the report; 1 if any."""
   leaked = [m for m in NOT_ON_THE_IMAGE if m in sys.modules]
   report["imports_not_on_the_image"] = leaked
-  write(report, args.json)
+  write(report, path)
   if leaked:
-    print(f"gpu_step: the JAX part imported {leaked}, which the GPU image lacks", file=sys.stderr)
+    print(f"{who}: the JAX part imported {leaked}, which the GPU image lacks", file=sys.stderr)
     return 1
   return 0
 
@@ -250,19 +263,24 @@ def torch_embed(model, tokens):
   return torch.nn.functional.normalize(pooled.float(), dim=-1)
 
 
-def torch_encode(cfg, *, dtype: str, sizes: Sizes, repeats: int, peaks: dict, device: str):
+def torch_encode_case(cfg, *, dtype: str, sizes: Sizes, device: str):
+  """The encode case in torch: a call that embeds `[rows x length]` ids and waits."""
   import torch
   torch_precision(dtype)
   model = torch_bert(cfg, device).to(getattr(torch, dtype)).eval()
-  rows, length = sizes.encode_rows, sizes.encode_length
-  ids = torch.randint(1000, 20000, (rows, length), device=device)
+  ids = torch.randint(1000, 20000, (sizes.encode_rows, sizes.encode_length), device=device)
 
   def forward():
     with torch.inference_mode():
       torch_embed(model, ids)
     torch_sync()
 
-  seconds = median_time(forward, repeats)
+  return forward
+
+
+def torch_encode(cfg, *, dtype: str, sizes: Sizes, repeats: int, peaks: dict, device: str):
+  rows, length = sizes.encode_rows, sizes.encode_length
+  seconds = median_time(torch_encode_case(cfg, dtype=dtype, sizes=sizes, device=device), repeats)
   flops = encoder_flops(cfg, tokens=rows * length, length=length, train=False)
   return _row(f"torch encode MiniLM [{rows} x {length}] sdpa", dtype, seconds, flops, peaks,
               texts_per_s=rows / seconds)

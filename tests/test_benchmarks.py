@@ -63,6 +63,7 @@ def test_gpu_script_runs_in_smoke_mode(tmp_path):
              if r["case"].startswith("jax") and "MiniLM" in r["case"])
   assert os.path.exists(tmp_path / "nvidia-smi.txt")
 
+
 def test_profile_summary_sums_kernel_time_per_op_and_per_call():
   gemm = ("gemm_fusion.1", "sm90_xmma_gemm_bf16")
   events = [(*gemm, 0.004), (*gemm, 0.002),
